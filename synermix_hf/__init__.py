@@ -1,0 +1,45 @@
+"""SynerMix (arXiv:2403.14137) for Hugging Face `Trainer`: intra-class mixup of features plus inter-class mixup."""
+
+from .adapters import INPUT_POINT, ModelAdapter, find_head, find_mixing_points
+from .data import Cutout, SingleViewTransform, SynerMixCollator, TwoViewTransform, dataset_labels
+from .mixup import (
+    cutmix_batch,
+    cutmix_box,
+    intra_class_loss,
+    intra_class_mixup,
+    intra_class_mixup_all_classes,
+    mixup_batch,
+    mixup_cross_entropy,
+    sample_mixup_lambda,
+)
+from .sampler import ClassBalancedBatchSampler
+from .trainer import SynerMixTrainer, step_generators
+from .training_args import INTER_MIXUP_CHOICES, SynerMixTrainingArguments, normalise_inter_mixup
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "INPUT_POINT",
+    "INTER_MIXUP_CHOICES",
+    "ClassBalancedBatchSampler",
+    "Cutout",
+    "ModelAdapter",
+    "SingleViewTransform",
+    "SynerMixCollator",
+    "SynerMixTrainer",
+    "SynerMixTrainingArguments",
+    "TwoViewTransform",
+    "cutmix_batch",
+    "cutmix_box",
+    "dataset_labels",
+    "find_head",
+    "find_mixing_points",
+    "intra_class_loss",
+    "intra_class_mixup",
+    "intra_class_mixup_all_classes",
+    "mixup_batch",
+    "mixup_cross_entropy",
+    "normalise_inter_mixup",
+    "sample_mixup_lambda",
+    "step_generators",
+]

@@ -1,0 +1,230 @@
+"""Find the feature, the classifier and the Manifold MixUp points of a model, and reach them with hooks.
+
+SynerMix needs three things from a classifier without touching its `forward`:
+
+* the *head* g, the final `nn.Linear`; its input is "the feature" h = f(x) of the method;
+* the points where Manifold MixUp may mix a hidden state;
+* a uniform way to call the model on pixels and get logits, for torchvision (`model(x)` returns a tensor) and
+  Hugging Face models (`model(pixel_values=x).logits`).
+
+Everything is done with forward pre-hooks: the intra-class pass replaces the head's *input* with the synthesized
+class features, so the head runs once on them inside the model's own forward call (which keeps DDP, FSDP and
+autocast in charge), and Manifold MixUp replaces the input of the chosen module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["INPUT_POINT", "ModelAdapter", "find_head", "find_mixing_points"]
+
+INPUT_POINT = "input"
+"""The Manifold MixUp point that mixes the pixels themselves (plain MixUp)."""
+
+# Known torchvision architectures: (head, mixing points) as METHOD.md gives them. A point names the module whose
+# *input* is mixed, as in the reference code ("before features[1]"). Swin-T and MobileNetV3 list the model input
+# twice (as `input` and as the input of `features.0`), exactly like the reference's four equally likely choices.
+_TORCHVISION_LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "ResNet": ("fc", (INPUT_POINT, "layer2", "layer3")),
+    "SwinTransformer": ("head", (INPUT_POINT, "features.0", "features.1", "features.3")),
+    "MobileNetV3": ("classifier.3", (INPUT_POINT, "features.0", "features.1", "features.2")),
+}
+
+_HEAD_ATTRIBUTE_NAMES = ("classifier", "fc", "head")
+
+
+def _is_hf_model(model: nn.Module) -> bool:
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a requirement
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
+def _last_linear(module: nn.Module, prefix: str) -> str | None:
+    if isinstance(module, nn.Linear):
+        return prefix
+    linears = [name for name, sub in module.named_modules() if isinstance(sub, nn.Linear)]
+    return f"{prefix}.{linears[-1]}" if linears else None
+
+
+def _torchvision_layout(model: nn.Module) -> tuple[str, tuple[str, ...]] | None:
+    """Head and mixing points of the first known torchvision architecture in `model` (itself or a wrapped one)."""
+    for name, module in model.named_modules():
+        layout = _TORCHVISION_LAYOUTS.get(type(module).__name__)
+        if layout is not None:
+            prefix = f"{name}." if name else ""
+            head, points = layout
+            return prefix + head, tuple(p if p == INPUT_POINT else prefix + p for p in points)
+    return None
+
+
+def find_head(model: nn.Module, head_module: str | None = None) -> str:
+    """Return the name of the module whose input is the penultimate feature (the final classification Linear).
+
+    Args:
+        model: A torchvision or Hugging Face image classifier.
+        head_module: Explicit module name (as in `model.named_modules()`), which wins over detection.
+
+    Raises:
+        ValueError: when the name does not exist or no head can be found; the message names `head_module`.
+    """
+    names = dict(model.named_modules())
+    if head_module is not None:
+        if head_module not in names:
+            raise ValueError(
+                f"head_module={head_module!r} is not a module of {type(model).__name__}. Some valid names: "
+                f"{', '.join(n for n in list(names)[-8:] if n)}."
+            )
+        return head_module
+
+    layout = _torchvision_layout(model)
+    if layout is not None and layout[0] in names:
+        return layout[0]
+
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if num_labels is not None:
+        # Hugging Face classifiers: the last Linear that produces `num_labels` outputs.
+        matches = [n for n, m in names.items() if isinstance(m, nn.Linear) and m.out_features == num_labels]
+        if matches:
+            return matches[-1]
+    for attribute in _HEAD_ATTRIBUTE_NAMES:
+        module = getattr(model, attribute, None)
+        if isinstance(module, nn.Module):
+            found = _last_linear(module, attribute)
+            if found is not None:
+                return found
+    raise ValueError(
+        f"Could not find the classification head of {type(model).__name__}: no final nn.Linear under "
+        f"{'/'.join(_HEAD_ATTRIBUTE_NAMES)}. Set `head_module` (--head_module) to the name of the Linear layer whose "
+        "input is the penultimate feature."
+    )
+
+
+def find_mixing_points(model: nn.Module, manifold_mixup_modules: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Return the Manifold MixUp points: `"input"` or names of modules whose input gets mixed.
+
+    Known torchvision models use METHOD.md's points. Other models (Hugging Face families included) use the input
+    plus the inputs of the 2nd and 3rd children of the first stage/block list, i.e. the outputs of the first two
+    stages or blocks.
+
+    Raises:
+        ValueError: when a given name does not exist or no block list can be found; the message names
+            `manifold_mixup_modules`.
+    """
+    names = dict(model.named_modules())
+    if manifold_mixup_modules:
+        unknown = [p for p in manifold_mixup_modules if p != INPUT_POINT and p not in names]
+        if unknown:
+            raise ValueError(
+                f"manifold_mixup_modules has names that are not modules of {type(model).__name__}: {unknown}. "
+                f"Use {INPUT_POINT!r} or module names as listed by model.named_modules()."
+            )
+        return tuple(manifold_mixup_modules)
+
+    layout = _torchvision_layout(model)
+    if layout is not None and all(p == INPUT_POINT or p in names for p in layout[1]):
+        return layout[1]
+
+    for name, module in names.items():
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) >= 2 and name:
+            return (INPUT_POINT,) + tuple(f"{name}.{i}" for i in range(1, min(len(module), 3)))
+    raise ValueError(
+        f"Could not find Manifold MixUp points in {type(model).__name__} (no list of stages or blocks). Set "
+        "`manifold_mixup_modules` (--manifold_mixup_modules) to 'input' and/or module names whose input to mix."
+    )
+
+
+def _replace_first_tensor(args: tuple, kwargs: dict, fn: Callable[[torch.Tensor], torch.Tensor]) -> tuple[tuple, dict]:
+    if args:
+        return (fn(args[0]),) + tuple(args[1:]), kwargs
+    for key, value in kwargs.items():
+        if torch.is_tensor(value):
+            return args, {**kwargs, key: fn(value)}
+    raise RuntimeError("The hooked module was called without a tensor input.")
+
+
+@dataclass
+class ModelAdapter:
+    """How SynerMix reaches into one model.
+
+    Args:
+        model: The unwrapped model (hooks go on its modules; calls may go through a DDP/FSDP wrapper of it).
+        head_name: Module name of the final classification Linear.
+        mixing_points: Manifold MixUp points, see `find_mixing_points`.
+    """
+
+    model: nn.Module
+    head_name: str
+    mixing_points: tuple[str, ...]
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        head_module: str | None = None,
+        manifold_mixup_modules: Sequence[str] | None = None,
+        need_mixing_points: bool = True,
+    ) -> ModelAdapter:
+        """Detect (or take as given) the head and the mixing points of `model`."""
+        head_name = find_head(model, head_module)
+        points = find_mixing_points(model, manifold_mixup_modules) if need_mixing_points else (INPUT_POINT,)
+        return cls(model=model, head_name=head_name, mixing_points=points)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.model.get_submodule(self.head_name)
+
+    @property
+    def num_classes(self) -> int:
+        head = self.head
+        if isinstance(head, nn.Linear):
+            return head.out_features
+        num_labels = getattr(getattr(self.model, "config", None), "num_labels", None)
+        if num_labels is None:
+            raise ValueError(f"Cannot tell the number of classes from head {self.head_name!r}; use an nn.Linear.")
+        return num_labels
+
+    def logits(self, model_call: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Call `model_call` (the model or its distributed wrapper) on pixels and return the logits tensor."""
+        if _is_hf_model(self.model):
+            return model_call(pixel_values=pixel_values).logits
+        output = model_call(pixel_values)
+        return output.logits if hasattr(output, "logits") else output
+
+    @contextlib.contextmanager
+    def head_input_replaced(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        """Within the block, the head is applied to `fn(features)` instead of the features."""
+        with self._input_replaced(self.head, fn):
+            yield
+
+    @contextlib.contextmanager
+    def mixing_at(self, point: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        """Within the block, the input of module `point` is replaced by `fn(input)` (once per forward)."""
+        if point == INPUT_POINT:
+            raise ValueError("The input point is mixed before the forward call, not with a hook.")
+        with self._input_replaced(self.model.get_submodule(point), fn):
+            yield
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _input_replaced(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        applied = False
+
+        def hook(_module: nn.Module, args: tuple, kwargs: dict):
+            nonlocal applied
+            if applied:  # a module called twice in one forward is replaced once
+                return None
+            applied = True
+            return _replace_first_tensor(args, kwargs, fn)
+
+        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()

@@ -1,0 +1,206 @@
+"""Two views of every training image, the collator that batches them, and the labels the sampler needs.
+
+SynerMix trains on two views of each image: the *augmented* view (the training augmentation) feeds the inter-class
+term and the *original* view (the evaluation transform, no randomness) feeds the intra-class term. Both are made from
+one decode of the image. With `datasets`, attach the transform with `Dataset.with_transform`:
+
+    train = train.with_transform(TwoViewTransform(augment=train_tf, original=eval_tf))
+    val = val.with_transform(SingleViewTransform(eval_tf))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "LABEL_COLUMN_CANDIDATES",
+    "Cutout",
+    "SingleViewTransform",
+    "SynerMixCollator",
+    "TwoViewTransform",
+    "dataset_labels",
+]
+
+LABEL_COLUMN_CANDIDATES = ("labels", "label", "fine_label")
+
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+
+
+class Cutout:
+    """Zero `n_holes` squares of side `length` (clipped at the border) at uniformly random centres.
+
+    Applies to a `[C, H, W]` tensor, after ToTensor/crop/flip and before Normalize, as in the reference. Draws from
+    torch's global generator, like torchvision's random transforms (the Trainer seeds each worker).
+
+    Args:
+        length: Side of each square, in pixels.
+        n_holes: Number of squares.
+    """
+
+    def __init__(self, length: int, n_holes: int = 1):
+        if length < 1 or n_holes < 1:
+            raise ValueError(f"Cutout needs length >= 1 and n_holes >= 1, got length={length}, n_holes={n_holes}.")
+        self.length = length
+        self.n_holes = n_holes
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        out = image.clone()
+        for _ in range(self.n_holes):
+            centre_y = int(torch.randint(height, ()).item())
+            centre_x = int(torch.randint(width, ()).item())
+            half = self.length // 2
+            out[..., max(centre_y - half, 0) : centre_y + half, max(centre_x - half, 0) : centre_x + half] = 0.0
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(length={self.length}, n_holes={self.n_holes})"
+
+
+def _as_rgb(image: Any) -> Image.Image:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"Expected a PIL image or a numpy array, got {type(image).__name__}.")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class _ViewTransform:
+    def __init__(self, image_column: str, label_column: str | None):
+        self.image_column = image_column
+        self.label_column = label_column
+
+    def _images(self, batch: Mapping[str, Sequence[Any]]) -> list[Image.Image]:
+        if self.image_column not in batch:
+            raise KeyError(
+                f"Image column {self.image_column!r} not found; the dataset has columns {sorted(batch)}. Set "
+                "image_column."
+            )
+        return [_as_rgb(image) for image in batch[self.image_column]]
+
+    def _labels(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, Sequence[Any]]:
+        if self.label_column is None or self.label_column not in batch:
+            return {}
+        return {"labels": batch[self.label_column]}
+
+
+class TwoViewTransform(_ViewTransform):
+    """Batch transform for `datasets.Dataset.with_transform`: one decode, two views.
+
+    Args:
+        augment: Training augmentation (PIL image -> tensor); gives `pixel_values`.
+        original: Evaluation transform (PIL image -> tensor, deterministic); gives `original_pixel_values`.
+        image_column: Column holding the images.
+        label_column: Column holding the labels, returned as `labels`.
+    """
+
+    def __init__(
+        self,
+        augment: ImageTransform,
+        original: ImageTransform,
+        image_column: str = "image",
+        label_column: str | None = "label",
+    ):
+        super().__init__(image_column, label_column)
+        self.augment = augment
+        self.original = original
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        images = self._images(batch)
+        return {
+            "pixel_values": [self.augment(image) for image in images],
+            "original_pixel_values": [self.original(image) for image in images],
+            **self._labels(batch),
+        }
+
+
+class SingleViewTransform(_ViewTransform):
+    """Batch transform giving only `pixel_values` (for evaluation and prediction).
+
+    Args:
+        transform: PIL image -> tensor.
+        image_column: Column holding the images.
+        label_column: Column holding the labels, returned as `labels`.
+    """
+
+    def __init__(self, transform: ImageTransform, image_column: str = "image", label_column: str | None = "label"):
+        super().__init__(image_column, label_column)
+        self.transform = transform
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+        return {"pixel_values": [self.transform(image) for image in self._images(batch)], **self._labels(batch)}
+
+
+class SynerMixCollator:
+    """Stack examples into `pixel_values`, `original_pixel_values` (when present) and `labels`.
+
+    Accepts the dicts made by the view transforms (also with `label` instead of `labels`) and `(image, label)` or
+    `(original, augmented, label)` tuples like those of torchvision datasets and the reference code.
+    """
+
+    def __call__(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("Cannot collate an empty batch.")
+        first = examples[0]
+        if isinstance(first, Mapping):
+            batch = {"pixel_values": torch.stack([torch.as_tensor(e["pixel_values"]) for e in examples])}
+            if "original_pixel_values" in first:
+                batch["original_pixel_values"] = torch.stack(
+                    [torch.as_tensor(e["original_pixel_values"]) for e in examples]
+                )
+            label_key = next((k for k in ("labels", "label") if k in first), None)
+            if label_key is not None:
+                batch["labels"] = torch.as_tensor([int(e[label_key]) for e in examples], dtype=torch.long)
+            return batch
+        if isinstance(first, (tuple, list)) and len(first) in (2, 3):
+            columns = list(zip(*examples))
+            batch = {"pixel_values": torch.stack(columns[-2]), "labels": torch.as_tensor(columns[-1])}
+            if len(first) == 3:
+                batch["original_pixel_values"] = torch.stack(columns[0])
+            return batch
+        raise TypeError(
+            "SynerMixCollator expects dict examples with 'pixel_values' (and optionally 'original_pixel_values', "
+            f"'labels') or (image, label) / (original, augmented, label) tuples; got {type(first).__name__}."
+        )
+
+
+def dataset_labels(dataset: Any, label_column: str | None = None) -> np.ndarray:
+    """The label of every example, in dataset order, read without decoding images where possible.
+
+    Handles `datasets.Dataset` (reads the column, bypassing any transform), `torch.utils.data.Subset`, datasets with a
+    `targets`/`labels`/`_labels` attribute (torchvision), and otherwise reads each example's `labels`/`label`.
+    """
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a requirement
+        datasets = None
+    if datasets is not None and isinstance(dataset, datasets.Dataset):
+        column = label_column or next((c for c in LABEL_COLUMN_CANDIDATES if c in dataset.column_names), None)
+        if column is None or column not in dataset.column_names:
+            raise ValueError(
+                f"No label column found for the balanced sampler; the dataset has columns {dataset.column_names}. "
+                f"Name one of them a label column ({'/'.join(LABEL_COLUMN_CANDIDATES)})."
+            )
+        return np.asarray(list(dataset.with_format(None)[column]), dtype=np.int64)
+    if isinstance(dataset, torch.utils.data.Subset):
+        return dataset_labels(dataset.dataset, label_column)[np.asarray(dataset.indices)]
+    for attribute in ("targets", "labels", "_labels"):
+        values = getattr(dataset, attribute, None)
+        if values is not None and not callable(values):
+            return np.asarray(values, dtype=np.int64)
+    labels = []
+    for index in range(len(dataset)):
+        example = dataset[index]
+        if isinstance(example, Mapping):
+            key = label_column or next((k for k in ("labels", "label") if k in example), None)
+            if key is None:
+                raise ValueError(f"Example {index} has no 'labels' or 'label' key (keys: {sorted(example)}).")
+            labels.append(int(example[key]))
+        else:
+            labels.append(int(example[-1]))
+    return np.asarray(labels, dtype=np.int64)

@@ -1,0 +1,188 @@
+"""The mixing math of SynerMix as pure tensor functions.
+
+Nothing here knows about `transformers.Trainer`; the trainer calls these functions. Two sources of randomness are
+used on purpose:
+
+* tensor draws (intra-class weights, permutations) take a `torch.Generator` on the tensors' device, so that they
+  are reproducible and never force a host-device synchronisation;
+* scalar draws (the MixUp lambda, the CutMix box, the Manifold MixUp point) take a `numpy.random.Generator`, since
+  they are needed on the host anyway and `torch` offers no seeded Beta sampler.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "intra_class_mixup",
+    "intra_class_mixup_all_classes",
+    "intra_class_loss",
+    "sample_mixup_lambda",
+    "mixup_batch",
+    "cutmix_box",
+    "cutmix_batch",
+    "mixup_cross_entropy",
+]
+
+
+def _normalised_class_weights(
+    labels: torch.Tensor, num_classes: int, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Draw one Uniform(0, 1) weight per row in batch order and normalise it within its class, in fp32."""
+    weights = torch.rand(len(labels), generator=generator, device=device)
+    class_totals = torch.zeros(num_classes, dtype=weights.dtype, device=device).index_add_(0, labels, weights)
+    return weights / class_totals[labels]
+
+
+def _weighted_class_sums(
+    features: torch.Tensor, row_class: torch.Tensor, weights: torch.Tensor, num_rows: int
+) -> torch.Tensor:
+    """Sum `weights * features` per class into `num_rows` rows; accumulates in fp32, returns `features.dtype`."""
+    flat = features.reshape(features.shape[0], -1).float() * weights.unsqueeze(1)
+    sums = torch.zeros(num_rows, flat.shape[1], dtype=flat.dtype, device=features.device)
+    sums.index_add_(0, row_class, flat)
+    return sums.to(features.dtype).reshape(num_rows, *features.shape[1:])
+
+
+def intra_class_mixup(
+    features: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthesize one feature per class present as a random convex combination of that class's rows.
+
+    For every class c with members I_c, draws w_i ~ Uniform(0, 1), normalises w'_i = w_i / sum_{j in I_c} w_j and
+    returns s_c = sum_{i in I_c} w'_i h_i. The weights come from a single `torch.rand(len(labels))` in batch order,
+    so a seeded generator reproduces the result. This returns only the classes present, which needs their count on
+    the host; inside a training step prefer `intra_class_mixup_all_classes`, which never synchronises.
+
+    Args:
+        features: Features of shape `[B, ...]`, any floating dtype (weights are normalised in fp32).
+        labels: Integer class labels of shape `[B]`.
+        generator: Optional generator on `features.device` for the weights.
+
+    Returns:
+        `(synthesized, classes)`: `synthesized` has shape `[C, ...]` with one row per class present, in ascending
+        class order given by `classes` (shape `[C]`).
+    """
+    _check_features_and_labels(features, labels)
+    classes, row_class = torch.unique(labels, sorted=True, return_inverse=True)
+    weights = _normalised_class_weights(row_class, len(classes), features.device, generator)
+    return _weighted_class_sums(features, row_class, weights, len(classes)), classes
+
+
+def intra_class_mixup_all_classes(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`intra_class_mixup` over a fixed set of `num_classes` rows, free of host-device synchronisation.
+
+    Uses the same single weight draw as `intra_class_mixup`, so with the same generator state the rows of the
+    present classes are identical. Rows of absent classes are zero.
+
+    Args:
+        features: Features of shape `[B, ...]`.
+        labels: Integer class labels of shape `[B]`, each in `[0, num_classes)`.
+        num_classes: Number of classes of the classifier.
+        generator: Optional generator on `features.device` for the weights.
+
+    Returns:
+        `(synthesized, present)`: `synthesized` has shape `[num_classes, ...]` (row c belongs to class c) and
+        `present` is a boolean mask of shape `[num_classes]`.
+    """
+    _check_features_and_labels(features, labels)
+    weights = _normalised_class_weights(labels, num_classes, features.device, generator)
+    present = torch.zeros(num_classes, dtype=torch.bool, device=features.device)
+    present[labels] = True
+    return _weighted_class_sums(features, labels, weights, num_classes), present
+
+
+def intra_class_loss(
+    logits: torch.Tensor, classes: torch.Tensor, present: torch.Tensor | None = None, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy over the synthesized rows of the classes present.
+
+    Args:
+        logits: Classifier outputs for the synthesized rows, shape `[C, num_classes]`.
+        classes: Target class of each row, shape `[C]`.
+        present: Optional boolean mask `[C]`; rows where it is False (absent classes) are left out of the mean.
+        label_smoothing: As in `torch.nn.functional.cross_entropy`.
+    """
+    per_row = F.cross_entropy(logits.float(), classes, reduction="none", label_smoothing=label_smoothing)
+    if present is None:
+        return per_row.mean()
+    mask = present.to(per_row.dtype)
+    return (per_row * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def sample_mixup_lambda(alpha: float, rng: np.random.Generator | None = None) -> float:
+    """Draw the mixing coefficient lambda ~ Beta(alpha, alpha), once per batch."""
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0 for MixUp/CutMix, got {alpha}.")
+    rng = rng if rng is not None else np.random.default_rng()
+    return float(rng.beta(alpha, alpha))
+
+
+def mixup_batch(x: torch.Tensor, lam: float, permutation: torch.Tensor) -> torch.Tensor:
+    """Return `lam * x + (1 - lam) * x[permutation]`, mixing along the batch dimension.
+
+    Works for images and for hidden states alike (Manifold MixUp applies it inside the network).
+    """
+    return x * lam + x[permutation] * (1.0 - lam)
+
+
+def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator | None = None) -> tuple[int, int, int, int]:
+    """A box of area about `(1 - lam) * height * width` at a uniformly random centre, clipped to the image.
+
+    Returns:
+        `(top, bottom, left, right)`, half-open pixel bounds.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    cut_ratio = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * cut_ratio), int(width * cut_ratio)
+    centre_y, centre_x = int(rng.integers(0, height)), int(rng.integers(0, width))
+    top, bottom = max(centre_y - cut_h // 2, 0), min(centre_y + cut_h // 2, height)
+    left, right = max(centre_x - cut_w // 2, 0), min(centre_x + cut_w // 2, width)
+    return top, bottom, left, right
+
+
+def cutmix_batch(
+    x: torch.Tensor, lam: float, permutation: torch.Tensor, rng: np.random.Generator | None = None
+) -> tuple[torch.Tensor, float]:
+    """Paste a box of the permuted batch into `x` (images `[B, C, H, W]`).
+
+    Returns:
+        `(mixed, lam)`, where `lam` is corrected to the fraction of each image that was kept, so the loss weights
+        match the pixels actually mixed.
+    """
+    height, width = x.shape[-2:]
+    top, bottom, left, right = cutmix_box(height, width, lam, rng)
+    mixed = x.clone()
+    mixed[..., top:bottom, left:right] = x[permutation][..., top:bottom, left:right]
+    kept = 1.0 - (bottom - top) * (right - left) / float(height * width)
+    return mixed, kept
+
+
+def mixup_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    permutation: torch.Tensor,
+    lam: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """`lam * CE(logits, labels) + (1 - lam) * CE(logits, labels[permutation])`."""
+    logits = logits.float()
+    loss_a = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    loss_b = F.cross_entropy(logits, labels[permutation], label_smoothing=label_smoothing)
+    return loss_a * lam + loss_b * (1.0 - lam)
+
+
+def _check_features_and_labels(features: torch.Tensor, labels: torch.Tensor) -> None:
+    if features.dim() < 1 or labels.dim() != 1 or features.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"features must be [B, ...] and labels [B]; got features {tuple(features.shape)} and labels "
+            f"{tuple(labels.shape)}."
+        )
+    if not features.is_floating_point():
+        raise TypeError(f"features must be floating point, got {features.dtype}.")

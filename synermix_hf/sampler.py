@@ -1,0 +1,72 @@
+"""The class-balanced batch sampler of SynerMix.
+
+Shuffle the indices, cut them into batches of `batch_size`, then give every class that appears exactly once in a
+batch one more random member of that class. Each epoch is drawn from a generator seeded by `(seed, epoch)`, so every
+process builds the same sequence of batches and a resumed run sees the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+__all__ = ["ClassBalancedBatchSampler"]
+
+
+class ClassBalancedBatchSampler(Sampler[list[int]]):
+    """Batches of `batch_size` shuffled indices, plus one partner for every class seen only once in the batch.
+
+    Batches are therefore slightly larger than `batch_size` and every class present has at least two members (unless
+    the whole dataset holds a single example of it). Use it as a DataLoader's `batch_sampler`. With accelerate, each
+    process takes whole batches from the common sequence.
+
+    Args:
+        labels: The class label of every example of the dataset, in dataset order.
+        batch_size: Number of shuffled indices per batch before partners are added.
+        seed: Base seed; epoch `e` is drawn from a generator seeded by `(seed, e)`.
+        drop_last: Drop the last incomplete batch (as the reference does). If False it is yielded, balanced too.
+    """
+
+    def __init__(self, labels: Sequence[int], batch_size: int, seed: int = 0, drop_last: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if self.labels.ndim != 1:
+            raise ValueError(f"labels must be one label per example, got shape {self.labels.shape}.")
+        if len(self.labels) < batch_size and drop_last:
+            raise ValueError(
+                f"The dataset has {len(self.labels)} examples, fewer than one batch of {batch_size}; lower the batch "
+                "size."
+            )
+        self.batch_size = batch_size
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        classes, inverse = np.unique(self.labels, return_inverse=True)
+        self._members = {int(c): np.flatnonzero(inverse == i) for i, c in enumerate(classes)}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batches `__iter__` yields (called by the Trainer at each epoch)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        full, remainder = divmod(len(self.labels), self.batch_size)
+        return full + (0 if self.drop_last or remainder == 0 else 1)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.labels))
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            batch = order[start : start + self.batch_size]
+            yield batch.tolist() + self._partners(batch, rng)
+
+    def _partners(self, batch: np.ndarray, rng: np.random.Generator) -> list[int]:
+        classes, counts = np.unique(self.labels[batch], return_counts=True)
+        partners = []
+        for single in classes[counts == 1]:
+            candidates = np.setdiff1d(self._members[int(single)], batch, assume_unique=True)
+            if len(candidates):
+                partners.append(int(rng.choice(candidates)))
+        return partners

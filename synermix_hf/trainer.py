@@ -1,0 +1,294 @@
+"""`SynerMixTrainer`: a thin `transformers.Trainer` subclass whose loss is SynerMix.
+
+`compute_loss` returns `beta * L_intra + (1 - beta) * L_inter`:
+
+* L_intra (only when beta > 0): features of the original view, mixed within each class (`intra_class_mixup`), then
+  classified by the model's own head, all inside one forward call of the (possibly distributed) model;
+* L_inter: cross-entropy on the augmented view, optionally with MixUp, Manifold MixUp or CutMix.
+
+Evaluation and `predict()` are plain: cross-entropy and logits on the original view.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import Trainer
+from transformers.trainer_utils import seed_worker
+
+from .adapters import INPUT_POINT, ModelAdapter
+from .data import SynerMixCollator, dataset_labels
+from .mixup import (
+    cutmix_batch,
+    intra_class_loss,
+    intra_class_mixup_all_classes,
+    mixup_batch,
+    mixup_cross_entropy,
+    sample_mixup_lambda,
+)
+from .sampler import ClassBalancedBatchSampler
+from .training_args import SynerMixTrainingArguments
+
+__all__ = ["SynerMixTrainer", "step_generators"]
+
+
+def step_generators(
+    seed: int, step: int, micro_step: int, process_index: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Generator, np.random.Generator]:
+    """The random sources of one training micro-step, seeded by `(seed, step, micro_step, process_index)`.
+
+    Returns:
+        `(generator, rng)`: a `torch.Generator` on `device` for tensor draws (intra-class weights, permutation) and a
+        `numpy.random.Generator` for scalar draws (lambda, CutMix box, Manifold MixUp point).
+    """
+    torch_seed, numpy_seed = np.random.SeedSequence([seed, step, micro_step, process_index]).spawn(2)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(torch_seed.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+    return generator, np.random.default_rng(numpy_seed)
+
+
+class SynerMixTrainer(Trainer):
+    """`transformers.Trainer` that trains with SynerMix.
+
+    Use it as `Trainer`, with `SynerMixTrainingArguments`. Training batches need `pixel_values` (augmented view),
+    `labels` and, when `beta > 0`, `original_pixel_values` (see `TwoViewTransform`). Works with torchvision and Hugging
+    Face image classifiers alike; the head and the Manifold MixUp points are found by `ModelAdapter`.
+
+    Args:
+        train_labels: Optional label of every training example, for the balanced sampler. By default they are read
+            from the dataset (`dataset_labels`).
+        *args, **kwargs: As for `transformers.Trainer`. `data_collator` defaults to `SynerMixCollator`.
+    """
+
+    # compute_loss returns a per-micro-batch mean, so the Trainer divides it by the accumulation steps: gradient
+    # accumulation then gives the mean over micro-batches, as the plain Trainer does for models without loss kwargs.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args: Any, train_labels: Any = None, **kwargs: Any):
+        if kwargs.get("data_collator") is None and (len(args) < 3 or args[2] is None):
+            kwargs["data_collator"] = SynerMixCollator()
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, SynerMixTrainingArguments):
+            raise TypeError(
+                f"SynerMixTrainer needs SynerMixTrainingArguments, got {type(self.args).__name__}. Replace "
+                "TrainingArguments(...) with SynerMixTrainingArguments(..., beta=..., inter_mixup=...)."
+            )
+        # The loss never goes through the model's own loss function, so counting label tokens across devices for
+        # `num_items_in_batch` would only add a collective per step.
+        self.model_accepts_loss_kwargs = False
+        if self.args.label_names is None:
+            self.label_names = ["labels"]
+        self.train_labels = train_labels
+        self._adapter: ModelAdapter | None = None
+        self._draw_position = (-1, -1)
+        self._component_sums: dict[str, torch.Tensor] = {}
+        self._component_counts: dict[str, int] = {}
+        self._generators: dict[torch.device, torch.Generator] = {}
+        if self.model is not None:
+            self.adapter  # noqa: B018 - fail at construction, before training, when the head cannot be found
+
+    # ---- model access ----
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        """The `ModelAdapter` of the current model (rebuilt if `model_init` replaced the model)."""
+        model = self.accelerator.unwrap_model(self.model)
+        if self._adapter is None or self._adapter.model is not model:
+            self._adapter = ModelAdapter.from_model(
+                model,
+                head_module=self.args.head_module,
+                manifold_mixup_modules=self.args.manifold_mixup_modules,
+                need_mixing_points=self.args.inter_mixup == "manifold_mixup",
+            )
+        return self._adapter
+
+    # ---- data ----
+
+    def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
+        # The loss reads only the keys it needs, so nothing reaches the model's forward that it does not accept and
+        # the columns an on-the-fly transform needs (image, label) must stay.
+        return dataset
+
+    def _get_collator_with_removed_columns(self, data_collator: Any, description: str | None = None) -> Any:
+        return data_collator
+
+    def get_train_dataloader(self) -> DataLoader:
+        if not self.args.balanced_sampler:
+            return super().get_train_dataloader()
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        labels = self.train_labels if self.train_labels is not None else dataset_labels(self.train_dataset)
+        sampler = ClassBalancedBatchSampler(
+            labels,
+            batch_size=self._train_batch_size,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+        loader_kwargs: dict[str, Any] = {
+            "batch_sampler": sampler,
+            "collate_fn": self.data_collator,
+            "num_workers": self.args.dataloader_num_workers,
+            "pin_memory": self.args.dataloader_pin_memory,
+            "persistent_workers": self.args.dataloader_persistent_workers,
+            "worker_init_fn": partial(
+                seed_worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index
+            ),
+        }
+        if self.args.dataloader_num_workers > 0 and self.args.dataloader_prefetch_factor is not None:
+            loader_kwargs["prefetch_factor"] = self.args.dataloader_prefetch_factor
+        loader = self.accelerator.prepare(DataLoader(self.train_dataset, **loader_kwargs))
+        shard = getattr(loader, "batch_sampler", None)
+        if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
+            # Balanced batches are longer than `batch_size`; accelerate's shard would take them for incomplete and
+            # drop them. `None` tells it batches have dynamic length, so each process takes whole batches in turn.
+            shard.batch_size = None
+        return loader
+
+    # ---- loss ----
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """SynerMix loss in training, plain cross-entropy on the original view in evaluation.
+
+        `num_items_in_batch` is accepted for API compatibility and not used: the loss is a per-micro-batch mean
+        (L_intra is a mean over classes, not over items) and the Trainer averages it over accumulation steps.
+        """
+        labels = inputs["labels"]
+        if not model.training:
+            logits = self.adapter.logits(model, _original_view(inputs))
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
+            return (loss, logits) if return_outputs else loss
+
+        pixel_values = inputs["pixel_values"]
+        generator, rng = self._step_random_sources(pixel_values.device)
+        beta = self.args.beta
+        components: dict[str, torch.Tensor] = {}
+        logits = None
+        if beta > 0:
+            if "original_pixel_values" not in inputs:
+                raise ValueError(
+                    "beta > 0 needs the original (unaugmented) view of each image under 'original_pixel_values'. "
+                    "Build the training set with TwoViewTransform (or return it from your dataset)."
+                )
+            components["intra"] = self._intra_loss(model, inputs["original_pixel_values"], labels, generator)
+        if beta < 1:
+            components["inter"], logits = self._inter_loss(model, pixel_values, labels, generator, rng)
+        loss = sum(
+            weight * components[name] for name, weight in (("intra", beta), ("inter", 1 - beta)) if name in components
+        )
+        self._check_finite(loss, components)
+        self._record_components(components)
+        return (loss, logits) if return_outputs else loss
+
+    def _intra_loss(
+        self, model: nn.Module, original: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        num_classes = self.adapter.num_classes
+        present: list[torch.Tensor] = []
+
+        def synthesize(features: torch.Tensor) -> torch.Tensor:
+            synthesized, is_present = intra_class_mixup_all_classes(features, labels, num_classes, generator)
+            present.append(is_present)
+            return synthesized
+
+        with self.adapter.head_input_replaced(synthesize):
+            class_logits = self.adapter.logits(model, original)
+        classes = torch.arange(num_classes, device=labels.device)
+        return intra_class_loss(class_logits, classes, present[0], self.args.label_smoothing_factor)
+
+    def _inter_loss(
+        self,
+        model: nn.Module,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator,
+        rng: np.random.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        method = self.args.inter_mixup
+        smoothing = self.args.label_smoothing_factor
+        if method == "none":
+            logits = self.adapter.logits(model, pixel_values)
+            return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing), logits
+
+        lam = sample_mixup_lambda(self.args.alpha, rng)
+        permutation = torch.randperm(len(labels), generator=generator, device=labels.device)
+        if method == "cutmix":
+            mixed, lam = cutmix_batch(pixel_values, lam, permutation, rng)
+            logits = self.adapter.logits(model, mixed)
+        else:
+            points = self.adapter.mixing_points if method == "manifold_mixup" else (INPUT_POINT,)
+            point = points[int(rng.integers(len(points)))]
+            if point == INPUT_POINT:
+                logits = self.adapter.logits(model, mixup_batch(pixel_values, lam, permutation))
+            else:
+                with self.adapter.mixing_at(point, lambda hidden: mixup_batch(hidden, lam, permutation)):
+                    logits = self.adapter.logits(model, pixel_values)
+        return mixup_cross_entropy(logits, labels, permutation, lam, smoothing), logits
+
+    def _step_random_sources(self, device: torch.device) -> tuple[torch.Generator, np.random.Generator]:
+        step = self.state.global_step
+        micro_step = self._draw_position[1] + 1 if self._draw_position[0] == step else 0
+        self._draw_position = (step, micro_step)
+        return step_generators(self.args.seed, step, micro_step, self.args.process_index, device)
+
+    def _check_finite(self, loss: torch.Tensor, components: dict[str, torch.Tensor]) -> None:
+        # One host sync per step; the Trainer's own NaN/inf logging filter already pays for one.
+        if not torch.isfinite(loss.detach()).item():
+            values = ", ".join(f"loss_{name}={value.item():.6g}" for name, value in components.items())
+            raise FloatingPointError(
+                f"Non-finite training loss at global step {self.state.global_step}: loss={loss.item():.6g} ({values}). "
+                "The step was not applied. Lower the learning rate, use bf16 instead of fp16, or set max_grad_norm."
+            )
+
+    # ---- logging ----
+
+    def _record_components(self, components: dict[str, torch.Tensor]) -> None:
+        for name, value in components.items():
+            value = value.detach().float()
+            self._component_sums[name] = self._component_sums.get(name, 0.0) + value
+            self._component_counts[name] = self._component_counts.get(name, 0) + 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add `loss_intra` and `loss_inter` (means since the last log, over all processes) to training logs."""
+        if "loss" in logs and self._component_sums:
+            names = sorted(self._component_sums)
+            means = torch.stack([self._component_sums[n] / self._component_counts[n] for n in names])
+            means = self.accelerator.reduce(means, reduction="mean")
+            logs.update({f"loss_{name}": value for name, value in zip(names, means.tolist())})
+            self._component_sums, self._component_counts = {}, {}
+        super().log(logs, start_time)
+
+    # ---- evaluation ----
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Plain logits of the original view, and their cross-entropy when labels are given."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = self.adapter.logits(model, _original_view(inputs))
+            loss = None
+            if labels is not None:
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, logits.detach(), labels
+
+
+def _original_view(inputs: dict[str, Any]) -> torch.Tensor:
+    return inputs["original_pixel_values"] if "original_pixel_values" in inputs else inputs["pixel_values"]

@@ -1,0 +1,94 @@
+"""`SynerMixTrainingArguments`: `transformers.TrainingArguments` plus the method's parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+__all__ = ["INTER_MIXUP_CHOICES", "SynerMixTrainingArguments", "normalise_inter_mixup"]
+
+INTER_MIXUP_CHOICES = ("none", "mixup", "manifold_mixup", "cutmix")
+
+
+def normalise_inter_mixup(value: str | None) -> str:
+    """Map any accepted spelling ("Mixup", "Manifold_Mixup", "manifold-mixup", None, ...) to a canonical choice."""
+    canonical = "none" if value is None else str(value).strip().lower().replace("-", "_")
+    if canonical not in INTER_MIXUP_CHOICES:
+        raise ValueError(
+            f"inter_mixup={value!r} is not valid; choose one of {', '.join(INTER_MIXUP_CHOICES)} (case-insensitive; "
+            "the paper's spellings Mixup and Manifold_Mixup work too)."
+        )
+    return canonical
+
+
+@dataclass
+class SynerMixTrainingArguments(TrainingArguments):
+    """`TrainingArguments` for `SynerMixTrainer`.
+
+    The loss is `beta * L_intra + (1 - beta) * L_inter`. `label_smoothing_factor` applies to every cross-entropy term.
+
+    Args:
+        beta: Weight of the intra-class mixup of penultimate features of the unaugmented view, in [0, 1]. With 0 the
+            intra-class pass is skipped entirely.
+        alpha: MixUp/CutMix concentration; lambda ~ Beta(alpha, alpha). Must be > 0 when an inter-class mixup is used.
+        inter_mixup: `none`, `mixup`, `manifold_mixup` or `cutmix` (case-insensitive; `Mixup` and `Manifold_Mixup`
+            as in the paper's code are accepted).
+        balanced_sampler: Use the class-balanced batch sampler (every class of a batch has at least two members).
+            Defaults to on when `beta > 0`.
+        head_module: Name of the final classification Linear, when it cannot be detected.
+        manifold_mixup_modules: Manifold MixUp points (`input` or names of modules whose input is mixed), when the
+            defaults for the architecture do not suit.
+    """
+
+    beta: float = field(
+        default=0.0,
+        metadata={"help": "Weight of SynerMix-Intra (intra-class mixup of features), in [0, 1]; 0 disables it."},
+    )
+    alpha: float = field(
+        default=1.0, metadata={"help": "MixUp/CutMix concentration: lambda ~ Beta(alpha, alpha); must be > 0."}
+    )
+    inter_mixup: str = field(
+        default="none",
+        metadata={
+            "help": "Inter-class mixup on the augmented view: none, mixup, manifold_mixup or cutmix "
+            "(case-insensitive; Mixup and Manifold_Mixup accepted)."
+        },
+    )
+    balanced_sampler: bool | None = field(
+        default=None,
+        metadata={"help": "Use the class-balanced batch sampler. Default: on when beta > 0, off otherwise."},
+    )
+    head_module: str | None = field(
+        default=None, metadata={"help": "Module name of the final classification Linear (default: detected)."}
+    )
+    manifold_mixup_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Manifold MixUp points: 'input' and/or names of modules whose input is mixed (default: the "
+            "architecture's points from the paper, or the first blocks)."
+        },
+    )
+
+    def __post_init__(self):
+        self.inter_mixup = normalise_inter_mixup(self.inter_mixup)
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta={self.beta} is out of range; --beta must be between 0 and 1.")
+        if self.inter_mixup != "none" and not self.alpha > 0:
+            raise ValueError(
+                f"alpha={self.alpha} is not valid with inter_mixup={self.inter_mixup!r}; --alpha must be > 0 "
+                "(lambda ~ Beta(alpha, alpha))."
+            )
+        if self.balanced_sampler is None:
+            self.balanced_sampler = self.beta > 0
+        if isinstance(self.manifold_mixup_modules, str):
+            self.manifold_mixup_modules = [p.strip() for p in self.manifold_mixup_modules.split(",") if p.strip()]
+        super().__post_init__()
+
+    @property
+    def uses_intra(self) -> bool:
+        return self.beta > 0
+
+    @property
+    def uses_inter_mixup(self) -> bool:
+        return self.inter_mixup != "none"
