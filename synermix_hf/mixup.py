@@ -132,7 +132,9 @@ def mixup_batch(x: torch.Tensor, lam: float, permutation: torch.Tensor) -> torch
     return x * lam + x[permutation] * (1.0 - lam)
 
 
-def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator | None = None) -> tuple[int, int, int, int]:
+def cutmix_box(
+    height: int, width: int, lam: float, rng: np.random.Generator | None = None
+) -> tuple[int, int, int, int]:
     """A box of area about `(1 - lam) * height * width` at a uniformly random centre, clipped to the image.
 
     Returns:

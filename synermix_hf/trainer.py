@@ -73,7 +73,17 @@ class SynerMixTrainer(Trainer):
     def __init__(self, *args: Any, train_labels: Any = None, **kwargs: Any):
         if kwargs.get("data_collator") is None and (len(args) < 3 or args[2] is None):
             kwargs["data_collator"] = SynerMixCollator()
-        super().__init__(*args, **kwargs)
+        args_given = kwargs.get("args", args[1] if len(args) > 1 else None)
+        smoothing = getattr(args_given, "label_smoothing_factor", 0.0)
+        if smoothing:
+            # Trainer.__init__ reads `model.config` when label smoothing is on, which torchvision models lack. Our
+            # loss applies the smoothing itself, so the Trainer's own label smoother is never needed.
+            args_given.label_smoothing_factor = 0.0
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if smoothing:
+                args_given.label_smoothing_factor = smoothing
         if not isinstance(self.args, SynerMixTrainingArguments):
             raise TypeError(
                 f"SynerMixTrainer needs SynerMixTrainingArguments, got {type(self.args).__name__}. Replace "

@@ -1,0 +1,366 @@
+"""SynerMixTrainer: the loss recomputed by hand, what runs, evaluation, accumulation, reproducibility, end to end."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from torchvision import transforms
+from transformers import (
+    ResNetConfig,
+    ResNetForImageClassification,
+    Trainer,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from synermix_hf import (
+    SingleViewTransform,
+    SynerMixTrainer,
+    SynerMixTrainingArguments,
+    TwoViewTransform,
+    step_generators,
+)
+
+NUM_CLASSES = 4
+
+
+def arguments(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, save_strategy="no", seed=7,
+        per_device_train_batch_size=8, learning_rate=0.05, logging_steps=1, disable_tqdm=True,
+    )  # fmt: skip
+    defaults.update(kwargs)
+    return SynerMixTrainingArguments(**defaults)
+
+
+def resnet(seed=0):
+    torch.manual_seed(seed)
+    return torchvision.models.resnet18(num_classes=NUM_CLASSES)
+
+
+def hf_resnet(seed=0):
+    torch.manual_seed(seed)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1], num_labels=NUM_CLASSES)
+    return ResNetForImageClassification(config)
+
+
+def vit(seed=0):
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
+        num_labels=NUM_CLASSES, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    return ViTForImageClassification(config)
+
+
+def tensor_batch(n=8, size=16, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 1])[:n]
+    return {
+        "pixel_values": torch.randn(n, 3, size, size, generator=generator),
+        "original_pixel_values": torch.randn(n, 3, size, size, generator=generator),
+        "labels": labels,
+    }
+
+
+def resnet_features(model, x, mix_before=None, mix=None):
+    """Independent torchvision ResNet forward to the penultimate feature, optionally mixing before a layer."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        if name == mix_before:
+            x = mix(x)
+        x = getattr(model, name)(x)
+    return torch.flatten(model.avgpool(x), 1)
+
+
+def hand_intra_loss(model, original, labels, generator, smoothing=0.0):
+    weights = torch.rand(len(labels), generator=generator)
+    features = resnet_features(model, original)
+    rows, classes = [], []
+    for c in sorted(set(labels.tolist())):
+        mask = labels == c
+        w = weights[mask] / weights[mask].sum()
+        rows.append((features[mask] * w[:, None]).sum(0))
+        classes.append(c)
+    return F.cross_entropy(model.fc(torch.stack(rows)), torch.tensor(classes), label_smoothing=smoothing)
+
+
+def hand_mixed_ce(logits, labels, permutation, lam, smoothing=0.0):
+    return lam * F.cross_entropy(logits, labels, label_smoothing=smoothing) + (1 - lam) * F.cross_entropy(
+        logits, labels[permutation], label_smoothing=smoothing
+    )
+
+
+@pytest.mark.parametrize(
+    "inter_mixup, points",
+    [("none", None), ("mixup", None), ("manifold_mixup", ["layer2"]), ("manifold_mixup", ["input"]),
+     ("cutmix", None)],
+)  # fmt: skip
+def test_total_loss_equals_beta_intra_plus_one_minus_beta_inter_by_hand(tmp_path, inter_mixup, points):
+    beta, alpha, smoothing = 0.3, 0.7, 0.1
+    model = resnet()
+    trainer = SynerMixTrainer(
+        model=model,
+        args=arguments(
+            tmp_path, beta=beta, alpha=alpha, inter_mixup=inter_mixup, manifold_mixup_modules=points,
+            label_smoothing_factor=smoothing,
+        ),
+    )  # fmt: skip
+    inputs = tensor_batch()
+    model.train()
+    loss = trainer.compute_loss(model, inputs)
+
+    # The same draws, in the trainer's order: intra weights, then lambda, permutation, point / box.
+    generator, rng = step_generators(seed=7, step=0, micro_step=0, process_index=0)
+    labels, x = inputs["labels"], inputs["pixel_values"]
+    intra = hand_intra_loss(model, inputs["original_pixel_values"], labels, generator, smoothing)
+    if inter_mixup == "none":
+        inter = F.cross_entropy(model(x), labels, label_smoothing=smoothing)
+    else:
+        lam = rng.beta(alpha, alpha)
+        permutation = torch.randperm(len(labels), generator=generator)
+        if inter_mixup == "cutmix":
+            cut = np.sqrt(1 - lam)
+            cy, cx = rng.integers(0, 16), rng.integers(0, 16)
+            top, bottom = max(cy - int(16 * cut) // 2, 0), min(cy + int(16 * cut) // 2, 16)
+            left, right = max(cx - int(16 * cut) // 2, 0), min(cx + int(16 * cut) // 2, 16)
+            mixed = x.clone()
+            mixed[:, :, top:bottom, left:right] = x[permutation][:, :, top:bottom, left:right]
+            lam = 1 - (bottom - top) * (right - left) / 256
+            logits = model(mixed)
+        else:
+            rng.integers(1)  # the point choice (only one point given)
+            if points is None or points == ["input"]:
+                logits = model(lam * x + (1 - lam) * x[permutation])
+            else:
+                mix = lambda h: lam * h + (1 - lam) * h[permutation]  # noqa: E731
+                logits = model.fc(resnet_features(model, x, mix_before="layer2", mix=mix))
+        inter = hand_mixed_ce(logits, labels, permutation, lam, smoothing)
+    torch.testing.assert_close(loss, beta * intra + (1 - beta) * inter)
+
+
+def count_forward_calls(model):
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    return calls
+
+
+@pytest.mark.parametrize("beta, expected_calls", [(0.0, 1), (0.4, 2), (1.0, 1)])
+def test_beta_zero_runs_no_intra_pass_and_beta_one_no_inter_pass(tmp_path, beta, expected_calls):
+    model = resnet()
+    trainer = SynerMixTrainer(model=model, args=arguments(tmp_path, beta=beta, inter_mixup="mixup"))
+    calls = count_forward_calls(model)
+    head_rows = []
+    model.fc.register_forward_hook(lambda module, args, output: head_rows.append(output.shape[0]))
+    model.train()
+    trainer.compute_loss(model, tensor_batch())
+    assert len(calls) == expected_calls
+    # The intra pass classifies one synthesized row per class of the head, the inter pass one row per example.
+    expected_rows = {0.0: [8], 0.4: [NUM_CLASSES, 8], 1.0: [NUM_CLASSES]}[beta]
+    assert head_rows == expected_rows
+
+
+def test_intra_pass_needs_the_original_view(tmp_path):
+    model = resnet()
+    trainer = SynerMixTrainer(model=model, args=arguments(tmp_path, beta=0.1))
+    inputs = tensor_batch()
+    del inputs["original_pixel_values"]
+    with pytest.raises(ValueError, match="original_pixel_values.*TwoViewTransform"):
+        trainer.compute_loss(model.train(), inputs)
+
+
+def test_non_finite_loss_is_reported_with_step_and_components_and_not_trained_on(tmp_path):
+    model = resnet()
+    trainer = SynerMixTrainer(model=model, args=arguments(tmp_path, beta=0.5))
+    inputs = tensor_batch()
+    inputs["pixel_values"][0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"global step 0: loss=nan \(loss_intra=[\d.]+, loss_inter=nan\)"):
+        trainer.compute_loss(model.train(), inputs)
+
+
+def test_plain_training_arguments_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="SynerMixTrainingArguments"):
+        SynerMixTrainer(model=resnet(), args=TrainingArguments(output_dir=str(tmp_path), report_to=[]))
+
+
+def test_evaluation_is_plain_cross_entropy_and_predict_returns_plain_logits(tmp_path):
+    model = resnet()
+    batch = tensor_batch()
+    eval_set = [
+        {"pixel_values": batch["pixel_values"][i], "original_pixel_values": batch["original_pixel_values"][i],
+         "labels": int(batch["labels"][i])}
+        for i in range(8)
+    ]  # fmt: skip
+    trainer = SynerMixTrainer(
+        model=model, args=arguments(tmp_path, beta=0.5, inter_mixup="mixup", per_device_eval_batch_size=8)
+    )
+    metrics = trainer.evaluate(eval_set)
+    prediction = trainer.predict(eval_set)
+    model.eval()
+    with torch.no_grad():
+        expected_logits = model(batch["original_pixel_values"])
+    expected_loss = F.cross_entropy(expected_logits, batch["labels"]).item()
+    assert metrics["eval_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    np.testing.assert_allclose(prediction.predictions, expected_logits.numpy(), rtol=1e-5, atol=1e-6)
+    assert prediction.label_ids.tolist() == batch["labels"].tolist()
+
+
+def color_dataset(n=48, size=16, seed=0):
+    """Images whose class is their dominant colour channel (4 classes: R, G, B, gray), as PIL images."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(n):
+        label = i % NUM_CLASSES
+        pixels = rng.integers(0, 90, (size, size, 3))
+        if label < 3:
+            pixels[..., label] += 150
+        else:
+            pixels += 100
+        images.append(Image.fromarray(pixels.clip(0, 255).astype(np.uint8)))
+        labels.append(label)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["red", "green", "blue", "gray"])}
+    )
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+def two_view_sets(size=16):
+    normalise = transforms.Normalize([0.5] * 3, [0.25] * 3)
+    original = transforms.Compose([transforms.ToTensor(), normalise])
+    augment = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalise])
+    train = color_dataset(size=size).with_transform(TwoViewTransform(augment, original))
+    val = color_dataset(n=24, size=size, seed=1).with_transform(SingleViewTransform(original))
+    return train, val
+
+
+SIX_CONFIGURATIONS = {
+    "baseline": dict(beta=0.0, inter_mixup="none"),
+    "w-RA": dict(beta=0.5, inter_mixup="none"),
+    "w-ER(M)": dict(beta=0.0, inter_mixup="Mixup", alpha=1.0),
+    "w-ER(MM)": dict(beta=0.0, inter_mixup="Manifold_Mixup", alpha=1.0),
+    "w-RA&ER(M)": dict(beta=0.1, inter_mixup="Mixup", alpha=1.0),
+    "w-RA&ER(MM)": dict(beta=0.1, inter_mixup="Manifold_Mixup", alpha=1.0),
+}
+
+
+@pytest.mark.parametrize("build", [resnet, hf_resnet], ids=["torchvision-resnet18", "hf-resnet"])
+@pytest.mark.parametrize("configuration", list(SIX_CONFIGURATIONS))
+def test_six_configurations_train_end_to_end_and_the_loss_goes_down(tmp_path, build, configuration):
+    train, val = two_view_sets()
+    epochs = 6
+    args = arguments(
+        tmp_path, num_train_epochs=epochs, learning_rate=0.02, per_device_train_batch_size=16,
+        **SIX_CONFIGURATIONS[configuration],
+    )  # fmt: skip
+    trainer = SynerMixTrainer(model=build(), args=args, train_dataset=train, eval_dataset=val)
+    trainer.train()
+    assert np.isfinite(trainer.evaluate()["eval_loss"])
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    losses = [entry["loss"] for entry in logged]
+    per_epoch = len(losses) // epochs
+    assert np.mean(losses[-per_epoch:]) < 0.75 * np.mean(losses[:per_epoch])
+    assert all("loss_inter" in entry for entry in logged)
+    assert all(("loss_intra" in entry) == (args.beta > 0) for entry in logged)
+    for entry in logged:  # the logged total is the weighted sum of the logged components
+        intra = entry.get("loss_intra", 0.0)
+        assert entry["loss"] == pytest.approx(args.beta * intra + (1 - args.beta) * entry["loss_inter"], rel=1e-4)
+
+
+def test_balanced_batches_reach_the_loss(tmp_path):
+    train, _ = two_view_sets()
+    trainer = SynerMixTrainer(
+        model=resnet(), args=arguments(tmp_path, beta=0.2, per_device_train_batch_size=6), train_dataset=train
+    )
+    for batch in trainer.get_train_dataloader():
+        counts = torch.bincount(batch["labels"])
+        assert counts[counts > 0].min() >= 2 and len(batch["labels"]) >= 6
+    assert len(trainer.get_train_dataloader()) == 48 // 6
+
+
+def final_parameters(trainer):
+    trainer.train()
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+def in_memory(n=16, size=16, seed=3):
+    batch = tensor_batch(n=8, size=size, seed=seed)
+    more = tensor_batch(n=8, size=size, seed=seed + 1)
+    return [
+        {key: (b[key][i] if key != "labels" else int(b[key][i])) for key in b} for b in (batch, more) for i in range(8)
+    ][:n]
+
+
+def test_gradient_accumulation_matches_the_plain_trainer_on_a_torchvision_model(tmp_path):
+    data = in_memory()
+    # SGD without clipping: the update is proportional to the gradient, so a wrong accumulation scale shows.
+    common = dict(report_to=[], use_cpu=True, save_strategy="no", seed=5, max_steps=2, learning_rate=0.1,
+                  optim="sgd", max_grad_norm=0.0, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                  disable_tqdm=True)  # fmt: skip
+
+    class PlainTrainer(Trainer):  # the plain Trainer's own loss path needs a forward that takes labels
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return F.cross_entropy(model(inputs["pixel_values"]), inputs["labels"])
+
+    plain_args = TrainingArguments(output_dir=str(tmp_path / "p"), remove_unused_columns=False, **common)
+    plain = PlainTrainer(model=resnet(), args=plain_args,
+                         train_dataset=data, data_collator=lambda ex: {
+                             "pixel_values": torch.stack([e["pixel_values"] for e in ex]),
+                             "labels": torch.tensor([e["labels"] for e in ex])})  # fmt: skip
+    synermix = SynerMixTrainer(
+        model=resnet(), args=SynerMixTrainingArguments(output_dir=str(tmp_path / "s"), **common), train_dataset=data
+    )
+    torch.testing.assert_close(final_parameters(synermix), final_parameters(plain))
+
+
+def test_gradient_accumulation_gives_the_update_of_one_big_batch(tmp_path):
+    data = in_memory()
+    common = dict(report_to=[], use_cpu=True, save_strategy="no", seed=5, max_steps=1, learning_rate=0.5,
+                  optim="sgd", max_grad_norm=0.0, disable_tqdm=True, train_sampling_strategy="sequential")  # fmt: skip
+    one_batch = SynerMixTrainer(
+        model=vit(),
+        args=SynerMixTrainingArguments(output_dir=str(tmp_path / "a"), per_device_train_batch_size=16, **common),
+        train_dataset=data,
+    )
+    accumulated = SynerMixTrainer(
+        model=vit(),
+        args=SynerMixTrainingArguments(
+            output_dir=str(tmp_path / "b"), per_device_train_batch_size=4, gradient_accumulation_steps=4, **common
+        ),
+        train_dataset=data,
+    )
+    reference = final_parameters(one_batch)
+    assert not torch.allclose(reference, torch.cat([p.flatten() for p in vit().parameters()]))
+    torch.testing.assert_close(final_parameters(accumulated), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_reproduces_a_run_and_another_seed_does_not(tmp_path):
+    train, _ = two_view_sets()
+
+    def run(seed, name):
+        args = arguments(tmp_path / name, beta=0.3, inter_mixup="manifold_mixup", seed=seed, max_steps=3)
+        return final_parameters(SynerMixTrainer(model=resnet(), args=args, train_dataset=train))
+
+    first = run(11, "a")
+    torch.testing.assert_close(run(11, "b"), first, rtol=0, atol=0)
+    assert not torch.allclose(run(12, "c"), first)
+
+
+def test_remove_unused_columns_needs_no_change(tmp_path):
+    train, val = two_view_sets()
+    args = arguments(tmp_path, beta=0.2, max_steps=1)
+    assert args.remove_unused_columns is True
+    trainer = SynerMixTrainer(model=hf_resnet(), args=args, train_dataset=train, eval_dataset=val)
+    trainer.train()
+    assert "eval_loss" in trainer.evaluate()
+
+
+def test_bf16_autocast_trains(tmp_path):
+    train, _ = two_view_sets()
+    args = arguments(tmp_path, beta=0.3, inter_mixup="mixup", bf16=True, max_steps=3)
+    trainer = SynerMixTrainer(model=hf_resnet(), args=args, train_dataset=train)
+    result = trainer.train()
+    assert np.isfinite(result.training_loss)
