@@ -1,7 +1,7 @@
 """SynerMix (arXiv:2403.14137) for Hugging Face `Trainer`: intra-class mixup of features plus inter-class mixup."""
 
 from .adapters import INPUT_POINT, ModelAdapter, find_head, find_mixing_points
-from .data import Cutout, SingleViewTransform, SynerMixCollator, TwoViewTransform, dataset_labels
+from .data import Cutout, SeededAugmentation, SingleViewTransform, SynerMixCollator, TwoViewTransform, dataset_labels
 from .mixup import (
     cutmix_batch,
     cutmix_box,
@@ -24,6 +24,7 @@ __all__ = [
     "ClassBalancedBatchSampler",
     "Cutout",
     "ModelAdapter",
+    "SeededAugmentation",
     "SingleViewTransform",
     "SynerMixCollator",
     "SynerMixTrainer",

@@ -20,6 +20,7 @@ from PIL import Image
 __all__ = [
     "LABEL_COLUMN_CANDIDATES",
     "Cutout",
+    "SeededAugmentation",
     "SingleViewTransform",
     "SynerMixCollator",
     "TwoViewTransform",
@@ -169,6 +170,45 @@ class SynerMixCollator:
         )
 
 
+class SeededAugmentation(torch.utils.data.Dataset):
+    """Make each example's random augmentation a function of `(seed, epoch, index)` alone.
+
+    torchvision's random transforms draw from torch's global generator, so what an example looks like depends on
+    everything drawn before it: the number of workers, the number of processes, and where a resumed run restarted.
+    This wrapper forks that generator and seeds it per example, so a resumed run and a run on more processes
+    augment every example exactly as an uninterrupted single-process run does. The epoch lives in shared memory,
+    so `set_epoch` reaches DataLoader workers, persistent ones included.
+
+    Args:
+        dataset: A map-style dataset whose items apply the augmentation (e.g. with `TwoViewTransform`).
+        seed: Base seed.
+    """
+
+    def __init__(self, dataset: Any, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        example_seed = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1, np.uint64)[0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(example_seed >> np.uint64(1)))
+            return self.dataset[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        return [self[index] for index in indices]
+
+
 def dataset_labels(dataset: Any, label_column: str | None = None) -> np.ndarray:
     """The label of every example, in dataset order, read without decoding images where possible.
 
@@ -187,6 +227,8 @@ def dataset_labels(dataset: Any, label_column: str | None = None) -> np.ndarray:
                 f"Name one of them a label column ({'/'.join(LABEL_COLUMN_CANDIDATES)})."
             )
         return np.asarray(list(dataset.with_format(None)[column]), dtype=np.int64)
+    if isinstance(dataset, SeededAugmentation):
+        return dataset_labels(dataset.dataset, label_column)
     if isinstance(dataset, torch.utils.data.Subset):
         return dataset_labels(dataset.dataset, label_column)[np.asarray(dataset.indices)]
     for attribute in ("targets", "labels", "_labels"):

@@ -11,6 +11,7 @@ Evaluation and `predict()` are plain: cross-entropy and logits on the original v
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -19,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import Trainer
-from transformers.trainer_utils import seed_worker
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import has_length, seed_worker
 
 from .adapters import INPUT_POINT, ModelAdapter
-from .data import SynerMixCollator, dataset_labels
+from .data import SeededAugmentation, SynerMixCollator, dataset_labels
 from .mixup import (
     cutmix_batch,
     intra_class_loss,
@@ -99,7 +100,8 @@ class SynerMixTrainer(Trainer):
         self._draw_position = (-1, -1)
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_counts: dict[str, int] = {}
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self._set_epoch_callback = _SetEpochCallback()
+        self.add_callback(self._set_epoch_callback)
         if self.model is not None:
             self.adapter  # noqa: B018 - fail at construction, before training, when the head cannot be found
 
@@ -129,18 +131,19 @@ class SynerMixTrainer(Trainer):
         return data_collator
 
     def get_train_dataloader(self) -> DataLoader:
-        if not self.args.balanced_sampler:
-            return super().get_train_dataloader()
+        """The training loader: balanced batches (when enabled) of examples whose augmentation is seeded.
+
+        Each example is augmented with a generator seeded by `(seed, epoch, index)` (`SeededAugmentation`) and the
+        balanced sampler draws from `(seed, epoch)`, so a resumed run, or a run on more processes, sees the batches
+        and the augmented images that an uninterrupted single-process run sees.
+        """
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
-        labels = self.train_labels if self.train_labels is not None else dataset_labels(self.train_dataset)
-        sampler = ClassBalancedBatchSampler(
-            labels,
-            batch_size=self._train_batch_size,
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-        )
+        if isinstance(self.train_dataset, torch.utils.data.IterableDataset) or not has_length(self.train_dataset):
+            return super().get_train_dataloader()
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        dataset = SeededAugmentation(self.train_dataset, seed)
         loader_kwargs: dict[str, Any] = {
-            "batch_sampler": sampler,
             "collate_fn": self.data_collator,
             "num_workers": self.args.dataloader_num_workers,
             "pin_memory": self.args.dataloader_pin_memory,
@@ -151,12 +154,24 @@ class SynerMixTrainer(Trainer):
         }
         if self.args.dataloader_num_workers > 0 and self.args.dataloader_prefetch_factor is not None:
             loader_kwargs["prefetch_factor"] = self.args.dataloader_prefetch_factor
-        loader = self.accelerator.prepare(DataLoader(self.train_dataset, **loader_kwargs))
+        sampler = None
+        if self.args.balanced_sampler:
+            labels = self.train_labels if self.train_labels is not None else dataset_labels(self.train_dataset)
+            sampler = ClassBalancedBatchSampler(labels, batch_size=self._train_batch_size, seed=seed)
+            loader_kwargs["batch_sampler"] = sampler
+        else:
+            loader_kwargs.update(
+                batch_size=self._train_batch_size,
+                sampler=self._get_train_sampler(dataset),
+                drop_last=self.args.dataloader_drop_last,
+            )
+        loader = self.accelerator.prepare(DataLoader(dataset, **loader_kwargs))
         shard = getattr(loader, "batch_sampler", None)
-        if shard is not None and getattr(shard, "batch_sampler", None) is sampler:
+        if sampler is not None and getattr(shard, "batch_sampler", None) is sampler:
             # Balanced batches are longer than `batch_size`; accelerate's shard would take them for incomplete and
             # drop them. `None` tells it batches have dynamic length, so each process takes whole batches in turn.
             shard.batch_size = None
+        self._set_epoch_callback.targets = [t for t in (sampler, dataset) if t is not None]
         return loader
 
     # ---- loss ----
@@ -298,6 +313,23 @@ class SynerMixTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, logits.detach(), labels
+
+
+class _SetEpochCallback(TrainerCallback):
+    """Tell the sampler and the augmentation seeds which epoch starts.
+
+    The Trainer reaches a batch sampler one wrapper deep only, and on resume accelerate adds a second wrapper
+    (`SkipBatchSampler` around `BatchSamplerShard`), so the epoch is set here from the training state instead.
+    """
+
+    def __init__(self):
+        self.targets: list[Any] = []
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # `state.epoch` is the integer epoch at an epoch's start, and (epoch + fraction) when resuming within it.
+        epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
+        for target in self.targets:
+            target.set_epoch(epoch)
 
 
 def _original_view(inputs: dict[str, Any]) -> torch.Tensor:

@@ -8,7 +8,14 @@ from PIL import Image
 from torch.utils.data import Subset
 from torchvision import transforms
 
-from synermix_hf import Cutout, SingleViewTransform, SynerMixCollator, TwoViewTransform, dataset_labels
+from synermix_hf import (
+    Cutout,
+    SeededAugmentation,
+    SingleViewTransform,
+    SynerMixCollator,
+    TwoViewTransform,
+    dataset_labels,
+)
 
 
 def image_dataset(n=6, size=8):
@@ -94,3 +101,19 @@ def test_dataset_labels_reads_columns_without_the_transform_and_follows_subsets(
     assert dataset_labels(plain).tolist() == [0, 1, 0]
     with pytest.raises(ValueError, match="No label column"):
         dataset_labels(datasets.Dataset.from_dict({"x": [1, 2]}))
+
+
+def test_seeded_augmentation_depends_only_on_seed_epoch_and_index():
+    augment = transforms.Compose([transforms.RandomResizedCrop(8), transforms.ToTensor()])
+    base = image_dataset(n=6).with_transform(SingleViewTransform(augment))
+    first, second = SeededAugmentation(base, seed=3), SeededAugmentation(base, seed=3)
+    forward = [first[i]["pixel_values"] for i in range(6)]
+    torch.manual_seed(123)  # the global generator's state does not matter
+    backward = [second[i]["pixel_values"] for i in reversed(range(6))][::-1]
+    for a, b in zip(forward, backward, strict=True):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(forward[0], forward[1])
+    first.set_epoch(1)
+    assert not torch.equal(first[0]["pixel_values"], forward[0])
+    assert [e["labels"] for e in first.__getitems__([4, 1])] == [1, 1]
+    assert dataset_labels(first).tolist() == [0, 1, 2, 0, 1, 2]

@@ -1,0 +1,40 @@
+"""One SynerMix optimizer step under torchrun/accelerate; each process saves the batch its loss saw.
+
+Used by tests/test_distributed.py: `torchrun --nproc_per_node 2 tests/distributed/one_step.py OUT INTER_MIXUP`.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from test_trainer import resnet, two_view_sets  # noqa: E402
+
+from synermix_hf import SynerMixTrainer, SynerMixTrainingArguments  # noqa: E402
+
+
+class RecordingTrainer(SynerMixTrainer):
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            torch.save({k: v.cpu() for k, v in inputs.items()}, out / f"batch_rank{self.args.process_index}.pt")
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+out, inter_mixup = Path(sys.argv[1]), sys.argv[2]
+train, _ = two_view_sets()
+args = SynerMixTrainingArguments(
+    output_dir=str(out / "run"), report_to=[], save_strategy="no", seed=3, use_cpu=True, disable_tqdm=True,
+    per_device_train_batch_size=8, max_steps=1, optim="sgd", learning_rate=0.1, max_grad_norm=0.0,
+    beta=0.3, inter_mixup=inter_mixup, alpha=1.0, ddp_find_unused_parameters=False,
+)  # fmt: skip
+model = resnet()
+if args.process_index == 0:
+    torch.save(model.state_dict(), out / "initial.pt")
+trainer = RecordingTrainer(model=model, args=args, train_dataset=train)
+trainer.train()
+if args.process_index == 0:
+    torch.save(trainer.model.state_dict(), out / "final.pt")
+print(f"process {args.process_index} of {args.world_size} done")

@@ -1,0 +1,64 @@
+"""Data-parallel SynerMix on 2 CPU processes (gloo)."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from synermix_hf import ClassBalancedBatchSampler, SeededAugmentation, SynerMixCollator, dataset_labels, step_generators
+
+from test_trainer import hand_intra_loss, hand_mixed_ce, resnet, two_view_sets
+
+HERE = Path(__file__).resolve().parent
+pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not installed")
+
+
+def run_two_processes(launcher: list[str], script: Path, *script_args: str, timeout: int = 300) -> str:
+    result = subprocess.run(
+        [*launcher, str(script), *script_args], capture_output=True, text=True, timeout=timeout, cwd=HERE.parent
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path):
+    output = run_two_processes(
+        ["torchrun", "--nproc_per_node", "2"], HERE / "distributed" / "one_step.py", str(tmp_path), "mixup"
+    )
+    assert "process 0 of 2 done" in output and "process 1 of 2 done" in output
+
+    # Each process got a whole balanced batch of the common sequence: batch 0 to process 0, batch 1 to process 1,
+    # augmented exactly as one process would augment them.
+    train, _ = two_view_sets()
+    sampler = ClassBalancedBatchSampler(dataset_labels(train), batch_size=8, seed=3)
+    expected_batches = list(sampler)[:2]
+    seeded = SeededAugmentation(train, seed=3)
+    batches = [torch.load(tmp_path / f"batch_rank{rank}.pt") for rank in (0, 1)]
+    for indices, batch in zip(expected_batches, batches, strict=True):
+        expected = SynerMixCollator()(seeded.__getitems__(indices))
+        for key in ("pixel_values", "original_pixel_values", "labels"):
+            torch.testing.assert_close(batch[key], expected[key])
+        counts = torch.bincount(batch["labels"])
+        assert counts[counts > 0].min() >= 2
+
+    # One process computes both gradients with each process's draws, averages them and takes the SGD step.
+    model = resnet()
+    model.load_state_dict(torch.load(tmp_path / "initial.pt"))
+    model.train()
+    gradients = []
+    for rank, batch in enumerate(batches):
+        generator, rng = step_generators(seed=3, step=0, micro_step=0, process_index=rank)
+        labels, x = batch["labels"], batch["pixel_values"]
+        intra = hand_intra_loss(model, batch["original_pixel_values"], labels, generator)
+        lam = rng.beta(1.0, 1.0)
+        permutation = torch.randperm(len(labels), generator=generator)
+        inter = hand_mixed_ce(model(lam * x + (1 - lam) * x[permutation]), labels, permutation, lam)
+        gradients.append(torch.autograd.grad(0.3 * intra + 0.7 * inter, list(model.parameters())))
+    final = torch.load(tmp_path / "final.pt")
+    names = [name for name, _ in model.named_parameters()]
+    for name, parameter, g0, g1 in zip(names, model.parameters(), *gradients, strict=True):
+        expected = parameter.detach() - 0.1 * (g0 + g1) / 2
+        torch.testing.assert_close(final[name], expected, rtol=1e-4, atol=1e-5, msg=name)
