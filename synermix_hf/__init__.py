@@ -1,5 +1,6 @@
 """SynerMix (arXiv:2403.14137) for Hugging Face `Trainer`: intra-class mixup of features plus inter-class mixup."""
 
+from . import models  # registers TorchvisionForImageClassification with the Auto classes
 from .adapters import INPUT_POINT, ModelAdapter, find_head, find_mixing_points
 from .data import Cutout, SeededAugmentation, SingleViewTransform, SynerMixCollator, TwoViewTransform, dataset_labels
 from .mixup import (
@@ -12,6 +13,9 @@ from .mixup import (
     mixup_cross_entropy,
     sample_mixup_lambda,
 )
+from .errors import UsageError
+from .models import TorchvisionClassifierConfig, TorchvisionForImageClassification, build_torchvision_classifier
+from .recipe import RecipeTrainer, RecipeTrainingArguments
 from .sampler import ClassBalancedBatchSampler
 from .trainer import SynerMixTrainer, step_generators
 from .training_args import INTER_MIXUP_CHOICES, SynerMixTrainingArguments, normalise_inter_mixup
@@ -24,12 +28,18 @@ __all__ = [
     "ClassBalancedBatchSampler",
     "Cutout",
     "ModelAdapter",
+    "RecipeTrainer",
+    "RecipeTrainingArguments",
     "SeededAugmentation",
     "SingleViewTransform",
     "SynerMixCollator",
     "SynerMixTrainer",
     "SynerMixTrainingArguments",
+    "TorchvisionClassifierConfig",
+    "TorchvisionForImageClassification",
     "TwoViewTransform",
+    "UsageError",
+    "build_torchvision_classifier",
     "cutmix_batch",
     "cutmix_box",
     "dataset_labels",

@@ -1,0 +1,249 @@
+"""The paper's torchvision classifiers, wrapped as Hugging Face models.
+
+`build_torchvision_classifier` builds the six architectures of the reference code (`--model_name`): torchvision's
+resnet18/34/50/101, mobilenet_v3_large (`mobilenet`) and swin_t (`tiny-swin`), with the last Linear replaced for the
+number of classes and, for ResNets on small images (32 px CIFAR, 84 px mini-ImageNet), the CIFAR stem: a 3x3 stride-1
+first convolution and no max-pool.
+
+`TorchvisionForImageClassification` wraps such a network in a `PreTrainedModel` so that the Trainer checkpoints it,
+`save_pretrained` writes `model.safetensors` + `config.json`, and `AutoModelForImageClassification.from_pretrained`
+and `pipeline("image-classification")` load it back. The torchvision network stays a submodule (`network`), so
+`synermix_hf.adapters` finds its head and Manifold MixUp points exactly as for a bare torchvision model.
+
+Importing this module registers the config and the model with the Auto classes. Saved directories also carry this
+file and an `auto_map`, so they load without `import synermix_hf` when `trust_remote_code=True` is given. This file
+therefore imports nothing from the package (only torch, torchvision and transformers).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import ImageClassifierOutput
+
+__all__ = [
+    "MODEL_NAMES",
+    "TorchvisionClassifierConfig",
+    "TorchvisionForImageClassification",
+    "build_torchvision_classifier",
+    "normalise_model_name",
+    "uses_cifar_stem",
+]
+
+# --model_name -> torchvision builder, as named in the reference code.
+_BUILDERS = {
+    "resnet18": "resnet18",
+    "resnet34": "resnet34",
+    "resnet50": "resnet50",
+    "resnet101": "resnet101",
+    "mobilenet": "mobilenet_v3_large",
+    "tiny-swin": "swin_t",
+}
+MODEL_NAMES = tuple(_BUILDERS)
+"""The accepted `--model_name` values."""
+
+# Other spellings, including the authors' README (`-mn resnet-18`) and torchvision's own names.
+_ALIASES = {
+    **{f"resnet-{depth}": f"resnet{depth}" for depth in (18, 34, 50, 101)},
+    **{f"resnet_{depth}": f"resnet{depth}" for depth in (18, 34, 50, 101)},
+    "mobilenet_v3_large": "mobilenet",
+    "mobilenet-v3-large": "mobilenet",
+    "mobilenetv3": "mobilenet",
+    "swin_t": "tiny-swin",
+    "swin-t": "tiny-swin",
+    "tiny_swin": "tiny-swin",
+    "tinyswin": "tiny-swin",
+}
+
+# The weights `pretrained=True` gave in the torchvision releases the reference code was written for.
+_PRETRAINED_WEIGHTS = "IMAGENET1K_V1"
+
+# A ResNet gets the CIFAR stem for images up to this size (the paper: 32 px CIFAR-100, 84 px mini-ImageNet).
+CIFAR_STEM_MAX_SIZE = 84
+
+
+def normalise_model_name(name: str) -> str:
+    """Map a `--model_name` spelling (case-insensitive, aliases such as `resnet-18` or `swin_t`) to its canonical name.
+
+    Raises:
+        ValueError: for an unknown name; the message lists the valid names.
+    """
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in _BUILDERS:
+        close = difflib.get_close_matches(key, MODEL_NAMES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"Unknown --model_name {name!r}. Valid names: {', '.join(MODEL_NAMES)}.{hint} For a Hugging Face model, "
+            "use --model_name_or_path instead."
+        )
+    return key
+
+
+def uses_cifar_stem(model_name: str, image_size: int) -> bool:
+    """Whether a ResNet gets the CIFAR stem at this input size (ResNets only, images of at most 84 px)."""
+    return normalise_model_name(model_name).startswith("resnet") and image_size <= CIFAR_STEM_MAX_SIZE
+
+
+def _head_of(network: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """(parent module, attribute) of the final classification Linear."""
+    if name.startswith("resnet"):
+        return network, "fc"
+    if name == "tiny-swin":
+        return network, "head"
+    return network.classifier, "3"
+
+
+def build_torchvision_classifier(
+    model_name: str,
+    num_classes: int,
+    image_size: int = 224,
+    cifar_stem: bool | None = None,
+    pretrained: bool = False,
+) -> nn.Module:
+    """Build one of the paper's torchvision classifiers.
+
+    Args:
+        model_name: One of `MODEL_NAMES` (aliases accepted).
+        num_classes: Outputs of the new final Linear.
+        image_size: Input size; decides the CIFAR stem when `cifar_stem` is None.
+        cifar_stem: Force the ResNet CIFAR stem on or off (ignored for other architectures).
+        pretrained: Start from torchvision's ImageNet weights (downloaded on first use). The new stem and the new
+            final Linear are freshly initialised, as in the reference code.
+
+    Raises:
+        ValueError: unknown `model_name`.
+        OSError: the pretrained weights could not be downloaded; the message says where from and why.
+    """
+    name = normalise_model_name(model_name)
+    builder = getattr(torchvision.models, _BUILDERS[name])
+    network = builder(weights=None)
+    if pretrained:
+        weights = torchvision.models.get_model_weights(builder)[_PRETRAINED_WEIGHTS]
+        try:
+            state_dict = weights.get_state_dict(progress=False, check_hash=False)
+        except Exception as error:  # network errors come as URLError, OSError, HTTPError, RuntimeError...
+            raise OSError(
+                f"Could not download the ImageNet weights of {name} ({_BUILDERS[name]}, {_PRETRAINED_WEIGHTS}) from "
+                f"{weights.url}: {error}. Check the network connection, put the file in torch's cache "
+                f"({torch.hub.get_dir()}/checkpoints), or train from scratch without --pretrained."
+            ) from error
+        network.load_state_dict(state_dict)
+    if cifar_stem is None:
+        cifar_stem = uses_cifar_stem(name, image_size)
+    if cifar_stem and name.startswith("resnet"):
+        network.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(network.conv1.weight, mode="fan_out", nonlinearity="relu")
+        network.maxpool = nn.Identity()
+    parent, attribute = _head_of(network, name)
+    old_head = getattr(parent, attribute)
+    setattr(parent, attribute, nn.Linear(old_head.in_features, num_classes))
+    return network
+
+
+class TorchvisionClassifierConfig(PreTrainedConfig):
+    """Configuration of a `TorchvisionForImageClassification`.
+
+    Args:
+        architecture: One of `MODEL_NAMES`.
+        image_size: Input size the model was trained at.
+        cifar_stem: Whether a ResNet uses the 3x3 stride-1 stem without max-pool.
+        num_channels: Input channels (3).
+        kwargs: `PreTrainedConfig` arguments, e.g. `id2label` / `label2id` / `num_labels`.
+    """
+
+    model_type = "synermix_torchvision"
+
+    def __init__(
+        self,
+        architecture: str = "resnet18",
+        image_size: int = 224,
+        cifar_stem: bool = False,
+        num_channels: int = 3,
+        **kwargs: Any,
+    ):
+        self.architecture = normalise_model_name(architecture)
+        self.image_size = int(image_size)
+        self.cifar_stem = bool(cifar_stem)
+        self.num_channels = num_channels
+        super().__init__(**kwargs)
+
+
+class TorchvisionForImageClassification(PreTrainedModel):
+    """A torchvision classifier as a Hugging Face image classification model.
+
+    `forward(pixel_values, labels=None)` returns an `ImageClassifierOutput` (logits, and the cross-entropy loss when
+    labels are given). The network is `self.network`, an unmodified torchvision module except for its stem and head.
+    """
+
+    config_class = TorchvisionClassifierConfig
+    base_model_prefix = "network"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = False
+
+    def __init__(self, config: TorchvisionClassifierConfig, network: nn.Module | None = None):
+        super().__init__(config)
+        self.network = network if network is not None else build_torchvision_classifier(
+            config.architecture, config.num_labels, config.image_size, cifar_stem=config.cifar_stem
+        )
+        self.post_init()
+
+    @classmethod
+    def from_architecture(
+        cls,
+        model_name: str,
+        id2label: dict[int, str],
+        image_size: int = 224,
+        pretrained: bool = False,
+        cifar_stem: bool | None = None,
+    ) -> TorchvisionForImageClassification:
+        """Build a fresh (or ImageNet-initialised, with `pretrained`) model for the classes in `id2label`."""
+        name = normalise_model_name(model_name)
+        if cifar_stem is None:
+            cifar_stem = uses_cifar_stem(name, image_size)
+        config = TorchvisionClassifierConfig(
+            architecture=name,
+            image_size=image_size,
+            cifar_stem=cifar_stem,
+            id2label={int(k): str(v) for k, v in id2label.items()},
+            label2id={str(v): int(k) for k, v in id2label.items()},
+        )
+        network = build_torchvision_classifier(name, len(id2label), image_size, cifar_stem, pretrained)
+        return cls(config, network=network)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # torchvision initialises its modules in their constructors (Kaiming for convolutions); keep that.
+        return None
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> ImageClassifierOutput | tuple:
+        logits = self.network(pixel_values)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float(), labels.to(logits.device))
+        if return_dict is False:
+            return (loss, logits) if loss is not None else (logits,)
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+
+TorchvisionClassifierConfig.register_for_auto_class()
+TorchvisionForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+AutoConfig.register(TorchvisionClassifierConfig.model_type, TorchvisionClassifierConfig, exist_ok=True)
+AutoModelForImageClassification.register(TorchvisionClassifierConfig, TorchvisionForImageClassification, exist_ok=True)

@@ -1,0 +1,198 @@
+"""The authors' training recipe on the Trainer: SGD (momentum, Nesterov, weight decay), a StepLR stepped per epoch,
+and mixed precision that picks fp16 on GPU and bf16 on CPU.
+
+`RecipeTrainingArguments` are `SynerMixTrainingArguments` with the reference code's defaults (lr 0.1, momentum 0.9,
+weight decay 5e-4, StepLR every 10 epochs by 0.5, 120 epochs, batch 128, test batch 48, seed 123) and its short
+command-line flags (`-lr`, `-mo`, `-wd`, `-ss`, `-ga`, `-ne`, `-ep`, `-bs`, `-seed`, `-alpha`, `-beta`, `-itrm`, `-mp`).
+`RecipeTrainer` is a `SynerMixTrainer` that builds that optimizer and schedule. `recipe="trainer"` hands both back
+to the Trainer (`--optim`, `--lr_scheduler_type`, ...), e.g. to fine-tune a Hugging Face model with AdamW.
+
+The Trainer steps the scheduler after every optimizer update, so the per-epoch StepLR is a `LambdaLR` over update
+steps: the factor is `gamma ** (epoch // step_size)` with `epoch = step // updates_per_epoch`. Its state (the step
+count) is saved in every checkpoint and restored on resume, so a resumed run continues on the same learning rate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from transformers.trainer_utils import IntervalStrategy
+
+from .trainer import SynerMixTrainer
+from .training_args import SynerMixTrainingArguments
+
+__all__ = ["RECIPES", "RecipeTrainer", "RecipeTrainingArguments", "epoch_step_lr"]
+
+logger = logging.getLogger(__name__)
+
+RECIPES = ("paper", "trainer")
+
+
+def epoch_step_lr(optimizer: torch.optim.Optimizer, updates_per_epoch: int, step_size: int, gamma: float) -> LambdaLR:
+    """StepLR by epochs for a scheduler stepped after every optimizer update.
+
+    During epoch `e` (0-based) the learning rate is `base_lr * gamma ** (e // step_size)`, as with
+    `torch.optim.lr_scheduler.StepLR(step_size, gamma)` stepped at the end of every epoch.
+    """
+    if updates_per_epoch < 1 or step_size < 1:
+        raise ValueError(f"updates_per_epoch and step_size must be >= 1, got {updates_per_epoch} and {step_size}.")
+
+    def factor(update_step: int) -> float:
+        return gamma ** ((update_step // updates_per_epoch) // step_size)
+
+    return LambdaLR(optimizer, factor)
+
+
+def _resolve_mixed_precision(args: RecipeTrainingArguments) -> None:
+    """`--amp` (`-mp`): fp16 autocast with a grad scaler on CUDA, bf16 autocast elsewhere (fp16 does nothing on CPU)."""
+    if args.amp and not (args.fp16 or args.bf16):
+        if torch.cuda.is_available() and not args.use_cpu:
+            args.fp16 = True
+        else:
+            from transformers.utils import is_torch_bf16_gpu_available
+
+            args.bf16 = True
+            if not is_torch_bf16_gpu_available():
+                args.use_cpu = True  # TrainingArguments only accepts bf16 without an accelerator when use_cpu is set
+            logger.info("-mp/--amp: no CUDA device, so mixed precision uses bf16 autocast.")
+    if args.fp16 and (args.use_cpu or not torch.cuda.is_available()):
+        logger.warning(
+            "--fp16 has no effect without a CUDA device: Accelerate runs fp32 on CPU. Use --bf16 (or -mp / --amp, "
+            "which picks bf16 on CPU) for mixed precision on CPU."
+        )
+
+
+@dataclass
+class RecipeTrainingArguments(SynerMixTrainingArguments):
+    """`SynerMixTrainingArguments` with the reference code's recipe and defaults.
+
+    Args:
+        recipe: `paper` (SGD + per-epoch StepLR below) or `trainer` (the Trainer's `--optim` and
+            `--lr_scheduler_type`).
+        momentum: SGD momentum.
+        nesterov: Nesterov momentum (needs `momentum > 0`).
+        lr_step_size: Epochs between learning-rate decays.
+        lr_gamma: Decay factor.
+        amp: Mixed precision the way the reference's `-mp` means it: fp16 on CUDA, bf16 on CPU.
+    """
+
+    # The reference's defaults and short flags, on TrainingArguments fields.
+    learning_rate: float = field(default=0.1, metadata={"aliases": ["-lr"], "help": "Initial learning rate."})
+    weight_decay: float = field(default=5e-4, metadata={"aliases": ["-wd"], "help": "Weight decay (all parameters)."})
+    num_train_epochs: float = field(default=120, metadata={"aliases": ["-ep"], "help": "Number of training epochs."})
+    per_device_train_batch_size: int = field(
+        default=128,
+        metadata={"aliases": ["-bs"], "help": "Training batch size per device (before the balanced sampler's extras)."},
+    )
+    per_device_eval_batch_size: int = field(default=48, metadata={"help": "Evaluation batch size per device."})
+    seed: int = field(default=123, metadata={"aliases": ["-seed"], "help": "Random seed."})
+    # The method's parameters, with the reference's short flags.
+    beta: float = field(
+        default=0.0,
+        metadata={"aliases": ["-beta"], "help": "Weight of SynerMix-Intra, in [0, 1]; 0 disables it."},
+    )
+    alpha: float = field(
+        default=1.0,
+        metadata={"aliases": ["-alpha"], "help": "MixUp/CutMix concentration: lambda ~ Beta(alpha, alpha)."},
+    )
+    inter_mixup: str = field(
+        default="none",
+        metadata={
+            "aliases": ["-itrm"],
+            "help": "Inter-class mixup: none, mixup, manifold_mixup or cutmix (Mixup, Manifold_Mixup accepted).",
+        },
+    )
+    # The recipe.
+    recipe: str = field(
+        default="paper",
+        metadata={
+            "choices": list(RECIPES),
+            "help": "paper: SGD + StepLR per epoch (--momentum, --nesterov, --lr_step_size, --lr_gamma); trainer: the "
+            "Trainer's --optim and --lr_scheduler_type.",
+        },
+    )
+    momentum: float = field(default=0.9, metadata={"aliases": ["-mo"], "help": "SGD momentum."})
+    nesterov: bool = field(default=False, metadata={"aliases": ["-ne"], "help": "Use Nesterov momentum."})
+    lr_step_size: int = field(
+        default=10, metadata={"aliases": ["-ss"], "help": "Decay the learning rate every this many epochs."}
+    )
+    lr_gamma: float = field(default=0.5, metadata={"aliases": ["-ga"], "help": "Learning-rate decay factor."})
+    amp: bool = field(
+        default=False,
+        metadata={"aliases": ["-mp"], "help": "Mixed precision: fp16 on CUDA (with a grad scaler), bf16 on CPU."},
+    )
+    # Epoch-wise bookkeeping, as the reference logs and evaluates once per epoch.
+    logging_strategy: IntervalStrategy | str = field(
+        default="epoch", metadata={"help": "When to log training loss: epoch, steps or no."}
+    )
+    eval_strategy: IntervalStrategy | str | None = field(
+        default=None, metadata={"help": "When to evaluate: epoch, steps or no (default: epoch when evaluating)."}
+    )
+    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint: epoch, steps, best, no."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"--recipe {self.recipe!r} is not valid; choose one of {', '.join(RECIPES)}.")
+        if self.lr_step_size < 1:
+            raise ValueError(f"--lr_step_size (-ss) must be >= 1 epoch, got {self.lr_step_size}.")
+        if self.nesterov and self.momentum <= 0:
+            raise ValueError("--nesterov (-ne) needs --momentum (-mo) > 0.")
+        if self.momentum < 0:
+            raise ValueError(f"--momentum (-mo) must be >= 0, got {self.momentum}.")
+        if self.eval_strategy is None:
+            self.eval_strategy = "epoch" if self.do_eval else "no"
+        _resolve_mixed_precision(self)
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin memory for; avoids torch's warning on CPU
+        super().__post_init__()
+
+
+class RecipeTrainer(SynerMixTrainer):
+    """`SynerMixTrainer` with the reference's optimizer and schedule when `args.recipe == "paper"`.
+
+    SGD over all trainable parameters (weight decay on all of them, as the reference's
+    `SGD(model.parameters(), ...)`), and `epoch_step_lr`. An optimizer or scheduler passed in `optimizers=` wins.
+    """
+
+    _updates_per_epoch: int | None = None
+
+    def _uses_paper_recipe(self) -> bool:
+        return getattr(self.args, "recipe", "trainer") == "paper"
+
+    def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
+        values = super().set_initial_training_values(args, dataloader)
+        self._updates_per_epoch = values[1]  # num_update_steps_per_epoch
+        return values
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        if not self._uses_paper_recipe() or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        self.optimizer = torch.optim.SGD(
+            [p for p in opt_model.parameters() if p.requires_grad],
+            lr=self.args.learning_rate,
+            momentum=self.args.momentum,
+            weight_decay=self.args.weight_decay,
+            nesterov=self.args.nesterov,
+        )
+        return self.optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        if not self._uses_paper_recipe() or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        updates_per_epoch = self._updates_per_epoch or max(int(num_training_steps), 1)
+        self.lr_scheduler = epoch_step_lr(
+            optimizer if optimizer is not None else self.optimizer,
+            updates_per_epoch,
+            self.args.lr_step_size,
+            self.args.lr_gamma,
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler

@@ -1,0 +1,111 @@
+"""A human-readable log of a run: its arguments, its data, then one line per logged training and evaluation step.
+
+`write_run_header(path, sections)` starts the file; `RunLogCallback(path)` appends what the Trainer logs. With the
+recipe's epoch-wise logging (`--logging_strategy epoch`, `--eval_strategy epoch`) that is one training line and one
+evaluation line per epoch:
+
+    epoch   3/30  step    33  train  loss 0.4123  loss_intra 0.3012  loss_inter 0.4456  lr 0.1  (2.4 s)
+    epoch   3/30  step    33  eval   loss 0.2011  accuracy 0.9417  top5_accuracy 0.9972
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from transformers import TrainerCallback
+
+__all__ = ["RunLogCallback", "write_run_header"]
+
+_TRAIN_KEYS = ("loss", "loss_intra", "loss_inter", "learning_rate", "grad_norm")
+_SHORT = {"learning_rate": "lr"}
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3g}"
+    return str(value)
+
+
+def write_run_header(
+    path: str | os.PathLike, sections: Mapping[str, Mapping[str, Any]], title: str = "", append: bool = False
+) -> None:
+    """Start the log at `path` (or continue it, with `append`) with a title line and `key: value` blocks."""
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    lines = ([""] if append else []) + [title or "run", f"started {started}", ""]
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        width = max((len(str(k)) for k in values), default=0)
+        for key, value in values.items():
+            if isinstance(value, (dict, list, tuple)):
+                value = json.dumps(value, default=str)
+            lines.append(f"  {str(key).ljust(width)} : {value}")
+        lines.append("")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a" if append else "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+class RunLogCallback(TrainerCallback):
+    """Append one line per training log and per evaluation to a text file (on the main process only).
+
+    Args:
+        path: The log file (created if missing, appended to otherwise).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        self._epoch_started: float | None = None
+        self._training_done = False
+
+    def _write(self, state: Any, text: str) -> None:
+        if not getattr(state, "is_world_process_zero", True):
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+
+    def _prefix(self, state: Any, logs: Mapping[str, Any]) -> str:
+        epoch = logs.get("epoch", state.epoch) or 0.0
+        total = state.num_train_epochs or 0
+        epoch_text = f"{epoch:g}" if float(epoch).is_integer() else f"{epoch:.2f}"
+        return f"epoch {epoch_text:>5}/{total}  step {state.global_step:>6}"
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._write(
+            state,
+            f"training: {state.num_train_epochs} epochs, {state.max_steps} optimizer steps "
+            f"(resuming at step {state.global_step})" if state.global_step else
+            f"training: {state.num_train_epochs} epochs, {state.max_steps} optimizer steps",
+        )
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._training_done = True
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._epoch_started = time.time()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None, **kwargs: Any):
+        if not logs:
+            return
+        if "train_runtime" in logs:
+            summary = "  ".join(f"{k} {_format_value(v)}" for k, v in logs.items() if k != "epoch")
+            self._write(state, f"{self._prefix(state, logs)}  done   {summary}")
+            return
+        if "loss" in logs:
+            parts = [f"{_SHORT.get(k, k)} {_format_value(logs[k])}" for k in _TRAIN_KEYS if k in logs]
+            elapsed = f"  ({time.time() - self._epoch_started:.1f} s)" if self._epoch_started is not None else ""
+            self._write(state, f"{self._prefix(state, logs)}  train  {'  '.join(parts)}{elapsed}")
+            return
+        metrics = {k[len("eval_"):]: v for k, v in logs.items() if k.startswith("eval_")}
+        if metrics:
+            keep = {k: v for k, v in metrics.items() if not k.endswith(("_per_second", "runtime"))}
+            parts = [f"{k} {_format_value(v)}" for k, v in keep.items()]
+            label = "final eval" if self._training_done else "eval  "
+            self._write(state, f"{self._prefix(state, logs)}  {label} {'  '.join(parts)}")

@@ -1,0 +1,176 @@
+"""The paper's image transforms, and the Hugging Face image processor that reproduces their evaluation transform.
+
+A *family* names a recipe of the reference code; `image_size` scales it, so the same recipe serves the paper's size
+and a Hugging Face model's own input size:
+
+| family | training augmentation (size S) | evaluation | mean / std |
+| --- | --- | --- | --- |
+| `cifar` | RandomCrop(S, pad S/8), HFlip, Cutout(S/2) | resize to SxS | ImageNet |
+| `miniimagenet` | RandomCrop(S, pad S/7), HFlip, Cutout(32/84 S) | resize to SxS | 0.5 |
+| `imagenet` | RandomResizedCrop(S), HFlip | Resize(256/224 S), CenterCrop(S) | ImageNet |
+| `digits` | RandomCrop(S, pad S/8) (no flip: digits are not mirror-symmetric) | resize to SxS | 0.5 |
+
+At the paper's sizes this is exactly the reference: CIFAR-100 at 32 (pad 4, Cutout 16), mini-ImageNet at 84 (pad 12,
+Cutout 32), Food-101 / Oxford-IIIT Pet / Caltech-256 at 224 (Resize 256, CenterCrop 224). Cutout runs on the [0, 1]
+tensor before Normalize. Images of another size are first resized to SxS in the square families.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from torchvision import transforms as T
+
+from .data import Cutout
+
+__all__ = [
+    "FAMILIES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TransformSpec",
+    "build_transforms",
+    "image_processor_for",
+    "spec_from_image_processor",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+FAMILIES = ("cifar", "miniimagenet", "imagenet", "digits")
+_SQUARE_FAMILIES = ("cifar", "miniimagenet", "digits")
+_DEFAULT_NORMALIZATION = {
+    "cifar": (IMAGENET_MEAN, IMAGENET_STD),
+    "miniimagenet": (HALF, HALF),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "digits": (HALF, HALF),
+}
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """Which recipe, at which size, with which normalisation.
+
+    Args:
+        family: One of `FAMILIES`.
+        image_size: Side S of the model input.
+        mean, std: Normalisation; defaults to the family's (see the module docstring).
+    """
+
+    family: str
+    image_size: int
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"Unknown transform family {self.family!r}; choose one of {', '.join(FAMILIES)}.")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {self.image_size}.")
+        default_mean, default_std = _DEFAULT_NORMALIZATION[self.family]
+        object.__setattr__(self, "mean", tuple(self.mean) if self.mean is not None else default_mean)
+        object.__setattr__(self, "std", tuple(self.std) if self.std is not None else default_std)
+
+    @property
+    def eval_resize(self) -> int:
+        """Shorter side before the centre crop, for the `imagenet` family (256 at 224)."""
+        return round(self.image_size * 256 / 224)
+
+
+class ResizeIfNeeded:
+    """Resize a PIL image to `size` x `size` unless it already has that size (bilinear, like `T.Resize`)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._resize = T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image if image.size == (self.size, self.size) else self._resize(image)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size})"
+
+
+def build_transforms(spec: TransformSpec) -> tuple[T.Compose, T.Compose]:
+    """`(train_transform, eval_transform)`: PIL image (RGB) -> normalised `[3, S, S]` tensor."""
+    size = spec.image_size
+    normalize = T.Normalize(spec.mean, spec.std)
+    if spec.family == "imagenet":
+        train = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
+        evaluation = T.Compose([T.Resize(spec.eval_resize), T.CenterCrop(size), T.ToTensor(), normalize])
+        return train, evaluation
+
+    evaluation = T.Compose([ResizeIfNeeded(size), T.ToTensor(), normalize])
+    steps: list[Any] = [ResizeIfNeeded(size), T.ToTensor()]
+    if spec.family == "cifar":
+        steps += [
+            T.RandomCrop(size, padding=max(1, round(size / 8))),
+            T.RandomHorizontalFlip(),
+            Cutout(max(1, size // 2)),
+        ]
+    elif spec.family == "miniimagenet":
+        steps += [
+            T.RandomCrop(size, padding=max(1, round(size / 7))),
+            T.RandomHorizontalFlip(),
+            Cutout(max(1, round(size * 32 / 84))),
+        ]
+    else:  # digits
+        steps += [T.RandomCrop(size, padding=max(1, round(size / 8)))]
+    return T.Compose([*steps, normalize]), evaluation
+
+
+def image_processor_for(spec: TransformSpec) -> Any:
+    """A `BitImageProcessor` doing the evaluation transform of `spec`, to save next to a torchvision model.
+
+    `pipeline("image-classification")` and `AutoImageProcessor` then prepare images as the evaluation did:
+    resize to SxS (square families), or resize the shorter side to 256/224 S and centre-crop S (`imagenet`).
+    Grayscale and RGBA images are converted to RGB first.
+    """
+    from transformers import BitImageProcessor
+    from transformers.image_utils import PILImageResampling
+
+    size = spec.image_size
+    common = {
+        "resample": PILImageResampling.BILINEAR,
+        "image_mean": list(spec.mean),
+        "image_std": list(spec.std),
+        "do_convert_rgb": True,
+        "crop_size": {"height": size, "width": size},
+    }
+    if spec.family == "imagenet":
+        return BitImageProcessor(size={"shortest_edge": spec.eval_resize}, do_center_crop=True, **common)
+    return BitImageProcessor(size={"height": size, "width": size}, do_center_crop=False, **common)
+
+
+def _size_field(size: Any, key: str) -> int | None:
+    if size is None:
+        return None
+    value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    return int(value) if value else None
+
+
+def spec_from_image_processor(processor: Any, family: str) -> TransformSpec:
+    """The `family` recipe at a Hugging Face image processor's input size, with its mean and std.
+
+    The size is the processor's crop size when it centre-crops, else its `height` or `shortest_edge`.
+    """
+    size = getattr(processor, "size", None)
+    crop = getattr(processor, "crop_size", None)
+    image_size = None
+    if getattr(processor, "do_center_crop", False):
+        image_size = _size_field(crop, "height")
+    image_size = image_size or _size_field(size, "height") or _size_field(size, "shortest_edge")
+    if image_size is None:
+        raise ValueError(
+            f"Cannot tell the input size of {type(processor).__name__} (size={size!r}); set --image_size."
+        )
+    mean = getattr(processor, "image_mean", None)
+    std = getattr(processor, "image_std", None)
+    return TransformSpec(
+        family=family,
+        image_size=image_size,
+        mean=tuple(mean) if mean is not None else None,
+        std=tuple(std) if std is not None else None,
+    )

@@ -1,0 +1,179 @@
+"""run_image_classification.py's command line: the authors' short flags, JSON files, and errors for bad input."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT, build_image_folder, tiny_images, write_parquet_copy
+
+# The six configurations exactly as the authors' README writes them (`main.py` -> our script).
+README_COMMANDS = {
+    "wo-RA&ER": "-mn resnet-18 -ds cifar100 -bs 128",
+    "w-RA": "-mn resnet18 -ds cifar100 -bs 128 -beta 0.5 -phase test",
+    "w-ER(M)": "-mn resnet18 -ds cifar100 -bs 128 -alpha 1 -itrm Mixup -phase test",
+    "w-ER(MM)": "-mn resnet18 -ds cifar100 -bs 128 -alpha 1 -itrm Manifold_Mixup -phase test",
+    "w-RA&ER(M)": "-mn resnet18 -ds cifar100 -bs 128 -alpha 1 -beta 0.1 -itrm Mixup -phase test",
+    "w-RA&ER(MM)": "-mn resnet18 -ds cifar100 -bs 128 -alpha 1 -beta 0.1 -itrm Manifold_Mixup -phase test",
+}
+LONG_FORMS = {
+    "wo-RA&ER": "--model_name resnet18 --dataset_name cifar100 --per_device_train_batch_size 128",
+    "w-RA": "--model_name resnet18 --dataset_name cifar100 --per_device_train_batch_size 128 --beta 0.5 --phase test",
+    "w-ER(M)": "--model_name resnet18 --dataset_name cifar100 --per_device_train_batch_size 128 --alpha 1 "
+    "--inter_mixup mixup --phase test",
+    "w-ER(MM)": "--model_name resnet18 --dataset_name cifar100 --per_device_train_batch_size 128 --alpha 1 "
+    "--inter_mixup manifold_mixup --phase test",
+    "w-RA&ER(M)": "--model_name resnet18 --dataset_name cifar100 --per_device_train_batch_size 128 --alpha 1 "
+    "--beta 0.1 --inter_mixup mixup --phase test",
+    "w-RA&ER(MM)": "--model_name resnet18 --dataset_name cifar100 --per_device_train_batch_size 128 --alpha 1 "
+    "--beta 0.1 --inter_mixup manifold_mixup --phase test",
+}
+ALL_SHORT = "-mn resnet50 -ds food101 -pr True -bs 64 -alpha 0.4 -beta 0.2 -itrm Mixup -lr 0.05 -mo 0.8 -wd 1e-4 " \
+    "-ss 20 -ga 0.1 -seed 7 -ep 30 -ne True -phase val -vr 0.2 -mp true"
+ALL_LONG = "--model_name resnet50 --dataset_name food101 --pretrained --per_device_train_batch_size 64 --alpha 0.4 " \
+    "--beta 0.2 --inter_mixup mixup --learning_rate 0.05 --momentum 0.8 --weight_decay 1e-4 --lr_step_size 20 " \
+    "--lr_gamma 0.1 --seed 7 --num_train_epochs 30 --nesterov --phase val --val_ratio 0.2 --amp"
+
+
+def _parse(script, command):
+    return script.ScriptArgumentParser().parse(command.split())[:3]
+
+
+def _as_dicts(groups):
+    return [dataclasses.asdict(group) for group in groups]
+
+
+@pytest.mark.parametrize("name", list(README_COMMANDS))
+def test_authors_readme_commands_parse_like_the_long_flags(script, name):
+    short = _parse(script, README_COMMANDS[name])
+    assert _as_dicts(short) == _as_dicts(_parse(script, LONG_FORMS[name]))
+    model_args, data_args, training_args = short
+    assert (model_args.model_name, data_args.dataset_name, training_args.per_device_train_batch_size) == (
+        "resnet18", "cifar100", 128)
+
+
+def test_every_short_flag_maps_to_its_long_name(script):
+    short, long = _parse(script, ALL_SHORT), _parse(script, ALL_LONG)
+    assert _as_dicts(short) == _as_dicts(long)
+    model_args, data_args, args = short
+    assert model_args.pretrained and args.nesterov and args.amp and data_args.phase == "val"
+    assert (args.lr_step_size, args.lr_gamma, args.momentum, args.num_train_epochs) == (20, 0.1, 0.8, 30)
+    assert args.bf16 or args.fp16  # -mp: fp16 on CUDA, bf16 on CPU
+
+
+def test_defaults_are_the_reference_recipe(script):
+    _, data_args, args = _parse(script, "-ds cifar100")
+    assert (args.learning_rate, args.momentum, args.weight_decay, args.nesterov) == (0.1, 0.9, 5e-4, False)
+    assert (args.lr_step_size, args.lr_gamma, args.num_train_epochs, args.seed) == (10, 0.5, 120, 123)
+    assert (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (128, 48)
+    assert (args.beta, args.inter_mixup, args.alpha) == (0, "none", 1)
+    assert (data_args.phase, data_args.val_ratio) == ("test", 0.1)
+    assert args.do_train and args.do_eval and args.recipe == "paper"
+
+
+def test_arguments_from_a_json_file(script, tmp_path):
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"model_name": "mobilenet", "dataset_name": "cifar100", "beta": 0.1,
+                                "inter_mixup": "Manifold_Mixup", "num_train_epochs": 3}))
+    from_json = script.ScriptArgumentParser().parse([str(path)])[:3]
+    from_cli = _parse(script, "-mn mobilenet -ds cifar100 -beta 0.1 -itrm Manifold_Mixup -ep 3")
+    assert _as_dicts(from_json) == _as_dicts(from_cli)
+
+
+def test_builtin_preset_fills_only_what_is_not_given(script):
+    model_args, _, args, _ = script.ScriptArgumentParser().parse(["-ep", "2", "-beta", "0.3"])
+    assert (args.num_train_epochs, args.beta) == (2, 0.3)
+    assert model_args.image_size == script.BUILTIN_PRESET["image_size"]
+    assert args.inter_mixup == script.BUILTIN_PRESET["inter_mixup"] and args.balanced_sampler
+
+
+# ---- bad input: one paragraph on stderr, status 2, no traceback, before training ----
+
+
+def _fails(script, capsys, argv, *fragments):
+    assert script.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error: " in err, err
+    message = err[err.rindex("error: "):].strip()  # progress bars of `datasets` may come first
+    assert "\n\n" not in message and len(message.splitlines()) <= 3, message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_unknown_dataset_and_model_names_list_the_valid_ones(script, capsys, tmp_path):
+    out = ["--output_dir", str(tmp_path / "out")]
+    valid = "cifar100, food101, oxfordiiipet, caltech256, miniimagenet, digits"
+    _fails(script, capsys, ["-ds", "cifar1000", *out], "Did you mean 'cifar100'", valid)
+    _fails(script, capsys, ["-ds", "imagenette", *out], "not one of the built-in short names", valid)
+    _fails(script, capsys, ["-mn", "resnet19", *out], "resnet18, resnet34, resnet50, resnet101, mobilenet, tiny-swin")
+    _fails(script, capsys, ["--phase", "train", *out], "invalid choice", "'test', 'val'")
+    _fails(script, capsys, ["--no_such_flag", "1", *out], "--no_such_flag")
+
+
+def test_missing_directories(script, capsys, tmp_path):
+    out = ["--output_dir", str(tmp_path / "out")]
+    _fails(script, capsys, ["--train_dir", str(tmp_path / "missing"), *out], "--train_dir", "does not exist")
+    _fails(script, capsys, ["--model_name_or_path", str(tmp_path / "no_model"), *out], "--model_name_or_path",
+           "does not exist")
+    _fails(script, capsys, ["--resume_from_checkpoint", str(tmp_path / "checkpoint-9"), *out],
+           "--resume_from_checkpoint")
+
+
+def test_unreadable_image_is_named(script, capsys, tmp_path):
+    folder = build_image_folder(tmp_path / "images", [4, 4])
+    (folder / "class_0" / "corrupt.png").write_bytes(b"\x89PNG truncated")
+    _fails(script, capsys, ["--train_dir", str(folder), "--output_dir", str(tmp_path / "out")], "corrupt.png")
+
+
+def test_label_column_that_is_not_a_class_label(script, capsys, tmp_path):
+    import datasets
+
+    labels = [0, 1] * 4
+    copy = write_parquet_copy(
+        tmp_path / "scores",
+        {"train": {"image": tiny_images(labels), "label": labels, "score": [0.5 * i for i in range(8)]}},
+        datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"]),
+                           "score": datasets.Value("float32")}),
+    )
+    _fails(script, capsys, ["-ds", str(copy), "--label_column_name", "score", "--output_dir", str(tmp_path / "o")],
+           "'score' is not a class label", "image, label, score")
+
+
+def test_phase_val_with_too_few_samples_per_class(script, capsys, hub_copies, tmp_path):
+    _fails(script, capsys, ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "-phase", "val",
+                            "--max_train_samples", "4", "--output_dir", str(tmp_path / "o")], "--phase val")
+
+
+def test_unreachable_hub_dataset(script, capsys, tmp_path):
+    # conftest sets HF_HUB_OFFLINE=1, as on a machine without network.
+    _fails(script, capsys, ["-ds", "cifar100", "--output_dir", str(tmp_path / "o")],
+           "cannot reach the Hugging Face Hub", "uoft-cs/cifar100")
+
+
+def test_pretrained_weights_that_cannot_be_downloaded(script, capsys, monkeypatch, hub_copies, tmp_path):
+    import urllib.error
+
+    import torchvision.models._api as api
+
+    def unreachable(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", unreachable)
+    _fails(script, capsys, ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "-pr", "True",
+                            "--output_dir", str(tmp_path / "o")], "--pretrained", "download.pytorch.org")
+
+
+def test_bad_input_from_the_shell_exits_2_without_traceback(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run_image_classification.py"), "-mn", "resnet-19", "--output_dir",
+         str(tmp_path / "o")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    assert result.stderr.strip().startswith("error: Unknown --model_name 'resnet-19'")
+    assert not (tmp_path / "o").exists()
