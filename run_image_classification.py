@@ -608,7 +608,10 @@ def run_summary(argv, model_args, data_args, training_args, data, model, spec, c
         },
         "method": {"method": method_label(training_args.beta, training_args.inter_mixup),
                    **{k: values[k] for k in method_keys}},
-        "recipe": {"recipe": f"{training_args.recipe}: {optimizer}", **{k: str(values[k]) for k in recipe_keys}},
+        "recipe": {"recipe": f"{training_args.recipe}: {optimizer}", **{k: str(values[k]) for k in recipe_keys},
+                   "processes": training_args.world_size,
+                   "total train batch size": training_args.per_device_train_batch_size * training_args.world_size
+                   * training_args.gradient_accumulation_steps},
         "output": {"output_dir": os.path.abspath(training_args.output_dir)},
         "all arguments": {
             "model": {k: v for k, v in dataclasses.asdict(model_args).items() if k != "token"},

@@ -1,8 +1,9 @@
 """Data-parallel SynerMix on 2 CPU processes (gloo)."""
 
+import json
+import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,17 @@ HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not installed")
 
 
+LAUNCHERS = {
+    "torchrun": ["torchrun", "--nproc_per_node", "2"],
+    "accelerate": ["accelerate", "launch", "--multi_gpu", "--num_processes", "2"],
+}
+
+
 def run_two_processes(launcher: list[str], script: Path, *script_args: str, timeout: int = 300) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [*launcher, str(script), *script_args], capture_output=True, text=True, timeout=timeout, cwd=HERE.parent
+        [*launcher, str(script), *script_args], capture_output=True, text=True, timeout=timeout, cwd=HERE.parent,
+        env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
@@ -62,3 +71,25 @@ def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path):
     for name, parameter, g0, g1 in zip(names, model.parameters(), *gradients, strict=True):
         expected = parameter.detach() - 0.1 * (g0 + g1) / 2
         torch.testing.assert_close(final[name], expected, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    "launcher, inter_mixup",
+    [("torchrun", "Mixup"), ("torchrun", "Manifold_Mixup"), ("accelerate", "cutmix"), ("accelerate", "none")],
+)
+def test_the_script_trains_synermix_on_two_processes(tmp_path, hub_copies, launcher, inter_mixup):
+    out = tmp_path / "out"
+    run_two_processes(
+        LAUNCHERS[launcher], HERE.parent / "run_image_classification.py",
+        "-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--use_cpu", "--ddp_backend", "gloo",
+        "-beta", "0.1", "-itrm", inter_mixup, "-bs", "4", "--max_steps", "2", "--dataloader_num_workers", "0",
+        "--save_strategy", "no", "--output_dir", str(out), "--disable_tqdm", "true",
+    )  # fmt: skip
+    log = (out / "training_log.txt").read_text()
+    assert "processes                   : 2" in log and "total train batch size      : 8" in log
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    assert logged and all("loss_intra" in entry and "loss_inter" in entry for entry in logged)
+    results = json.loads((out / "all_results.json").read_text())
+    assert 0.0 <= results["eval_accuracy"] <= 1.0
