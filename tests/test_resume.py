@@ -1,6 +1,7 @@
-"""A run killed with SIGKILL after a checkpoint resumes and ends exactly where an uninterrupted run ends."""
+"""A script run killed with SIGKILL after a checkpoint resumes and ends exactly where an uninterrupted run ends."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -9,30 +10,52 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-SCRIPT = Path(__file__).resolve().parent / "distributed" / "train_resumable.py"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
 
 
-def test_killed_run_resumes_to_the_same_weights_and_metrics(tmp_path):
-    uninterrupted = run(str(tmp_path / "a"))
+def test_killed_script_resumes_to_the_same_weights_and_metrics(tmp_path, hub_copies):
+    # 18 training images, batch 4: 4 steps an epoch, so checkpoint-6 is in the middle of epoch 2. The recipe's SGD
+    # has momentum (optimizer state), StepLR halves the rate every epoch, and beta > 0 with Manifold MixUp uses the
+    # balanced sampler and every kind of draw; the cifar transforms crop, flip and cut out at random.
+    common = [
+        "-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--image_size", "16", "-mn", "resnet18",
+        "-bs", "4", "-ep", "3", "-lr", "0.05", "-ss", "1", "-ga", "0.5", "-beta", "0.3", "-itrm", "Manifold_Mixup",
+        "-seed", "5", "--save_strategy", "steps", "--save_steps", "6", "--save_total_limit", "10",
+        "--dataloader_num_workers", "0", "--disable_tqdm", "true",
+    ]  # fmt: skip
+    script = str(ROOT / "run_image_classification.py")
+    uninterrupted = run(script, *common, "--output_dir", str(tmp_path / "a"))
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
 
-    killed = run(str(tmp_path / "b"), "--kill_after_step", "8")  # 6 steps an epoch: step 8 is mid-epoch 2
-    assert killed.returncode == -signal.SIGKILL
-    assert not (tmp_path / "b" / "final_state.pt").exists()
-    resumed = run(str(tmp_path / "b"), "--resume_from_checkpoint", str(tmp_path / "b" / "checkpoint-8"))
+    killed = run(str(ROOT / "tests" / "distributed" / "kill_after_checkpoint.py"), "6", *common,
+                 "--output_dir", str(tmp_path / "b"))  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (tmp_path / "b" / "all_results.json").exists()
+    checkpoint = tmp_path / "b" / "checkpoint-6"
+    resumed = run(script, *common, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", str(checkpoint))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    expected = torch.load(tmp_path / "a" / "final_state.pt")
-    actual = torch.load(tmp_path / "b" / "final_state.pt")
+    expected = load_file(tmp_path / "a" / "model.safetensors")
+    actual = load_file(tmp_path / "b" / "model.safetensors")
+    assert expected.keys() == actual.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(actual[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
-    metrics_a = json.loads((tmp_path / "a" / "final_metrics.json").read_text())
-    metrics_b = json.loads((tmp_path / "b" / "final_metrics.json").read_text())
-    assert metrics_b["eval_loss"] == metrics_a["eval_loss"]
+    results_a = json.loads((tmp_path / "a" / "all_results.json").read_text())
+    results_b = json.loads((tmp_path / "b" / "all_results.json").read_text())
+    for key in ("eval_loss", "eval_accuracy"):
+        assert results_b[key] == results_a[key], key
+    # The learning rate went through the same per-epoch steps in both runs.
+    rates = [
+        [e["learning_rate"] for e in json.loads((d / "trainer_state.json").read_text())["log_history"]
+         if "learning_rate" in e]
+        for d in (tmp_path / "a", tmp_path / "b")
+    ]  # fmt: skip
+    assert rates[0][-1] == rates[1][-1] == 0.05 * 0.5**2
     # The comparison has teeth: training went on after the checkpoint it resumed from.
-    at_checkpoint = load_file(tmp_path / "b" / "checkpoint-8" / "model.safetensors")
+    at_checkpoint = load_file(checkpoint / "model.safetensors")
     assert any(not torch.equal(at_checkpoint[name], expected[name]) for name in at_checkpoint)

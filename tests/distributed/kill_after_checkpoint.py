@@ -1,0 +1,40 @@
+"""Run run_image_classification.py and SIGKILL the process right after it saves checkpoint-N.
+
+    python tests/distributed/kill_after_checkpoint.py N <run_image_classification.py arguments>
+
+The callback is added to the script's own trainer; everything else is the script as users run it.
+"""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import run_image_classification  # noqa: E402
+from synermix_hf.recipe import RecipeTrainer  # noqa: E402
+
+
+class KillAfterCheckpoint(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+kill_step = int(sys.argv[1])
+original_init = RecipeTrainer.__init__
+
+
+def init_with_kill(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    self.add_callback(KillAfterCheckpoint(kill_step))
+
+
+RecipeTrainer.__init__ = init_with_kill
+sys.exit(run_image_classification.main(sys.argv[2:]))
