@@ -201,8 +201,12 @@ class SeededAugmentation(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Any:
         example_seed = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1, np.uint64)[0]
+        # Seed only the CPU generator that the transforms draw from. `torch.manual_seed` would also seed every CUDA
+        # (and MPS/XPU/MTIA) generator: about 0.3 ms per example on a machine without CUDA (it records a stack trace
+        # for each lazily initialised backend), and, where CUDA is initialised, a reseeding of the model's CUDA
+        # generator that `fork_rng(devices=[])` does not undo.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(example_seed >> np.uint64(1)))
+            torch.default_generator.manual_seed(int(example_seed >> np.uint64(1)))
             return self.dataset[index]
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
