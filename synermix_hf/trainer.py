@@ -11,17 +11,21 @@ Evaluation and `predict()` are plain: cross-entropy and logits on the original v
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback
+from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.trainer_utils import has_length, seed_worker
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .adapters import INPUT_POINT, ModelAdapter
 from .data import SeededAugmentation, SynerMixCollator, dataset_labels
@@ -173,6 +177,34 @@ class SynerMixTrainer(Trainer):
             shard.batch_size = None
         self._set_epoch_callback.targets = [t for t in (sampler, dataset) if t is not None]
         return loader
+
+    # ---- checkpoints ----
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        if not self._load_renamed_weights(resume_from_checkpoint, model if model is not None else self.model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        if not self._load_renamed_weights(self.state.best_model_checkpoint, self.model):
+            super()._load_best_model()
+
+    def _load_renamed_weights(self, checkpoint: str | None, model: nn.Module) -> bool:
+        """Load a checkpoint saved under other weight names than the model's own, converting them; False if not.
+
+        transformers 5 saves some models (ViT among them) under their legacy weight names, and the Trainer's own
+        resume loads the file without converting them back, which leaves those weights untrained with only a
+        warning (huggingface/transformers#43701). `from_pretrained` does the conversion.
+        """
+        if checkpoint is None or not isinstance(model, PreTrainedModel):
+            return False
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return False
+        saved = _saved_weight_names(checkpoint)
+        if saved is None or saved == set(model.state_dict()):
+            return False
+        reloaded = type(model).from_pretrained(checkpoint, config=model.config)
+        model.load_state_dict(reloaded.state_dict())
+        return True
 
     # ---- loss ----
 
@@ -330,6 +362,19 @@ class _SetEpochCallback(TrainerCallback):
         epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
         for target in self.targets:
             target.set_epoch(epoch)
+
+
+def _saved_weight_names(checkpoint: str) -> set[str] | None:
+    """Names of the weights in a checkpoint's safetensors file(s), or None when it has none."""
+    single = os.path.join(checkpoint, SAFE_WEIGHTS_NAME)
+    index = os.path.join(checkpoint, SAFE_WEIGHTS_INDEX_NAME)
+    if os.path.isfile(single):
+        with safe_open(single, framework="pt") as weights:
+            return set(weights.keys())
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as handle:
+            return set(json.load(handle)["weight_map"])
+    return None
 
 
 def _original_view(inputs: dict[str, Any]) -> torch.Tensor:

@@ -364,3 +364,17 @@ def test_bf16_autocast_trains(tmp_path):
     trainer = SynerMixTrainer(model=hf_resnet(), args=args, train_dataset=train)
     result = trainer.train()
     assert np.isfinite(result.training_loss)
+
+
+def test_resuming_a_hugging_face_model_saved_under_legacy_weight_names_restores_every_weight(tmp_path):
+    # transformers 5 saves ViT under its legacy names (encoder.layer.*.attention.attention.query...), which the
+    # Trainer's own resume does not convert back (huggingface/transformers#43701).
+    train, _ = two_view_sets()
+    args = arguments(tmp_path, beta=0.3, max_steps=4, save_strategy="steps", save_steps=2, per_device_train_batch_size=8)
+    uninterrupted = SynerMixTrainer(model=vit(), args=args, train_dataset=train)
+    uninterrupted.train()
+    expected = {name: tensor.clone() for name, tensor in uninterrupted.model.state_dict().items()}
+    resumed = SynerMixTrainer(model=vit(seed=9), args=args, train_dataset=train)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    for name, tensor in resumed.model.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], msg=name)
