@@ -201,6 +201,12 @@ class ScriptTrainingArguments(RecipeTrainingArguments):
         default_factory=_default_num_workers,
         metadata={"help": "Processes decoding and augmenting images (default: half the CPU cores, at most 8)."},
     )
+    feature_metrics: bool = field(
+        default=False,
+        metadata={"help": "After the final evaluation, also report eval_cohesion and eval_separability of the "
+                  "penultimate features of the evaluation set (synermix_hf/metrics/feature_cohesion, "
+                  "feature_separability)."},
+    )
 
     def __post_init__(self):
         self.output_dir_given = self.output_dir is not None
@@ -442,8 +448,11 @@ def _build_hf_model(model_args: ModelArguments, data: PreparedData, family: str,
 # ---- main ----
 
 
-def run(argv: list[str] | None = None) -> dict[str, float]:
-    """Parse, check, train, evaluate and save. Returns the combined metrics. Raises `UsageError` on bad input."""
+def run(argv: list[str] | None = None, callbacks: list[Any] | None = None) -> dict[str, float]:
+    """Parse, check, train, evaluate and save. Returns the combined metrics. Raises `UsageError` on bad input.
+
+    `callbacks`: extra `TrainerCallback`s for the Trainer (e.g. progress reporting by a caller).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
 
     # 1. Arguments.
@@ -506,7 +515,9 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
                              f"({len(data.train)} examples); the class-balanced sampler drops incomplete batches. "
                              "Lower the batch size.")
 
-    # 5. Model and image processor.
+    # 5. Model and image processor, initialised from --seed (as Hugging Face's script does), so that the initial
+    # weights follow the seed and do not depend on what ran before in the same process.
+    transformers.set_seed(training_args.seed)
     model, image_processor, spec = build_model(model_args, data)
 
     # 6. Transforms: one decode per image; the training set carries the original view when beta > 0.
@@ -543,7 +554,7 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=image_processor,
         compute_metrics=compute_metrics,
         train_labels=train_labels,
-        callbacks=[RunLogCallback(log_path)] if training_args.should_save else None,
+        callbacks=([RunLogCallback(log_path)] if training_args.should_save else []) + list(callbacks or []),
     )
 
     # 9. Training.
@@ -560,6 +571,10 @@ def run(argv: list[str] | None = None) -> dict[str, float]:
     # 10. Evaluation.
     if training_args.do_eval:
         metrics = {**trainer.evaluate(), "eval_samples": len(data.eval)}
+        if training_args.feature_metrics:
+            from synermix_hf.feature_metrics import penultimate_feature_metrics
+
+            metrics.update(penultimate_feature_metrics(trainer))
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         all_metrics.update(metrics)
