@@ -5,17 +5,5 @@ benchmark also runs alone: `python -m benchmarks.bench_intra_mixup`, `bench_trai
 `bench_data_pipeline`, and `gpu_check` (CUDA only; skips cleanly without a GPU). See BENCHMARKS.md.
 """
 
-import os as _os
-
-# Before anything imports transformers or datasets: offline, quiet.
-for _key, _value in {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "WANDB_DISABLED": "true",
-    "DISABLE_MLFLOW_INTEGRATION": "TRUE",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-}.items():
-    _os.environ.setdefault(_key, _value)
+# Importing `common` first sets the offline, quiet environment before anything imports transformers or datasets.
+from . import common as _common  # noqa: F401, E402
