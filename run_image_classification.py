@@ -26,9 +26,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
-from synermix_hf.data import SingleViewTransform, TwoViewTransform
+from synermix_hf.data import SingleViewTransform, TwoViewTransform, dataset_labels
 from synermix_hf.datasets_catalog import (
     BUILTIN_DATASET,
     CATALOG,
@@ -524,7 +523,7 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None) -> di
     train_transform, eval_transform = build_transforms(spec)
     train_labels = None
     if data.train is not None:
-        train_labels = np.asarray(list(data.train.with_format(None)[data.label_column]), dtype=np.int64)
+        train_labels = dataset_labels(data.train, data.label_column)
         if training_args.beta > 0:
             view = TwoViewTransform(train_transform, eval_transform, data.image_column, data.label_column)
         else:

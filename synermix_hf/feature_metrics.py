@@ -20,13 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .adapters import ModelAdapter
+from .trainer import SynerMixTrainer
 from .metrics import load_metric
 
 __all__ = ["collect_penultimate_features", "feature_space_metrics", "penultimate_feature_metrics"]
 
 
-def collect_penultimate_features(trainer: Any, eval_dataset: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def collect_penultimate_features(
+    trainer: SynerMixTrainer, eval_dataset: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate features and labels of `eval_dataset` (default: the trainer's), model in eval mode.
 
     Uses the trainer's evaluation dataloader (its batch size, collator and, with several processes, its sharding; the
@@ -36,8 +38,7 @@ def collect_penultimate_features(trainer: Any, eval_dataset: Any = None) -> tupl
         `(features, labels)`: float32 array [N, D] and int64 array [N].
     """
     model = trainer.accelerator.unwrap_model(trainer.model)
-    args = trainer.args
-    adapter = ModelAdapter.from_model(model, head_module=getattr(args, "head_module", None), need_mixing_points=False)
+    adapter = trainer.adapter
     loader = trainer.get_eval_dataloader(eval_dataset)
     was_training = model.training
     model.eval()
@@ -76,7 +77,9 @@ def feature_space_metrics(features: Any, labels: Any, prefix: str = "") -> dict[
     return {f"{prefix}{key}": float(value) for key, value in results.items()}
 
 
-def penultimate_feature_metrics(trainer: Any, eval_dataset: Any = None, prefix: str = "eval_") -> dict[str, float]:
+def penultimate_feature_metrics(
+    trainer: SynerMixTrainer, eval_dataset: Any = None, prefix: str = "eval_"
+) -> dict[str, float]:
     """Cohesion and separability of the penultimate features of the evaluation set (see the module docstring)."""
     features, labels = collect_penultimate_features(trainer, eval_dataset)
     return feature_space_metrics(features, labels, prefix=prefix)
