@@ -642,16 +642,16 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
-    finally:
-        _destroy_process_group()
+    _destroy_process_group()  # only after success: a barrier after one rank failed would wait forever
     return 0
 
 
 def _destroy_process_group() -> None:
-    """Leave the process group before exit: a gloo group torn down at interpreter exit can abort the process."""
+    """Leave the process group together before exit: a gloo group torn down at interpreter exit can abort a rank."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no rank leaves while its peer still talks to it
         dist.destroy_process_group()
 
 

@@ -39,4 +39,5 @@ if args.process_index == 0:
     torch.save(trainer.model.state_dict(), out / "final.pt")
 print(f"process {args.process_index} of {args.world_size} done")
 if torch.distributed.is_initialized():  # a gloo group torn down at interpreter exit can abort the process
+    torch.distributed.barrier()  # no rank leaves while its peer still talks to it
     torch.distributed.destroy_process_group()
