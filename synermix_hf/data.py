@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .seeding import example_seeds
+
 __all__ = [
     "LABEL_COLUMN_CANDIDATES",
     "Cutout",
@@ -171,13 +173,18 @@ class SynerMixCollator:
 
 
 class SeededAugmentation(torch.utils.data.Dataset):
-    """Make each example's random augmentation a function of `(seed, epoch, index)` alone.
+    """Make each example's random augmentation a function of `(seed, epoch, position)` alone.
 
     torchvision's random transforms draw from torch's global generator, so what an example looks like depends on
     everything drawn before it: the number of workers, the number of processes, and where a resumed run restarted.
-    This wrapper forks that generator and seeds it per example, so a resumed run and a run on more processes
-    augment every example exactly as an uninterrupted single-process run does. The epoch lives in shared memory,
-    so `set_epoch` reaches DataLoader workers, persistent ones included.
+    This wrapper forks that generator and seeds it per example appearance, so a resumed run and a run on more
+    processes augment every example exactly as an uninterrupted single-process run does. The epoch lives in shared
+    memory, so `set_epoch` reaches DataLoader workers, persistent ones included.
+
+    Items are asked for either as `(index, position)` pairs, as `PositionedBatchSampler` yields them (the position is
+    the appearance's place in the epoch, so an index loaded twice in an epoch is augmented twice, independently), or
+    as plain indices, which key the draw by the index (right for samplers that load each index at most once an
+    epoch).
 
     Args:
         dataset: A map-style dataset whose items apply the augmentation (e.g. with `TwoViewTransform`).
@@ -199,18 +206,23 @@ class SeededAugmentation(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Any:
-        example_seed = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1, np.uint64)[0]
+    def __getitem__(self, item: int | tuple[int, int]) -> Any:
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> list[Any]:
+        pairs = [(int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), int(item))
+                 for item in items]
+        seeds = example_seeds(self.seed, self.epoch, [position for _, position in pairs])
+        examples = []
         # Seed only the CPU generator that the transforms draw from. `torch.manual_seed` would also seed every CUDA
         # (and MPS/XPU/MTIA) generator: about 0.3 ms per example on a machine without CUDA (it records a stack trace
         # for each lazily initialised backend), and, where CUDA is initialised, a reseeding of the model's CUDA
         # generator that `fork_rng(devices=[])` does not undo.
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(int(example_seed >> np.uint64(1)))
-            return self.dataset[index]
-
-    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
-        return [self[index] for index in indices]
+            for (index, _), example_seed in zip(pairs, seeds):
+                torch.default_generator.manual_seed(int(example_seed >> np.uint64(1)))
+                examples.append(self.dataset[index])
+        return examples
 
 
 def dataset_labels(dataset: Any, label_column: str | None = None) -> np.ndarray:

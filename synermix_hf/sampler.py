@@ -3,16 +3,20 @@
 Shuffle the indices, cut them into batches of `batch_size`, then give every class that appears exactly once in a
 batch one more random member of that class. Each epoch is drawn from a generator seeded by `(seed, epoch)`, so every
 process builds the same sequence of batches and a resumed run sees the batches it would have seen.
+
+`PositionedBatchSampler` tags every index with its position in the epoch's sequence of examples, so that the
+augmentation can be drawn per appearance (a partner loaded twice in an epoch is augmented twice, independently).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["ClassBalancedBatchSampler"]
+__all__ = ["ClassBalancedBatchSampler", "PositionedBatchSampler"]
 
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):
@@ -70,3 +74,40 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
             if len(candidates):
                 partners.append(int(rng.choice(candidates)))
         return partners
+
+
+class PositionedBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yield the batches of `batch_sampler` as `(index, position)` pairs, numbering the epoch's examples from 0.
+
+    Wrap the common sequence of batches before it is split across processes (accelerate shards the wrapper), so a
+    position names the same appearance on any number of processes and after a resume, which replays the epoch's
+    batches from its start. `SeededAugmentation` keys each example's augmentation by its position.
+
+    Args:
+        batch_sampler: Yields lists of dataset indices, e.g. `ClassBalancedBatchSampler`. Its `batch_size`,
+            `drop_last` and `set_epoch` are passed through.
+    """
+
+    def __init__(self, batch_sampler: Iterable[list[int]]):
+        self.batch_sampler = batch_sampler
+
+    @property
+    def batch_size(self) -> Any:
+        return getattr(self.batch_sampler, "batch_size", None)
+
+    @property
+    def drop_last(self) -> bool:
+        return bool(getattr(self.batch_sampler, "drop_last", False))
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        position = 0
+        for batch in self.batch_sampler:
+            yield [(int(index), position + offset) for offset, index in enumerate(batch)]
+            position += len(batch)

@@ -37,7 +37,7 @@ from .mixup import (
     mixup_cross_entropy,
     sample_mixup_lambda,
 )
-from .sampler import ClassBalancedBatchSampler
+from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler
 from .training_args import SynerMixTrainingArguments
 
 __all__ = ["SynerMixTrainer", "step_generators"]
@@ -137,9 +137,10 @@ class SynerMixTrainer(Trainer):
     def get_train_dataloader(self) -> DataLoader:
         """The training loader: balanced batches (when enabled) of examples whose augmentation is seeded.
 
-        Each example is augmented with a generator seeded by `(seed, epoch, index)` (`SeededAugmentation`) and the
-        balanced sampler draws from `(seed, epoch)`, so a resumed run, or a run on more processes, sees the batches
-        and the augmented images that an uninterrupted single-process run sees.
+        Each example appearance is augmented with a generator seeded by `(seed, epoch, position in the epoch)`
+        (`SeededAugmentation`, `PositionedBatchSampler`) and the balanced sampler draws from `(seed, epoch)`, so a
+        resumed run, or a run on more processes, sees the batches and the augmented images that an uninterrupted
+        single-process run sees, and a partner loaded twice in an epoch gets two independent augmentations.
         """
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
@@ -162,7 +163,7 @@ class SynerMixTrainer(Trainer):
         if self.args.balanced_sampler:
             labels = self.train_labels if self.train_labels is not None else dataset_labels(self.train_dataset)
             sampler = ClassBalancedBatchSampler(labels, batch_size=self._train_batch_size, seed=seed)
-            loader_kwargs["batch_sampler"] = sampler
+            loader_kwargs["batch_sampler"] = PositionedBatchSampler(sampler)
         else:
             loader_kwargs.update(
                 batch_size=self._train_batch_size,
@@ -171,7 +172,7 @@ class SynerMixTrainer(Trainer):
             )
         loader = self.accelerator.prepare(DataLoader(dataset, **loader_kwargs))
         shard = getattr(loader, "batch_sampler", None)
-        if sampler is not None and getattr(shard, "batch_sampler", None) is sampler:
+        if sampler is not None and getattr(shard, "batch_sampler", None) is loader_kwargs["batch_sampler"]:
             # Balanced batches are longer than `batch_size`; accelerate's shard would take them for incomplete and
             # drop them. `None` tells it batches have dynamic length, so each process takes whole batches in turn.
             shard.batch_size = None

@@ -117,3 +117,26 @@ def test_seeded_augmentation_depends_only_on_seed_epoch_and_index():
     assert not torch.equal(first[0]["pixel_values"], forward[0])
     assert [e["labels"] for e in first.__getitems__([4, 1])] == [1, 1]
     assert dataset_labels(first).tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_a_partner_loaded_twice_in_an_epoch_gets_two_independent_augmentations():
+    from synermix_hf.sampler import ClassBalancedBatchSampler, PositionedBatchSampler
+
+    augment = transforms.Compose([transforms.RandomResizedCrop(8), transforms.ToTensor()])
+    original = transforms.ToTensor()
+    base = image_dataset(n=30).with_transform(TwoViewTransform(augment, original))
+    seeded = SeededAugmentation(base, seed=3)
+    batches = list(PositionedBatchSampler(ClassBalancedBatchSampler(dataset_labels(base), batch_size=4, seed=3)))
+    appearances = {}
+    for batch in batches:
+        for index, position in batch:
+            appearances.setdefault(index, []).append(position)
+    assert [p for batch in batches for _, p in batch] == list(range(sum(map(len, batches))))  # positions 0, 1, ...
+    twice = [(index, positions) for index, positions in appearances.items() if len(positions) > 1]
+    assert twice, "the balanced sampler should load some partner twice in this epoch"
+    for index, (first, second) in twice:
+        a, b = seeded.__getitems__([(index, first), (index, second)])
+        assert torch.equal(a["original_pixel_values"], b["original_pixel_values"])
+        assert not torch.equal(a["pixel_values"], b["pixel_values"])
+        # Each appearance is a function of (seed, epoch, position) alone: asked again, alone, it is the same view.
+        torch.testing.assert_close(seeded[(index, second)]["pixel_values"], b["pixel_values"], rtol=0, atol=0)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from synermix_hf import ClassBalancedBatchSampler, SeededAugmentation, SynerMixCollator, dataset_labels, step_generators
+from synermix_hf.sampler import PositionedBatchSampler
 
 from test_trainer import hand_intra_loss, hand_mixed_ce, resnet, two_view_sets
 
@@ -43,7 +44,7 @@ def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path):
     # augmented exactly as one process would augment them.
     train, _ = two_view_sets()
     sampler = ClassBalancedBatchSampler(dataset_labels(train), batch_size=8, seed=3)
-    expected_batches = list(sampler)[:2]
+    expected_batches = list(PositionedBatchSampler(sampler))[:2]
     seeded = SeededAugmentation(train, seed=3)
     batches = [torch.load(tmp_path / f"batch_rank{rank}.pt") for rank in (0, 1)]
     for indices, batch in zip(expected_batches, batches, strict=True):

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from synermix_hf.sampler import ClassBalancedBatchSampler
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,14 @@ def test_killed_script_resumes_to_the_same_weights_and_metrics(tmp_path, hub_cop
         "-seed", "5", "--save_strategy", "steps", "--save_steps", "6", "--save_total_limit", "10",
         "--dataloader_num_workers", "0", "--disable_tqdm", "true",
     ]  # fmt: skip
+    # Partners loaded twice in an epoch are augmented per appearance, and the resume must replay that too.
+    labels = [y for y, count in enumerate([6, 6, 6]) for _ in range(count)]  # the copy's training labels
+    sampler = ClassBalancedBatchSampler(labels, 4, seed=5)
+    epoch_indices = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        epoch_indices.append([index for batch in sampler for index in batch])
+    assert any(len(indices) > len(set(indices)) for indices in epoch_indices)
     script = str(ROOT / "run_image_classification.py")
     uninterrupted = run(script, *common, "--output_dir", str(tmp_path / "a"))
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
