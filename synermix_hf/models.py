@@ -120,7 +120,7 @@ def build_torchvision_classifier(
         image_size: Input size; decides the CIFAR stem when `cifar_stem` is None.
         cifar_stem: Force the ResNet CIFAR stem on or off (ignored for other architectures).
         pretrained: Start from torchvision's ImageNet weights (downloaded on first use). The new stem and the new
-            final Linear are freshly initialised, as in the reference code.
+            final Linear are freshly initialised with PyTorch's default initialisation, as in the reference code.
 
     Raises:
         ValueError: unknown `model_name`.
@@ -143,8 +143,9 @@ def build_torchvision_classifier(
     if cifar_stem is None:
         cifar_stem = uses_cifar_stem(name, image_size)
     if cifar_stem and name.startswith("resnet"):
+        # Assigned after construction, as the reference does, so it keeps PyTorch's default Conv2d initialisation
+        # (uniform, std about 0.11 here), not the kaiming-normal one torchvision gives its own convolutions.
         network.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        nn.init.kaiming_normal_(network.conv1.weight, mode="fan_out", nonlinearity="relu")
         network.maxpool = nn.Identity()
     parent, attribute = _head_of(network, name)
     old_head = getattr(parent, attribute)

@@ -2,8 +2,9 @@
 and mixed precision that picks fp16 on GPU and bf16 on CPU.
 
 `RecipeTrainingArguments` are `SynerMixTrainingArguments` with the reference code's defaults (lr 0.1, momentum 0.9,
-weight decay 5e-4, StepLR every 10 epochs by 0.5, 120 epochs, batch 128, test batch 48, seed 123) and its short
-command-line flags (`-lr`, `-mo`, `-wd`, `-ss`, `-ga`, `-ne`, `-ep`, `-bs`, `-seed`, `-alpha`, `-beta`, `-itrm`, `-mp`).
+weight decay 5e-4, StepLR every 10 epochs by 0.5, 120 epochs, batch 128, test batch 48, seed 123, no gradient clipping,
+the class-balanced sampler for every configuration) and its short command-line flags (`-lr`, `-mo`, `-wd`, `-ss`, `-ga`,
+`-ne`, `-ep`, `-bs`, `-seed`, `-alpha`, `-beta`, `-itrm`, `-mp`).
 `RecipeTrainer` is a `SynerMixTrainer` that builds that optimizer and schedule. `recipe="trainer"` hands both back
 to the Trainer (`--optim`, `--lr_scheduler_type`, ...), e.g. to fine-tune a Hugging Face model with AdamW.
 
@@ -90,6 +91,16 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
     )
     per_device_eval_batch_size: int = field(default=48, metadata={"help": "Evaluation batch size per device."})
     seed: int = field(default=123, metadata={"aliases": ["-seed"], "help": "Random seed."})
+    max_grad_norm: float = field(
+        default=0.0,
+        metadata={"help": "Clip gradients to this norm; 0 (the reference's recipe) does not clip. TrainingArguments' "
+                  "own default is 1.0."},
+    )
+    balanced_sampler: bool | None = field(
+        default=True,
+        metadata={"help": "Class-balanced batches (every class of a batch has >= 2 members), for every configuration "
+                  "as in the reference, beta = 0 included. --balanced_sampler false gives plain shuffled batches."},
+    )
     # The method's parameters, with the reference's short flags.
     beta: float = field(
         default=0.0,

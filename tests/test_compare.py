@@ -128,15 +128,16 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(script, hub_copies, tm
     assert compare.main(argv) == 0
     run_dir = out / "wo-RA-ER" / "seed1"
     uninterrupted = json.loads((run_dir / "all_results.json").read_text())
-    # 18 images in batches of 8: 3 steps an epoch, checkpoints after step 3 (epoch 1) and step 4 (the end).
-    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
-    # Interrupted after the checkpoint of step 3: no results, no final checkpoint.
+    # 18 images in balanced batches of 8 (the last 2 dropped, as the reference does, for every method): 2 steps an
+    # epoch, checkpoints after step 2 (epoch 1) and step 4 (the end).
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # Interrupted after the checkpoint of step 2: no results, no final checkpoint.
     shutil.rmtree(run_dir / "checkpoint-4")
     for name in ("all_results.json", "train_results.json", "eval_results.json", "model.safetensors"):
         (run_dir / name).unlink()
     assert compare.main([a for a in argv if a != "--keep_checkpoints"]) == 0
     report = json.loads((out / "results.json").read_text())
-    assert report["runs"][0]["status"] == "resumed from checkpoint-3"
+    assert report["runs"][0]["status"] == "resumed from checkpoint-2"
     assert "(resumed)" in (run_dir / "training_log.txt").read_text()
     resumed = json.loads((run_dir / "all_results.json").read_text())
     assert json.loads((run_dir / "trainer_state.json").read_text())["global_step"] == 4

@@ -108,3 +108,22 @@ def test_pretrained_weights_that_cannot_be_downloaded_raise_a_clear_error(monkey
     monkeypatch.setattr(api, "load_state_dict_from_url", unreachable)
     with pytest.raises(OSError, match=r"Could not download the ImageNet weights of resnet18 .*without --pretrained"):
         build_torchvision_classifier("resnet18", 10, pretrained=True)
+
+
+def test_cifar_stem_keeps_pytorchs_default_conv_init_as_the_reference():
+    # The reference assigns a new nn.Conv2d(3, 64, 3, 1, 1, bias=False) after building the model, so the stem keeps
+    # PyTorch's default init: Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = 3*3*3, std = 1/sqrt(3 * 27).
+    from scipy import stats
+
+    torch.manual_seed(0)
+    weights = torch.cat([build_torchvision_classifier("resnet18", 10, image_size=32).conv1.weight.detach().flatten()
+                         for _ in range(3)]).numpy()
+    bound = 1 / 27**0.5
+    assert weights.min() >= -bound and weights.max() <= bound
+    assert weights.std() == pytest.approx(bound / 3**0.5, rel=0.03)
+    assert stats.kstest(weights, stats.uniform(loc=-bound, scale=2 * bound).cdf).pvalue > 1e-3
+    reference = nn.Conv2d(3, 64, 3, 1, 1, bias=False).weight.detach().flatten().numpy()
+    assert stats.ks_2samp(weights, reference).pvalue > 1e-3
+    # torchvision's own kaiming-normal (fan_out) init would have std sqrt(2 / 576) = 0.059 and fail the checks above.
+    kaiming = nn.init.kaiming_normal_(torch.empty(64, 3, 3, 3), mode="fan_out", nonlinearity="relu").flatten().numpy()
+    assert stats.ks_2samp(kaiming, reference).pvalue < 1e-6

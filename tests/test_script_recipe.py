@@ -111,3 +111,87 @@ def test_invalid_recipe_values_name_their_flags(tmp_path):
         _args(tmp_path, nesterov=True, momentum=0.0)
     with pytest.raises(ValueError, match="--lr_step_size"):
         _args(tmp_path, lr_step_size=0)
+
+
+# ---- the authors' six README commands, setting by setting, against the reference recipe ----
+
+# The commands of the six configurations exactly as the authors' README writes them (`python main.py ...`).
+AUTHORS_COMMANDS = {
+    "wo-RA&ER": "-mn resnet-18 -ds cifar100 -bs 128",
+    "w-RA": "-mn resnet18 -ds cifar100 -bs 128 -beta 0.5 -phase test",
+    "w-ER(M)": "-mn resnet18 -ds cifar100 -bs 128 -alpha 1 -itrm Mixup -phase test",
+    "w-ER(MM)": "-mn resnet18 -ds cifar100 -bs 128 -alpha 1 -itrm Manifold_Mixup -phase test",
+    "w-RA&ER(M)": "-mn resnet18 -ds cifar100 -bs 128 -alpha 1 -beta 0.1 -itrm Mixup -phase test",
+    "w-RA&ER(MM)": "-mn resnet18 -ds cifar100 -bs 128 -alpha 1 -beta 0.1 -itrm Manifold_Mixup -phase test",
+}
+# The reference loop's recipe, shared by all six: SGD, no Nesterov, StepLR(10, 0.5) per epoch, 120 epochs, batch 128,
+# test batch 48, seed 123, no gradient clipping, the class-balanced sampler for every configuration.
+REFERENCE_RECIPE = {
+    "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False, "lr_step_size": 10,
+    "lr_gamma": 0.5, "num_train_epochs": 120, "per_device_train_batch_size": 128, "per_device_eval_batch_size": 48,
+    "seed": 123, "max_grad_norm": 0.0, "balanced_sampler": True,
+}  # fmt: skip
+# Per configuration: (beta, inter-class mixup, alpha); alpha is the reference's default 1 where the command omits it.
+CONFIGURATIONS = {
+    "wo-RA&ER": (0.0, "none", 1.0),
+    "w-RA": (0.5, "none", 1.0),
+    "w-ER(M)": (0.0, "mixup", 1.0),
+    "w-ER(MM)": (0.0, "manifold_mixup", 1.0),
+    "w-RA&ER(M)": (0.1, "mixup", 1.0),
+    "w-RA&ER(MM)": (0.1, "manifold_mixup", 1.0),
+}
+
+
+def _labelled_examples():
+    """256 examples: class 0 is large, classes 1-20 have two members each, so random batches hold singletons."""
+    labels = [0] * 216 + [c for c in range(1, 21) for _ in range(2)]
+    generator = torch.Generator().manual_seed(0)
+    return [{"pixel_values": torch.randn(3, 2, 2, generator=generator), "labels": y} for y in labels]
+
+
+@pytest.mark.parametrize("name", list(AUTHORS_COMMANDS))
+def test_each_authors_command_runs_the_reference_recipe(script, tmp_path, name):
+    model_args, data_args, args, _ = script.ScriptArgumentParser().parse(AUTHORS_COMMANDS[name].split())
+    assert (model_args.model_name, data_args.dataset_name, data_args.phase) == ("resnet18", "cifar100", "test")
+    assert {key: getattr(args, key) for key in REFERENCE_RECIPE} == REFERENCE_RECIPE
+    assert (args.beta, args.inter_mixup, args.alpha) == CONFIGURATIONS[name]
+    assert args.recipe == "paper" and not (args.fp16 or args.bf16)  # -mp not given
+
+    # What the Trainer builds from these arguments: the optimizer, the schedule and the batches.
+    args.output_dir = str(tmp_path)
+    trainer = RecipeTrainer(model=_Tiny(), args=args, train_dataset=_labelled_examples(),
+                            eval_dataset=_labelled_examples()[:4])
+    optimizer = trainer.create_optimizer()
+    assert type(optimizer) is torch.optim.SGD
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (0.1, 0.9, 5e-4, False)
+    trainer._updates_per_epoch = 390  # CIFAR-100: 50,000 // 128 batches an epoch
+    factor = trainer.create_scheduler(390 * 120, optimizer).lr_lambdas[0]
+    assert [factor(390 * epoch) for epoch in (0, 9, 10, 19, 20, 119)] == [1, 1, 0.5, 0.5, 0.25, 0.5**11]
+    assert factor(390 * 10 - 1) == 1
+    batches = [batch["labels"] for batch in trainer.get_train_dataloader()]
+    assert len(batches) == 2  # 256 // 128, the remainder dropped
+    assert all(len(labels) >= 128 for labels in batches) and any(len(labels) > 128 for labels in batches)
+    for labels in batches:
+        counts = torch.bincount(labels)
+        assert counts[counts > 0].min() >= 2  # every class of a batch has a partner
+
+
+def test_the_recipe_does_not_clip_gradients(tmp_path):
+    # Inputs scaled so that the gradient norm is far above TrainingArguments' default clipping norm of 1.
+    model = _Tiny()
+    data = [{"pixel_values": example["pixel_values"] * 100, "labels": example["labels"]} for example in _data()]
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = torch.stack([e["pixel_values"] for e in data[:4]]), torch.tensor([e["labels"] for e in data[:4]])
+    loss = nn.functional.cross_entropy(model(batch[0]), batch[1])
+    gradients = torch.autograd.grad(loss, list(model.parameters()))
+    assert torch.sqrt(sum((g**2).sum() for g in gradients)) > 10
+
+    args = _args(tmp_path, max_steps=1, balanced_sampler=False, train_sampling_strategy="sequential",
+                 weight_decay=5e-4, momentum=0.9)
+    assert args.max_grad_norm == 0
+    trainer = RecipeTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    for start, gradient, after in zip(before, gradients, model.parameters(), strict=True):
+        # SGD's first step with momentum: the buffer is the gradient (plus weight decay), unclipped.
+        torch.testing.assert_close(after.detach(), start - 0.1 * (gradient + 5e-4 * start), rtol=1e-4, atol=1e-6)
