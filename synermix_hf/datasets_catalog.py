@@ -29,6 +29,7 @@ import difflib
 import io
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,7 @@ __all__ = [
     "load_digits_dataset",
     "load_image_classification_data",
     "split_per_class",
+    "stored_file_names",
     "stratified_holdout",
 ]
 
@@ -279,13 +281,55 @@ def _ensure_image_column(dataset_dict: Any, column: str, flag: str = "--image_co
 # ---- splits ----
 
 
-def split_per_class(dataset: Any, label_column: str, n_train: int, n_test: int) -> tuple[Any, Any]:
-    """For every class, its first `n_train` examples (in dataset order) train and the next `n_test` test."""
+FILE_NAME_COLUMN_CANDIDATES = ("file_name", "filename", "file", "path", "image_path")
+
+
+def _natural_key(text: str) -> tuple:
+    """Sort key that orders the numbers inside a name by value ("img_2" before "img_10")."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+
+
+def stored_file_names(dataset: Any, image_column: str) -> list[str] | None:
+    """The file name of every row, or None when the copy keeps none (or keeps the same name twice).
+
+    Read from a file-name column (`FILE_NAME_COLUMN_CANDIDATES`) or else from the `path` that an `Image` column
+    stores beside its bytes, without decoding or copying the images.
+    """
+    import datasets
+    import pyarrow.compute as pc
+
+    names = next((c for c in FILE_NAME_COLUMN_CANDIDATES
+                  if c in dataset.features and getattr(dataset.features[c], "dtype", None) in ("string", "large_string")),
+                 None)
+    if names is not None:
+        values = list(dataset.with_format(None)[names])
+    elif isinstance(dataset.features.get(image_column), datasets.Image):
+        table = dataset.select_columns([image_column]).cast_column(
+            image_column, datasets.Image(decode=False)).with_format("arrow")[:]
+        values = pc.struct_field(table[image_column], "path").to_pylist()
+    else:
+        return None
+    if any(not value for value in values) or len(set(values)) != len(values):
+        return None
+    return [str(value) for value in values]
+
+
+def split_per_class(
+    dataset: Any, label_column: str, n_train: int, n_test: int, order: Sequence[str] | None = None
+) -> tuple[Any, Any]:
+    """For every class, its first `n_train` examples train and the next `n_test` test.
+
+    Args:
+        order: Optional sort key of every row (e.g. its file name, sorted with the numbers in it by value). Without
+            it, the dataset's row order decides which examples come first.
+    """
     labels = np.asarray(list(dataset.with_format(None)[label_column]))
     train_idx: list[int] = []
     test_idx: list[int] = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
+        if order is not None:
+            members = np.asarray(sorted(members.tolist(), key=lambda row: _natural_key(order[row])), dtype=np.int64)
         train_idx.extend(members[:n_train].tolist())
         test_idx.extend(members[n_train : n_train + n_test].tolist())
     return dataset.select(sorted(train_idx)), dataset.select(sorted(test_idx))
@@ -560,8 +604,11 @@ def load_image_classification_data(
         pooled = _pool(raw, entry.pool_splits)
         if entry.protocol == "per_class":
             n_train, n_test = entry.per_class
-            train, evaluation = split_per_class(pooled, label_column, n_train, n_test)
-            eval_description = f"per class, images {n_train + 1}-{n_train + n_test} (first {n_train} train)"
+            file_names = stored_file_names(pooled, image_column)
+            train, evaluation = split_per_class(pooled, label_column, n_train, n_test, order=file_names)
+            ordered_by = "by file name" if file_names is not None else "in the copy's row order (it keeps no file names)"
+            eval_description = (f"per class, images {n_train + 1}-{n_train + n_test} {ordered_by} (first {n_train} "
+                                "train)")
         else:
             parts = pooled.train_test_split(test_size=entry.test_fraction, seed=entry.split_seed, shuffle=True)
             train, evaluation = parts["train"], parts["test"]

@@ -155,3 +155,36 @@ def test_generic_datasets_use_validation_then_test_then_a_split_of_train(tmp_pat
     folder = build_image_folder(tmp_path / "folder", [4, 4])
     data = load_image_classification_data(train_dir=str(folder), validation_dir=str(folder))
     assert (len(data.train), len(data.eval)) == (8, 8) and data.class_names == ["class_0", "class_1"]
+
+
+def test_caltech256_orders_each_class_by_file_name_when_the_copy_keeps_them(tmp_path):
+    # The reference trains on each class's files 0001-0060 and tests on 0061-0080, by file name. A copy that keeps the
+    # file names (here scrambled in row order, and numbered past 0080 as the real folders are) is split by them.
+    import io
+
+    rng = np.random.default_rng(0)
+    rows = [(label, number) for label in (0, 1) for number in range(1, 91)]
+    rng.shuffle(rows)
+    images = []
+    for label, number in rows:
+        buffer = io.BytesIO()
+        tiny_images([label], seed=number)[0].save(buffer, format="PNG")
+        images.append({"bytes": buffer.getvalue(), "path": f"{label + 1:03d}_{number:04d}.jpg"})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["ak47", "clutter"])})
+    labels = [label for label, _ in rows]
+    root = write_parquet_copy(tmp_path / "caltech", {"train": {"image": images, "label": labels}}, features)
+    data = load_image_classification_data("caltech256", dataset_path=str(root))
+
+    def numbers(part):
+        paths = part.cast_column("image", datasets.Image(decode=False))["image"]
+        return {label: sorted(int(p["path"][4:8]) for p, y in zip(paths, part["label"]) if y == label)
+                for label in (0, 1)}
+
+    assert numbers(data.train) == {0: list(range(1, 61)), 1: list(range(1, 61))}
+    assert numbers(data.eval) == {0: list(range(61, 81)), 1: list(range(61, 81))}
+    assert "by file name" in data.eval_description
+
+
+def test_caltech256_without_file_names_uses_the_copys_row_order(hub_copies):
+    data = load_image_classification_data("caltech256", dataset_path=str(hub_copies["caltech256"]))
+    assert "row order" in data.eval_description
