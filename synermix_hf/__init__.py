@@ -16,7 +16,8 @@ from .mixup import (
 from .errors import UsageError
 from .models import TorchvisionClassifierConfig, TorchvisionForImageClassification, build_torchvision_classifier
 from .recipe import RecipeTrainer, RecipeTrainingArguments
-from .sampler import ClassBalancedBatchSampler
+from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler
+from .seeding import example_seeds
 from .trainer import SynerMixTrainer, step_generators
 from .training_args import INTER_MIXUP_CHOICES, SynerMixTrainingArguments, normalise_inter_mixup
 
@@ -28,6 +29,7 @@ __all__ = [
     "ClassBalancedBatchSampler",
     "Cutout",
     "ModelAdapter",
+    "PositionedBatchSampler",
     "RecipeTrainer",
     "RecipeTrainingArguments",
     "SeededAugmentation",
@@ -43,6 +45,7 @@ __all__ = [
     "cutmix_batch",
     "cutmix_box",
     "dataset_labels",
+    "example_seeds",
     "find_head",
     "find_mixing_points",
     "intra_class_loss",
