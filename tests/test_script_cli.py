@@ -162,7 +162,7 @@ def test_pretrained_weights_that_cannot_be_downloaded(script, capsys, monkeypatc
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(api, "load_state_dict_from_url", unreachable)
-    _fails(script, capsys, ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "-pr", "True",
+    _fails(script, capsys, ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "-pr", "True", "-bs", "8",
                             "--output_dir", str(tmp_path / "o")], "--pretrained", "download.pytorch.org")
 
 
