@@ -143,10 +143,13 @@ class SynerMixCollator:
     """Stack examples into `pixel_values`, `original_pixel_values` (when present) and `labels`.
 
     Accepts the dicts made by the view transforms (also with `label` instead of `labels`) and `(image, label)` or
-    `(original, augmented, label)` tuples like those of torchvision datasets and the reference code.
+    `(original, augmented, label)` tuples like those of torchvision datasets and the reference code. A batch that a
+    dataset's `__getitems__` already made (a mapping, as `DecodedImageDataset` returns) passes through.
     """
 
-    def __call__(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: Sequence[Any] | Mapping[str, Any]) -> dict[str, Any]:
+        if isinstance(examples, Mapping):
+            return dict(examples)  # a batch the dataset already made (`DecodedImageDataset.__getitems__`)
         if not examples:
             raise ValueError("Cannot collate an empty batch.")
         first = examples[0]
@@ -209,10 +212,13 @@ class SeededAugmentation(torch.utils.data.Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> Any:
         return self.__getitems__([item])[0]
 
-    def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> list[Any]:
+    def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> list[Any] | Mapping[str, Any]:
         pairs = [(int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), int(item))
                  for item in items]
         seeds = example_seeds(self.seed, self.epoch, [position for _, position in pairs])
+        if hasattr(self.dataset, "seeded_batch"):
+            # A dataset that draws a whole batch's augmentation from these seeds at once (`DecodedImageDataset`).
+            return self.dataset.seeded_batch([index for index, _ in pairs], seeds)
         examples = []
         # Seed only the CPU generator that the transforms draw from. `torch.manual_seed` would also seed every CUDA
         # (and MPS/XPU/MTIA) generator: about 0.3 ms per example on a machine without CUDA (it records a stack trace

@@ -179,6 +179,12 @@ class SynerMixTrainer(Trainer):
         self._set_epoch_callback.targets = [t for t in (sampler, dataset) if t is not None]
         return loader
 
+    def _prepare_inputs(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
+        """Move the batch to the device; a batch of decoded uint8 images then gets its views made there, batched."""
+        inputs = super()._prepare_inputs(inputs)
+        views = inputs.get("views")
+        return views(inputs) if callable(views) else inputs
+
     # ---- checkpoints ----
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
