@@ -176,10 +176,15 @@ def test_intra_pass_needs_the_original_view(tmp_path):
 def test_non_finite_loss_is_reported_with_step_and_components_and_not_trained_on(tmp_path):
     model = resnet()
     trainer = SynerMixTrainer(model=model, args=arguments(tmp_path, beta=0.5))
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    trainer.current_gradient_accumulation_steps = 1  # set by the Trainer's loop before each step
+    before = {name: value.clone() for name, value in model.state_dict().items()}
     inputs = tensor_batch()
     inputs["pixel_values"][0] = float("nan")
     with pytest.raises(FloatingPointError, match=r"global step 0: loss=nan \(loss_intra=[\d.]+, loss_inter=nan\)"):
-        trainer.compute_loss(model.train(), inputs)
+        trainer.training_step(model, inputs)
+    for name, value in model.named_parameters():
+        assert torch.equal(value, before[name]), name
 
 
 def test_plain_training_arguments_are_refused(tmp_path):
