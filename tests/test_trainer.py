@@ -233,6 +233,16 @@ def color_dataset(n=48, size=16, seed=0):
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
 
 
+def device_view_set(size=16):
+    """`color_dataset` on the device data path with the cifar recipe (decoded once, views made by the trainer)."""
+    from synermix_hf import prepare_views
+    from synermix_hf.transforms import TransformSpec
+
+    views = prepare_views(color_dataset(size=size), None, TransformSpec("cifar", size), "image", "label",
+                          two_views=True, data_path="device")  # fmt: skip
+    return views.train
+
+
 def two_view_sets(size=16):
     normalise = transforms.Normalize([0.5] * 3, [0.25] * 3)
     original = transforms.Compose([transforms.ToTensor(), normalise])
