@@ -81,10 +81,11 @@ def crop_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip:
     """Zero-pad every image by `padding`, crop each at its own `(top, left)` and mirror those with `flip`.
 
     Image `b` of the result equals `TF.hflip(TF.crop(TF.pad(images[b], padding), top[b], left[b], H, W))`, without
-    the `hflip` where `flip[b]` is 0. Works on any dtype; on uint8 it moves 4x fewer bytes than after ToTensor.
+    the `hflip` where `flip[b]` is 0. One `gather` over the flattened padded images does crop and flip at once (on
+    a CPU it is ten times faster than advanced indexing with four index tensors, and faster on float32 than uint8).
 
     Args:
-        images: `[B, C, H, W]`.
+        images: `[B, C, H, W]`, any dtype.
         top, left: Offsets in the padded image, in `[0, 2 * padding]`, shape `[B]`.
         flip: 1 to mirror horizontally, shape `[B]`.
         padding: Zero padding on every side.
@@ -97,13 +98,9 @@ def crop_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip:
     rows = top.to(device)[:, None] + torch.arange(height, device=device)  # [B, H]
     columns = torch.arange(width, device=device)
     columns = torch.where(flip.to(device)[:, None].bool(), columns.flip(0), columns) + left.to(device)[:, None]
-    # One gather: index [B, 1, H, 1], [1, C, 1, 1], [B, 1, H, 1] rows, [B, 1, 1, W] columns -> [B, C, H, W].
-    return padded[
-        torch.arange(batch, device=device)[:, None, None, None],
-        torch.arange(channels, device=device)[None, :, None, None],
-        rows[:, None, :, None],
-        columns[:, None, None, :],
-    ]
+    source = rows[:, :, None] * (width + 2 * padding) + columns[:, None, :]  # [B, H, W] into the padded plane
+    source = source.reshape(batch, 1, height * width).expand(batch, channels, height * width)
+    return padded.reshape(batch, channels, -1).gather(2, source).reshape(batch, channels, height, width)
 
 
 def cutout(images: torch.Tensor, centre_y: torch.Tensor, centre_x: torch.Tensor, length: int) -> torch.Tensor:
@@ -171,14 +168,20 @@ class BatchViews:
         return sample_square_params(seeds, self.image_size, self.recipe)
 
     def augmented(self, images: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The training view: pad + crop, flip, ToTensor, Cutout, Normalize."""
-        pixels = to_float(crop_flip(images, params["top"], params["left"], params["flip"], self.recipe.padding))
+        """The training view of uint8 images: ToTensor, pad + crop, flip, Cutout, Normalize.
+
+        ToTensor comes first here (the per-image recipe crops after it too): padding adds zeros either way, and the
+        crop gathers float32 faster than uint8."""
+        return self._augmented(to_float(images), params)
+
+    def _augmented(self, pixels: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        pixels = crop_flip(pixels, params["top"], params["left"], params["flip"], self.recipe.padding)
         if self.recipe.cutout:
             pixels = cutout(pixels, params["cutout_y"], params["cutout_x"], self.recipe.cutout)
         return normalize(pixels, self.mean, self.std)
 
     def original_view(self, images: torch.Tensor) -> torch.Tensor:
-        """The evaluation view: ToTensor, Normalize."""
+        """The evaluation view of uint8 images: ToTensor, Normalize."""
         return normalize(to_float(images), self.mean, self.std)
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -195,7 +198,8 @@ class BatchViews:
         if params is None:
             out["pixel_values"] = self.original_view(images)
             return out
-        out["pixel_values"] = self.augmented(images, params)
+        pixels = to_float(images)
+        out["pixel_values"] = self._augmented(pixels, params)
         if self.original:
-            out["original_pixel_values"] = self.original_view(images)
+            out["original_pixel_values"] = normalize(pixels, self.mean, self.std)
         return out
