@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-from synermix_hf.data import SingleViewTransform, TwoViewTransform, dataset_labels
+from synermix_hf.data import dataset_labels
+from synermix_hf.data_path import prepare_views
 from synermix_hf.datasets_catalog import (
     BUILTIN_DATASET,
     CATALOG,
@@ -45,7 +46,6 @@ from synermix_hf.recipe import RecipeTrainer, RecipeTrainingArguments
 from synermix_hf.run_log import RunLogCallback, write_run_header
 from synermix_hf.transforms import (
     TransformSpec,
-    build_transforms,
     image_processor_for,
     spec_from_image_processor,
 )
@@ -519,18 +519,16 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None) -> di
     transformers.set_seed(training_args.seed)
     model, image_processor, spec = build_model(model_args, data)
 
-    # 6. Transforms: one decode per image; the training set carries the original view when beta > 0.
-    train_transform, eval_transform = build_transforms(spec)
-    train_labels = None
-    if data.train is not None:
-        train_labels = dataset_labels(data.train, data.label_column)
-        if training_args.beta > 0:
-            view = TwoViewTransform(train_transform, eval_transform, data.image_column, data.label_column)
-        else:
-            view = SingleViewTransform(train_transform, data.image_column, data.label_column)
-        data.train = data.train.with_transform(view)
-    if data.eval is not None:
-        data.eval = data.eval.with_transform(SingleViewTransform(eval_transform, data.image_column, data.label_column))
+    # 6. Transforms: one decode per image; the training set carries the original view when beta > 0. On the device
+    # data path (--data_path) the images are decoded once and both views are made batched on the training device.
+    train_labels = dataset_labels(data.train, data.label_column) if data.train is not None else None
+    try:
+        views = prepare_views(data.train, data.eval, spec, data.image_column, data.label_column,
+                              two_views=training_args.beta > 0, data_path=training_args.data_path,
+                              budget_gib=training_args.decode_budget_gib, train_labels=train_labels)
+    except ValueError as error:
+        raise UsageError(f"--data_path: {error}") from error
+    data.train, data.eval, data.views_description = views.train, views.eval, views.description
 
     # 7. Metrics.
     compute_metrics = ClassificationMetrics(data.num_labels)
@@ -612,6 +610,7 @@ def run_summary(argv, model_args, data_args, training_args, data, model, spec, c
             "eval split": data.eval_description,
             "columns": f"image={data.image_column}, label={data.label_column}",
             "transforms": f"{spec.family} at {spec.image_size}px, mean={list(spec.mean)}, std={list(spec.std)}",
+            "data path": getattr(data, "views_description", "-"),
         },
         "model": {
             "model": model_args.model_name_or_path or model_args.model_name,

@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.common import load_average, machine_section, other_python_processes
 
-SECTIONS = ("intra", "step", "data", "memory", "gpu")
+SECTIONS = ("intra", "step", "data", "memory", "device", "gpu")
 
 
 def run_section(name: str, quick: bool, threads: int | None) -> str:
@@ -49,6 +49,10 @@ def run_section(name: str, quick: bool, threads: int | None) -> str:
         from benchmarks import bench_data_pipeline as bench
 
         return "## 3. Data pipeline: two views vs one view\n\n" + bench.report(bench.run(quick=quick))
+    if name == "device":
+        from benchmarks import bench_device_path as bench
+
+        return "## 5. Device data path vs per-image path\n\n" + bench.report(bench.run(quick=quick))
     if name == "gpu":
         from benchmarks import gpu_check
 

@@ -2,6 +2,7 @@
 
 from . import models  # registers TorchvisionForImageClassification with the Auto classes
 from .adapters import INPUT_POINT, ModelAdapter, find_head, find_mixing_points
+from .batch_transforms import BatchViews
 from .data import Cutout, SeededAugmentation, SingleViewTransform, SynerMixCollator, TwoViewTransform, dataset_labels
 from .mixup import (
     cutmix_batch,
@@ -13,6 +14,8 @@ from .mixup import (
     mixup_cross_entropy,
     sample_mixup_lambda,
 )
+from .data_path import DATA_PATHS, DecodedImageDataset, PreparedViews, prepare_views
+from .decoded_cache import decoded_images
 from .errors import UsageError
 from .models import TorchvisionClassifierConfig, TorchvisionForImageClassification, build_torchvision_classifier
 from .recipe import RecipeTrainer, RecipeTrainingArguments
@@ -24,12 +27,16 @@ from .training_args import INTER_MIXUP_CHOICES, SynerMixTrainingArguments, norma
 __version__ = "0.1.0"
 
 __all__ = [
+    "DATA_PATHS",
     "INPUT_POINT",
     "INTER_MIXUP_CHOICES",
+    "BatchViews",
     "ClassBalancedBatchSampler",
     "Cutout",
+    "DecodedImageDataset",
     "ModelAdapter",
     "PositionedBatchSampler",
+    "PreparedViews",
     "RecipeTrainer",
     "RecipeTrainingArguments",
     "SeededAugmentation",
@@ -45,6 +52,7 @@ __all__ = [
     "cutmix_batch",
     "cutmix_box",
     "dataset_labels",
+    "decoded_images",
     "example_seeds",
     "find_head",
     "find_mixing_points",
@@ -54,6 +62,7 @@ __all__ = [
     "mixup_batch",
     "mixup_cross_entropy",
     "normalise_inter_mixup",
+    "prepare_views",
     "sample_mixup_lambda",
     "step_generators",
 ]

@@ -15,8 +15,10 @@ autocast in charge), and Manifold MixUp replaces the input of the chosen module.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -153,6 +155,12 @@ def _replace_first_tensor(args: tuple, kwargs: dict, fn: Callable[[torch.Tensor]
 class ModelAdapter:
     """How SynerMix reaches into one model.
 
+    The adapter puts one forward pre-hook on the head and on each mixing point when it is created, and leaves them
+    there: a hook does nothing unless a `head_input_replaced` / `mixing_at` block has armed it. Hooks that never
+    come and go are what `torch.compile` needs: Dynamo does not guard on module hooks (it would not notice a hook
+    added after the first compiled call), so per-step hooks would be silently ignored in a compiled model, while
+    these are traced once and branch on which replacement is armed.
+
     Args:
         model: The unwrapped model (hooks go on its modules; calls may go through a DDP/FSDP wrapper of it).
         head_name: Module name of the final classification Linear.
@@ -162,6 +170,17 @@ class ModelAdapter:
     model: nn.Module
     head_name: str
     mixing_points: tuple[str, ...]
+    _armed: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _hooks: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        for name in (self.head_name, *self.mixing_points):
+            if name != INPUT_POINT and name not in self._hooks:
+                hook = functools.partial(_replace_armed_input, self._armed, name)
+                module = self.model.get_submodule(name)
+                self._hooks[name] = module.register_forward_pre_hook(hook, with_kwargs=True)
 
     @classmethod
     def from_model(
@@ -175,6 +194,12 @@ class ModelAdapter:
         head_name = find_head(model, head_module)
         points = find_mixing_points(model, manifold_mixup_modules) if need_mixing_points else (INPUT_POINT,)
         return cls(model=model, head_name=head_name, mixing_points=points)
+
+    def remove_hooks(self) -> None:
+        """Take the adapter's hooks off the model (they are inert when not armed, so this is only tidiness)."""
+        for handle in self._hooks.values():
+            handle.remove()
+        self._hooks.clear()
 
     @property
     def head(self) -> nn.Module:
@@ -200,7 +225,7 @@ class ModelAdapter:
     @contextlib.contextmanager
     def head_input_replaced(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
         """Within the block, the head is applied to `fn(features)` instead of the features."""
-        with self._input_replaced(self.head, fn):
+        with self._input_replaced(self.head_name, fn):
             yield
 
     @contextlib.contextmanager
@@ -208,23 +233,26 @@ class ModelAdapter:
         """Within the block, the input of module `point` is replaced by `fn(input)` (once per forward)."""
         if point == INPUT_POINT:
             raise ValueError("The input point is mixed before the forward call, not with a hook.")
-        with self._input_replaced(self.model.get_submodule(point), fn):
+        with self._input_replaced(point, fn):
             yield
 
-    @staticmethod
     @contextlib.contextmanager
-    def _input_replaced(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-        applied = False
-
-        def hook(_module: nn.Module, args: tuple, kwargs: dict):
-            nonlocal applied
-            if applied:  # a module called twice in one forward is replaced once
-                return None
-            applied = True
-            return _replace_first_tensor(args, kwargs, fn)
-
-        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    def _input_replaced(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        if name not in self._hooks:  # a point outside `mixing_points`: hook it now (not seen by a compiled model)
+            module = self.model.get_submodule(name)
+            hook = functools.partial(_replace_armed_input, self._armed, name)
+            self._hooks[name] = module.register_forward_pre_hook(hook, with_kwargs=True)
+        self._armed[name] = fn
         try:
             yield
         finally:
-            handle.remove()
+            self._armed.pop(name, None)
+
+
+def _replace_armed_input(armed: dict, name: str, _module: nn.Module, args: tuple, kwargs: dict):
+    """Forward pre-hook: replace the module's input by `fn(input)` if `fn` is armed for it; disarm it (a module called
+    twice in one forward is replaced once)."""
+    fn = armed.pop(name, None)
+    if fn is None:
+        return None
+    return _replace_first_tensor(args, kwargs, fn)

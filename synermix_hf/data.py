@@ -143,10 +143,13 @@ class SynerMixCollator:
     """Stack examples into `pixel_values`, `original_pixel_values` (when present) and `labels`.
 
     Accepts the dicts made by the view transforms (also with `label` instead of `labels`) and `(image, label)` or
-    `(original, augmented, label)` tuples like those of torchvision datasets and the reference code.
+    `(original, augmented, label)` tuples like those of torchvision datasets and the reference code. A batch that a
+    dataset's `__getitems__` already made (a mapping, as `DecodedImageDataset` returns) passes through.
     """
 
-    def __call__(self, examples: Sequence[Any]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: Sequence[Any] | Mapping[str, Any]) -> dict[str, Any]:
+        if isinstance(examples, Mapping):
+            return dict(examples)  # a batch the dataset already made (`DecodedImageDataset.__getitems__`)
         if not examples:
             raise ValueError("Cannot collate an empty batch.")
         first = examples[0]
@@ -195,6 +198,7 @@ class SeededAugmentation(torch.utils.data.Dataset):
         self.dataset = dataset
         self.seed = seed
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._untransformed = None
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(epoch)
@@ -209,20 +213,47 @@ class SeededAugmentation(torch.utils.data.Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> Any:
         return self.__getitems__([item])[0]
 
-    def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> list[Any]:
+    def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> list[Any] | Mapping[str, Any]:
         pairs = [(int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), int(item))
                  for item in items]
         seeds = example_seeds(self.seed, self.epoch, [position for _, position in pairs])
+        if hasattr(self.dataset, "seeded_batch"):
+            # A dataset that draws a whole batch's augmentation from these seeds at once (`DecodedImageDataset`).
+            return self.dataset.seeded_batch([index for index, _ in pairs], seeds)
+        indices = [index for index, _ in pairs]
+        rows = self._rows_and_transform(indices)
         examples = []
         # Seed only the CPU generator that the transforms draw from. `torch.manual_seed` would also seed every CUDA
         # (and MPS/XPU/MTIA) generator: about 0.3 ms per example on a machine without CUDA (it records a stack trace
         # for each lazily initialised backend), and, where CUDA is initialised, a reseeding of the model's CUDA
         # generator that `fork_rng(devices=[])` does not undo.
         with torch.random.fork_rng(devices=[]):
-            for (index, _), example_seed in zip(pairs, seeds):
+            for row, (index, example_seed) in enumerate(zip(indices, seeds)):
                 torch.default_generator.manual_seed(int(example_seed >> np.uint64(1)))
-                examples.append(self.dataset[index])
+                if rows is None:
+                    examples.append(self.dataset[index])
+                else:  # what `dataset[index]` does: the transform on a batch of one row, unnested
+                    columns, transform = rows
+                    example = transform({name: [values[row]] for name, values in columns.items()})
+                    examples.append({name: values[0] for name, values in example.items()})
         return examples
+
+    def _rows_and_transform(self, indices: list[int]) -> tuple[dict[str, list], Callable] | None:
+        """For a `datasets.Dataset` with a transform (`with_transform`): the batch's rows, read (and decoded) in one
+        Arrow access instead of one per example, and the transform; None for any other dataset."""
+        try:
+            import datasets
+        except ImportError:  # pragma: no cover - datasets is a requirement
+            return None
+        if not isinstance(self.dataset, datasets.Dataset):
+            return None
+        layout = self.dataset.format
+        transform = layout["format_kwargs"].get("transform")
+        if layout["type"] != "custom" or transform is None or layout["columns"] or layout["output_all_columns"]:
+            return None
+        if self._untransformed is None:
+            self._untransformed = self.dataset.with_format(None)
+        return self._untransformed[indices], transform
 
 
 def dataset_labels(dataset: Any, label_column: str | None = None) -> np.ndarray:

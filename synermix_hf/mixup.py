@@ -93,8 +93,8 @@ def intra_class_mixup_all_classes(
     """
     _check_features_and_labels(features, labels)
     weights = _normalised_class_weights(labels, num_classes, features.device, generator)
-    present = torch.zeros(num_classes, dtype=torch.bool, device=features.device)
-    present[labels] = True
+    # index_fill_ rather than `present[labels] = True`: indexed assignment synchronises with the host on CUDA.
+    present = torch.zeros(num_classes, dtype=torch.bool, device=features.device).index_fill_(0, labels, True)
     return _weighted_class_sums(features, labels, weights, num_classes), present
 
 

@@ -102,6 +102,7 @@ class SynerMixTrainer(Trainer):
         self.train_labels = train_labels
         self._adapter: ModelAdapter | None = None
         self._draw_position = (-1, -1)
+        self._last_loss: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_counts: dict[str, int] = {}
         self._set_epoch_callback = _SetEpochCallback()
@@ -179,6 +180,12 @@ class SynerMixTrainer(Trainer):
         self._set_epoch_callback.targets = [t for t in (sampler, dataset) if t is not None]
         return loader
 
+    def _prepare_inputs(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
+        """Move the batch to the device; a batch of decoded uint8 images then gets its views made there, batched."""
+        inputs = super()._prepare_inputs(inputs)
+        views = inputs.get("views")
+        return views(inputs) if callable(views) else inputs
+
     # ---- checkpoints ----
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
@@ -244,9 +251,24 @@ class SynerMixTrainer(Trainer):
         loss = sum(
             weight * components[name] for name, weight in (("intra", beta), ("inter", 1 - beta)) if name in components
         )
-        self._check_finite(loss, components)
+        self._last_loss = (loss.detach(), {name: value.detach() for name, value in components.items()})
         self._record_components(components)
         return (loss, logits) if return_outputs else loss
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        """The Trainer's step (forward and backward), then a check that the loss was finite, before any update.
+
+        The check reads the loss on the host after the backward pass was queued, next to the Trainer's own NaN check
+        of the returned loss, so the device never waits between the forward and the backward pass for it.
+        """
+        step_loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._last_loss is not None:
+            loss, components = self._last_loss
+            self._last_loss = None
+            self._check_finite(loss, components)
+        return step_loss
 
     def _intra_loss(
         self, model: nn.Module, original: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
@@ -300,7 +322,7 @@ class SynerMixTrainer(Trainer):
         return step_generators(self.args.seed, step, micro_step, self.args.process_index, device)
 
     def _check_finite(self, loss: torch.Tensor, components: dict[str, torch.Tensor]) -> None:
-        # One host sync per step; the Trainer's own NaN/inf logging filter already pays for one.
+        # One host sync per step, after the backward pass; the Trainer's NaN/inf logging filter syncs there anyway.
         if not torch.isfinite(loss.detach()).item():
             values = ", ".join(f"loss_{name}={value.item():.6g}" for name, value in components.items())
             raise FloatingPointError(

@@ -6,9 +6,12 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .decoded_cache import DEFAULT_BUDGET_GIB
+
 __all__ = ["INTER_MIXUP_CHOICES", "SynerMixTrainingArguments", "normalise_inter_mixup"]
 
 INTER_MIXUP_CHOICES = ("none", "mixup", "manifold_mixup", "cutmix")
+DATA_PATHS = ("auto", "device", "per_image")
 
 
 def normalise_inter_mixup(value: str | None) -> str:
@@ -39,6 +42,11 @@ class SynerMixTrainingArguments(TrainingArguments):
         head_module: Name of the final classification Linear, when it cannot be detected.
         manifold_mixup_modules: Manifold MixUp points (`input` or names of modules whose input is mixed), when the
             defaults for the architecture do not suit.
+        data_path: How `synermix_hf.data_path.prepare_views` (and `run_image_classification.py`) feed images:
+            `device` decodes them once and makes both views batched on the training device, `per_image` transforms
+            each image in the loader, `auto` takes `device` where it applies (square transform families, an Image
+            column, within `decode_budget_gib`).
+        decode_budget_gib: Largest decoded size (GiB, training + evaluation images) the device path takes.
     """
 
     beta: float = field(
@@ -70,7 +78,27 @@ class SynerMixTrainingArguments(TrainingArguments):
         },
     )
 
+    data_path: str = field(
+        default="auto",
+        metadata={
+            "choices": list(DATA_PATHS),
+            "help": "device: decode the images once and make both views batched on the training device; per_image: "
+            "transform each image in the loader; auto: device where it applies (cifar/miniimagenet/digits recipes "
+            "within --decode_budget_gib), else per_image.",
+        },
+    )
+    decode_budget_gib: float = field(
+        default=DEFAULT_BUDGET_GIB,
+        metadata={"help": "Largest decoded size (GiB, train + eval images) the device data path takes."},
+    )
+
     def __post_init__(self):
+        if self.data_path not in DATA_PATHS:
+            raise ValueError(f"data_path={self.data_path!r} is not valid; --data_path must be one of "
+                             f"{', '.join(DATA_PATHS)}.")
+        if not self.decode_budget_gib >= 0:
+            raise ValueError(f"decode_budget_gib={self.decode_budget_gib} is not valid; --decode_budget_gib must be "
+                             ">= 0.")
         self.inter_mixup = normalise_inter_mixup(self.inter_mixup)
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta={self.beta} is out of range; --beta must be between 0 and 1.")

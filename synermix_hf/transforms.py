@@ -29,10 +29,13 @@ __all__ = [
     "FAMILIES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SQUARE_FAMILIES",
+    "SquareAugmentation",
     "TransformSpec",
     "build_transforms",
     "image_processor_for",
     "spec_from_image_processor",
+    "square_augmentation",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,7 +43,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 
 FAMILIES = ("cifar", "miniimagenet", "imagenet", "digits")
-_SQUARE_FAMILIES = ("cifar", "miniimagenet", "digits")
+SQUARE_FAMILIES = ("cifar", "miniimagenet", "digits")
+"""Families whose views both start from the image resized to SxS (so a decoded SxS copy serves both)."""
 _DEFAULT_NORMALIZATION = {
     "cifar": (IMAGENET_MEAN, IMAGENET_STD),
     "miniimagenet": (HALF, HALF),
@@ -93,6 +97,37 @@ class ResizeIfNeeded:
         return f"{type(self).__name__}(size={self.size})"
 
 
+@dataclass(frozen=True)
+class SquareAugmentation:
+    """The random steps of a square family's training recipe at one size (after resizing to SxS and ToTensor).
+
+    Args:
+        padding: RandomCrop(S) after zero-padding by this many pixels on every side.
+        flip: Whether a horizontal flip follows (with probability 0.5).
+        cutout: Side of the Cutout square (one hole, before Normalize); 0 for none.
+    """
+
+    padding: int
+    flip: bool
+    cutout: int
+
+
+def square_augmentation(spec: TransformSpec) -> SquareAugmentation:
+    """The crop padding, flip and Cutout of a square family at `spec.image_size` (see the module docstring).
+
+    `build_transforms` builds the per-image pipeline from it and `synermix_hf.batch_transforms` the batched one, so
+    the two paths cannot drift apart.
+    """
+    size = spec.image_size
+    if spec.family == "cifar":
+        return SquareAugmentation(padding=max(1, round(size / 8)), flip=True, cutout=max(1, size // 2))
+    if spec.family == "miniimagenet":
+        return SquareAugmentation(padding=max(1, round(size / 7)), flip=True, cutout=max(1, round(size * 32 / 84)))
+    if spec.family == "digits":
+        return SquareAugmentation(padding=max(1, round(size / 8)), flip=False, cutout=0)
+    raise ValueError(f"square_augmentation needs one of the square families {SQUARE_FAMILIES}, got {spec.family!r}.")
+
+
 def build_transforms(spec: TransformSpec) -> tuple[T.Compose, T.Compose]:
     """`(train_transform, eval_transform)`: PIL image (RGB) -> normalised `[3, S, S]` tensor."""
     size = spec.image_size
@@ -103,21 +138,12 @@ def build_transforms(spec: TransformSpec) -> tuple[T.Compose, T.Compose]:
         return train, evaluation
 
     evaluation = T.Compose([ResizeIfNeeded(size), T.ToTensor(), normalize])
-    steps: list[Any] = [ResizeIfNeeded(size), T.ToTensor()]
-    if spec.family == "cifar":
-        steps += [
-            T.RandomCrop(size, padding=max(1, round(size / 8))),
-            T.RandomHorizontalFlip(),
-            Cutout(max(1, size // 2)),
-        ]
-    elif spec.family == "miniimagenet":
-        steps += [
-            T.RandomCrop(size, padding=max(1, round(size / 7))),
-            T.RandomHorizontalFlip(),
-            Cutout(max(1, round(size * 32 / 84))),
-        ]
-    else:  # digits
-        steps += [T.RandomCrop(size, padding=max(1, round(size / 8)))]
+    recipe = square_augmentation(spec)
+    steps: list[Any] = [ResizeIfNeeded(size), T.ToTensor(), T.RandomCrop(size, padding=recipe.padding)]
+    if recipe.flip:
+        steps.append(T.RandomHorizontalFlip())
+    if recipe.cutout:
+        steps.append(Cutout(recipe.cutout))
     return T.Compose([*steps, normalize]), evaluation
 
 

@@ -190,3 +190,24 @@ def test_undetectable_models_get_errors_naming_the_argument():
     assert find_head(Flat()) == "fc"
     with pytest.raises(ValueError, match="manifold_mixup_modules"):
         find_mixing_points(Flat())
+
+
+def test_a_compiled_model_applies_the_replacement_armed_in_each_call():
+    """torch.compile does not guard on module hooks, so hooks added per call would be ignored once compiled."""
+    model = torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=4)
+    model = model.eval()
+    adapter = ModelAdapter.from_model(model)
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randn(4, 3, 16, 16)
+    permutation = torch.tensor([2, 0, 3, 1])
+    torch.testing.assert_close(compiled(x), model(x))  # compiled first without any replacement
+    for point, lam in (("layer3", 0.3), ("layer2", 0.6), ("layer3", 0.8)):
+        with adapter.mixing_at(point, lambda hidden: mixup_batch(hidden, lam, permutation)):
+            expected = adapter.logits(model, x)
+        with adapter.mixing_at(point, lambda hidden: mixup_batch(hidden, lam, permutation)):
+            torch.testing.assert_close(adapter.logits(compiled, x), expected)
+        assert not torch.allclose(expected, model(x))
+    replacement = torch.randn(3, 512)
+    with adapter.head_input_replaced(lambda features: replacement):
+        torch.testing.assert_close(adapter.logits(compiled, x), model.fc(replacement))
+    torch.testing.assert_close(compiled(x), model(x))  # nothing armed after the blocks

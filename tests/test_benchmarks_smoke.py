@@ -10,10 +10,12 @@ from benchmarks import bench_memory, run_all
 def test_benchmarks_quick_run(tmp_path):
     threads = torch.get_num_threads()
     out = tmp_path / "results.md"
-    run_all.main(["--quick", "--threads", "1", "--only", "intra,step,data,gpu", "--out", str(out)])
+    run_all.main(["--quick", "--threads", "1", "--only", "intra,step,data,device,gpu", "--out", str(out)])
     assert torch.get_num_threads() == threads
     text = out.read_text()
-    for heading in ("## 1. intra_class_mixup", "## 2. Training step time", "## 3. Data pipeline", "## GPU check"):
+    headings = ("## 1. intra_class_mixup", "## 2. Training step time", "## 3. Data pipeline", "## 5. Device data path",
+                "## GPU check")
+    for heading in headings:
         assert heading in text
     assert "plain Trainer" in text and "hand: beta=0.1, MixUp" in text
 

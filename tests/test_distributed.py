@@ -6,13 +6,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
 from synermix_hf import ClassBalancedBatchSampler, SeededAugmentation, SynerMixCollator, dataset_labels, step_generators
 from synermix_hf.sampler import PositionedBatchSampler
 
-from test_trainer import hand_intra_loss, hand_mixed_ce, resnet, two_view_sets
+from test_trainer import device_view_set, hand_intra_loss, hand_mixed_ce, resnet, two_view_sets
 
 HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not installed")
@@ -34,21 +35,29 @@ def run_two_processes(launcher: list[str], script: Path, *script_args: str, time
     return result.stdout + result.stderr
 
 
-def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path):
+@pytest.mark.parametrize("data_path", ["per_image", "device"])
+def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path, monkeypatch, data_path):
+    # The device path decodes the images once into HF_DATASETS_CACHE: both processes ask, the first builds it.
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     output = run_two_processes(
-        ["torchrun", "--nproc_per_node", "2"], HERE / "distributed" / "one_step.py", str(tmp_path), "mixup"
+        ["torchrun", "--nproc_per_node", "2"], HERE / "distributed" / "one_step.py", str(tmp_path), "mixup", data_path
     )
     assert "process 0 of 2 done" in output and "process 1 of 2 done" in output
 
     # Each process got a whole balanced batch of the common sequence: batch 0 to process 0, batch 1 to process 1,
     # augmented exactly as one process would augment them.
-    train, _ = two_view_sets()
+    train = two_view_sets()[0] if data_path == "per_image" else device_view_set()
+    if data_path == "device":
+        assert len(os.listdir(tmp_path / "hf_cache" / "synermix_decoded")) == 1  # one cache file, no leftovers
     sampler = ClassBalancedBatchSampler(dataset_labels(train), batch_size=8, seed=3)
     expected_batches = list(PositionedBatchSampler(sampler))[:2]
     seeded = SeededAugmentation(train, seed=3)
     batches = [torch.load(tmp_path / f"batch_rank{rank}.pt") for rank in (0, 1)]
     for indices, batch in zip(expected_batches, batches, strict=True):
         expected = SynerMixCollator()(seeded.__getitems__(indices))
+        if data_path == "device":
+            expected = expected["views"](expected)  # what the trainer does on the device
         for key in ("pixel_values", "original_pixel_values", "labels"):
             torch.testing.assert_close(batch[key], expected[key])
         counts = torch.bincount(batch["labels"])

@@ -176,10 +176,15 @@ def test_intra_pass_needs_the_original_view(tmp_path):
 def test_non_finite_loss_is_reported_with_step_and_components_and_not_trained_on(tmp_path):
     model = resnet()
     trainer = SynerMixTrainer(model=model, args=arguments(tmp_path, beta=0.5))
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    trainer.current_gradient_accumulation_steps = 1  # set by the Trainer's loop before each step
+    before = {name: value.clone() for name, value in model.state_dict().items()}
     inputs = tensor_batch()
     inputs["pixel_values"][0] = float("nan")
     with pytest.raises(FloatingPointError, match=r"global step 0: loss=nan \(loss_intra=[\d.]+, loss_inter=nan\)"):
-        trainer.compute_loss(model.train(), inputs)
+        trainer.training_step(model, inputs)
+    for name, value in model.named_parameters():
+        assert torch.equal(value, before[name]), name
 
 
 def test_plain_training_arguments_are_refused(tmp_path):
@@ -226,6 +231,16 @@ def color_dataset(n=48, size=16, seed=0):
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=["red", "green", "blue", "gray"])}
     )
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+def device_view_set(size=16):
+    """`color_dataset` on the device data path with the cifar recipe (decoded once, views made by the trainer)."""
+    from synermix_hf import prepare_views
+    from synermix_hf.transforms import TransformSpec
+
+    views = prepare_views(color_dataset(size=size), None, TransformSpec("cifar", size), "image", "label",
+                          two_views=True, data_path="device")  # fmt: skip
+    return views.train
 
 
 def two_view_sets(size=16):
@@ -378,3 +393,26 @@ def test_resuming_a_hugging_face_model_saved_under_legacy_weight_names_restores_
     resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
     for name, tensor in resumed.model.state_dict().items():
         torch.testing.assert_close(tensor, expected[name], msg=name)
+
+
+def test_torch_compile_trains_exactly_like_eager_with_the_synermix_hooks(tmp_path):
+    """`--torch_compile` with intra-class mixup and Manifold MixUp (hooks on the head and on the mixing points).
+
+    The aot_eager backend runs Dynamo and AOTAutograd, where hooks are traced, without Inductor's C++ code generation,
+    which takes minutes on a 2-core CPU; the losses must then equal eager mode's.
+    """
+    train, _ = two_view_sets()
+
+    def tiny_resnet():
+        torch.manual_seed(0)
+        return torchvision.models.resnet.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=4)
+
+    losses = {}
+    for compiled in (False, True):
+        compile_args = dict(torch_compile=True, torch_compile_backend="aot_eager") if compiled else {}
+        args = arguments(tmp_path / str(compiled), beta=0.5, inter_mixup="manifold_mixup", max_steps=5, **compile_args)
+        trainer = SynerMixTrainer(model=tiny_resnet(), args=args, train_dataset=train)
+        trainer.train()
+        losses[compiled] = [(e["loss_intra"], e["loss_inter"]) for e in trainer.state.log_history if "loss" in e]
+    assert len(losses[True]) == 5
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)

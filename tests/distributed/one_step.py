@@ -1,6 +1,7 @@
 """One SynerMix optimizer step under torchrun/accelerate; each process saves the batch its loss saw.
 
-Used by tests/test_distributed.py: `torchrun --nproc_per_node 2 tests/distributed/one_step.py OUT INTER_MIXUP`.
+Used by tests/test_distributed.py: `torchrun --nproc_per_node 2 tests/distributed/one_step.py OUT INTER_MIXUP PATH`,
+PATH `per_image` (TwoViewTransform) or `device` (images decoded once, views made batched in the trainer).
 """
 
 import sys
@@ -11,7 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from test_trainer import resnet, two_view_sets  # noqa: E402
+from test_trainer import resnet, two_view_sets, device_view_set  # noqa: E402
 
 from synermix_hf import SynerMixTrainer, SynerMixTrainingArguments  # noqa: E402
 
@@ -23,8 +24,8 @@ class RecordingTrainer(SynerMixTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
-out, inter_mixup = Path(sys.argv[1]), sys.argv[2]
-train, _ = two_view_sets()
+out, inter_mixup, data_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+train = two_view_sets()[0] if data_path == "per_image" else device_view_set()
 args = SynerMixTrainingArguments(
     output_dir=str(out / "run"), report_to=[], save_strategy="no", seed=3, use_cpu=True, disable_tqdm=True,
     per_device_train_batch_size=8, max_steps=1, optim="sgd", learning_rate=0.1, max_grad_norm=0.0,

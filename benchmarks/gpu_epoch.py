@@ -1,0 +1,243 @@
+"""GPU epoch time of w-RA&ER(MM) on CIFAR-shaped data: the per-image data path against the device path, fp16 and bf16.
+
+One script, no network, a few minutes on one H100/H200 with 16 CPU cores:
+
+1. writes `--num_images` random 32x32 RGB images (100 classes) as PNG bytes into a `datasets.Dataset` saved in a
+   temporary folder and memory-mapped back, as the Hub's CIFAR-100 is stored;
+2. for each precision (fp16, bf16) and data path (`per_image`: decode and transform in `--workers` loader processes;
+   `device`: decoded once, views made batched on the GPU), trains resnet18 with the CIFAR stem, batch 128, SynerMix
+   w-RA&ER(MM) (beta 0.1, Manifold MixUp, alpha 1) through `RecipeTrainer` (the paper's SGD recipe) for `--epochs`
+   epochs and times each epoch (CUDA-synchronised at both ends); the first epoch starts workers and autotunes cuDNN,
+   so the summary uses the last;
+3. samples `nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200` in the background and
+   reports the mean GPU utilisation over each timed epoch;
+4. writes `gpu_epoch.json` and `gpu_epoch.md` under `--out`.
+
+Expected duration with the defaults (20,000 images, 2 epochs per run, 4 runs): about 2 minutes of GPU time plus
+start-up; lower `--num_images` if needed.
+
+Optionally (`--channels_last`) also the device path with the model in channels_last memory format, bf16.
+
+    python -m benchmarks.gpu_epoch --out $OUT                      # on the GPU machine
+    python -m benchmarks.gpu_epoch --quick --out /tmp/gpu_epoch    # CPU smoke run: tiny sizes, numbers meaningless
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import benchmarks.common  # noqa: F401 - offline environment, import path
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+from transformers import TrainerCallback
+from transformers.utils import logging as hf_logging
+
+from synermix_hf import RecipeTrainer, RecipeTrainingArguments, prepare_views
+from synermix_hf.models import TorchvisionForImageClassification
+from synermix_hf.transforms import TransformSpec
+
+NUM_CLASSES = 100
+UTILISATION_COMMAND = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"]
+
+
+def write_dataset(folder: Path, num_images: int, seed: int = 0) -> datasets.Dataset:
+    """CIFAR-shaped data: smooth random 32x32 RGB images as PNG bytes, labels cycling over 100 classes."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(num_images):
+        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(small).resize((32, 32), Image.BILINEAR).save(buffer, format="PNG")
+        images.append({"bytes": buffer.getvalue(), "path": None})
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=NUM_CLASSES)})
+    labels = (np.arange(num_images) % NUM_CLASSES).tolist()
+    datasets.Dataset.from_dict({"img": images, "label": labels}, features=features).save_to_disk(str(folder / "data"))
+    return datasets.load_from_disk(str(folder / "data"))
+
+
+class UtilisationSampler:
+    """`nvidia-smi ... -lms 200` in the background; each line is stamped with the time it arrived."""
+
+    def __init__(self):
+        self.samples: list[tuple[float, float]] = []
+        self.available = shutil.which("nvidia-smi") is not None and torch.cuda.is_available()
+        self._process = None
+
+    def __enter__(self) -> UtilisationSampler:
+        if self.available:
+            self._process = subprocess.Popen(UTILISATION_COMMAND, stdout=subprocess.PIPE, text=True)
+            threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            try:
+                self.samples.append((time.time(), float(line.strip().split(",")[0])))
+            except ValueError:
+                continue
+
+    def __exit__(self, *exc) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+
+    def mean_between(self, start: float, end: float) -> float | None:
+        values = [value for stamp, value in self.samples if start <= stamp <= end]
+        return sum(values) / len(values) if values else None
+
+
+class EpochTimer(TrainerCallback):
+    """Wall time of each epoch, synchronised with the GPU at both ends."""
+
+    def __init__(self):
+        self.epochs: list[tuple[float, float]] = []
+        self._start = 0.0
+
+    @staticmethod
+    def _now() -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.time()
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._start = self._now()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.epochs.append((self._start, self._now()))
+
+
+def train_once(data, path: str, precision: str, cli: argparse.Namespace, tmp: Path, sampler: UtilisationSampler,
+               channels_last: bool = False) -> dict:  # fmt: skip
+    spec = TransformSpec("cifar", 32)
+    views = prepare_views(data, None, spec, "img", "label", two_views=True, data_path=path,
+                          cache_dir=str(tmp / "decoded"))  # fmt: skip
+    torch.manual_seed(0)
+    model = TorchvisionForImageClassification.from_architecture(
+        "resnet18", {i: str(i) for i in range(NUM_CLASSES)}, image_size=32
+    )
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    on_cpu = not torch.cuda.is_available()
+    args = RecipeTrainingArguments(
+        output_dir=str(tmp / f"run-{path}-{precision}"), report_to=[], save_strategy="no", eval_strategy="no",
+        do_eval=False, disable_tqdm=True, logging_strategy="epoch", num_train_epochs=cli.epochs,
+        per_device_train_batch_size=cli.batch_size, beta=0.1, inter_mixup="manifold_mixup", alpha=1.0,
+        fp16=precision == "fp16", bf16=precision == "bf16", use_cpu=on_cpu, seed=0,
+        dataloader_num_workers=cli.workers if path == "per_image" else cli.device_workers,
+        dataloader_persistent_workers=(cli.workers if path == "per_image" else cli.device_workers) > 0,
+        dataloader_pin_memory=not on_cpu,
+    )  # fmt: skip
+    timer = EpochTimer()
+    trainer = RecipeTrainer(model=model, args=args, train_dataset=views.train, callbacks=[timer])
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    start, end = timer.epochs[-1]
+    return {
+        "data_path": path + (" + channels_last" if channels_last else ""),
+        "precision": precision,
+        "epoch_seconds": [round(b - a, 3) for a, b in timer.epochs],
+        "timed_epoch_s": end - start,
+        "images_per_s": len(data) / (end - start),
+        "gpu_busy_percent": sampler.mean_between(start, end),
+        "losses": losses,
+        "finite": all(np.isfinite(losses)),
+        "description": views.description,
+    }
+
+
+def markdown(summary: dict) -> str:
+    lines = [
+        "## GPU epoch: per-image vs device data path",
+        "",
+        f"{summary['device']}; {summary['cpu_count']} CPU cores; torch {summary['torch']}; "
+        f"{summary['num_images']} CIFAR-shaped PNG images, resnet18 (CIFAR stem), batch {summary['batch_size']}, "
+        f"w-RA&ER(MM) (beta 0.1, Manifold MixUp), RecipeTrainer; per-image path with {summary['workers']} loader "
+        f"workers, device path with {summary['device_workers']}; {summary['epochs']} epochs per run, the last timed; "
+        f"built dataset in {summary['write_s']:.1f} s; total {summary['total_s']:.0f} s.",
+        "",
+        "| precision | data path | timed epoch (s) | images/s | GPU busy (%, nvidia-smi) | all epochs (s) | losses finite |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in summary["runs"]:
+        busy = f"{r['gpu_busy_percent']:.0f}" if r["gpu_busy_percent"] is not None else "not sampled"
+        lines.append(f"| {r['precision']} | {r['data_path']} | {r['timed_epoch_s']:.2f} | {r['images_per_s']:.0f} | "
+                     f"{busy} | {r['epoch_seconds']} | {r['finite']} |")  # fmt: skip
+    lines.append("")
+    for precision, ratio in summary["speedups"].items():
+        lines.append(f"- {precision}: device path epoch {ratio:.2f}x faster than per-image (target >= 2x)")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder for gpu_epoch.json and gpu_epoch.md")
+    parser.add_argument("--num_images", type=int, default=20_000)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1),
+                        help="loader workers of the per-image path")  # fmt: skip
+    parser.add_argument("--device_workers", type=int, default=2, help="loader workers of the device path")
+    parser.add_argument("--precisions", nargs="+", default=["fp16", "bf16"], choices=["fp16", "bf16", "fp32"])
+    parser.add_argument("--channels_last", action="store_true", help="also the device path in channels_last, bf16")
+    parser.add_argument("--quick", action="store_true",
+                        help="CPU smoke run: 128 images, batch 16, fp32 (bf16 is emulated on CPUs without it), 1 epoch")
+    cli = parser.parse_args(argv)
+    if cli.quick:
+        cli.num_images, cli.batch_size, cli.epochs, cli.workers, cli.device_workers = 128, 16, 1, 0, 0
+        cli.precisions = ["fp32"]
+    elif not torch.cuda.is_available():
+        print("No CUDA device: use --quick for a CPU smoke run; nothing measured.")
+        return 0
+    hf_logging.set_verbosity_error()
+    out = Path(cli.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="synermix_gpu_epoch_") as folder:
+        tmp = Path(folder)
+        data = write_dataset(tmp, cli.num_images)
+        write_s = time.time() - started
+        with UtilisationSampler() as sampler:
+            for precision in cli.precisions:
+                for path in ("per_image", "device"):
+                    runs.append(train_once(data, path, precision, cli, tmp, sampler))
+                    print(json.dumps({k: v for k, v in runs[-1].items() if k != "losses"}), flush=True)
+            if cli.channels_last:
+                runs.append(train_once(data, "device", "bf16", cli, tmp, sampler, channels_last=True))
+                print(json.dumps({k: v for k, v in runs[-1].items() if k != "losses"}), flush=True)
+    speedups = {}
+    for precision in cli.precisions:
+        by_path = {r["data_path"]: r for r in runs if r["precision"] == precision}
+        speedups[precision] = by_path["per_image"]["timed_epoch_s"] / by_path["device"]["timed_epoch_s"]
+    summary = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (smoke run)",
+        "cpu_count": os.cpu_count(), "torch": torch.__version__, "num_images": cli.num_images,
+        "batch_size": cli.batch_size, "epochs": cli.epochs, "workers": cli.workers,
+        "device_workers": cli.device_workers, "write_s": write_s, "total_s": time.time() - started,
+        "nvidia_smi": sampler.available, "runs": runs, "speedups": speedups,
+    }  # fmt: skip
+    (out / "gpu_epoch.json").write_text(json.dumps(summary, indent=2))
+    text = markdown(summary)
+    (out / "gpu_epoch.md").write_text(text)
+    print(text)
+    return 0 if all(r["finite"] for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

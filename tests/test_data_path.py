@@ -1,0 +1,120 @@
+"""The device data path through SynerMixTrainer: which path applies, the batches it trains on, its evaluation."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import functional as F
+
+from synermix_hf import (
+    ClassBalancedBatchSampler,
+    DecodedImageDataset,
+    PositionedBatchSampler,
+    SynerMixTrainer,
+    example_seeds,
+    prepare_views,
+)
+from synermix_hf.transforms import TransformSpec, build_transforms
+
+from test_trainer import arguments, color_dataset, resnet
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path, monkeypatch):
+    """Decoded arrays of in-memory datasets go to HF_DATASETS_CACHE: keep them in the test's folder."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+
+
+def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere():
+    train, evaluation = color_dataset(n=16), color_dataset(n=8, seed=1)
+    for family in ("cifar", "miniimagenet", "digits"):
+        views = prepare_views(train, evaluation, TransformSpec(family, 16), "image", "label", two_views=True)
+        assert views.data_path == "device" and isinstance(views.train, DecodedImageDataset)
+        assert views.description.startswith("device: 24 images decoded once at 16px")
+    views = prepare_views(train, evaluation, TransformSpec("imagenet", 16), "image", "label", two_views=True)
+    assert views.data_path == "per_image" and "imagenet family" in views.description
+    assert isinstance(views.train, datasets.Dataset) and set(views.train[0]) == {
+        "pixel_values", "original_pixel_values", "labels"}  # fmt: skip
+    over_budget = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, budget_gib=1e-6)
+    assert over_budget.data_path == "per_image" and "budget" in over_budget.description
+    asked = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, data_path="per_image")
+    assert asked.data_path == "per_image" and "as asked" in asked.description
+    with pytest.raises(ValueError, match="data_path='device' does not apply here: the imagenet family"):
+        prepare_views(train, None, TransformSpec("imagenet", 16), "image", "label", True, data_path="device")
+    with pytest.raises(ValueError, match="data_path='gpu'"):
+        prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, data_path="gpu")
+
+
+def test_evaluation_on_the_device_path_equals_the_per_image_path(tmp_path):
+    spec = TransformSpec("cifar", 16)
+    evaluation = color_dataset(n=20, seed=2)
+    device = prepare_views(None, evaluation, spec, "image", "label", two_views=True)
+    per_image = prepare_views(None, evaluation, spec, "image", "label", two_views=True, data_path="per_image")
+    model = resnet()
+    results = []
+    for views in (device, per_image):
+        trainer = SynerMixTrainer(model=model, args=arguments(tmp_path, per_device_eval_batch_size=6))
+        results.append(trainer.evaluate(views.eval))
+        predictions = trainer.predict(views.eval)
+        results[-1]["logits"] = predictions.predictions
+    assert results[0]["eval_loss"] == results[1]["eval_loss"]
+    assert np.array_equal(results[0]["logits"], results[1]["logits"])
+
+
+def expected_views(images_uint8, seeds, spec):
+    """The augmented view computed image by image with torchvision's functional ops, parameters read from the seed
+    as `uniform_digits` defines them (crop offsets, flip, then the Cutout centre)."""
+    padding, size, length = 2, spec.image_size, spec.image_size // 2  # cifar at 16 px: pad 2, Cutout 8
+    out = []
+    for image, seed in zip(images_uint8, seeds.tolist(), strict=True):
+        top, seed = seed % 5, seed // 5
+        left, seed = seed % 5, seed // 5
+        flip, seed = seed % 2, seed // 2
+        centre_y, seed = seed % size, seed // size
+        centre_x = seed % size
+        view = F.crop(F.pad(image, padding), top, left, size, size)
+        view = F.hflip(view) if flip else view
+        view = F.to_tensor(view.permute(1, 2, 0).numpy())
+        y0, x0 = max(centre_y - length // 2, 0), max(centre_x - length // 2, 0)
+        view = F.erase(view, y0, x0, min(centre_y + length // 2, size) - y0, min(centre_x + length // 2, size) - x0, 0)
+        out.append(F.normalize(view, spec.mean, spec.std))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_batches_are_the_rows_augmented_by_their_appearance_seeds(tmp_path, workers):
+    spec = TransformSpec("cifar", 16)
+    train = color_dataset(n=40)
+    views = prepare_views(train, None, spec, "image", "label", two_views=True)
+    args = arguments(tmp_path, beta=0.3, balanced_sampler=True, per_device_train_batch_size=6, seed=11,
+                     dataloader_num_workers=workers)  # fmt: skip
+    trainer = SynerMixTrainer(model=resnet(), args=args, train_dataset=views.train)
+    batches = [trainer._prepare_inputs(batch) for batch in trainer.get_train_dataloader()]
+
+    _, eval_tf = build_transforms(spec)
+    rows = np.asarray(views.train.images)
+    sampler = PositionedBatchSampler(ClassBalancedBatchSampler(train["label"], batch_size=6, seed=11))
+    seen = {}
+    for batch, pairs in zip(batches, sampler, strict=True):
+        indices = [index for index, _ in pairs]
+        seeds = example_seeds(11, 0, [position for _, position in pairs])
+        images = torch.from_numpy(rows[indices])
+        assert torch.equal(batch["labels"], torch.tensor(train["label"])[indices])
+        assert torch.equal(batch["pixel_values"], expected_views(images, seeds, spec))
+        assert torch.equal(batch["original_pixel_values"], torch.stack([eval_tf(train[i]["image"]) for i in indices]))
+        for index, view in zip(indices, batch["pixel_values"]):
+            seen.setdefault(index, []).append(view)
+    # A partner loaded twice in the epoch is augmented twice, independently (keyed by its appearance).
+    twice = [views_ for views_ in seen.values() if len(views_) > 1]
+    assert twice and all(not torch.equal(a, b) for a, b in twice)
+
+
+def test_synermix_trains_on_the_device_path(tmp_path):
+    views = prepare_views(color_dataset(n=32), color_dataset(n=8, seed=1), TransformSpec("cifar", 16), "image",
+                          "label", two_views=True)  # fmt: skip
+    args = arguments(tmp_path, beta=0.3, inter_mixup="manifold_mixup", num_train_epochs=2, eval_strategy="epoch")
+    trainer = SynerMixTrainer(model=resnet(), args=args, train_dataset=views.train, eval_dataset=views.eval)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and all(np.isfinite(entry["loss_intra"]) and np.isfinite(entry["loss_inter"]) for entry in logged)
+    assert [entry["epoch"] for entry in trainer.state.log_history if "eval_loss" in entry] == [1.0, 2.0]

@@ -1,0 +1,117 @@
+"""Decode once: the cached pixels are the per-image path's, the cache is keyed, reused, written atomically."""
+
+import io
+import os
+import pickle
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_images
+from PIL import Image
+
+from synermix_hf.batch_transforms import normalize, to_float
+from synermix_hf.decoded_cache import decoded_cache_path, decoded_images, decoded_nbytes
+from synermix_hf.transforms import TransformSpec, build_transforms
+
+FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=4)})
+
+
+def mixed_images():
+    """Images as datasets meet them: RGB at the model size, larger, smaller, grayscale, RGBA, palette, JPEG."""
+    images = tiny_images([0, 1, 2, 3], size=8) + tiny_images([1, 2], size=13) + tiny_images([3], size=5)
+    images += tiny_images([0], size=8, mode="L") + tiny_images([2], size=11, mode="RGBA")
+    images += tiny_images([1], size=9, mode="P")
+    buffer = io.BytesIO()
+    tiny_images([3], size=24)[0].save(buffer, format="JPEG", quality=80)
+    images.append(Image.open(io.BytesIO(buffer.getvalue())))
+    return images
+
+
+def saved_dataset(tmp_path, images, name="data"):
+    labels = [i % 4 for i in range(len(images))]
+    dataset = datasets.Dataset.from_dict({"image": images, "label": labels}, features=FEATURES)
+    dataset.save_to_disk(str(tmp_path / name))
+    return datasets.load_from_disk(str(tmp_path / name))
+
+
+@pytest.mark.parametrize("family", ["cifar", "digits"])
+def test_decoded_pixels_give_exactly_the_per_image_original_view(tmp_path, family):
+    dataset = saved_dataset(tmp_path, mixed_images())
+    spec = TransformSpec(family, 8)
+    _, eval_tf = build_transforms(spec)
+    images = decoded_images(dataset, "image", 8)
+    assert images.dtype == np.uint8 and images.shape == (len(dataset), 3, 8, 8)
+    expected = torch.stack([eval_tf(image.convert("RGB")) for image in dataset["image"]])
+    assert torch.equal(normalize(to_float(torch.from_numpy(np.array(images))), spec.mean, spec.std), expected)
+
+
+def test_the_cache_lives_next_to_the_dataset_is_reused_and_keyed_by_fingerprint_and_size(tmp_path):
+    dataset = saved_dataset(tmp_path, mixed_images())
+    first = decoded_images(dataset, "image", 8)
+    path = decoded_cache_path(dataset, "image", 8)
+    assert isinstance(first, np.memmap) and os.path.samefile(first.filename, path)
+    assert os.path.dirname(path) == os.path.dirname(dataset.cache_files[0]["filename"])
+    stamp = os.stat(path).st_mtime_ns
+    again = decoded_images(datasets.load_from_disk(str(tmp_path / "data")), "image", 8)  # a later run
+    assert os.path.samefile(again.filename, path) and os.stat(path).st_mtime_ns == stamp
+    assert np.array_equal(again, first)
+    assert not again.flags.writeable
+    # Another size or another selection of rows is another cache file.
+    assert decoded_cache_path(dataset, "image", 16) != path
+    subset = dataset.select([5, 0, 2])
+    assert decoded_cache_path(subset, "image", 8) != path
+    assert np.array_equal(decoded_images(subset, "image", 8), np.asarray(first)[[5, 0, 2]])
+
+
+def test_in_memory_datasets_are_cached_in_the_datasets_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    dataset = datasets.Dataset.from_dict({"image": mixed_images(), "label": [0] * 11}, features=FEATURES)
+    assert not dataset.cache_files
+    images = decoded_images(dataset, "image", 8)
+    assert images.filename.startswith(str(tmp_path / "hf_cache"))
+    in_memory = decoded_images(dataset, "image", 8, use_cache=False)
+    assert not isinstance(in_memory, np.memmap) and np.array_equal(in_memory, images)
+
+
+def test_an_interrupted_build_leaves_no_cache_file(tmp_path):
+    images = tiny_images([i % 4 for i in range(700)], size=4)
+    values = [image for image in images]
+    values[650] = {"bytes": b"not an image", "path": None}  # decoding fails in the second chunk of 512 rows
+    dataset = datasets.Dataset.from_dict({"image": values, "label": [0] * 700}, features=FEATURES)
+    with pytest.raises(Exception, match="cannot identify image"):
+        decoded_images(dataset, "image", 4, cache_dir=str(tmp_path / "cache"))
+    assert os.listdir(tmp_path / "cache") == []
+    ok = datasets.Dataset.from_dict({"image": images, "label": [0] * 700}, features=FEATURES)
+    built = decoded_images(ok, "image", 4, cache_dir=str(tmp_path / "cache"), num_threads=2)
+    assert os.listdir(tmp_path / "cache") == [os.path.basename(built.filename)]
+
+
+def test_bad_input_is_named():
+    dataset = datasets.Dataset.from_dict({"image": tiny_images([0]), "label": [0]}, features=FEATURES)
+    with pytest.raises(ValueError, match="image_column='img'"):
+        decoded_images(dataset, "img", 8)
+    with pytest.raises(ValueError, match="image_column='label'"):
+        decoded_images(dataset, "label", 8)
+    with pytest.raises(TypeError, match="datasets.Dataset"):
+        decoded_images([np.zeros((8, 8, 3))], "image", 8)
+    assert decoded_nbytes(50_000, 32) == 153_600_000  # CIFAR-100's training set
+
+
+def test_decoded_dataset_pickles_by_reopening_its_cache_file(tmp_path):
+    from synermix_hf.batch_transforms import BatchViews
+    from synermix_hf.data_path import DecodedImageDataset
+
+    dataset = saved_dataset(tmp_path, mixed_images())
+    images = decoded_images(dataset, "image", 8)
+    decoded = DecodedImageDataset(images, dataset["label"], BatchViews.from_spec(TransformSpec("cifar", 8)),
+                                  images.filename)  # fmt: skip
+    payload = pickle.dumps(decoded)
+    assert len(payload) < images.nbytes  # the array itself is not pickled
+    restored = pickle.loads(payload)
+    batch = restored.__getitems__([3, 1])
+    assert torch.equal(batch["images"], torch.from_numpy(np.asarray(images)[[3, 1]]))
+    assert batch["labels"].tolist() == [3, 1] and "augment" not in batch
+    seeded = restored.seeded_batch([3, 1], np.array([1, 2**63 + 5], dtype=np.uint64))
+    assert set(seeded["augment"]) == {"top", "left", "flip", "cutout_y", "cutout_x"}
