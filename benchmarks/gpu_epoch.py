@@ -67,8 +67,15 @@ def write_dataset(folder: Path, num_images: int, seed: int = 0) -> datasets.Data
         images.append({"bytes": buffer.getvalue(), "path": None})
     features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=NUM_CLASSES)})
     labels = (np.arange(num_images) % NUM_CLASSES).tolist()
-    datasets.Dataset.from_dict({"img": images, "label": labels}, features=features).save_to_disk(str(folder / "data"))
-    return datasets.load_from_disk(str(folder / "data"))
+    # Written as a parquet file with pyarrow and read back through `datasets`' parquet builder, as a Hub copy is:
+    # `Dataset.from_dict` fingerprints the table with dill, which fails on Python 3.12 with pyarrow 26
+    # ("Can't pickle <class 'MonthDayNano'>"), seen on the GPU machine.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / "train.parquet"
+    pq.write_table(pa.table({"img": images, "label": labels}, schema=features.arrow_schema), str(path))
+    return datasets.Dataset.from_parquet(str(path), features=features, cache_dir=str(folder / "cache"))
 
 
 class UtilisationSampler:
