@@ -13,7 +13,6 @@ from .mixup import (
     mixup_cross_entropy,
     sample_mixup_lambda,
 )
-from .errors import UsageError
 from .models import TorchvisionClassifierConfig, TorchvisionForImageClassification, build_torchvision_classifier
 from .recipe import RecipeTrainer, RecipeTrainingArguments
 from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler
@@ -40,7 +39,6 @@ __all__ = [
     "TorchvisionClassifierConfig",
     "TorchvisionForImageClassification",
     "TwoViewTransform",
-    "UsageError",
     "build_torchvision_classifier",
     "cutmix_batch",
     "cutmix_box",

@@ -101,7 +101,7 @@ def find_head(model: nn.Module, head_module: str | None = None) -> str:
                 return found
     raise ValueError(
         f"Could not find the classification head of {type(model).__name__}: no final nn.Linear under "
-        f"{'/'.join(_HEAD_ATTRIBUTE_NAMES)}. Set `head_module` (--head_module) to the name of the Linear layer whose "
+        f"{'/'.join(_HEAD_ATTRIBUTE_NAMES)}. Set `head_module` to the name of the Linear layer whose "
         "input is the penultimate feature."
     )
 
@@ -136,7 +136,7 @@ def find_mixing_points(model: nn.Module, manifold_mixup_modules: Sequence[str] |
             return (INPUT_POINT,) + tuple(f"{name}.{i}" for i in range(1, min(len(module), 3)))
     raise ValueError(
         f"Could not find Manifold MixUp points in {type(model).__name__} (no list of stages or blocks). Set "
-        "`manifold_mixup_modules` (--manifold_mixup_modules) to 'input' and/or module names whose input to mix."
+        "`manifold_mixup_modules` to 'input' and/or module names whose input to mix."
     )
 
 

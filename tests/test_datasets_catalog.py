@@ -3,19 +3,12 @@
 import datasets
 import numpy as np
 import pytest
-from conftest import build_image_folder, tiny_images, write_parquet_copy
 
-from synermix_hf.datasets_catalog import (
-    CATALOG,
-    check_images_readable,
-    detect_column,
-    ensure_class_label,
-    load_digits_dataset,
-    load_image_classification_data,
-    split_per_class,
-    stratified_holdout,
-)
-from synermix_hf.errors import UsageError
+from synermix_hf.datasets_catalog import CATALOG, load_digits_dataset, load_image_classification_data
+from synermix_hf.loading.checks import check_images_readable
+from synermix_hf.loading.columns import detect_column, ensure_class_label
+from synermix_hf.loading.splits import split_per_class, stratified_holdout
+from synermix_hf.testing import build_image_folder, tiny_images, write_parquet_copy
 
 
 def _counts(dataset, column="label"):
@@ -88,27 +81,27 @@ def test_phase_val_holds_out_a_stratified_fraction(hub_copies):
     assert _counts(data.train, "fine_label") == {0: 3, 1: 3, 2: 3}
 
 
-def test_phase_val_with_too_few_examples_per_class_is_a_usage_error():
+def test_phase_val_with_too_few_examples_per_class_is_refused():
     ds = datasets.Dataset.from_dict({"label": [0, 0, 0, 1, 2, 2]}).class_encode_column("label")
-    with pytest.raises(UsageError, match=r"at least 2 .* class '1' has 1"):
+    with pytest.raises(ValueError, match=r"at least 2 .* class '1' has 1"):
         stratified_holdout(ds, "label", 0.5, class_names=["0", "1", "2"])
-    with pytest.raises(UsageError, match="one example of each of the 3 classes"):
+    with pytest.raises(ValueError, match="one example of each of the 3 classes"):
         stratified_holdout(datasets.Dataset.from_dict({"label": [0, 0, 1, 1, 2, 2] * 3}), "label", 0.1)
 
 
 def test_columns_are_detected_and_ambiguity_lists_the_columns():
     features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=["a"])})
-    assert detect_column(features, None, ("img", "image"), "images", "--image_column_name") == "img"
+    assert detect_column(features, None, ("img", "image"), "images", "image_column") == "img"
     labels = ("label", "labels", "fine_label")
-    assert detect_column(features, None, labels, "labels", "--label_column_name") == "fine_label"
+    assert detect_column(features, None, labels, "labels", "label_column") == "fine_label"
     both = datasets.Features({"label": datasets.Value("int64"), "labels": datasets.Value("int64")})
-    with pytest.raises(UsageError, match=r"label, labels all could.*--label_column_name.*columns are: label, labels"):
-        detect_column(both, None, ("label", "labels", "fine_label"), "labels", "--label_column_name")
+    with pytest.raises(ValueError, match=r"label, labels all could.*`label_column`.*columns are: label, labels"):
+        detect_column(both, None, ("label", "labels", "fine_label"), "labels", "label_column")
     none = datasets.Features({"picture": datasets.Value("string"), "y": datasets.Value("float32")})
-    with pytest.raises(UsageError, match="columns are: picture, y"):
-        detect_column(none, None, ("label", "labels"), "labels", "--label_column_name", datasets.ClassLabel)
-    with pytest.raises(UsageError, match="'target' is not a column.*picture, y"):
-        detect_column(none, "target", ("label",), "labels", "--label_column_name")
+    with pytest.raises(ValueError, match="columns are: picture, y"):
+        detect_column(none, None, ("label", "labels"), "labels", "label_column", datasets.ClassLabel)
+    with pytest.raises(ValueError, match="'target' is not a column.*picture, y"):
+        detect_column(none, "target", ("label",), "labels", "label_column")
 
 
 def test_string_labels_become_class_labels_but_floats_and_ids_are_refused():
@@ -116,32 +109,32 @@ def test_string_labels_become_class_labels_but_floats_and_ids_are_refused():
     encoded = ensure_class_label(strings, "breed")
     assert encoded["train"].features["breed"].names == ["cat", "pug"]
     floats = datasets.DatasetDict(train=datasets.Dataset.from_dict({"score": [0.5, 1.5]}))
-    with pytest.raises(UsageError, match=r"'score' is not a class label: its type is Value\(float"):
+    with pytest.raises(ValueError, match=r"'score' is not a class label: its type is Value\(float"):
         ensure_class_label(floats, "score")
     ids = datasets.DatasetDict(train=datasets.Dataset.from_dict({"image_id": [f"img{i}" for i in range(40)]}))
-    with pytest.raises(UsageError, match="looks like an id"):
+    with pytest.raises(ValueError, match="looks like an id"):
         ensure_class_label(ids, "image_id")
 
 
 def test_local_image_folders_with_a_bad_file_name_that_file(tmp_path):
     folder = build_image_folder(tmp_path / "train", [3, 3])
     (folder / "class_1" / "broken.png").write_bytes(b"this is not a png")
-    with pytest.raises(UsageError, match=r"broken\.png"):
+    with pytest.raises(ValueError, match=r"broken\.png"):
         load_image_classification_data(train_dir=str(folder), train_val_split=0.3)
     features = datasets.Features({"image": datasets.Image()})
     ds = datasets.Dataset.from_dict({"image": tiny_images([0, 1])}, features=features)
     check_images_readable(ds, "image", "training set")  # good images pass
 
 
-def test_unknown_names_missing_directories_and_unreachable_hub_are_usage_errors(tmp_path):
-    with pytest.raises(UsageError, match="Did you mean 'cifar100'.*caltech256"):
+def test_unknown_names_missing_directories_and_unreachable_hub_are_refused_in_parameter_names(tmp_path):
+    with pytest.raises(ValueError, match="Did you mean 'cifar100'.*caltech256"):
         load_image_classification_data("cifar1000")
-    with pytest.raises(UsageError, match="--train_dir .* does not exist"):
+    with pytest.raises(ValueError, match="`train_dir` .* does not exist"):
         load_image_classification_data(train_dir=str(tmp_path / "nowhere"))
-    with pytest.raises(UsageError, match="--dataset_path .* does not exist"):
+    with pytest.raises(ValueError, match="`dataset_path` .* does not exist"):
         load_image_classification_data("cifar100", dataset_path=str(tmp_path / "nowhere"))
     # The tests run with HF_HUB_OFFLINE=1: the Hub copy of a short name cannot be reached.
-    with pytest.raises(UsageError, match="cannot reach the Hugging Face Hub to load 'uoft-cs/cifar100'"):
+    with pytest.raises(ValueError, match="cannot reach the Hugging Face Hub to load 'uoft-cs/cifar100'"):
         load_image_classification_data("cifar100")
 
 

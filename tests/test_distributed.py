@@ -36,7 +36,7 @@ def run_two_processes(launcher: list[str], script: Path, *script_args: str, time
 
 def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path):
     output = run_two_processes(
-        ["torchrun", "--nproc_per_node", "2"], HERE / "distributed" / "one_step.py", str(tmp_path), "mixup"
+        ["torchrun", "--nproc_per_node", "2"], HERE / "ddp_one_step.py", str(tmp_path), "mixup"
     )
     assert "process 0 of 2 done" in output and "process 1 of 2 done" in output
 
