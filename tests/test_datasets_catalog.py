@@ -181,3 +181,45 @@ def test_caltech256_orders_each_class_by_file_name_when_the_copy_keeps_them(tmp_
 def test_caltech256_without_file_names_uses_the_copys_row_order(hub_copies):
     data = load_image_classification_data("caltech256", dataset_path=str(hub_copies["caltech256"]))
     assert "row order" in data.eval_description
+
+
+# ---- CSV and JSON: image paths and string labels, as `datasets` 5 reads them (large_string) ----
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_csv_and_json_with_image_paths_and_string_labels(tmp_path, fmt):
+    import json
+
+    folder = build_image_folder(tmp_path / "images", [4, 4])
+    rows = [{"file": str(path), "breed": path.parent.name.replace("class_", "breed")}
+            for path in sorted(folder.glob("*/*.png"))]
+    data_dir = tmp_path / "table"
+    data_dir.mkdir()
+    if fmt == "csv":
+        lines = ["file,breed"] + [f"{r['file']},{r['breed']}" for r in rows]
+        (data_dir / "train.csv").write_text("\n".join(lines) + "\n")
+    else:
+        (data_dir / "train.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = load_image_classification_data(str(data_dir), image_column="file", label_column="breed",
+                                          train_val_split=0.25)
+    assert data.class_names == ["breed0", "breed1"]
+    assert (len(data.train), len(data.eval)) == (6, 2)
+    assert data.train[0]["file"].size == (8, 8)  # decoded from the path
+
+
+def test_a_single_class_is_refused(tmp_path):
+    folder = build_image_folder(tmp_path / "one", [6])
+    with pytest.raises(ValueError, match=r"`train_dir` .* has 1 class subfolder \(class_0\); .* at least 2"):
+        load_image_classification_data(train_dir=str(folder))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat"])})
+    copy = write_parquet_copy(tmp_path / "parquet", {"train": {"image": tiny_images([0] * 6), "label": [0] * 6}},
+                              features)
+    with pytest.raises(ValueError, match=r"1 class \('cat'\) in `label_column` 'label'; classification needs at least 2"):
+        load_image_classification_data(str(copy))
+    # Two class names, but the training data holds only one of them.
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    copy = write_parquet_copy(tmp_path / "parquet2", {"train": {"image": tiny_images([0] * 6), "label": [0] * 6},
+                                                      "test": {"image": tiny_images([1] * 2), "label": [1] * 2}},
+                              features)
+    with pytest.raises(ValueError, match=r"training set .* holds 1 class \('cat'\)"):
+        load_image_classification_data(str(copy))
