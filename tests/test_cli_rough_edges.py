@@ -138,10 +138,8 @@ def test_without_network_a_hub_dataset_fails_fast_with_one_line(tmp_path):
                                                    "Face Hub to load 'ethz/food101'"), result.stderr
 
 
-@pytest.mark.skipif(subprocess.run(["which", "accelerate"], capture_output=True).returncode != 0,
-                    reason="accelerate's launcher is not installed")
 def test_without_network_under_accelerate_launch_quiet_one_line(tmp_path):
-    result = subprocess.run(["accelerate", "launch", "--quiet", "--num_processes", "1", "--num_machines", "1",
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--num_processes", "1", "--num_machines", "1",
                              "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu",
                              str(REPO_ROOT / "run_image_classification.py"), "--dataset_name", "food101",
                              "--output_dir", str(tmp_path / "o")],

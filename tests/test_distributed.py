@@ -2,8 +2,8 @@
 
 import json
 import os
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +15,12 @@ from synermix_hf.sampler import PositionedBatchSampler
 from test_trainer import hand_intra_loss, hand_mixed_ce, resnet, two_view_sets
 
 HERE = Path(__file__).resolve().parent
-pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not installed")
 
 
+# The launchers of the interpreter that runs the tests (the one the package is installed in).
 LAUNCHERS = {
-    "torchrun": ["torchrun", "--nproc_per_node", "2"],
-    "accelerate": ["accelerate", "launch", "--multi_gpu", "--num_processes", "2"],
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"],
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"],
 }
 
 
@@ -36,7 +36,7 @@ def run_two_processes(launcher: list[str], script: Path, *script_args: str, time
 
 def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path):
     output = run_two_processes(
-        ["torchrun", "--nproc_per_node", "2"], HERE / "ddp_one_step.py", str(tmp_path), "mixup"
+        LAUNCHERS["torchrun"], HERE / "ddp_one_step.py", str(tmp_path), "mixup"
     )
     assert "process 0 of 2 done" in output and "process 1 of 2 done" in output
 
