@@ -1,6 +1,6 @@
-"""Benchmark 1: vectorised `intra_class_mixup` against the reference per-class Python loop of METHOD.md.
+"""Benchmark 1: vectorised `intra_class_mixup` against the reference code's per-class Python loop.
 
-The baseline is written here, independently of the library, the way METHOD.md describes the reference code: for every
+The baseline is written here, independently of the library, the way the reference code does it: for every
 class present, a boolean mask, one `torch.rand` per class, normalisation, a weighted sum, in a Python loop.
 
     python -m benchmarks.bench_intra_mixup [--quick] [--device cpu|cuda]
@@ -28,7 +28,7 @@ TARGET_SPEEDUP_CPU = 20.0  # at the first size
 
 
 def reference_per_class_loop(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """METHOD.md's reference: a Python loop over the classes present, one torch.rand per class."""
+    """The reference: a Python loop over the classes present, one torch.rand per class."""
     classes = torch.unique(labels)
     synthesized = []
     for c in classes:

@@ -56,7 +56,7 @@ def run_section(name: str, quick: bool, threads: int | None) -> str:
     if name == "gpu":
         from benchmarks import gpu_check
 
-        text = gpu_check.run(quick=quick)
+        text, _ = gpu_check.run(quick=quick)
         return text if text is not None else "## GPU check\n\nCUDA is not available: skipped, nothing measured on GPU."
     raise ValueError(name)
 

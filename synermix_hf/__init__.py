@@ -16,7 +16,6 @@ from .mixup import (
 )
 from .data_path import DATA_PATHS, DecodedImageDataset, PreparedViews, prepare_views
 from .decoded_cache import decoded_images
-from .errors import UsageError
 from .models import TorchvisionClassifierConfig, TorchvisionForImageClassification, build_torchvision_classifier
 from .recipe import RecipeTrainer, RecipeTrainingArguments
 from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler
@@ -47,7 +46,6 @@ __all__ = [
     "TorchvisionClassifierConfig",
     "TorchvisionForImageClassification",
     "TwoViewTransform",
-    "UsageError",
     "build_torchvision_classifier",
     "cutmix_batch",
     "cutmix_box",

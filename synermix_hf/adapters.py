@@ -28,7 +28,7 @@ __all__ = ["INPUT_POINT", "ModelAdapter", "find_head", "find_mixing_points"]
 INPUT_POINT = "input"
 """The Manifold MixUp point that mixes the pixels themselves (plain MixUp)."""
 
-# Known torchvision architectures: (head, mixing points) as METHOD.md gives them. A point names the module whose
+# Known torchvision architectures: (head, mixing points) as the paper's code uses them. A point names the module whose
 # *input* is mixed, as in the reference code ("before features[1]"). Swin-T and MobileNetV3 list the model input
 # twice (as `input` and as the input of `features.0`), exactly like the reference's four equally likely choices.
 _TORCHVISION_LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -103,7 +103,7 @@ def find_head(model: nn.Module, head_module: str | None = None) -> str:
                 return found
     raise ValueError(
         f"Could not find the classification head of {type(model).__name__}: no final nn.Linear under "
-        f"{'/'.join(_HEAD_ATTRIBUTE_NAMES)}. Set `head_module` (--head_module) to the name of the Linear layer whose "
+        f"{'/'.join(_HEAD_ATTRIBUTE_NAMES)}. Set `head_module` to the name of the Linear layer whose "
         "input is the penultimate feature."
     )
 
@@ -111,7 +111,7 @@ def find_head(model: nn.Module, head_module: str | None = None) -> str:
 def find_mixing_points(model: nn.Module, manifold_mixup_modules: Sequence[str] | None = None) -> tuple[str, ...]:
     """Return the Manifold MixUp points: `"input"` or names of modules whose input gets mixed.
 
-    Known torchvision models use METHOD.md's points. Other models (Hugging Face families included) use the input
+    Known torchvision models use the paper's points. Other models (Hugging Face families included) use the input
     plus the inputs of the 2nd and 3rd children of the first stage/block list, i.e. the outputs of the first two
     stages or blocks.
 
@@ -138,7 +138,7 @@ def find_mixing_points(model: nn.Module, manifold_mixup_modules: Sequence[str] |
             return (INPUT_POINT,) + tuple(f"{name}.{i}" for i in range(1, min(len(module), 3)))
     raise ValueError(
         f"Could not find Manifold MixUp points in {type(model).__name__} (no list of stages or blocks). Set "
-        "`manifold_mixup_modules` (--manifold_mixup_modules) to 'input' and/or module names whose input to mix."
+        "`manifold_mixup_modules` to 'input' and/or module names whose input to mix."
     )
 
 

@@ -74,7 +74,7 @@ CIFAR_STEM_MAX_SIZE = 84
 
 
 def normalise_model_name(name: str) -> str:
-    """Map a `--model_name` spelling (case-insensitive, aliases such as `resnet-18` or `swin_t`) to its canonical name.
+    """Map a `model_name` spelling (case-insensitive, aliases such as `resnet-18` or `swin_t`) to its canonical name.
 
     Raises:
         ValueError: for an unknown name; the message lists the valid names.
@@ -85,8 +85,8 @@ def normalise_model_name(name: str) -> str:
         close = difflib.get_close_matches(key, MODEL_NAMES, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
-            f"Unknown --model_name {name!r}. Valid names: {', '.join(MODEL_NAMES)}.{hint} For a Hugging Face model, "
-            "use --model_name_or_path instead."
+            f"Unknown `model_name` {name!r}. Valid names: {', '.join(MODEL_NAMES)}.{hint} For a Hugging Face model, "
+            "use `model_name_or_path` instead."
         )
     return key
 
@@ -137,7 +137,7 @@ def build_torchvision_classifier(
             raise OSError(
                 f"Could not download the ImageNet weights of {name} ({_BUILDERS[name]}, {_PRETRAINED_WEIGHTS}) from "
                 f"{weights.url}: {error}. Check the network connection, put the file in torch's cache "
-                f"({torch.hub.get_dir()}/checkpoints), or train from scratch without --pretrained."
+                f"({torch.hub.get_dir()}/checkpoints), or train from scratch without `pretrained`."
             ) from error
         network.load_state_dict(state_dict)
     if cifar_stem is None:

@@ -3,8 +3,7 @@ and mixed precision that picks fp16 on GPU and bf16 on CPU.
 
 `RecipeTrainingArguments` are `SynerMixTrainingArguments` with the reference code's defaults (lr 0.1, momentum 0.9,
 weight decay 5e-4, StepLR every 10 epochs by 0.5, 120 epochs, batch 128, test batch 48, seed 123, no gradient clipping,
-the class-balanced sampler for every configuration) and its short command-line flags (`-lr`, `-mo`, `-wd`, `-ss`, `-ga`,
-`-ne`, `-ep`, `-bs`, `-seed`, `-alpha`, `-beta`, `-itrm`, `-mp`).
+the class-balanced sampler for every configuration).
 `RecipeTrainer` is a `SynerMixTrainer` that builds that optimizer and schedule. `recipe="trainer"` hands both back
 to the Trainer (`--optim`, `--lr_scheduler_type`, ...), e.g. to fine-tune a Hugging Face model with AdamW.
 
@@ -26,7 +25,7 @@ from transformers.trainer_utils import IntervalStrategy
 from .trainer import SynerMixTrainer
 from .training_args import SynerMixTrainingArguments
 
-__all__ = ["RECIPES", "RecipeTrainer", "RecipeTrainingArguments", "epoch_step_lr"]
+__all__ = ["RECIPES", "RecipeTrainer", "RecipeTrainingArguments", "cpu_has_native_bf16", "epoch_step_lr"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +47,45 @@ def epoch_step_lr(optimizer: torch.optim.Optimizer, updates_per_epoch: int, step
     return LambdaLR(optimizer, factor)
 
 
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX); None when torch cannot tell.
+
+    Without it bf16 autocast on CPU is emulated and much slower than fp32.
+    """
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(check is None for check in checks):
+        return None
+    return any(check() for check in checks)
+
+
 def _resolve_mixed_precision(args: RecipeTrainingArguments) -> None:
-    """`--amp` (`-mp`): fp16 autocast with a grad scaler on CUDA, bf16 autocast elsewhere (fp16 does nothing on CPU)."""
+    """`amp`: fp16 autocast with a grad scaler on CUDA, bf16 autocast elsewhere (fp16 does nothing on CPU).
+
+    `bf16` without an accelerator runs on the CPU (`use_cpu` is set, which `TrainingArguments` asks for), with a
+    warning when the CPU has no native bf16.
+    """
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    cuda = torch.cuda.is_available() and not args.use_cpu
     if args.amp and not (args.fp16 or args.bf16):
-        if torch.cuda.is_available() and not args.use_cpu:
+        if cuda:
             args.fp16 = True
         else:
-            from transformers.utils import is_torch_bf16_gpu_available
-
             args.bf16 = True
-            if not is_torch_bf16_gpu_available():
-                args.use_cpu = True  # TrainingArguments only accepts bf16 without an accelerator when use_cpu is set
-            logger.info("-mp/--amp: no CUDA device, so mixed precision uses bf16 autocast.")
+            logger.info("`amp`: no CUDA device, so mixed precision uses bf16 autocast.")
+    if (args.bf16 or args.bf16_full_eval) and not args.use_cpu:
+        accelerator = torch.cuda.is_available() or is_torch_bf16_gpu_available() or is_torch_xla_available()
+        if not accelerator:
+            args.use_cpu = True  # TrainingArguments only accepts bf16 without an accelerator when use_cpu is set
+    if (args.bf16 or args.bf16_full_eval) and args.use_cpu and cpu_has_native_bf16() is False:
+        logger.warning(
+            "bf16 on this CPU (%s, without AVX512_BF16 or AMX) is emulated: training is many times slower than in "
+            "fp32. Leave out `bf16` / `amp` to train in fp32.", torch.backends.cpu.get_cpu_capability()
+        )
     if args.fp16 and (args.use_cpu or not torch.cuda.is_available()):
         logger.warning(
-            "--fp16 has no effect without a CUDA device: Accelerate runs fp32 on CPU. Use --bf16 (or -mp / --amp, "
-            "which picks bf16 on CPU) for mixed precision on CPU."
+            "`fp16` has no effect without a CUDA device: Accelerate runs fp32 on CPU. Use `bf16` (or `amp`, which "
+            "picks bf16 on CPU) for mixed precision on CPU."
         )
 
 
@@ -81,16 +103,16 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
         amp: Mixed precision the way the reference's `-mp` means it: fp16 on CUDA, bf16 on CPU.
     """
 
-    # The reference's defaults and short flags, on TrainingArguments fields.
-    learning_rate: float = field(default=0.1, metadata={"aliases": ["-lr"], "help": "Initial learning rate."})
-    weight_decay: float = field(default=5e-4, metadata={"aliases": ["-wd"], "help": "Weight decay (all parameters)."})
-    num_train_epochs: float = field(default=120, metadata={"aliases": ["-ep"], "help": "Number of training epochs."})
+    # The reference's defaults, on TrainingArguments fields.
+    learning_rate: float = field(default=0.1, metadata={"help": "Initial learning rate."})
+    weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay (all parameters)."})
+    num_train_epochs: float = field(default=120, metadata={"help": "Number of training epochs."})
     per_device_train_batch_size: int = field(
         default=128,
-        metadata={"aliases": ["-bs"], "help": "Training batch size per device (before the balanced sampler's extras)."},
+        metadata={"help": "Training batch size per device (before the balanced sampler's extras)."},
     )
     per_device_eval_batch_size: int = field(default=48, metadata={"help": "Evaluation batch size per device."})
-    seed: int = field(default=123, metadata={"aliases": ["-seed"], "help": "Random seed."})
+    seed: int = field(default=123, metadata={"help": "Random seed."})
     max_grad_norm: float = field(
         default=0.0,
         metadata={"help": "Clip gradients to this norm; 0 (the reference's recipe) does not clip. TrainingArguments' "
@@ -101,22 +123,6 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
         metadata={"help": "Class-balanced batches (every class of a batch has >= 2 members), for every configuration "
                   "as in the reference, beta = 0 included. --balanced_sampler false gives plain shuffled batches."},
     )
-    # The method's parameters, with the reference's short flags.
-    beta: float = field(
-        default=0.0,
-        metadata={"aliases": ["-beta"], "help": "Weight of SynerMix-Intra, in [0, 1]; 0 disables it."},
-    )
-    alpha: float = field(
-        default=1.0,
-        metadata={"aliases": ["-alpha"], "help": "MixUp/CutMix concentration: lambda ~ Beta(alpha, alpha)."},
-    )
-    inter_mixup: str = field(
-        default="none",
-        metadata={
-            "aliases": ["-itrm"],
-            "help": "Inter-class mixup: none, mixup, manifold_mixup or cutmix (Mixup, Manifold_Mixup accepted).",
-        },
-    )
     # The recipe.
     recipe: str = field(
         default="paper",
@@ -126,15 +132,15 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
             "Trainer's --optim and --lr_scheduler_type.",
         },
     )
-    momentum: float = field(default=0.9, metadata={"aliases": ["-mo"], "help": "SGD momentum."})
-    nesterov: bool = field(default=False, metadata={"aliases": ["-ne"], "help": "Use Nesterov momentum."})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
+    nesterov: bool = field(default=False, metadata={"help": "Use Nesterov momentum."})
     lr_step_size: int = field(
-        default=10, metadata={"aliases": ["-ss"], "help": "Decay the learning rate every this many epochs."}
+        default=10, metadata={"help": "Decay the learning rate every this many epochs."}
     )
-    lr_gamma: float = field(default=0.5, metadata={"aliases": ["-ga"], "help": "Learning-rate decay factor."})
+    lr_gamma: float = field(default=0.5, metadata={"help": "Learning-rate decay factor."})
     amp: bool = field(
         default=False,
-        metadata={"aliases": ["-mp"], "help": "Mixed precision: fp16 on CUDA (with a grad scaler), bf16 on CPU."},
+        metadata={"help": "Mixed precision: fp16 on CUDA (with a grad scaler), bf16 on CPU."},
     )
     # Epoch-wise bookkeeping, as the reference logs and evaluates once per epoch.
     logging_strategy: IntervalStrategy | str = field(
@@ -148,13 +154,13 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
-            raise ValueError(f"--recipe {self.recipe!r} is not valid; choose one of {', '.join(RECIPES)}.")
+            raise ValueError(f"`recipe` {self.recipe!r} is not valid; choose one of {', '.join(RECIPES)}.")
         if self.lr_step_size < 1:
-            raise ValueError(f"--lr_step_size (-ss) must be >= 1 epoch, got {self.lr_step_size}.")
+            raise ValueError(f"`lr_step_size` must be >= 1 epoch, got {self.lr_step_size}.")
         if self.nesterov and self.momentum <= 0:
-            raise ValueError("--nesterov (-ne) needs --momentum (-mo) > 0.")
+            raise ValueError("`nesterov` needs `momentum` > 0.")
         if self.momentum < 0:
-            raise ValueError(f"--momentum (-mo) must be >= 0, got {self.momentum}.")
+            raise ValueError(f"`momentum` must be >= 0, got {self.momentum}.")
         if self.eval_strategy is None:
             self.eval_strategy = "epoch" if self.do_eval else "no"
         _resolve_mixed_precision(self)

@@ -19,7 +19,7 @@ def normalise_inter_mixup(value: str | None) -> str:
     canonical = "none" if value is None else str(value).strip().lower().replace("-", "_")
     if canonical not in INTER_MIXUP_CHOICES:
         raise ValueError(
-            f"inter_mixup={value!r} is not valid; choose one of {', '.join(INTER_MIXUP_CHOICES)} (case-insensitive; "
+            f"`inter_mixup` {value!r} is not valid; choose one of {', '.join(INTER_MIXUP_CHOICES)} (case-insensitive; "
             "the paper's spellings Mixup and Manifold_Mixup work too)."
         )
     return canonical
@@ -101,11 +101,11 @@ class SynerMixTrainingArguments(TrainingArguments):
                              ">= 0.")
         self.inter_mixup = normalise_inter_mixup(self.inter_mixup)
         if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"beta={self.beta} is out of range; --beta must be between 0 and 1.")
+            raise ValueError(f"`beta` must be between 0 and 1, got {self.beta}.")
         if self.inter_mixup != "none" and not self.alpha > 0:
             raise ValueError(
-                f"alpha={self.alpha} is not valid with inter_mixup={self.inter_mixup!r}; --alpha must be > 0 "
-                "(lambda ~ Beta(alpha, alpha))."
+                f"`alpha` must be > 0 with `inter_mixup` {self.inter_mixup!r} (lambda ~ Beta(alpha, alpha)), got "
+                f"{self.alpha}."
             )
         if self.balanced_sampler is None:
             self.balanced_sampler = self.beta > 0
@@ -113,10 +113,3 @@ class SynerMixTrainingArguments(TrainingArguments):
             self.manifold_mixup_modules = [p.strip() for p in self.manifold_mixup_modules.split(",") if p.strip()]
         super().__post_init__()
 
-    @property
-    def uses_intra(self) -> bool:
-        return self.beta > 0
-
-    @property
-    def uses_inter_mixup(self) -> bool:
-        return self.inter_mixup != "none"

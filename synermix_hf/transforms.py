@@ -190,7 +190,7 @@ def spec_from_image_processor(processor: Any, family: str) -> TransformSpec:
     image_size = image_size or _size_field(size, "height") or _size_field(size, "shortest_edge")
     if image_size is None:
         raise ValueError(
-            f"Cannot tell the input size of {type(processor).__name__} (size={size!r}); set --image_size."
+            f"Cannot tell the input size of {type(processor).__name__} (size={size!r}); set `image_size`."
         )
     mean = getattr(processor, "image_mean", None)
     std = getattr(processor, "image_std", None)

@@ -4,7 +4,7 @@ per-image path's distributions."""
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_images
+from synermix_hf.testing import tiny_images
 from scipy import stats
 from torchvision.transforms import functional as F
 

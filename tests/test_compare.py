@@ -1,4 +1,4 @@
-"""`python -m synermix_hf.compare`: the runs, the table, the JSON, the plots, skipping and resuming; the pure
+"""`synermix-compare` (`synermix_hf.cli.compare`): the runs, the table, the JSON, the plots, skipping and resuming; the pure
 aggregation functions; argument errors."""
 
 import json
@@ -7,7 +7,9 @@ import shutil
 
 import pytest
 
-from synermix_hf import compare
+from synermix_hf.cli import compare, methods, report, stats
+from synermix_hf.cli.train import main
+from synermix_hf.testing import save_tiny_vit
 
 # A tiny local dataset (18 training, 9 evaluation images of 3 classes) and a few steps per run.
 FAST = ["-bs", "8", "--image_size", "8", "--max_steps", "4", "--dataloader_num_workers", "0",
@@ -21,14 +23,7 @@ def _data(hub_copies, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_vit(tmp_path_factory):
     """A Hugging Face ViT small enough that a run is mostly overhead (the comparison does not care about the model)."""
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    path = tmp_path_factory.mktemp("tiny_vit")
-    config = ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=32, num_labels=3)
-    ViTForImageClassification(config).save_pretrained(path)
-    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(path)
-    return ["--model_name_or_path", str(path)]
+    return ["--model_name_or_path", str(save_tiny_vit(tmp_path_factory.mktemp("tiny_vit")))]
 
 
 def _table_rows(markdown: str, header_start: str) -> dict[str, list[str]]:
@@ -43,7 +38,7 @@ def _table_rows(markdown: str, header_start: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_two_methods_two_seeds_then_skip_then_restart(script, hub_copies, tiny_vit, tmp_path, capsys):
+def test_two_methods_two_seeds_then_skip_then_restart(hub_copies, tiny_vit, tmp_path, capsys):
     out = tmp_path / "comparison"
     argv = ["--methods", "baseline", "w-RA", "--seeds", "1", "2", "--output_dir", str(out),
             *_data(hub_copies, tmp_path), *tiny_vit, *FAST]
@@ -119,7 +114,7 @@ def test_two_methods_two_seeds_then_skip_then_restart(script, hub_copies, tiny_v
     assert [p.stat().st_mtime_ns for p in results_files] == stamps
 
 
-def test_interrupted_run_resumes_from_its_last_checkpoint(script, hub_copies, tmp_path):
+def test_interrupted_run_resumes_from_its_last_checkpoint(hub_copies, tmp_path):
     """A torchvision ResNet-18 (Hugging Face models with renamed weights do not resume exactly with transformers 5:
     the Trainer loads checkpoints without the weight-name conversion; see the report)."""
     out = tmp_path / "comparison"
@@ -146,7 +141,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(script, hub_copies, tm
     assert not list(run_dir.glob("checkpoint-*"))  # without --keep_checkpoints they go once the run has finished
 
 
-def test_argument_errors(script, hub_copies, tmp_path, capsys):
+def test_argument_errors(hub_copies, tmp_path, capsys):
     common = ["--output_dir", str(tmp_path / "c"), *_data(hub_copies, tmp_path), *FAST]
     for extra, message in ((["--seed", "3"], "use --seeds"), (["--beta", "0.3"], "--methods"),
                            (["--methods", "cutmix"], "unknown method"), (["--no_such_flag"], "Unrecognised"),
@@ -160,24 +155,24 @@ def test_argument_errors(script, hub_copies, tmp_path, capsys):
     assert "other script flags" in capsys.readouterr().err
 
 
-def test_cpu_sizing_and_method_flags(script, monkeypatch):
+def test_cpu_sizing_and_method_flags(monkeypatch):
     monkeypatch.setattr(compare, "_cuda", lambda: False)
     plan = compare.make_plan([])
     assert "--num_train_epochs" in plan.script_args and plan.script_args[
         plan.script_args.index("--num_train_epochs") + 1] == "6"
     assert plan.dataset == "digits (built-in)" and str(plan.output_dir) == "runs/compare-digits-resnet18"
-    assert [m.name for m in plan.methods] == [m.name for m in compare.METHODS] and plan.seeds == [123]
+    assert [m.name for m in plan.methods] == [m.name for m in methods.METHODS] and plan.seeds == [123]
     explicit = compare.make_plan(["-ep", "3"]).script_args
     assert explicit[:2] == ["-ep", "3"] and "--num_train_epochs" not in explicit
     assert "--num_train_epochs" not in compare.make_plan(["--cpu_epochs", "0"]).script_args
     monkeypatch.setattr(compare, "_cuda", lambda: True)
     monkeypatch.setattr(compare, "_machine", lambda gpu: "GPU")
     assert "--num_train_epochs" not in compare.make_plan([]).script_args  # the script's own recipe on a GPU
-    flags = {m.name: m.flags() for m in compare.METHODS}
+    flags = {m.name: m.flags() for m in methods.METHODS}
     assert flags["wo-RA&ER"] == ["--beta", "0", "--inter_mixup", "none", "--alpha", "1"]
     assert flags["w-RA"][:2] == ["--beta", "0.5"]
     assert flags["w-RA&ER(MM)"] == ["--beta", "0.1", "--inter_mixup", "manifold_mixup", "--alpha", "1"]
-    assert [m.name for m in compare.resolve_methods(["W-RA&ER(MM)", "baseline", "w-er-m"])] == [
+    assert [m.name for m in methods.resolve_methods(["W-RA&ER(MM)", "baseline", "w-er-m"])] == [
         "wo-RA&ER", "w-ER(M)", "w-RA&ER(MM)"]
 
 
@@ -187,19 +182,19 @@ def _run(method, seed, final, best=None, cohesion=0.5, separability=1.0):
 
 
 def test_aggregation_and_gains():
-    assert compare.mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
-    assert compare.mean_std([0.5]) == {"mean": 0.5, "std": None, "n": 1}
-    assert compare.mean_std([None]) == {"mean": None, "std": None, "n": 0}
-    assert compare.mean_std([1.0, math.inf])["mean"] == math.inf
+    assert stats.mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert stats.mean_std([0.5]) == {"mean": 0.5, "std": None, "n": 1}
+    assert stats.mean_std([None]) == {"mean": None, "std": None, "n": 0}
+    assert stats.mean_std([1.0, math.inf])["mean"] == math.inf
 
     finals = {"wo-RA&ER": (0.90, 0.92), "w-RA": (0.91, 0.93), "w-ER(M)": (0.93, 0.93), "w-ER(MM)": (0.90, 0.90),
               "w-RA&ER(M)": (0.95, 0.95), "w-RA&ER(MM)": (0.91, 0.93)}
     runs = [_run(m, s, v[s - 1]) for m, v in finals.items() for s in (1, 2)]
-    stats = compare.aggregate(runs)
-    assert stats["wo-RA&ER"]["final_accuracy"]["mean"] == pytest.approx(0.91)
-    assert stats["wo-RA&ER"]["final_accuracy"]["std"] == pytest.approx(0.02 / math.sqrt(2))
-    assert stats["w-RA"]["seeds"] == [1, 2]
-    result = compare.gains(stats)
+    table = stats.aggregate(runs)
+    assert table["wo-RA&ER"]["final_accuracy"]["mean"] == pytest.approx(0.91)
+    assert table["wo-RA&ER"]["final_accuracy"]["std"] == pytest.approx(0.02 / math.sqrt(2))
+    assert table["w-RA"]["seeds"] == [1, 2]
+    result = stats.gains(table)
     assert "over_baseline" not in result["wo-RA&ER"]
     assert result["w-ER(M)"]["over_baseline"] == pytest.approx(0.02)
     # w-RA&ER(M): 0.95 - max(w-RA 0.92, w-ER(M) 0.93); w-RA&ER(MM): 0.92 - max(w-RA 0.92, w-ER(MM) 0.90).
@@ -209,14 +204,14 @@ def test_aggregation_and_gains():
     assert result["w-RA&ER(MM)"]["better_component"] == "w-RA"
     assert "over_components" not in result["w-RA"]
     # A missing component leaves the gain undefined.
-    partial = compare.gains(compare.aggregate([r for r in runs if r["method"] != "w-ER(MM)"]))
+    partial = stats.gains(stats.aggregate([r for r in runs if r["method"] != "w-ER(MM)"]))
     assert partial["w-RA&ER(MM)"]["over_components"] is None
 
-    report = {"config": {"dataset": "d", "model": "m", "scale_note": "Small.", "command": "c", "seeds": [1, 2],
+    content = {"config": {"dataset": "d", "model": "m", "scale_note": "Small.", "command": "c", "seeds": [1, 2],
                          "script_args_text": "", "machine": "CPU", "written": "now"},
-              "methods": stats, "gains": {"final_accuracy": result, "best_accuracy": result},
+              "methods": table, "gains": {"final_accuracy": result, "best_accuracy": result},
               "runs": [{**r, "status": "trained", "directory": "x", "best_epoch": 2.0} for r in runs]}
-    rows = _table_rows(compare.render_markdown(report), "| method | beta")
+    rows = _table_rows(report.render_markdown(content), "| method | beta")
     assert rows["w-RA&ER(M)"][7] == "+2.00 (vs w-ER(M))" and rows["w-RA&ER(M)"][6] == "+4.00"
     assert rows["wo-RA&ER (baseline)"][4] == "91.00 ± 1.41"
 
@@ -233,19 +228,19 @@ def test_summarize_run_reads_final_best_and_curves():
     ]
     results = {"eval_accuracy": 0.7, "eval_loss": 0.9, "eval_cohesion": 0.4, "eval_separability": math.inf,
                "train_runtime": 5.0, "epoch": 3.0}
-    summary = compare.summarize_run(results, history)
+    summary = stats.summarize_run(results, history)
     assert (summary["final_accuracy"], summary["best_accuracy"], summary["best_epoch"]) == (0.7, 0.8, 2.0)
     assert summary["separability"] == math.inf and summary["cohesion"] == 0.4
     assert summary["curves"]["eval"] == {"epoch": [1.0, 2.0, 3.0], "accuracy": [0.6, 0.8, 0.7],
                                          "loss": [1.0, 0.8, 0.9]}
     assert summary["curves"]["train"] == {"epoch": [1.0, 2.0, 3.0], "loss": [2.0, 1.0, 0.5]}
-    curves = compare.aggregate_curves([summary["curves"]["eval"], {"epoch": [1.0, 2.0], "accuracy": [0.8, 0.6]}],
+    curves = stats.aggregate_curves([summary["curves"]["eval"], {"epoch": [1.0, 2.0], "accuracy": [0.8, 0.6]}],
                                       "accuracy")
     assert curves["epoch"] == [1.0, 2.0] and curves["mean"] == pytest.approx([0.7, 0.7])
     assert curves["std"][0] == pytest.approx(0.1 * math.sqrt(2))
 
 
-def test_runs_in_one_process_do_not_depend_on_what_ran_before(script, hub_copies, tmp_path):
+def test_runs_in_one_process_do_not_depend_on_what_ran_before(hub_copies, tmp_path):
     """The script initialises the model from --seed, so an in-process run does not depend on what ran before it.
 
     Evaluation-only runs of a freshly initialised ResNet-18: the evaluation loss tells the initial weights apart."""
@@ -254,7 +249,7 @@ def test_runs_in_one_process_do_not_depend_on_what_ran_before(script, hub_copies
     def initial_eval_loss(name, seed):
         out = tmp_path / name
         argv = [*_data(hub_copies, tmp_path), *FAST, "--do_eval", "--seed", str(seed), "--output_dir", str(out)]
-        assert script.main(argv) == 0
+        assert main(argv) == 0
         return json.loads((out / "all_results.json").read_text())["eval_loss"]
 
     first = initial_eval_loss("a", 5)
@@ -262,27 +257,3 @@ def test_runs_in_one_process_do_not_depend_on_what_ran_before(script, hub_copies
     torch.randn(1000)
     assert initial_eval_loss("b", 5) == first
     assert initial_eval_loss("c", 6) != first
-
-
-def test_time_left_estimate(monkeypatch):
-    """Seconds per unit of cost (a beta > 0 run costs 2) times the cost still to go; a resumed run counts its rest."""
-    now = [1000.0]
-    monkeypatch.setattr(compare.time, "time", lambda: now[0])
-    progress = compare._Progress(total=3, done=0, disable=True)
-    progress.start("a", cost=1.0, cost_after=3.0)
-    assert progress.remaining() is None  # nothing to go on yet
-    now[0] += 10
-    progress.steps(5, 10)  # half of a cost-1 run in 10 s: 20 s per unit
-    assert progress.remaining() == pytest.approx(10 + 20 * 3)
-    now[0] += 10
-    progress.finish(trained=True)
-    progress.start("b", cost=2.0, cost_after=1.0)
-    progress.steps(6, 10, beginning=True)  # resumed at 60%: 0.8 units left in this run
-    assert progress.remaining() == pytest.approx(20 * 0.8 + 20 * 1)
-    now[0] += 8
-    progress.steps(8, 10)  # half of the rest in 8 s
-    assert progress.remaining() == pytest.approx(8 + 20 * 1)
-    now[0] += 8
-    progress.finish(trained=True)
-    assert progress.spent_cost == pytest.approx(1.8) and progress.spent_seconds == pytest.approx(36)
-    progress.close()

@@ -3,19 +3,12 @@
 import datasets
 import numpy as np
 import pytest
-from conftest import build_image_folder, tiny_images, write_parquet_copy
 
-from synermix_hf.datasets_catalog import (
-    CATALOG,
-    check_images_readable,
-    detect_column,
-    ensure_class_label,
-    load_digits_dataset,
-    load_image_classification_data,
-    split_per_class,
-    stratified_holdout,
-)
-from synermix_hf.errors import UsageError
+from synermix_hf.datasets_catalog import CATALOG, load_digits_dataset, load_image_classification_data
+from synermix_hf.loading.checks import check_images_readable
+from synermix_hf.loading.columns import detect_column, ensure_class_label
+from synermix_hf.loading.splits import split_per_class, stratified_holdout
+from synermix_hf.testing import build_image_folder, tiny_images, write_parquet_copy
 
 
 def _counts(dataset, column="label"):
@@ -88,27 +81,27 @@ def test_phase_val_holds_out_a_stratified_fraction(hub_copies):
     assert _counts(data.train, "fine_label") == {0: 3, 1: 3, 2: 3}
 
 
-def test_phase_val_with_too_few_examples_per_class_is_a_usage_error():
+def test_phase_val_with_too_few_examples_per_class_is_refused():
     ds = datasets.Dataset.from_dict({"label": [0, 0, 0, 1, 2, 2]}).class_encode_column("label")
-    with pytest.raises(UsageError, match=r"at least 2 .* class '1' has 1"):
+    with pytest.raises(ValueError, match=r"at least 2 .* class '1' has 1"):
         stratified_holdout(ds, "label", 0.5, class_names=["0", "1", "2"])
-    with pytest.raises(UsageError, match="one example of each of the 3 classes"):
+    with pytest.raises(ValueError, match="one example of each of the 3 classes"):
         stratified_holdout(datasets.Dataset.from_dict({"label": [0, 0, 1, 1, 2, 2] * 3}), "label", 0.1)
 
 
 def test_columns_are_detected_and_ambiguity_lists_the_columns():
     features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=["a"])})
-    assert detect_column(features, None, ("img", "image"), "images", "--image_column_name") == "img"
+    assert detect_column(features, None, ("img", "image"), "images", "image_column") == "img"
     labels = ("label", "labels", "fine_label")
-    assert detect_column(features, None, labels, "labels", "--label_column_name") == "fine_label"
+    assert detect_column(features, None, labels, "labels", "label_column") == "fine_label"
     both = datasets.Features({"label": datasets.Value("int64"), "labels": datasets.Value("int64")})
-    with pytest.raises(UsageError, match=r"label, labels all could.*--label_column_name.*columns are: label, labels"):
-        detect_column(both, None, ("label", "labels", "fine_label"), "labels", "--label_column_name")
+    with pytest.raises(ValueError, match=r"label, labels all could.*`label_column`.*columns are: label, labels"):
+        detect_column(both, None, ("label", "labels", "fine_label"), "labels", "label_column")
     none = datasets.Features({"picture": datasets.Value("string"), "y": datasets.Value("float32")})
-    with pytest.raises(UsageError, match="columns are: picture, y"):
-        detect_column(none, None, ("label", "labels"), "labels", "--label_column_name", datasets.ClassLabel)
-    with pytest.raises(UsageError, match="'target' is not a column.*picture, y"):
-        detect_column(none, "target", ("label",), "labels", "--label_column_name")
+    with pytest.raises(ValueError, match="columns are: picture, y"):
+        detect_column(none, None, ("label", "labels"), "labels", "label_column", datasets.ClassLabel)
+    with pytest.raises(ValueError, match="'target' is not a column.*picture, y"):
+        detect_column(none, "target", ("label",), "labels", "label_column")
 
 
 def test_string_labels_become_class_labels_but_floats_and_ids_are_refused():
@@ -116,32 +109,32 @@ def test_string_labels_become_class_labels_but_floats_and_ids_are_refused():
     encoded = ensure_class_label(strings, "breed")
     assert encoded["train"].features["breed"].names == ["cat", "pug"]
     floats = datasets.DatasetDict(train=datasets.Dataset.from_dict({"score": [0.5, 1.5]}))
-    with pytest.raises(UsageError, match=r"'score' is not a class label: its type is Value\(float"):
+    with pytest.raises(ValueError, match=r"'score' is not a class label: its type is Value\(float"):
         ensure_class_label(floats, "score")
     ids = datasets.DatasetDict(train=datasets.Dataset.from_dict({"image_id": [f"img{i}" for i in range(40)]}))
-    with pytest.raises(UsageError, match="looks like an id"):
+    with pytest.raises(ValueError, match="looks like an id"):
         ensure_class_label(ids, "image_id")
 
 
 def test_local_image_folders_with_a_bad_file_name_that_file(tmp_path):
     folder = build_image_folder(tmp_path / "train", [3, 3])
     (folder / "class_1" / "broken.png").write_bytes(b"this is not a png")
-    with pytest.raises(UsageError, match=r"broken\.png"):
+    with pytest.raises(ValueError, match=r"broken\.png"):
         load_image_classification_data(train_dir=str(folder), train_val_split=0.3)
     features = datasets.Features({"image": datasets.Image()})
     ds = datasets.Dataset.from_dict({"image": tiny_images([0, 1])}, features=features)
     check_images_readable(ds, "image", "training set")  # good images pass
 
 
-def test_unknown_names_missing_directories_and_unreachable_hub_are_usage_errors(tmp_path):
-    with pytest.raises(UsageError, match="Did you mean 'cifar100'.*caltech256"):
+def test_unknown_names_missing_directories_and_unreachable_hub_are_refused_in_parameter_names(tmp_path):
+    with pytest.raises(ValueError, match="Did you mean 'cifar100'.*caltech256"):
         load_image_classification_data("cifar1000")
-    with pytest.raises(UsageError, match="--train_dir .* does not exist"):
+    with pytest.raises(ValueError, match="`train_dir` .* does not exist"):
         load_image_classification_data(train_dir=str(tmp_path / "nowhere"))
-    with pytest.raises(UsageError, match="--dataset_path .* does not exist"):
+    with pytest.raises(ValueError, match="`dataset_path` .* does not exist"):
         load_image_classification_data("cifar100", dataset_path=str(tmp_path / "nowhere"))
     # The tests run with HF_HUB_OFFLINE=1: the Hub copy of a short name cannot be reached.
-    with pytest.raises(UsageError, match="cannot reach the Hugging Face Hub to load 'uoft-cs/cifar100'"):
+    with pytest.raises(ValueError, match="cannot reach the Hugging Face Hub to load 'uoft-cs/cifar100'"):
         load_image_classification_data("cifar100")
 
 
@@ -188,3 +181,45 @@ def test_caltech256_orders_each_class_by_file_name_when_the_copy_keeps_them(tmp_
 def test_caltech256_without_file_names_uses_the_copys_row_order(hub_copies):
     data = load_image_classification_data("caltech256", dataset_path=str(hub_copies["caltech256"]))
     assert "row order" in data.eval_description
+
+
+# ---- CSV and JSON: image paths and string labels, as `datasets` 5 reads them (large_string) ----
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_csv_and_json_with_image_paths_and_string_labels(tmp_path, fmt):
+    import json
+
+    folder = build_image_folder(tmp_path / "images", [4, 4])
+    rows = [{"file": str(path), "breed": path.parent.name.replace("class_", "breed")}
+            for path in sorted(folder.glob("*/*.png"))]
+    data_dir = tmp_path / "table"
+    data_dir.mkdir()
+    if fmt == "csv":
+        lines = ["file,breed"] + [f"{r['file']},{r['breed']}" for r in rows]
+        (data_dir / "train.csv").write_text("\n".join(lines) + "\n")
+    else:
+        (data_dir / "train.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = load_image_classification_data(str(data_dir), image_column="file", label_column="breed",
+                                          train_val_split=0.25)
+    assert data.class_names == ["breed0", "breed1"]
+    assert (len(data.train), len(data.eval)) == (6, 2)
+    assert data.train[0]["file"].size == (8, 8)  # decoded from the path
+
+
+def test_a_single_class_is_refused(tmp_path):
+    folder = build_image_folder(tmp_path / "one", [6])
+    with pytest.raises(ValueError, match=r"`train_dir` .* has 1 class subfolder \(class_0\); .* at least 2"):
+        load_image_classification_data(train_dir=str(folder))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat"])})
+    copy = write_parquet_copy(tmp_path / "parquet", {"train": {"image": tiny_images([0] * 6), "label": [0] * 6}},
+                              features)
+    with pytest.raises(ValueError, match=r"1 class \('cat'\) in `label_column` 'label'; classification needs at least 2"):
+        load_image_classification_data(str(copy))
+    # Two class names, but the training data holds only one of them.
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    copy = write_parquet_copy(tmp_path / "parquet2", {"train": {"image": tiny_images([0] * 6), "label": [0] * 6},
+                                                      "test": {"image": tiny_images([1] * 2), "label": [1] * 2}},
+                              features)
+    with pytest.raises(ValueError, match=r"training set .* holds 1 class \('cat'\)"):
+        load_image_classification_data(str(copy))

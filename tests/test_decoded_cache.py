@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_images
+from synermix_hf.testing import tiny_images
 from PIL import Image
 
 from synermix_hf.batch_transforms import normalize, to_float

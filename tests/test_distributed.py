@@ -2,8 +2,8 @@
 
 import json
 import os
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -16,12 +16,12 @@ from synermix_hf.sampler import PositionedBatchSampler
 from test_trainer import device_view_set, hand_intra_loss, hand_mixed_ce, resnet, two_view_sets
 
 HERE = Path(__file__).resolve().parent
-pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not installed")
 
 
+# The launchers of the interpreter that runs the tests (the one the package is installed in).
 LAUNCHERS = {
-    "torchrun": ["torchrun", "--nproc_per_node", "2"],
-    "accelerate": ["accelerate", "launch", "--multi_gpu", "--num_processes", "2"],
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"],
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"],
 }
 
 
@@ -41,7 +41,7 @@ def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path, 
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     output = run_two_processes(
-        ["torchrun", "--nproc_per_node", "2"], HERE / "distributed" / "one_step.py", str(tmp_path), "mixup", data_path
+        LAUNCHERS["torchrun"], HERE / "ddp_one_step.py", str(tmp_path), "mixup", data_path
     )
     assert "process 0 of 2 done" in output and "process 1 of 2 done" in output
 

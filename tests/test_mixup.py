@@ -19,7 +19,7 @@ from synermix_hf import (
 
 
 def reference_intra_mixup(features, labels, weights):
-    """METHOD.md's per-class loop, fed with the same batch-order weight draw."""
+    """The reference code's per-class loop, fed with the same batch-order weight draw."""
     rows, classes = [], []
     for c in sorted(set(labels.tolist())):
         mask = labels == c

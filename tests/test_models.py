@@ -4,9 +4,9 @@ import urllib.error
 
 import pytest
 import torch
-from conftest import tiny_images
 from torch import nn
 
+from synermix_hf.testing import tiny_images
 from synermix_hf.adapters import ModelAdapter
 from synermix_hf.models import (
     MODEL_NAMES,
@@ -106,7 +106,7 @@ def test_pretrained_weights_that_cannot_be_downloaded_raise_a_clear_error(monkey
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(api, "load_state_dict_from_url", unreachable)
-    with pytest.raises(OSError, match=r"Could not download the ImageNet weights of resnet18 .*without --pretrained"):
+    with pytest.raises(OSError, match=r"Could not download the ImageNet weights of resnet18 .*without `pretrained`"):
         build_torchvision_classifier("resnet18", 10, pretrained=True)
 
 

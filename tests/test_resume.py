@@ -44,7 +44,7 @@ def test_killed_script_resumes_to_the_same_weights_and_metrics(tmp_path, hub_cop
     uninterrupted = run(script, *common, "--output_dir", str(tmp_path / "a"))
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
 
-    killed = run(str(ROOT / "tests" / "distributed" / "kill_after_checkpoint.py"), "6", *common,
+    killed = run(str(ROOT / "tests" / "kill_after_checkpoint.py"), "6", *common,
                  "--output_dir", str(tmp_path / "b"))  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (tmp_path / "b" / "all_results.json").exists()

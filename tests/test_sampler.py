@@ -1,4 +1,4 @@
-"""The class-balanced batch sampler of METHOD.md."""
+"""The class-balanced batch sampler of the reference code."""
 
 from collections import Counter
 

@@ -1,4 +1,4 @@
-"""run_image_classification.py's command line: the authors' short flags, JSON files, and errors for bad input."""
+"""The command line (`synermix-train`, `run_image_classification.py`): the authors' short flags, JSON files, and errors for bad input."""
 
 import dataclasses
 import json
@@ -6,10 +6,16 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
-from conftest import REPO_ROOT, build_image_folder, tiny_images, write_parquet_copy
+
+from synermix_hf.cli.arguments import BUILTIN_PRESET, ScriptArgumentParser
+from synermix_hf.cli.train import main
+from synermix_hf.testing import build_image_folder, tiny_images, write_parquet_copy
 
 # The six configurations exactly as the authors' README writes them (`main.py` -> our script).
+REPO_ROOT = Path(__file__).resolve().parents[1]
 README_COMMANDS = {
     "wo-RA&ER": "-mn resnet-18 -ds cifar100 -bs 128",
     "w-RA": "-mn resnet18 -ds cifar100 -bs 128 -beta 0.5 -phase test",
@@ -37,8 +43,8 @@ ALL_LONG = "--model_name resnet50 --dataset_name food101 --pretrained --per_devi
     "--lr_gamma 0.1 --seed 7 --num_train_epochs 30 --nesterov --phase val --val_ratio 0.2 --amp"
 
 
-def _parse(script, command):
-    return script.ScriptArgumentParser().parse(command.split())[:3]
+def _parse(command):
+    return ScriptArgumentParser().parse(command.split())[:3]
 
 
 def _as_dicts(groups):
@@ -46,16 +52,16 @@ def _as_dicts(groups):
 
 
 @pytest.mark.parametrize("name", list(README_COMMANDS))
-def test_authors_readme_commands_parse_like_the_long_flags(script, name):
-    short = _parse(script, README_COMMANDS[name])
-    assert _as_dicts(short) == _as_dicts(_parse(script, LONG_FORMS[name]))
+def test_authors_readme_commands_parse_like_the_long_flags(name):
+    short = _parse(README_COMMANDS[name])
+    assert _as_dicts(short) == _as_dicts(_parse(LONG_FORMS[name]))
     model_args, data_args, training_args = short
     assert (model_args.model_name, data_args.dataset_name, training_args.per_device_train_batch_size) == (
         "resnet18", "cifar100", 128)
 
 
-def test_every_short_flag_maps_to_its_long_name(script):
-    short, long = _parse(script, ALL_SHORT), _parse(script, ALL_LONG)
+def test_every_short_flag_maps_to_its_long_name():
+    short, long = _parse(ALL_SHORT), _parse(ALL_LONG)
     assert _as_dicts(short) == _as_dicts(long)
     model_args, data_args, args = short
     assert model_args.pretrained and args.nesterov and args.amp and data_args.phase == "val"
@@ -63,8 +69,8 @@ def test_every_short_flag_maps_to_its_long_name(script):
     assert args.bf16 or args.fp16  # -mp: fp16 on CUDA, bf16 on CPU
 
 
-def test_defaults_are_the_reference_recipe(script):
-    _, data_args, args = _parse(script, "-ds cifar100")
+def test_defaults_are_the_reference_recipe():
+    _, data_args, args = _parse("-ds cifar100")
     assert (args.learning_rate, args.momentum, args.weight_decay, args.nesterov) == (0.1, 0.9, 5e-4, False)
     assert (args.lr_step_size, args.lr_gamma, args.num_train_epochs, args.seed) == (10, 0.5, 120, 123)
     assert (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (128, 48)
@@ -73,27 +79,27 @@ def test_defaults_are_the_reference_recipe(script):
     assert args.do_train and args.do_eval and args.recipe == "paper"
 
 
-def test_arguments_from_a_json_file(script, tmp_path):
+def test_arguments_from_a_json_file(tmp_path):
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"model_name": "mobilenet", "dataset_name": "cifar100", "beta": 0.1,
                                 "inter_mixup": "Manifold_Mixup", "num_train_epochs": 3}))
-    from_json = script.ScriptArgumentParser().parse([str(path)])[:3]
-    from_cli = _parse(script, "-mn mobilenet -ds cifar100 -beta 0.1 -itrm Manifold_Mixup -ep 3")
+    from_json = ScriptArgumentParser().parse([str(path)])[:3]
+    from_cli = _parse("-mn mobilenet -ds cifar100 -beta 0.1 -itrm Manifold_Mixup -ep 3")
     assert _as_dicts(from_json) == _as_dicts(from_cli)
 
 
-def test_builtin_preset_fills_only_what_is_not_given(script):
-    model_args, _, args, _ = script.ScriptArgumentParser().parse(["-ep", "2", "-beta", "0.3"])
+def test_builtin_preset_fills_only_what_is_not_given():
+    model_args, _, args, _ = ScriptArgumentParser().parse(["-ep", "2", "-beta", "0.3"])
     assert (args.num_train_epochs, args.beta) == (2, 0.3)
-    assert model_args.image_size == script.BUILTIN_PRESET["image_size"]
-    assert args.inter_mixup == script.BUILTIN_PRESET["inter_mixup"] and args.balanced_sampler
+    assert model_args.image_size == BUILTIN_PRESET["image_size"]
+    assert args.inter_mixup == BUILTIN_PRESET["inter_mixup"] and args.balanced_sampler
 
 
 # ---- bad input: one paragraph on stderr, status 2, no traceback, before training ----
 
 
-def _fails(script, capsys, argv, *fragments):
-    assert script.main(argv) == 2
+def _fails(capsys, argv, *fragments):
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "error: " in err, err
     message = err[err.rindex("error: "):].strip()  # progress bars of `datasets` may come first
@@ -103,32 +109,32 @@ def _fails(script, capsys, argv, *fragments):
     return message
 
 
-def test_unknown_dataset_and_model_names_list_the_valid_ones(script, capsys, tmp_path):
+def test_unknown_dataset_and_model_names_list_the_valid_ones(capsys, tmp_path):
     out = ["--output_dir", str(tmp_path / "out")]
     valid = "cifar100, food101, oxfordiiipet, caltech256, miniimagenet, digits"
-    _fails(script, capsys, ["-ds", "cifar1000", *out], "Did you mean 'cifar100'", valid)
-    _fails(script, capsys, ["-ds", "imagenette", *out], "not one of the built-in short names", valid)
-    _fails(script, capsys, ["-mn", "resnet19", *out], "resnet18, resnet34, resnet50, resnet101, mobilenet, tiny-swin")
-    _fails(script, capsys, ["--phase", "train", *out], "invalid choice", "'test', 'val'")
-    _fails(script, capsys, ["--no_such_flag", "1", *out], "--no_such_flag")
+    _fails(capsys, ["-ds", "cifar1000", *out], "Did you mean 'cifar100'", valid)
+    _fails(capsys, ["-ds", "imagenette", *out], "not one of the built-in short names", valid)
+    _fails(capsys, ["-mn", "resnet19", *out], "resnet18, resnet34, resnet50, resnet101, mobilenet, tiny-swin")
+    _fails(capsys, ["--phase", "train", *out], "invalid choice", "'test', 'val'")
+    _fails(capsys, ["--no_such_flag", "1", *out], "--no_such_flag")
 
 
-def test_missing_directories(script, capsys, tmp_path):
+def test_missing_directories(capsys, tmp_path):
     out = ["--output_dir", str(tmp_path / "out")]
-    _fails(script, capsys, ["--train_dir", str(tmp_path / "missing"), *out], "--train_dir", "does not exist")
-    _fails(script, capsys, ["--model_name_or_path", str(tmp_path / "no_model"), *out], "--model_name_or_path",
+    _fails(capsys, ["--train_dir", str(tmp_path / "missing"), *out], "--train_dir", "does not exist")
+    _fails(capsys, ["--model_name_or_path", str(tmp_path / "no_model"), *out], "--model_name_or_path",
            "does not exist")
-    _fails(script, capsys, ["--resume_from_checkpoint", str(tmp_path / "checkpoint-9"), *out],
+    _fails(capsys, ["--resume_from_checkpoint", str(tmp_path / "checkpoint-9"), *out],
            "--resume_from_checkpoint")
 
 
-def test_unreadable_image_is_named(script, capsys, tmp_path):
+def test_unreadable_image_is_named(capsys, tmp_path):
     folder = build_image_folder(tmp_path / "images", [4, 4])
     (folder / "class_0" / "corrupt.png").write_bytes(b"\x89PNG truncated")
-    _fails(script, capsys, ["--train_dir", str(folder), "--output_dir", str(tmp_path / "out")], "corrupt.png")
+    _fails(capsys, ["--train_dir", str(folder), "--output_dir", str(tmp_path / "out")], "corrupt.png")
 
 
-def test_label_column_that_is_not_a_class_label(script, capsys, tmp_path):
+def test_label_column_that_is_not_a_class_label(capsys, tmp_path):
     import datasets
 
     labels = [0, 1] * 4
@@ -138,22 +144,22 @@ def test_label_column_that_is_not_a_class_label(script, capsys, tmp_path):
         datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"]),
                            "score": datasets.Value("float32")}),
     )
-    _fails(script, capsys, ["-ds", str(copy), "--label_column_name", "score", "--output_dir", str(tmp_path / "o")],
+    _fails(capsys, ["-ds", str(copy), "--label_column_name", "score", "--output_dir", str(tmp_path / "o")],
            "'score' is not a class label", "image, label, score")
 
 
-def test_phase_val_with_too_few_samples_per_class(script, capsys, hub_copies, tmp_path):
-    _fails(script, capsys, ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "-phase", "val",
-                            "--max_train_samples", "4", "--output_dir", str(tmp_path / "o")], "--phase val")
+def test_phase_val_with_too_few_samples_per_class(capsys, hub_copies, tmp_path):
+    _fails(capsys, ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "-phase", "val",
+                            "--max_train_samples", "4", "--output_dir", str(tmp_path / "o")], "--phase (-phase) 'val'")
 
 
-def test_unreachable_hub_dataset(script, capsys, tmp_path):
+def test_unreachable_hub_dataset(capsys, tmp_path):
     # conftest sets HF_HUB_OFFLINE=1, as on a machine without network.
-    _fails(script, capsys, ["-ds", "cifar100", "--output_dir", str(tmp_path / "o")],
+    _fails(capsys, ["-ds", "cifar100", "--output_dir", str(tmp_path / "o")],
            "cannot reach the Hugging Face Hub", "uoft-cs/cifar100")
 
 
-def test_pretrained_weights_that_cannot_be_downloaded(script, capsys, monkeypatch, hub_copies, tmp_path):
+def test_pretrained_weights_that_cannot_be_downloaded(capsys, monkeypatch, hub_copies, tmp_path):
     import urllib.error
 
     import torchvision.models._api as api
@@ -162,8 +168,8 @@ def test_pretrained_weights_that_cannot_be_downloaded(script, capsys, monkeypatc
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(api, "load_state_dict_from_url", unreachable)
-    _fails(script, capsys, ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "-pr", "True", "-bs", "8",
-                            "--output_dir", str(tmp_path / "o")], "--pretrained", "download.pytorch.org")
+    _fails(capsys, ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "-pr", "True", "-bs", "8",
+                    "--output_dir", str(tmp_path / "o")], "--pretrained", "download.pytorch.org")
 
 
 def test_bad_input_from_the_shell_exits_2_without_traceback(tmp_path):
@@ -175,5 +181,5 @@ def test_bad_input_from_the_shell_exits_2_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    assert result.stderr.strip().startswith("error: Unknown --model_name 'resnet-19'")
+    assert result.stderr.strip().startswith("error: Unknown --model_name (-mn) 'resnet-19'")
     assert not (tmp_path / "o").exists()

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import build_image_folder, tiny_images
+
+from synermix_hf.cli.train import main
+from synermix_hf.testing import build_image_folder, tiny_images
 
 # The paper's six configurations (CIFAR-100 / ResNet-18 values of the authors' README), as short flags.
 CONFIGURATIONS = {
@@ -61,7 +63,7 @@ def _check_outputs(out: Path, class_names, method: str, train_lines: bool = True
 
 @pytest.mark.parametrize("configuration", list(CONFIGURATIONS))
 @pytest.mark.parametrize("dataset", list(DATASETS))
-def test_paper_configurations_on_each_dataset_schema(script, hub_copies, tmp_path, dataset, configuration):
+def test_paper_configurations_on_each_dataset_schema(hub_copies, tmp_path, dataset, configuration):
     (other_configuration, other_model), size, sizes = DATASETS[dataset]
     model = other_model if configuration == other_configuration else "resnet18"
     if dataset == "imagefolder":
@@ -77,17 +79,17 @@ def test_paper_configurations_on_each_dataset_schema(script, hub_copies, tmp_pat
     out = tmp_path / "out"
     argv = ["-mn", model, *data, *CONFIGURATIONS[configuration], "--image_size", str(size), *FAST,
             "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache")]
-    assert script.main(argv) == 0
+    assert main(argv) == 0
     results = _check_outputs(out, class_names, METHOD_LABELS[configuration])
     assert (results["train_samples"], results["eval_samples"]) == sizes
     assert "eval_top5_accuracy" not in results  # 3 classes or fewer: top-5 is meaningless
 
 
-def test_builtin_default_runs_offline_into_a_fresh_runs_directory(script, tmp_path, monkeypatch, capsys):
+def test_builtin_default_runs_offline_into_a_fresh_runs_directory(tmp_path, monkeypatch, capsys):
     from transformers import pipeline
 
     monkeypatch.chdir(tmp_path)
-    assert script.main(["--max_steps", "2", "--disable_tqdm", "true"]) == 0
+    assert main(["--max_steps", "2", "--disable_tqdm", "true"]) == 0
     assert "built-in default: scikit-learn's digits" in capsys.readouterr().out
     (out,) = list((tmp_path / "runs").iterdir())
     assert out.name.startswith("digits-resnet18-synermix-b0.1-manifold_mixup-")
@@ -99,16 +101,16 @@ def test_builtin_default_runs_offline_into_a_fresh_runs_directory(script, tmp_pa
 
     # A second run into the same directory is refused; --overwrite_output_dir allows it (here: evaluation only,
     # of the saved model reloaded through the Auto classes).
-    assert script.main(["--output_dir", str(out), "--max_steps", "1"]) == 2
+    assert main(["--output_dir", str(out), "--max_steps", "1"]) == 2
     assert "already holds the results" in capsys.readouterr().err
-    assert script.main(["--model_name_or_path", str(out), "--do_eval", "--output_dir", str(out),
+    assert main(["--model_name_or_path", str(out), "--do_eval", "--output_dir", str(out),
                         "--overwrite_output_dir", "--disable_tqdm", "true"]) == 0
     again = _results(out)
     assert again["eval_accuracy"] == pytest.approx(results["eval_accuracy"])
     assert "train_loss" not in again  # the old results were replaced, not merged
 
 
-def test_hugging_face_command_line_runs_unchanged_on_local_folder_and_model(script, tmp_path, capsys):
+def test_hugging_face_command_line_runs_unchanged_on_local_folder_and_model(tmp_path, capsys):
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     model_dir = tmp_path / "vit"
@@ -127,9 +129,9 @@ def test_hugging_face_command_line_runs_unchanged_on_local_folder_and_model(scri
     synermix = ["--beta", "0.1", "--inter_mixup", "manifold_mixup", "--dataloader_num_workers", "0",
                 "--disable_tqdm", "true"]
     # The checkpoint has 2 classes and the folder 3: the error says what to add.
-    assert script.main(hf_command + synermix) == 2
+    assert main(hf_command + synermix) == 2
     assert "--ignore_mismatched_sizes" in capsys.readouterr().err
-    assert script.main(hf_command + synermix + ["--ignore_mismatched_sizes"]) == 0
+    assert main(hf_command + synermix + ["--ignore_mismatched_sizes"]) == 0
     out = tmp_path / "out"
     # --logging_steps 10 with 2 steps: evaluation lines only.
     results = _check_outputs(out, ["class_0", "class_1", "class_2"], "synermix-b0.1-manifold_mixup", train_lines=False,
@@ -139,16 +141,16 @@ def test_hugging_face_command_line_runs_unchanged_on_local_folder_and_model(scri
     assert results["train_samples"] + results["eval_samples"] == 18  # --train_val_split 0.15 of the folder
 
 
-def test_resume_from_a_checkpoint_of_the_script(script, hub_copies, tmp_path):
+def test_resume_from_a_checkpoint_of_the_script(hub_copies, tmp_path):
     common = ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "-bs", "8", "--image_size", "8",
               "-beta", "0.1", "-itrm", "Mixup", "--dataloader_num_workers", "0", "--disable_tqdm", "true",
               "--cache_dir", str(tmp_path / "cache")]
     first = tmp_path / "first"
-    assert script.main([*common, "-ep", "1", "--output_dir", str(first)]) == 0
+    assert main([*common, "-ep", "1", "--output_dir", str(first)]) == 0
     checkpoint = first / "checkpoint-2"  # 18 images, batches of 8: 2 steps per epoch, a checkpoint per epoch
     assert checkpoint.is_dir()
     second = tmp_path / "second"
-    assert script.main([*common, "-ep", "2", "--output_dir", str(second), "--resume_from_checkpoint",
+    assert main([*common, "-ep", "2", "--output_dir", str(second), "--resume_from_checkpoint",
                         str(checkpoint)]) == 0
     assert json.loads((second / "trainer_state.json").read_text())["global_step"] == 4
     log = (second / "training_log.txt").read_text()

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from synermix_hf.cli.arguments import ScriptArgumentParser
 from synermix_hf.recipe import RecipeTrainer, RecipeTrainingArguments, epoch_step_lr
 
 
@@ -103,13 +104,13 @@ def test_mixed_precision_flag_picks_bf16_without_cuda(tmp_path, caplog):
     assert args.bf16 and not args.fp16
     with caplog.at_level(logging.WARNING, logger="synermix_hf.recipe"):
         _args(tmp_path, fp16=True, use_cpu=True)
-    assert "--fp16 has no effect without a CUDA device" in caplog.text
+    assert "`fp16` has no effect without a CUDA device" in caplog.text
 
 
-def test_invalid_recipe_values_name_their_flags(tmp_path):
-    with pytest.raises(ValueError, match="--nesterov"):
+def test_invalid_recipe_values_name_their_parameters(tmp_path):
+    with pytest.raises(ValueError, match="`nesterov`"):
         _args(tmp_path, nesterov=True, momentum=0.0)
-    with pytest.raises(ValueError, match="--lr_step_size"):
+    with pytest.raises(ValueError, match="`lr_step_size`"):
         _args(tmp_path, lr_step_size=0)
 
 
@@ -150,8 +151,8 @@ def _labelled_examples():
 
 
 @pytest.mark.parametrize("name", list(AUTHORS_COMMANDS))
-def test_each_authors_command_runs_the_reference_recipe(script, tmp_path, name):
-    model_args, data_args, args, _ = script.ScriptArgumentParser().parse(AUTHORS_COMMANDS[name].split())
+def test_each_authors_command_runs_the_reference_recipe(tmp_path, name):
+    model_args, data_args, args, _ = ScriptArgumentParser().parse(AUTHORS_COMMANDS[name].split())
     assert (model_args.model_name, data_args.dataset_name, data_args.phase) == ("resnet18", "cifar100", "test")
     assert {key: getattr(args, key) for key in REFERENCE_RECIPE} == REFERENCE_RECIPE
     assert (args.beta, args.inter_mixup, args.alpha) == CONFIGURATIONS[name]

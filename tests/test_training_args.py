@@ -13,11 +13,11 @@ def make(**kwargs):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"beta": 1.5}, r"--beta must be between 0 and 1"),
-        ({"beta": -0.1}, r"--beta must be between 0 and 1"),
-        ({"alpha": 0.0, "inter_mixup": "mixup"}, r"--alpha must be > 0"),
-        ({"alpha": -1.0, "inter_mixup": "Manifold_Mixup"}, r"--alpha must be > 0"),
-        ({"inter_mixup": "cutmix2"}, r"inter_mixup='cutmix2' is not valid; choose one of none, mixup, manifold_mixup"),
+        ({"beta": 1.5}, r"`beta` must be between 0 and 1"),
+        ({"beta": -0.1}, r"`beta` must be between 0 and 1"),
+        ({"alpha": 0.0, "inter_mixup": "mixup"}, r"`alpha` must be > 0"),
+        ({"alpha": -1.0, "inter_mixup": "Manifold_Mixup"}, r"`alpha` must be > 0"),
+        ({"inter_mixup": "cutmix2"}, r"`inter_mixup` 'cutmix2' is not valid; choose one of none, mixup, manifold_mixup"),
     ],
 )
 def test_bad_values_raise_clear_errors_at_construction(kwargs, message):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_images
 from torchvision import transforms as T
 
+from synermix_hf.testing import tiny_images
 from synermix_hf.data import Cutout
 from synermix_hf.transforms import (
     IMAGENET_MEAN,

@@ -1,20 +1,17 @@
 """One SynerMix optimizer step under torchrun/accelerate; each process saves the batch its loss saw.
 
-Used by tests/test_distributed.py: `torchrun --nproc_per_node 2 tests/distributed/one_step.py OUT INTER_MIXUP PATH`,
-PATH `per_image` (TwoViewTransform) or `device` (images decoded once, views made batched in the trainer).
+Used by tests/test_distributed.py: `torchrun --nproc_per_node 2 tests/ddp_one_step.py OUT INTER_MIXUP PATH`, PATH
+`per_image` (TwoViewTransform) or `device` (images decoded once, views made batched in the trainer). Its directory,
+tests/, is the script's first import path, so the test module's helpers import as they are.
 """
 
 import sys
 from pathlib import Path
 
 import torch
+from test_trainer import device_view_set, resnet, two_view_sets
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from test_trainer import resnet, two_view_sets, device_view_set  # noqa: E402
-
-from synermix_hf import SynerMixTrainer, SynerMixTrainingArguments  # noqa: E402
+from synermix_hf import SynerMixTrainer, SynerMixTrainingArguments
 
 
 class RecordingTrainer(SynerMixTrainer):

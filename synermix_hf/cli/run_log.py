@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-__all__ = ["RunLogCallback", "write_run_header"]
+__all__ = ["RunLogCallback", "append_final", "command_line", "run_summary", "write_run_header"]
 
 _TRAIN_KEYS = ("loss", "loss_intra", "loss_inter", "learning_rate", "grad_norm")
 _SHORT = {"learning_rate": "lr"}
@@ -109,3 +109,67 @@ class RunLogCallback(TrainerCallback):
             parts = [f"{k} {_format_value(v)}" for k, v in keep.items()]
             label = "final eval" if self._training_done else "eval  "
             self._write(state, f"{self._prefix(state, logs)}  {label} {'  '.join(parts)}")
+
+
+def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args: Any, data: Any, model: Any,
+                spec: Any, checkpoint: str | None, method: str, program: str) -> dict[str, dict]:
+    """The blocks at the top of training_log.txt."""
+    import dataclasses
+
+    recipe_keys = ("learning_rate", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                   "per_device_eval_batch_size", "gradient_accumulation_steps", "seed", "amp", "fp16", "bf16")
+    if training_args.recipe == "paper":
+        optimizer = (f"SGD (momentum {training_args.momentum}, nesterov {training_args.nesterov}), StepLR every "
+                     f"{training_args.lr_step_size} epochs x {training_args.lr_gamma}")
+    else:
+        optimizer = f"Trainer: {training_args.optim.value}, {training_args.lr_scheduler_type.value} schedule"
+    method_keys = ("beta", "inter_mixup", "alpha", "balanced_sampler", "label_smoothing_factor")
+    values = dataclasses.asdict(training_args)
+    parameters = sum(p.numel() for p in model.parameters())
+    return {
+        "command": {"argv": command_line(program, argv), "resumed from": checkpoint or "-"},
+        "data": {
+            "source": data.source,
+            "classes": data.num_labels,
+            "train examples": len(data.train) if data.train is not None else 0,
+            "eval examples": len(data.eval) if data.eval is not None else 0,
+            "eval split": data.eval_description,
+            "columns": f"image={data.image_column}, label={data.label_column}",
+            "transforms": f"{spec.family} at {spec.image_size}px, mean={list(spec.mean)}, std={list(spec.std)}",
+            "data path": getattr(data, "views_description", "-"),
+        },
+        "model": {
+            "model": model_args.model_name_or_path or model_args.model_name,
+            "class": type(model).__name__,
+            "parameters": f"{parameters:,}",
+            "pretrained": model_args.pretrained if model_args.model_name_or_path is None else "checkpoint",
+            "cifar stem": getattr(model.config, "cifar_stem", "-"),
+        },
+        "method": {"method": method, **{k: values[k] for k in method_keys}},
+        "recipe": {"recipe": f"{training_args.recipe}: {optimizer}", **{k: str(values[k]) for k in recipe_keys},
+                   "processes": training_args.world_size,
+                   "total train batch size": training_args.per_device_train_batch_size * training_args.world_size
+                   * training_args.gradient_accumulation_steps},
+        "output": {"output_dir": os.path.abspath(training_args.output_dir)},
+        "all arguments": {
+            "model": {k: v for k, v in dataclasses.asdict(model_args).items() if k != "token"},
+            "data": dataclasses.asdict(data_args),
+            "training": json.loads(training_args.to_json_string()),
+        },
+    }
+
+
+def command_line(program: str, argv: list[str]) -> str:
+    """The command as typed: `program` and the quoted arguments."""
+    import shlex
+
+    return f"{program} {shlex.join(argv)}" if argv else f"{program} (no arguments: built-in default)"
+
+
+def append_final(path: str | os.PathLike, metrics: Mapping[str, Any], output_dir: str) -> None:
+    """The last lines of the log: the final evaluation metrics and where the outputs are."""
+    final = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                      if k.startswith("eval_") and isinstance(v, float) and "runtime" not in k
+                      and "per_second" not in k)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(f"final  {final}\noutputs in {os.path.abspath(output_dir)}\n")

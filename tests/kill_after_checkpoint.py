@@ -1,6 +1,6 @@
 """Run run_image_classification.py and SIGKILL the process right after it saves checkpoint-N.
 
-    python tests/distributed/kill_after_checkpoint.py N <run_image_classification.py arguments>
+    python tests/kill_after_checkpoint.py N <synermix-train arguments>
 
 The callback is added to the script's own trainer; everything else is the script as users run it.
 """
@@ -8,14 +8,11 @@ The callback is added to the script's own trainer; everything else is the script
 import os
 import signal
 import sys
-from pathlib import Path
 
 from transformers import TrainerCallback
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import run_image_classification  # noqa: E402
-from synermix_hf.recipe import RecipeTrainer  # noqa: E402
+from synermix_hf.cli import train
+from synermix_hf.recipe import RecipeTrainer
 
 
 class KillAfterCheckpoint(TrainerCallback):
@@ -37,4 +34,4 @@ def init_with_kill(self, *args, **kwargs):
 
 
 RecipeTrainer.__init__ = init_with_kill
-sys.exit(run_image_classification.main(sys.argv[2:]))
+sys.exit(train.main(sys.argv[2:]))

@@ -1,0 +1,351 @@
+"""The command line's arguments: three dataclass groups parsed by `HfArgumentParser`, the authors' short flags, and
+the built-in run's preset.
+
+Each argument is declared once, as a dataclass field (the library's `SynerMixTrainingArguments` and
+`RecipeTrainingArguments`, `TrainingArguments`, and the groups here). The command line adds only what belongs to it:
+the reference code's short flags (`SHORT_FLAGS`), help that says what the script does with a flag (`HELP`), and the
+order of the groups in `--help` (SynerMix, data and model first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..datasets_catalog import BUILTIN_DATASET, CATALOG
+from ..models import MODEL_NAMES, normalise_model_name
+from ..recipe import RecipeTrainingArguments
+from ..training_args import SynerMixTrainingArguments
+from .errors import UsageError, usage_error
+
+__all__ = [
+    "BUILTIN_PRESET",
+    "SHORT_FLAGS",
+    "DataTrainingArguments",
+    "ModelArguments",
+    "ScriptArgumentParser",
+    "ScriptTrainingArguments",
+    "flag_names",
+    "is_builtin_default",
+]
+
+# The reference code's short flags (its `main.py`), added to the fields of the same meaning.
+SHORT_FLAGS: dict[str, str] = {
+    "model_name": "-mn", "dataset_name": "-ds", "pretrained": "-pr", "per_device_train_batch_size": "-bs",
+    "alpha": "-alpha", "beta": "-beta", "inter_mixup": "-itrm", "learning_rate": "-lr", "momentum": "-mo",
+    "weight_decay": "-wd", "lr_step_size": "-ss", "lr_gamma": "-ga", "seed": "-seed", "num_train_epochs": "-ep",
+    "nesterov": "-ne", "phase": "-phase", "val_ratio": "-vr", "amp": "-mp",
+}  # fmt: skip
+
+# Help that describes what the script does with a TrainingArguments flag.
+HELP: dict[str, str] = {
+    "do_train": "Train. Without --do_train, --do_eval and --do_predict the script trains and evaluates.",
+    "do_eval": "Evaluate on the evaluation split. Without --do_train, --do_eval and --do_predict the script trains "
+    "and evaluates.",
+    "do_predict": "Write predictions.csv: for every image of the evaluation split its label and the top-5 classes "
+    "with their scores.",
+    "bf16": "bf16 mixed precision; on a machine without GPU it runs on the CPU (slow without native bf16: the script "
+    "warns).",
+    "push_to_hub": "Push the model, its card and results to the Hub at the end (--hub_model_id; the access is "
+    "checked before training).",
+}
+
+# The built-in default run: scikit-learn's digits with SynerMix, sized to finish in a few minutes on a laptop CPU.
+# Each value applies only where the command line (or JSON file) does not set it.
+BUILTIN_PRESET: dict[str, Any] = {
+    "model_name": "resnet18",
+    "image_size": 8,
+    "num_train_epochs": 10,
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 128,
+    "learning_rate": 0.05,
+    "lr_step_size": 4,
+    "lr_gamma": 0.5,
+    "beta": 0.1,
+    "inter_mixup": "manifold_mixup",
+    "alpha": 1.0,
+    "dataloader_num_workers": 0,
+    "save_strategy": "no",
+}
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: one of the paper's torchvision architectures, or a Hugging Face model."""
+
+    model_name: str = field(
+        default="resnet18",
+        metadata={"help": f"torchvision architecture: {', '.join(MODEL_NAMES)}. Ignored when --model_name_or_path is "
+                  "given."},
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A Hugging Face image classification model: Hub id or local directory (instead of "
+                  "--model_name)."},
+    )
+    pretrained: bool = field(
+        default=False, metadata={"help": "Start --model_name from torchvision's ImageNet weights (downloaded)."}
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"help": "Input size. Default: the dataset's (32 cifar100, 84 miniimagenet, 224 otherwise), or the "
+                  "image processor's for --model_name_or_path."},
+    )
+    config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloaded models and datasets."})
+    model_revision: str = field(default="main", metadata={"help": "Model version: branch, tag or commit id."})
+    image_processor_name: str | None = field(default=None, metadata={"help": "Image processor name or path."})
+    token: str | None = field(default=None, metadata={"help": "Hub token for private models and datasets."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow models with their own code on the Hub (runs that code locally)."}
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False, metadata={"help": "Load a checkpoint whose classification head has another number of classes."}
+    )
+
+    def __post_init__(self):
+        self.model_name = normalise_model_name(self.model_name)
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(f"`image_size` must be >= 1, got {self.image_size}.")
+
+
+@dataclass
+class DataTrainingArguments:
+    """Which data to train and evaluate on, and how to split it."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": f"A short name ({', '.join(CATALOG)}), a Hub dataset id or a local directory (parquet, "
+                  "CSV or JSON with image paths, ...). Default: the built-in digits."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})
+    dataset_path: str | None = field(
+        default=None,
+        metadata={"help": "Load a short-named dataset from this Hub id or local directory (same columns and splits) "
+                  "instead of its default Hub copy."},
+    )
+    train_dir: str | None = field(
+        default=None, metadata={"help": "A folder of training images, one subfolder per class."}
+    )
+    validation_dir: str | None = field(
+        default=None, metadata={"help": "A folder of evaluation images, laid out as --train_dir."}
+    )
+    image_column_name: str | None = field(
+        default=None, metadata={"help": "Column holding the images or image file paths (default: detected, img or "
+                                "image)."}
+    )
+    label_column_name: str | None = field(
+        default=None, metadata={"help": "Column holding the labels (default: detected, label, labels or fine_label)."}
+    )
+    train_val_split: float | None = field(
+        default=0.15, metadata={"help": "Fraction of the training data to evaluate on when there is no other split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many evaluation examples."})
+    phase: str = field(
+        default="test",
+        metadata={
+            "choices": ["test", "val"],
+            "help": "test: evaluate on the test split; val: hold out a stratified --val_ratio of the training set and "
+            "evaluate on it.",
+        },
+    )
+    val_ratio: float = field(default=0.1, metadata={"help": "Fraction held out for --phase val."})
+
+    def __post_init__(self):
+        if not 0.0 < self.val_ratio < 1.0:
+            raise ValueError(f"`val_ratio` must be between 0 and 1, got {self.val_ratio}.")
+        if self.train_val_split is not None and not 0.0 <= self.train_val_split < 1.0:
+            raise ValueError(f"`train_val_split` must be in [0, 1), got {self.train_val_split}.")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {value}.")
+
+
+def _default_num_workers() -> int:
+    return min(8, (os.cpu_count() or 1) // 2)
+
+
+@dataclass
+class ScriptTrainingArguments(RecipeTrainingArguments):
+    """`RecipeTrainingArguments` (SynerMix + the authors' recipe + TrainingArguments) with the script's outputs."""
+
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where to write the model, metrics and logs. Default: runs/<dataset>-<model>-<method>-<id>, "
+                  "the id a hash of the arguments: the same command gets the same directory, so running it again "
+                  "continues an interrupted run."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Write into an --output_dir that already holds the results of a run."}
+    )
+    dataloader_num_workers: int = field(
+        default_factory=_default_num_workers,
+        metadata={"help": "Processes decoding and augmenting images (default: half the CPU cores, at most 8)."},
+    )
+    feature_metrics: bool = field(
+        default=False,
+        metadata={"help": "After the final evaluation, also report eval_cohesion and eval_separability of the "
+                  "penultimate features of the evaluation set (synermix_hf/metrics/feature_cohesion, "
+                  "feature_separability)."},
+    )
+
+    def __post_init__(self):
+        self.output_dir_given = self.output_dir is not None
+        if not (self.do_train or self.do_eval or self.do_predict):
+            self.do_train = self.do_eval = True
+        super().__post_init__()
+
+
+# The groups of `--help`, in order. The training group's SynerMix and recipe fields get their own group first.
+_SYNERMIX_FIELDS = [f.name for f in dataclasses.fields(SynerMixTrainingArguments) if f.name in
+                    {"beta", "alpha", "inter_mixup", "balanced_sampler", "head_module", "manifold_mixup_modules"}]
+_RECIPE_FIELDS = ["recipe", "learning_rate", "momentum", "nesterov", "weight_decay", "lr_step_size", "lr_gamma",
+                  "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "seed", "amp",
+                  "output_dir", "overwrite_output_dir", "feature_metrics", "do_train", "do_eval", "do_predict"]
+
+
+USAGE = ("%(prog)s [-ds DATASET | --train_dir DIR] [-mn MODEL | --model_name_or_path MODEL] [-beta BETA] "
+         "[-itrm INTER_MIXUP] [-alpha ALPHA] [any flag below]\n       %(prog)s ARGUMENTS.json")
+
+
+class _Parser:
+    """`HfArgumentParser` with the short flags and help added, and short errors instead of argparse's usage dump."""
+
+    def __new__(cls, dataclass_types, description: str):
+        from transformers import HfArgumentParser
+
+        class Parser(HfArgumentParser):
+            def error(self, message: str):  # argparse would print the whole usage and exit
+                raise UsageError(f"{message}. Run with --help to list the arguments.")
+
+            @staticmethod
+            def _parse_dataclass_field(parser, dataclass_field):
+                extra = {}
+                if dataclass_field.name in SHORT_FLAGS:
+                    extra["aliases"] = [SHORT_FLAGS[dataclass_field.name]]
+                if dataclass_field.name in HELP:
+                    extra["help"] = HELP[dataclass_field.name]
+                if extra:
+                    dataclass_field = copy.copy(dataclass_field)
+                    dataclass_field.metadata = types.MappingProxyType({**dataclass_field.metadata, **extra})
+                HfArgumentParser._parse_dataclass_field(parser, dataclass_field)
+
+        parser = Parser(dataclass_types, description=description, usage=USAGE)
+        _order_help(parser)
+        return parser
+
+
+def _order_help(parser: argparse.ArgumentParser) -> None:
+    """SynerMix, the recipe, data and model first in `--help`; the other TrainingArguments flags after them."""
+    by_dest = {action.dest: action for action in parser._actions}
+    main_group = next(g for g in parser._action_groups if by_dest["output_dir"] in g._group_actions)
+    groups = []
+    for title, names in (("SynerMix (the method)", _SYNERMIX_FIELDS),
+                         ("The authors' recipe and the script's outputs", _RECIPE_FIELDS)):
+        group = parser.add_argument_group(title)
+        for name in names:
+            action = by_dest[name]
+            for holder in parser._action_groups:
+                if action in holder._group_actions:
+                    holder._group_actions.remove(action)
+            group._group_actions.append(action)
+        groups.append(group)
+    data_group = next(g for g in parser._action_groups if by_dest["dataset_name"] in g._group_actions)
+    model_group = next(g for g in parser._action_groups if by_dest["model_name"] in g._group_actions)
+    main_group.title = "Every other TrainingArguments flag"
+    for name in ("do_train", "do_eval", "do_predict"):  # their help says what happens when none is given
+        by_dest[name].default = argparse.SUPPRESS
+    rest = [g for g in parser._action_groups if g not in (*groups, data_group, model_group, main_group)]
+    parser._action_groups[:] = [*rest, *groups, data_group, model_group, main_group]
+
+
+DATACLASS_TYPES = (ModelArguments, DataTrainingArguments, ScriptTrainingArguments)
+for _dtype, _title in zip(DATACLASS_TYPES, ("The model", "The data", "Training")):
+    _dtype._argument_group_name = _title
+
+
+def flag_names() -> dict[str, str]:
+    """Field name -> how the command line writes the flag (`--val_ratio (-vr)`), for every argument."""
+    names = {}
+    for dtype in DATACLASS_TYPES:
+        for dataclass_field in dataclasses.fields(dtype):
+            short = SHORT_FLAGS.get(dataclass_field.name)
+            names[dataclass_field.name] = f"--{dataclass_field.name}" + (f" ({short})" if short else "")
+    return names
+
+
+class ScriptArgumentParser:
+    """The three groups, from the command line or a JSON file, with a record of what the user set explicitly."""
+
+    def __init__(self, description: str = "Train and evaluate an image classifier with SynerMix."):
+        self.dataclass_types = DATACLASS_TYPES
+        self.parser = _Parser(self.dataclass_types, description)
+
+    def values_from_command_line(self, argv: list[str]) -> tuple[dict[str, Any], set[str]]:
+        unset = object()
+        probe = argparse.Namespace(
+            **{a.dest: unset for a in self.parser._actions if a.dest is not argparse.SUPPRESS}
+        )
+        probe, extra = self.parser.parse_known_args(argv, namespace=probe)
+        if extra:
+            raise UsageError(f"Unrecognised arguments: {' '.join(extra)}. Run with --help to list the arguments.")
+        explicit = {key for key, value in vars(probe).items() if value is not unset}
+        values, _ = self.parser.parse_known_args(argv)
+        return vars(values), explicit
+
+    def values_from_json(self, path: str) -> tuple[dict[str, Any], set[str]]:
+        if not os.path.isfile(path):
+            raise UsageError(f"The argument file {path!r} does not exist.")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                values = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"The argument file {path!r} is not valid JSON: {error}.") from error
+        if not isinstance(values, dict):
+            raise UsageError(f"The argument file {path!r} must hold one JSON object of argument names and values.")
+        known = {f.name for dtype in self.dataclass_types for f in dataclasses.fields(dtype) if f.init}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"The argument file {path!r} has unknown arguments: {', '.join(unknown)}.")
+        return dict(values), set(values)
+
+    def parse(self, argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, ScriptTrainingArguments, set]:
+        """The three groups and the names the user set. Raises `UsageError`, worded in flags."""
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            values, explicit = self.values_from_json(argv[0])
+        else:
+            values, explicit = self.values_from_command_line(argv)
+        if is_builtin_default(values):
+            for key, value in BUILTIN_PRESET.items():
+                if key not in explicit:
+                    values[key] = value
+        groups = []
+        for dtype in self.dataclass_types:
+            names = {f.name for f in dataclasses.fields(dtype) if f.init}
+            try:
+                groups.append(dtype(**{k: v for k, v in values.items() if k in names}))
+            except (ValueError, TypeError) as error:
+                raise usage_error(error) from error
+        model_args, data_args, training_args = groups
+        if "model_name_or_path" in explicit and values.get("model_name_or_path") and "model_name" in explicit:
+            raise UsageError("Give either --model_name (-mn, a torchvision architecture) or --model_name_or_path (a "
+                             "Hugging Face model), not both.")
+        if model_args.model_name_or_path and model_args.pretrained:
+            raise UsageError("--pretrained (-pr) loads torchvision's ImageNet weights for --model_name; a "
+                             "--model_name_or_path model already starts from its own checkpoint.")
+        return model_args, data_args, training_args, explicit
+
+
+def is_builtin_default(values: dict[str, Any]) -> bool:
+    """No data named (or `--dataset_name digits`): the built-in dataset and its preset apply."""
+    name = values.get("dataset_name")
+    no_dirs = not values.get("train_dir") and not values.get("validation_dir")
+    return no_dirs and (name is None or str(name).strip().lower() == BUILTIN_DATASET)

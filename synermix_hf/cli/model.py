@@ -1,0 +1,100 @@
+"""The model and its image processor: a torchvision architecture of the paper, or a Hugging Face model."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..adapters import find_head
+from ..datasets_catalog import PreparedData
+from ..hub import hub_offline, hub_unreachable_reason, is_hub_id
+from ..models import TorchvisionForImageClassification
+from ..transforms import TransformSpec, image_processor_for, spec_from_image_processor
+from .errors import UsageError, usage_error
+
+__all__ = ["build_model", "check_model_outputs"]
+
+
+def build_model(model_args: Any, data: PreparedData) -> tuple[Any, Any, TransformSpec]:
+    """The model, its image processor and the transform spec (family from the data, size from model or data)."""
+    family = data.entry.family if data.entry is not None else "imagenet"
+    id2label = dict(enumerate(data.class_names))
+    if model_args.model_name_or_path is None:
+        size = model_args.image_size or (data.entry.image_size if data.entry is not None else 224)
+        spec = TransformSpec(family=family, image_size=size)
+        try:
+            model = TorchvisionForImageClassification.from_architecture(
+                model_args.model_name, id2label, image_size=size, pretrained=model_args.pretrained
+            )
+        except OSError as error:
+            raise UsageError(f"--pretrained: {usage_error(error)}") from error
+        processor = image_processor_for(spec)
+    else:
+        model, processor, spec = _build_hf_model(model_args, family, id2label)
+    check_model_outputs(model, data.num_labels, model_args.model_name_or_path or model_args.model_name)
+    return model, processor, spec
+
+
+def check_model_outputs(model: Any, num_labels: int, name: str) -> None:
+    """The classification head has one output per class of the dataset (else training fails with an IndexError).
+
+    Raises:
+        UsageError: it has another number of outputs.
+    """
+    head = model.get_submodule(find_head(model))
+    outputs = getattr(head, "out_features", None)
+    if outputs is not None and outputs != num_labels:
+        raise UsageError(
+            f"--model_name_or_path {name}: its classification head has {outputs} outputs, but the dataset has "
+            f"{num_labels} classes. Add --ignore_mismatched_sizes to start the head afresh for these classes."
+        )
+
+
+def _build_hf_model(model_args: Any, family: str, id2label: dict[int, str]):
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+    path = model_args.model_name_or_path
+    for flag, value in (("--model_name_or_path", path), ("--config_name", model_args.config_name),
+                        ("--image_processor_name", model_args.image_processor_name)):
+        if value and not is_hub_id(value) and not os.path.isdir(os.path.expanduser(value)):
+            raise UsageError(f"{flag} {value!r} does not exist.")
+    if is_hub_id(path) and not hub_offline():
+        reason = hub_unreachable_reason()
+        if reason is not None:
+            raise UsageError(f"--model_name_or_path {path}: cannot reach the Hugging Face Hub ({reason}). Check the "
+                             "connection, set HF_HUB_OFFLINE=1 to use a copy in the cache, or give a local directory.")
+    common = {
+        "cache_dir": model_args.cache_dir,
+        "revision": model_args.model_revision,
+        "token": model_args.token,
+        "trust_remote_code": model_args.trust_remote_code,
+    }
+    try:
+        config = AutoConfig.from_pretrained(
+            model_args.config_name or path,
+            num_labels=len(id2label),
+            id2label=id2label,
+            label2id={name: index for index, name in id2label.items()},
+            finetuning_task="image-classification",
+            **common,
+        )
+        model = AutoModelForImageClassification.from_pretrained(
+            path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **common
+        )
+        processor = AutoImageProcessor.from_pretrained(model_args.image_processor_name or path, **common)
+    except (OSError, ValueError, RuntimeError) as error:
+        text = str(error).strip().split("\n")[0][:400]
+        if "size mismatch" in str(error) or "mismatched" in str(error):
+            text += " Add --ignore_mismatched_sizes to start the classification head afresh for these classes."
+        raise UsageError(
+            f"--model_name_or_path {path}: cannot load the model ({type(error).__name__}: {text})"
+        ) from error
+    try:
+        spec = spec_from_image_processor(processor, family)
+    except ValueError as error:
+        if model_args.image_size is None:
+            raise usage_error(error) from error
+        spec = TransformSpec(family=family, image_size=model_args.image_size)
+    if model_args.image_size is not None:
+        spec = TransformSpec(family=family, image_size=model_args.image_size, mean=spec.mean, std=spec.std)
+    return model, processor, spec

@@ -1,0 +1,118 @@
+"""The output directory: its default name, and what a run does with what is already there.
+
+The default name is a function of the arguments (`runs/<dataset>-<model>-<method>-<id>`, the id a hash of every
+argument that changes the result), so the same command finds the same directory again: running a command again after
+Ctrl-C or a crash continues the interrupted run from its last checkpoint. Finished results are never written over
+without `--overwrite_output_dir`, and a directory holding files the script did not write is never written into.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Any
+
+from ..datasets_catalog import BUILTIN_DATASET
+from .errors import UsageError
+
+__all__ = ["LOG_FILE", "RESULT_FILES", "default_output_dir", "method_label", "prepare_output_dir", "slug"]
+
+logger = logging.getLogger(__name__)
+
+RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "trainer_state.json",
+                "model.safetensors", "config.json")
+LOG_FILE = "training_log.txt"
+# Arguments that do not change what a run computes: left out of the default directory's id.
+_NOT_IN_ID = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "dataloader_num_workers",
+              "report_to", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "hub_strategy", "token",
+              "log_level", "log_level_replica", "logging_dir", "run_name", "cache_dir", "keep_checkpoints"}
+
+
+def method_label(beta: float, inter_mixup: str) -> str:
+    """`baseline`, `mixup`, `synermix-b0.1-manifold_mixup`, ... for directory names and logs."""
+    if beta > 0:
+        return f"synermix-b{beta:g}" + ("" if inter_mixup == "none" else f"-{inter_mixup}")
+    return "baseline" if inter_mixup == "none" else inter_mixup
+
+
+def slug(text: str) -> str:
+    """The last part of a path or Hub id, with only letters, digits, `-`, `_` and `.`."""
+    text = os.path.basename(os.path.normpath(os.path.expanduser(text))) or text
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_") or "data"
+
+
+def arguments_id(values: dict[str, Any]) -> str:
+    """8 hex digits that identify the arguments (`values`: the ones the user set), without those that only steer
+    output and logging."""
+    kept = {k: v for k, v in sorted(values.items()) if k not in _NOT_IN_ID}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def default_output_dir(model_args: Any, data_args: Any, args: Any, explicit_values: dict[str, Any]) -> str:
+    """`runs/<dataset>-<model>-<method>-<id>`: the same arguments always give the same directory."""
+    if data_args.train_dir or data_args.validation_dir:
+        dataset = "imagefolder-" + slug(data_args.train_dir or data_args.validation_dir)
+    else:
+        dataset = slug(data_args.dataset_name or BUILTIN_DATASET)
+    model = slug(model_args.model_name_or_path) if model_args.model_name_or_path else model_args.model_name
+    name = f"{dataset}-{model}-{method_label(args.beta, args.inter_mixup)}-{arguments_id(explicit_values)}"
+    return os.path.join("runs", name)
+
+
+def _check_checkpoint(path: str) -> None:
+    if not os.path.isdir(path):
+        raise UsageError(f"--resume_from_checkpoint {path!r} does not exist (it must be a checkpoint-* directory).")
+    if not os.path.isfile(os.path.join(path, "trainer_state.json")):
+        raise UsageError(
+            f"--resume_from_checkpoint {path!r} is not a checkpoint: it has no trainer_state.json. Checkpoints are the "
+            "checkpoint-* directories in an --output_dir (or give --resume_from_checkpoint last)."
+        )
+
+
+def prepare_output_dir(args: Any) -> tuple[str | None, bool]:
+    """Check `args.output_dir` against what is in it. Returns `(checkpoint to resume from or None, continuing)`,
+    `continuing` when the run picks up an interrupted run in this directory.
+
+    Raises:
+        UsageError: results would be written over, the directory holds other files, or the checkpoint is not one.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = args.output_dir
+    resume = args.resume_from_checkpoint
+    if resume is not None and str(resume).strip().lower() in ("true", "last"):
+        resume = get_last_checkpoint(out) if os.path.isdir(out) else None
+        if resume is None:
+            raise UsageError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: --output_dir {out} holds no "
+                             "checkpoint-* directory.")
+    elif resume is not None:
+        _check_checkpoint(resume)
+    if not os.path.isdir(out):
+        return resume, False
+    if args.overwrite_output_dir:
+        if args.should_save:  # the metrics files are merged into, not replaced: remove the old ones
+            for name in ("all_results.json", "train_results.json", "eval_results.json"):
+                if os.path.isfile(os.path.join(out, name)):
+                    os.remove(os.path.join(out, name))
+        return resume, False
+    results = [name for name in RESULT_FILES if os.path.exists(os.path.join(out, name))]
+    if results:
+        raise UsageError(
+            f"--output_dir {out} already holds the results of a run ({', '.join(results)}). Choose another "
+            "--output_dir, or add --overwrite_output_dir to write over them."
+        )
+    if args.do_train and resume is None:
+        last = get_last_checkpoint(out)
+        if last is not None:
+            return last, True
+        others = sorted(set(os.listdir(out)) - {LOG_FILE})
+        if others:
+            raise UsageError(
+                f"--output_dir {out} is not empty ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}) and "
+                "holds no checkpoint to resume from. Choose another --output_dir, or add --overwrite_output_dir to "
+                "write into it."
+            )
+        return None, os.path.isfile(os.path.join(out, LOG_FILE))  # stopped before its first checkpoint
+    return resume, False

@@ -1,0 +1,267 @@
+"""Train and evaluate an image classifier with SynerMix (arXiv:2403.14137) on the Hugging Face Trainer.
+
+    synermix-train                                            # built-in digits, offline, a few minutes on a CPU
+    synermix-train -mn resnet18 -ds cifar100 -bs 128 -alpha 1 -beta 0.1 -itrm Manifold_Mixup
+    python run_image_classification.py --dataset_name food101 --beta 0.1    # the same, from a checkout
+    accelerate launch run_image_classification.py --dataset_name food101 --beta 0.1
+    python -m synermix_hf.cli.train args.json                 # the same arguments from a JSON file
+
+Arguments come in three groups (`synermix_hf.cli.arguments`): the model, the data and training (SynerMix + the
+authors' recipe + every `TrainingArguments` flag). Flags shared with Hugging Face's
+`examples/pytorch/image-classification/run_image_classification.py` keep its names, and the authors' short flags work
+too. A mistake in the input ends the script before training with one paragraph on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from typing import Any
+
+from ..data import dataset_labels
+from ..data_path import prepare_views
+from ..datasets_catalog import load_image_classification_data
+from ..metrics import ClassificationMetrics
+from .arguments import BUILTIN_PRESET, ScriptArgumentParser, is_builtin_default
+from .errors import UsageError, usage_error
+from .model import build_model
+from .model_card import CardTrainer, check_hub_access, synermix_section
+from .output_dir import LOG_FILE, default_output_dir, method_label, prepare_output_dir
+from .predictions import PREDICTIONS_FILE, image_ids, write_predictions
+from .run_log import RunLogCallback, append_final, command_line, run_summary, write_run_header
+
+__all__ = ["main", "run"]
+
+logger = logging.getLogger("synermix_hf.cli.train")
+
+PROGRAM = "run_image_classification.py"
+
+
+def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, program: str = PROGRAM) -> dict[str, float]:
+    """Parse, check, train, evaluate, predict and save. Returns the combined metrics. Raises `UsageError` on bad input.
+
+    `callbacks`: extra `TrainerCallback`s for the Trainer (e.g. progress reporting by a caller).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+
+    # 1. Arguments.
+    parser = ScriptArgumentParser()
+    model_args, data_args, training_args, explicit = parser.parse(argv)
+    builtin = is_builtin_default(dataclasses.asdict(data_args))
+
+    # 2. Logging.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)], force=True)
+    import datasets
+    import transformers
+
+    log_level = training_args.get_process_log_level()
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logger.setLevel(logging.INFO if training_args.should_log else log_level)
+
+    # 3. Output directory (the same arguments give the same default directory, so a rerun continues) and Hub access.
+    if not training_args.output_dir_given:
+        values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args)}
+        values.update({k: getattr(training_args, k) for k in explicit if hasattr(training_args, k)})
+        training_args.output_dir = default_output_dir(model_args, data_args, training_args,
+                                                      {k: values[k] for k in explicit if k in values})
+    checkpoint, continuing = prepare_output_dir(training_args)
+    if training_args.should_log:
+        print(f"Output directory: {training_args.output_dir}", flush=True)
+        if continuing:
+            print("Continuing the interrupted run" + (f" from {checkpoint}" if checkpoint else
+                                                      " (it stopped before its first checkpoint: starting again)"),
+                  flush=True)
+    if training_args.push_to_hub:
+        check_hub_access(training_args, model_args.token)
+
+    # 4. Data.
+    if builtin and training_args.should_log:
+        preset = ", ".join(f"{k}={v}" for k, v in BUILTIN_PRESET.items() if k not in explicit)
+        print(
+            "No dataset given (--dataset_name, --train_dir or --validation_dir), so this run uses the built-in "
+            "default: scikit-learn's digits (1,797 8x8 grayscale images of 10 digits, shipped with scikit-learn, no "
+            f"download), trained with SynerMix. Settings for the built-in run: {preset or 'as given'}.",
+            flush=True,
+        )
+    with training_args.main_process_first(desc="loading the dataset"):
+        try:
+            data = load_image_classification_data(
+                dataset_name=data_args.dataset_name,
+                dataset_config_name=data_args.dataset_config_name,
+                dataset_path=data_args.dataset_path,
+                train_dir=data_args.train_dir,
+                validation_dir=data_args.validation_dir,
+                image_column=data_args.image_column_name,
+                label_column=data_args.label_column_name,
+                phase=data_args.phase,
+                val_ratio=data_args.val_ratio,
+                train_val_split=data_args.train_val_split,
+                max_train_samples=data_args.max_train_samples,
+                max_eval_samples=data_args.max_eval_samples,
+                seed=training_args.seed,
+                cache_dir=model_args.cache_dir,
+                token=model_args.token,
+            )
+        except (ValueError, TypeError) as error:
+            raise usage_error(error) from error
+    _check_data_for_the_run(training_args, data)
+
+    # 5. Model and image processor, initialised from --seed (as Hugging Face's script does), so that the initial
+    # weights follow the seed and do not depend on what ran before in the same process.
+    transformers.set_seed(training_args.seed)
+    model, image_processor, spec = build_model(model_args, data)
+
+    # 6. Transforms: one decode per image; the training set carries the original view when beta > 0. On the device
+    # data path (--data_path) the images are decoded once and both views are made batched on the training device.
+    train_labels = dataset_labels(data.train, data.label_column) if data.train is not None else None
+    try:
+        views = prepare_views(data.train, data.eval, spec, data.image_column, data.label_column,
+                              two_views=training_args.beta > 0, data_path=training_args.data_path,
+                              budget_gib=training_args.decode_budget_gib, train_labels=train_labels)
+    except ValueError as error:
+        raise UsageError(f"--data_path: {error}") from error
+    data.train, data.eval, data.views_description = views.train, views.eval, views.description
+
+    # 7. Metrics.
+    compute_metrics = ClassificationMetrics(data.num_labels)
+
+    # 8. Trainer and the run log.
+    method = method_label(training_args.beta, training_args.inter_mixup)
+    log_path = os.path.join(training_args.output_dir, LOG_FILE)
+    run_callbacks = ([RunLogCallback(log_path)] if training_args.should_save else []) + list(callbacks or [])
+    _check_reporting(training_args)
+    if training_args.should_save:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        write_run_header(
+            log_path,
+            run_summary(argv, model_args, data_args, training_args, data, model, spec, checkpoint, method, program),
+            title=f"{program}: SynerMix" + (" (continuing the interrupted run)" if continuing else
+                                            " (resumed)" if checkpoint else ""),
+            append=os.path.isfile(log_path),
+        )
+    trainer = CardTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.train if training_args.do_train else None,
+        eval_dataset=data.eval if training_args.do_eval else None,
+        processing_class=image_processor,
+        compute_metrics=compute_metrics,
+        train_labels=train_labels,
+        callbacks=run_callbacks,
+    )
+
+    # 9. Training.
+    all_metrics: dict[str, float] = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()
+        metrics = {**result.metrics, "train_samples": len(data.train)}
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        all_metrics.update(metrics)
+
+    # 10. Evaluation.
+    if training_args.do_eval:
+        metrics = {**trainer.evaluate(), "eval_samples": len(data.eval)}
+        if training_args.feature_metrics:
+            from ..feature_metrics import penultimate_feature_metrics
+
+            metrics.update(penultimate_feature_metrics(trainer))
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        all_metrics.update(metrics)
+
+    # 11. Prediction: the top classes of every evaluation image.
+    if training_args.do_predict:
+        output = trainer.predict(data.eval, metric_key_prefix="predict")
+        metrics = {**output.metrics, "predict_samples": len(data.eval)}
+        trainer.log_metrics("predict", metrics)
+        trainer.save_metrics("predict", metrics)
+        if trainer.is_world_process_zero():
+            logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+            write_predictions(os.path.join(training_args.output_dir, PREDICTIONS_FILE), logits, output.label_ids,
+                              data.class_names, image_ids(data.eval, data.image_column))
+        all_metrics.update(metrics)
+
+    # 12. Model card, and the push to the Hub (as Hugging Face's script does).
+    settings = {"method": method, "beta": training_args.beta, "inter_mixup": training_args.inter_mixup,
+                "alpha": training_args.alpha, "balanced_sampler": training_args.balanced_sampler,
+                "recipe": training_args.recipe, "model": model_args.model_name_or_path or model_args.model_name,
+                "dataset": data.source, "evaluation split": data.eval_description}
+    trainer.card_section = synermix_section(settings, all_metrics, command_line(program, argv))
+    card = {"finetuned_from": model_args.model_name_or_path, "tasks": "image-classification",
+            "dataset": data_args.dataset_name or data_args.train_dir or "digits",
+            "tags": ["image-classification", "synermix", method]}
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+    elif training_args.should_save:
+        trainer.create_model_card(**card)
+
+    if training_args.should_save:
+        append_final(log_path, all_metrics, training_args.output_dir)
+        logger.info("Results, model, model card and log are in %s", training_args.output_dir)
+    return all_metrics
+
+
+def _check_data_for_the_run(training_args: Any, data: Any) -> None:
+    if training_args.do_train and data.train is None:
+        raise UsageError(f"Training needs training data, and {data.source} has none (give --train_dir, or only "
+                         "--do_eval).")
+    for flag, wanted in (("--do_eval", training_args.do_eval), ("--do_predict", training_args.do_predict)):
+        if wanted and data.eval is None:
+            raise UsageError(f"{flag} needs an evaluation split, and {data.source} has none; give --validation_dir "
+                             f"or --train_val_split, or drop {flag}.")
+    if training_args.do_train and training_args.balanced_sampler:
+        batch = training_args.per_device_train_batch_size
+        if len(data.train) < batch:
+            raise UsageError(f"--per_device_train_batch_size (-bs) {batch} is larger than the training set "
+                             f"({len(data.train)} examples); the class-balanced sampler drops incomplete batches. "
+                             "Lower the batch size.")
+
+
+def _check_reporting(training_args: Any) -> None:
+    """Every --report_to integration can start (tensorboard installed, ...), before training."""
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    for name, callback in zip(training_args.report_to, get_reporting_integration_callbacks(training_args.report_to),
+                              strict=False):
+        try:
+            callback()
+        except (RuntimeError, ImportError) as error:
+            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UsageError(f"--report_to {name}: {text} Install it, or choose another --report_to (none to report "
+                             "nowhere).") from error
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: 0 on success, 2 (with one paragraph on stderr, no traceback) on bad input."""
+    try:
+        run(argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
+    _destroy_process_group()  # only after success: a barrier after one rank failed would wait forever
+    return 0
+
+
+def console_main() -> None:
+    """`synermix-train`."""
+    sys.exit(main())
+
+
+def _destroy_process_group() -> None:
+    """Leave the process group together before exit: a gloo group torn down at interpreter exit can abort a rank."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no rank leaves while its peer still talks to it
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
