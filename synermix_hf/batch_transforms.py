@@ -17,6 +17,7 @@ global random state (`sample_square_params`). Nothing here knows about `Trainer`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 from .transforms import SQUARE_FAMILIES, SquareAugmentation, TransformSpec, square_augmentation
 
 __all__ = [
+    "PARAM_NAMES",
     "BatchViews",
     "crop_flip",
     "cutout",
@@ -36,6 +38,10 @@ __all__ = [
     "to_float",
     "uniform_digits",
 ]
+
+
+PARAM_NAMES = ("top", "left", "flip", "cutout_y", "cutout_x")
+"""Columns of the packed parameter tensor a loader batch carries (`BatchViews.sample`)."""
 
 
 def uniform_digits(values: np.ndarray, radices: Sequence[int]) -> list[np.ndarray]:
@@ -128,9 +134,19 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32).div_(255)
 
 
+@functools.lru_cache(maxsize=64)
+def _channel_constants(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device).view(-1, 1, 1)
+
+
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """torchvision's `Normalize` over a batch (`(x - mean) / std` per channel)."""
-    return TF.normalize(images, list(mean), list(std))
+    """torchvision's `Normalize` over a batch: `(x - mean) / std` per channel, the same two ops, bit for bit.
+
+    The constants are made once per device (`TF.normalize` copies them from the host at every call, and a host to
+    device copy of pageable memory waits for the device's queue to drain)."""
+    mean_ = _channel_constants(tuple(float(m) for m in mean), images.device, images.dtype)
+    std_ = _channel_constants(tuple(float(s) for s in std), images.device, images.dtype)
+    return images.sub(mean_).div_(std_)
 
 
 @dataclass(frozen=True)
@@ -163,18 +179,24 @@ class BatchViews:
             )
         return cls(spec.image_size, square_augmentation(spec), tuple(spec.mean), tuple(spec.std), original)
 
-    def sample(self, seeds: np.ndarray) -> dict[str, torch.Tensor]:
-        """Augmentation parameters for one batch from one uniform 64-bit seed per example."""
-        return sample_square_params(seeds, self.image_size, self.recipe)
+    def sample(self, seeds: np.ndarray) -> torch.Tensor:
+        """Augmentation parameters for one batch from one uniform 64-bit seed per example, packed as an int32 tensor
+        `[B, 5]` with the columns `PARAM_NAMES` (zero where the recipe has no such step): one host to device copy
+        per batch instead of one per parameter."""
+        params = sample_square_params(seeds, self.image_size, self.recipe)
+        zeros = torch.zeros(len(seeds), dtype=torch.int64)
+        return torch.stack([params.get(name, zeros) for name in PARAM_NAMES], dim=1).to(torch.int32)
 
-    def augmented(self, images: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def augmented(self, images: torch.Tensor, params: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """The training view of uint8 images: ToTensor, pad + crop, flip, Cutout, Normalize.
 
         ToTensor comes first here (the per-image recipe crops after it too): padding adds zeros either way, and the
         crop gathers float32 faster than uint8."""
         return self._augmented(to_float(images), params)
 
-    def _augmented(self, pixels: torch.Tensor, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _augmented(self, pixels: torch.Tensor, params: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        if torch.is_tensor(params):  # packed by `sample`
+            params = dict(zip(PARAM_NAMES, params.long().unbind(1)))
         pixels = crop_flip(pixels, params["top"], params["left"], params["flip"], self.recipe.padding)
         if self.recipe.cutout:
             pixels = cutout(pixels, params["cutout_y"], params["cutout_x"], self.recipe.cutout)
@@ -186,6 +208,8 @@ class BatchViews:
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """`{"pixel_values", ["original_pixel_values"], "labels", ...}` from `{"images", ["augment"], "labels"}`.
+
+        `augment` is the packed tensor of `sample` or a mapping of `sample_square_params`'s parameters.
 
         With `augment`, `pixel_values` is the augmented view (and `original_pixel_values` the original one when
         `original` is set); without it (evaluation), `pixel_values` is the original view.
