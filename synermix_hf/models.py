@@ -34,6 +34,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 __all__ = [
     "MODEL_NAMES",
+    "SinglePixelConv2d",
     "TorchvisionClassifierConfig",
     "TorchvisionForImageClassification",
     "build_torchvision_classifier",
@@ -105,6 +106,37 @@ def _head_of(network: nn.Module, name: str) -> tuple[nn.Module, str]:
     return network.classifier, "3"
 
 
+class SinglePixelConv2d(nn.Conv2d):
+    """`nn.Conv2d` that computes a 1x1 output map as one matrix product with the kernel taps the input covers.
+
+    Same parameters and the same function (up to the order of summation): a 3x3 convolution with padding 1 on a 1x1
+    map only ever multiplies the centre tap, and a stride-2 one on a 2x2 map the taps [1:3, 1:3]. oneDNN computes the
+    weight gradient of such a convolution with a generic GEMM loop that, on AVX2 CPUs, took 406 ms for a batch of 70
+    at 512 channels where the matrix product takes a few: the CIFAR stem leaves ResNet's layer4 at 1x1 on 8 px
+    inputs (the built-in digits), where this made a whole training step 2.2x faster (0.30 s instead of 0.66-0.70 s
+    of CPU for 70 images, forward and backward). Any other input takes `nn.Conv2d.forward`.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        height, width = input.shape[-2:]
+        (kernel_h, kernel_w), (stride_h, stride_w) = self.kernel_size, self.stride
+        padding = self.padding
+        if (
+            isinstance(padding, tuple)
+            and self.padding_mode == "zeros"
+            and self.groups == 1
+            and self.dilation == (1, 1)
+            and height + padding[0] <= kernel_h  # every input row meets a kernel row of the single output pixel
+            and width + padding[1] <= kernel_w
+            and height + 2 * padding[0] - kernel_h < stride_h  # and there is a single output pixel
+            and width + 2 * padding[1] - kernel_w < stride_w
+        ):
+            taps = self.weight[:, :, padding[0] : padding[0] + height, padding[1] : padding[1] + width]
+            output = F.linear(input.flatten(1), taps.reshape(self.out_channels, -1), self.bias)
+            return output[:, :, None, None]
+        return super().forward(input)
+
+
 def build_torchvision_classifier(
     model_name: str,
     num_classes: int,
@@ -150,6 +182,9 @@ def build_torchvision_classifier(
     parent, attribute = _head_of(network, name)
     old_head = getattr(parent, attribute)
     setattr(parent, attribute, nn.Linear(old_head.in_features, num_classes))
+    for module in network.modules():
+        if type(module) is nn.Conv2d:  # same parameters and state dict; faster on 1x1 maps (see SinglePixelConv2d)
+            module.__class__ = SinglePixelConv2d
     return network
 
 

@@ -40,7 +40,7 @@ from .mixup import (
 from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler
 from .training_args import SynerMixTrainingArguments
 
-__all__ = ["SynerMixTrainer", "step_generators"]
+__all__ = ["FiniteLossCheck", "SynerMixTrainer", "step_generators"]
 
 
 def step_generators(
@@ -101,8 +101,10 @@ class SynerMixTrainer(Trainer):
             self.label_names = ["labels"]
         self.train_labels = train_labels
         self._adapter: ModelAdapter | None = None
+        self._adapter_for: nn.Module | None = None
         self._draw_position = (-1, -1)
         self._last_loss: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+        self._finite_check = FiniteLossCheck()
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_counts: dict[str, int] = {}
         self._set_epoch_callback = _SetEpochCallback()
@@ -115,6 +117,10 @@ class SynerMixTrainer(Trainer):
     @property
     def adapter(self) -> ModelAdapter:
         """The `ModelAdapter` of the current model (rebuilt if `model_init` replaced the model)."""
+        if self._adapter is not None and self._adapter_for is self.model:
+            # A step asks several times; unwrapping costs milliseconds of host time (accelerate probes for installed
+            # packages on every call), so it is done only when `self.model` is another object.
+            return self._adapter
         model = self.accelerator.unwrap_model(self.model)
         if self._adapter is None or self._adapter.model is not model:
             self._adapter = ModelAdapter.from_model(
@@ -123,6 +129,7 @@ class SynerMixTrainer(Trainer):
                 manifold_mixup_modules=self.args.manifold_mixup_modules,
                 need_mixing_points=self.args.inter_mixup == "manifold_mixup",
             )
+        self._adapter_for = self.model
         return self._adapter
 
     # ---- data ----
@@ -322,13 +329,21 @@ class SynerMixTrainer(Trainer):
         return step_generators(self.args.seed, step, micro_step, self.args.process_index, device)
 
     def _check_finite(self, loss: torch.Tensor, components: dict[str, torch.Tensor]) -> None:
-        # One host sync per step, after the backward pass; the Trainer's NaN/inf logging filter syncs there anyway.
-        if not torch.isfinite(loss.detach()).item():
-            values = ", ".join(f"loss_{name}={value.item():.6g}" for name, value in components.items())
-            raise FloatingPointError(
-                f"Non-finite training loss at global step {self.state.global_step}: loss={loss.item():.6g} ({values}). "
-                "The step was not applied. Lower the learning rate, use bf16 instead of fp16, or set max_grad_norm."
-            )
+        self._finite_check.submit(self.state.global_step, loss, components)
+
+    def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
+        # Logging, evaluation, checkpoints and the end of training read the weights or the loss: settle a check that
+        # is still pending first, so that nothing trained on a non-finite loss is logged, evaluated or saved.
+        control = self.control
+        if control.should_log or control.should_evaluate or control.should_save or control.should_training_stop:
+            self._finite_check.flush()
+        super()._maybe_log_save_evaluate(*args, **kwargs)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        self._finite_check.reset()
+        result = super().train(*args, **kwargs)
+        self._finite_check.flush()
+        return result
 
     # ---- logging ----
 
@@ -368,6 +383,66 @@ class SynerMixTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, logits.detach(), labels
+
+
+class FiniteLossCheck:
+    """Stop training with `FloatingPointError` when a training loss is not finite, naming the step and the components.
+
+    On CUDA the loss is copied to the host without waiting and read one step later (or before the next log,
+    evaluation or checkpoint, and at the end of training), so the check never makes the GPU drain its queue; the
+    update of the offending step has then been applied, and the error says so. On other devices (the CPU has no
+    queue to drain) it is read at once, before the optimizer step.
+
+    Args:
+        deferred_devices: Device types whose check is read one step late.
+    """
+
+    def __init__(self, deferred_devices: tuple[str, ...] = ("cuda",)):
+        self.deferred_devices = deferred_devices
+        self._pending: tuple[int, list[str], torch.Tensor, Any] | None = None
+
+    def submit(self, step: int, loss: torch.Tensor, components: dict[str, torch.Tensor]) -> None:
+        names = list(components)
+        values = torch.stack([loss.detach().float().reshape(()), *(v.detach().float().reshape(()) for v in
+                                                                     components.values())])  # fmt: skip
+        if values.device.type not in self.deferred_devices:
+            self._check(step, names, values, applied=False)
+            return
+        self.flush()
+        event = None
+        if values.device.type == "cuda":
+            values = values.to("cpu", non_blocking=True)  # into pinned memory, read after the event
+            event = torch.cuda.Event()
+            event.record()
+        self._pending = (step, names, values, event)
+
+    def flush(self) -> None:
+        """Read the pending check (waits only for the copy of that step's loss)."""
+        if self._pending is None:
+            return
+        step, names, values, event = self._pending
+        self._pending = None
+        if event is not None:
+            event.synchronize()
+        self._check(step, names, values, applied=True)
+
+    def reset(self) -> None:
+        self._pending = None
+
+    @staticmethod
+    def _check(step: int, names: list[str], values: torch.Tensor, applied: bool) -> None:
+        if bool(torch.isfinite(values[0])):
+            return
+        loss, *parts = values.tolist()
+        text = ", ".join(f"loss_{name}={value:.6g}" for name, value in zip(names, parts))
+        consequence = (
+            "Training stopped after that step's update (on CUDA the check reads the loss one step late, so as not to "
+            "stall the GPU); resume from the last checkpoint" if applied else "The step was not applied"
+        )
+        raise FloatingPointError(
+            f"Non-finite training loss at global step {step}: loss={loss:.6g} ({text}). {consequence}. Lower the "
+            "learning rate, use bf16 instead of fp16, or set max_grad_norm."
+        )
 
 
 class _SetEpochCallback(TrainerCallback):

@@ -47,6 +47,11 @@ class SynerMixTrainingArguments(TrainingArguments):
             each image in the loader, `auto` takes `device` where it applies (square transform families, an Image
             column, within `decode_budget_gib`).
         decode_budget_gib: Largest decoded size (GiB, training + evaluation images) the device path takes.
+        logging_nan_inf_filter: As in `TrainingArguments`, but off by default: the trainer stops at a non-finite
+            training loss (`FiniteLossCheck`), so the filter would only cost a host-device sync per step.
+
+    With pinned loader memory (`dataloader_pin_memory`, the default on GPU) and no `accelerator_config` given,
+    batches are copied to the device with `non_blocking=True`.
     """
 
     beta: float = field(
@@ -78,6 +83,14 @@ class SynerMixTrainingArguments(TrainingArguments):
         },
     )
 
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop non-finite losses from the logged average (transformers' default: True). Off here: "
+            "SynerMixTrainer stops at a non-finite training loss anyway, and the filter costs a host-device sync "
+            "per step."
+        },
+    )
     data_path: str = field(
         default="auto",
         metadata={
@@ -111,5 +124,10 @@ class SynerMixTrainingArguments(TrainingArguments):
             self.balanced_sampler = self.beta > 0
         if isinstance(self.manifold_mixup_modules, str):
             self.manifold_mixup_modules = [p.strip() for p in self.manifold_mixup_modules.split(",") if p.strip()]
+        accelerator_config_given = self.accelerator_config is not None
         super().__post_init__()
+        if not accelerator_config_given and self.dataloader_pin_memory:
+            # Batches in pinned memory go to the GPU without the host waiting for the copy (and so for the GPU's
+            # queue to drain): accelerate's non_blocking. Given an --accelerator_config, it is left as given.
+            self.accelerator_config.non_blocking = True
 

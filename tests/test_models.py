@@ -4,6 +4,7 @@ import urllib.error
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from synermix_hf.testing import tiny_images
@@ -127,3 +128,36 @@ def test_cifar_stem_keeps_pytorchs_default_conv_init_as_the_reference():
     # torchvision's own kaiming-normal (fan_out) init would have std sqrt(2 / 576) = 0.059 and fail the checks above.
     kaiming = nn.init.kaiming_normal_(torch.empty(64, 3, 3, 3), mode="fan_out", nonlinearity="relu").flatten().numpy()
     assert stats.ks_2samp(kaiming, reference).pvalue < 1e-6
+
+
+@pytest.mark.parametrize(
+    "in_size, kernel, stride, padding",
+    [(1, 3, 1, 1), (2, 3, 2, 1), (1, 1, 1, 0), (2, 1, 2, 0), (4, 3, 1, 1), (3, 3, 2, 1)],
+)
+def test_single_pixel_convolution_equals_the_convolution_with_its_gradients(in_size, kernel, stride, padding):
+    from synermix_hf.models import SinglePixelConv2d
+
+    torch.manual_seed(0)
+    conv = SinglePixelConv2d(6, 5, kernel, stride=stride, padding=padding, bias=True)
+    x = torch.randn(4, 6, in_size, in_size, requires_grad=True)
+    out = conv(x)
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, stride=stride, padding=padding)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(out.square().sum(), (x, conv.weight, conv.bias))
+    expected_grads = torch.autograd.grad(expected.square().sum(), (x, conv.weight, conv.bias))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_built_networks_use_the_single_pixel_convolution_with_torchvision_state_dicts():
+    from synermix_hf.models import SinglePixelConv2d, build_torchvision_classifier
+
+    network = build_torchvision_classifier("resnet18", 10, image_size=8)
+    convolutions = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(type(m) is SinglePixelConv2d for m in convolutions)
+    reference = torchvision.models.resnet18(num_classes=10)
+    reference.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    reference.maxpool = torch.nn.Identity()
+    reference.load_state_dict(network.state_dict())
+    x = torch.randn(3, 3, 8, 8)
+    torch.testing.assert_close(network.eval()(x), reference.eval()(x), rtol=1e-4, atol=1e-5)
