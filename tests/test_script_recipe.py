@@ -116,15 +116,8 @@ def test_invalid_recipe_values_name_their_parameters(tmp_path):
 
 # ---- the authors' six README commands, setting by setting, against the reference recipe ----
 
-# The commands of the six configurations exactly as the authors' README writes them (`python main.py ...`).
-AUTHORS_COMMANDS = {
-    "wo-RA&ER": "-mn resnet-18 -ds cifar100 -bs 128",
-    "w-RA": "-mn resnet18 -ds cifar100 -bs 128 -beta 0.5 -phase test",
-    "w-ER(M)": "-mn resnet18 -ds cifar100 -bs 128 -alpha 1 -itrm Mixup -phase test",
-    "w-ER(MM)": "-mn resnet18 -ds cifar100 -bs 128 -alpha 1 -itrm Manifold_Mixup -phase test",
-    "w-RA&ER(M)": "-mn resnet18 -ds cifar100 -bs 128 -alpha 1 -beta 0.1 -itrm Mixup -phase test",
-    "w-RA&ER(MM)": "-mn resnet18 -ds cifar100 -bs 128 -alpha 1 -beta 0.1 -itrm Manifold_Mixup -phase test",
-}
+from test_script_cli import README_COMMANDS as AUTHORS_COMMANDS  # noqa: E402 - exactly as the authors' README writes them
+
 # The reference loop's recipe, shared by all six: SGD, no Nesterov, StepLR(10, 0.5) per epoch, 120 epochs, batch 128,
 # test batch 48, seed 123, no gradient clipping, the class-balanced sampler for every configuration.
 REFERENCE_RECIPE = {
