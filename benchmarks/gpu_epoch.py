@@ -10,7 +10,8 @@ One script, no network, a few minutes on one H100/H200 with 16 CPU cores:
    epochs and times each epoch (CUDA-synchronised at both ends); the first epoch starts workers and autotunes cuDNN,
    so the summary uses the last;
 3. samples `nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200` in the background and
-   reports the mean GPU utilisation over each timed epoch;
+   reports the mean GPU utilisation over each timed epoch, and counts the host-device synchronisations per step of
+   the first (untimed) epoch with `torch.cuda.set_sync_debug_mode("warn")`, by code location;
 4. writes `gpu_epoch.json` and `gpu_epoch.md` under `--out`.
 
 Expected duration with the defaults (20,000 images, 2 epochs per run, 4 runs): about 2 minutes of GPU time plus
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -109,6 +111,43 @@ class UtilisationSampler:
         return sum(values) / len(values) if values else None
 
 
+class SyncCounter(TrainerCallback):
+    """Host-device synchronisations during the first (untimed) epoch: `torch.cuda.set_sync_debug_mode("warn")`
+    makes every synchronising CUDA call warn; the warnings are counted per code location."""
+
+    def __init__(self):
+        self.where: dict[str, int] = {}
+        self.steps = 0
+        self._catcher = None
+        self._caught: list = []
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if state.epoch and state.epoch >= 1 or not torch.cuda.is_available():
+            return
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        self._first_step = state.global_step
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self._catcher is None:
+            return
+        torch.cuda.set_sync_debug_mode(0)
+        self._catcher.__exit__(None, None, None)
+        self._catcher = None
+        self.steps = state.global_step - self._first_step
+        for caught in self._caught:
+            if "synchroniz" in str(caught.message):
+                key = f"{Path(caught.filename).name}:{caught.lineno}"
+                self.where[key] = self.where.get(key, 0) + 1
+
+    def summary(self) -> dict:
+        total = sum(self.where.values())
+        top = sorted(self.where.items(), key=lambda item: -item[1])[:4]
+        return {"syncs_per_step": total / self.steps if self.steps else None, "sync_locations": dict(top)}
+
+
 class EpochTimer(TrainerCallback):
     """Wall time of each epoch, synchronised with the GPU at both ends."""
 
@@ -150,8 +189,8 @@ def train_once(data, path: str, precision: str, cli: argparse.Namespace, tmp: Pa
         dataloader_persistent_workers=(cli.workers if path == "per_image" else cli.device_workers) > 0,
         dataloader_pin_memory=not on_cpu,
     )  # fmt: skip
-    timer = EpochTimer()
-    trainer = RecipeTrainer(model=model, args=args, train_dataset=views.train, callbacks=[timer])
+    timer, syncs = EpochTimer(), SyncCounter()
+    trainer = RecipeTrainer(model=model, args=args, train_dataset=views.train, callbacks=[syncs, timer])
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     start, end = timer.epochs[-1]
@@ -165,6 +204,7 @@ def train_once(data, path: str, precision: str, cli: argparse.Namespace, tmp: Pa
         "losses": losses,
         "finite": all(np.isfinite(losses)),
         "description": views.description,
+        **syncs.summary(),
     }
 
 
@@ -178,13 +218,16 @@ def markdown(summary: dict) -> str:
         f"workers, device path with {summary['device_workers']}; {summary['epochs']} epochs per run, the last timed; "
         f"built dataset in {summary['write_s']:.1f} s; total {summary['total_s']:.0f} s.",
         "",
-        "| precision | data path | timed epoch (s) | images/s | GPU busy (%, nvidia-smi) | all epochs (s) | losses finite |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| precision | data path | timed epoch (s) | images/s | GPU busy (%, nvidia-smi) | all epochs (s) | "
+        "host-device syncs per step (first epoch) | losses finite |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in summary["runs"]:
         busy = f"{r['gpu_busy_percent']:.0f}" if r["gpu_busy_percent"] is not None else "not sampled"
+        syncs = "not counted" if r["syncs_per_step"] is None else (
+            f"{r['syncs_per_step']:.2f} ({', '.join(f'{k}: {v}' for k, v in r['sync_locations'].items()) or '-'})")
         lines.append(f"| {r['precision']} | {r['data_path']} | {r['timed_epoch_s']:.2f} | {r['images_per_s']:.0f} | "
-                     f"{busy} | {r['epoch_seconds']} | {r['finite']} |")  # fmt: skip
+                     f"{busy} | {r['epoch_seconds']} | {syncs} | {r['finite']} |")  # fmt: skip
     lines.append("")
     for precision, ratio in summary["speedups"].items():
         lines.append(f"- {precision}: device path epoch {ratio:.2f}x faster than per-image (target >= 2x)")
@@ -199,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1),
                         help="loader workers of the per-image path")  # fmt: skip
-    parser.add_argument("--device_workers", type=int, default=2, help="loader workers of the device path")
+    parser.add_argument("--device_workers", type=int, default=0,
+                        help="loader workers of the device path (default 0: its loader only gathers rows, as the "
+                        "script's default on that path)")  # fmt: skip
     parser.add_argument("--precisions", nargs="+", default=["fp16", "bf16"], choices=["fp16", "bf16", "fp32"])
     parser.add_argument("--channels_last", action="store_true", help="also the device path in channels_last, bf16")
     parser.add_argument("--quick", action="store_true",

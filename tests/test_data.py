@@ -140,20 +140,3 @@ def test_a_partner_loaded_twice_in_an_epoch_gets_two_independent_augmentations()
         assert not torch.equal(a["pixel_values"], b["pixel_values"])
         # Each appearance is a function of (seed, epoch, position) alone: asked again, alone, it is the same view.
         torch.testing.assert_close(seeded[(index, second)]["pixel_values"], b["pixel_values"], rtol=0, atol=0)
-
-
-def test_a_batch_read_in_one_access_equals_each_example_read_alone_under_its_seed():
-    from synermix_hf import example_seeds
-
-    augment = transforms.Compose([transforms.RandomResizedCrop(8), transforms.RandomHorizontalFlip(), transforms.ToTensor()])
-    base = image_dataset(n=12).with_transform(TwoViewTransform(augment, transforms.ToTensor()))
-    seeded = SeededAugmentation(base, seed=5)
-    seeded.set_epoch(2)
-    pairs = [(7, 0), (2, 1), (7, 2), (11, 3)]
-    batch = seeded.__getitems__(pairs)
-    for (index, position), example in zip(pairs, batch, strict=True):
-        torch.manual_seed(int(example_seeds(5, 2, [position])[0] >> np.uint64(1)))
-        alone = base[index]
-        assert alone.keys() == example.keys()
-        for key in alone:
-            assert torch.equal(torch.as_tensor(alone[key]), torch.as_tensor(example[key])), key

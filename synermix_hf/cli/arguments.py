@@ -56,17 +56,20 @@ HELP: dict[str, str] = {
     "checked before training).",
 }
 
-# The built-in default run: scikit-learn's digits with SynerMix, sized to finish in a few minutes on a laptop CPU.
-# Each value applies only where the command line (or JSON file) does not set it.
+# The built-in default run: scikit-learn's digits with SynerMix, sized to finish in about a minute and a half on a
+# 2-core CPU. Five epochs at learning rate 0.1, cut by 0.3 every two epochs, with gradients clipped at norm 1 (without
+# clipping the first epochs at this rate are unstable from the CIFAR stem's default initialisation): 98.9% test accuracy
+# at seed 123, 96.9% at seed 1. Each value applies only where the command line (or JSON file) does not set it.
 BUILTIN_PRESET: dict[str, Any] = {
     "model_name": "resnet18",
     "image_size": 8,
-    "num_train_epochs": 10,
+    "num_train_epochs": 5,
     "per_device_train_batch_size": 64,
     "per_device_eval_batch_size": 128,
-    "learning_rate": 0.05,
-    "lr_step_size": 4,
-    "lr_gamma": 0.5,
+    "learning_rate": 0.1,
+    "lr_step_size": 2,
+    "lr_gamma": 0.3,
+    "max_grad_norm": 1.0,
     "beta": 0.1,
     "inter_mixup": "manifold_mixup",
     "alpha": 1.0,
@@ -188,7 +191,8 @@ class ScriptTrainingArguments(RecipeTrainingArguments):
     )
     dataloader_num_workers: int = field(
         default_factory=_default_num_workers,
-        metadata={"help": "Processes decoding and augmenting images (default: half the CPU cores, at most 8)."},
+        metadata={"help": "Processes decoding and augmenting images (default: half the CPU cores, at most 8; 0 on "
+                  "the device data path, whose loader only gathers decoded rows)."},
     )
     feature_metrics: bool = field(
         default=False,

@@ -125,6 +125,11 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     except ValueError as error:
         raise UsageError(f"--data_path: {error}") from error
     data.train, data.eval, data.views_description = views.train, views.eval, views.description
+    if (views.data_path == "device" and "dataloader_num_workers" not in explicit
+            and not training_args.dataloader_persistent_workers and training_args.dataloader_prefetch_factor is None):
+        # The device path's loader only gathers uint8 rows and draws their parameters (well under a millisecond a
+        # batch): worker processes would add inter-process copies and compete for the cores with the training.
+        training_args.dataloader_num_workers = 0
 
     # 7. Metrics.
     compute_metrics = ClassificationMetrics(data.num_labels)
