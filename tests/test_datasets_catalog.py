@@ -35,6 +35,17 @@ def test_builtin_digits_is_a_real_offline_dataset_with_class_labels():
     assert len(_counts(digits["test"])) == 10 and min(_counts(digits["test"]).values()) >= 30
 
 
+def test_digits_read_from_scikit_learns_file_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from synermix_hf.loading.sources import digits_arrays
+
+    images, targets = digits_arrays()
+    bunch = load_digits()
+    np.testing.assert_array_equal(images, bunch.images)
+    np.testing.assert_array_equal(targets, bunch.target)
+
+
 def test_cifar100_copy_uses_official_splits_and_its_columns(hub_copies):
     data = load_image_classification_data("cifar100", dataset_path=str(hub_copies["cifar100"]))
     assert (data.image_column, data.label_column) == ("img", "fine_label")
