@@ -95,6 +95,14 @@ def test_builtin_preset_fills_only_what_is_not_given():
     assert args.inter_mixup == BUILTIN_PRESET["inter_mixup"] and args.balanced_sampler
 
 
+def test_builtin_preset_keeps_the_recipes_no_clipping_rule():
+    # `synermix-compare` runs the six configurations on this preset: it must not clip where the reference does not.
+    _, _, args, _ = ScriptArgumentParser().parse([])
+    assert args.max_grad_norm == 0
+    _, _, args, _ = ScriptArgumentParser().parse(["--max_grad_norm", "1"])
+    assert args.max_grad_norm == 1
+
+
 # ---- bad input: one paragraph on stderr, status 2, no traceback, before training ----
 
 
