@@ -59,8 +59,8 @@ HELP: dict[str, str] = {
 # The built-in default run: scikit-learn's digits with SynerMix, sized to finish in about a minute on a 2-core CPU.
 # Like the paper's recipe it does not clip gradients: five epochs at learning rate 0.05, multiplied by 0.6 after each
 # epoch. Without clipping, learning rate 0.1 is unstable in the first epochs from the CIFAR stem's default
-# initialisation (76-77% test accuracy after five epochs); six epochs reach about 1 point more but take 86-90 s on a
-# 2-core AVX2 CPU. Each value applies only where the command line (or JSON file) does not set it.
+# initialisation (76-77% test accuracy after five epochs); six epochs take 86-90 s on a 2-core AVX2 CPU, too close to
+# the 90 s this run is sized for. Each value applies only where the command line (or JSON file) does not set it.
 BUILTIN_PRESET: dict[str, Any] = {
     "model_name": "resnet18",
     "image_size": 8,
