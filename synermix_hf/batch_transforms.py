@@ -79,8 +79,7 @@ def sample_square_params(seeds: np.ndarray, image_size: int, recipe: SquareAugme
     if recipe.cutout:
         radices += [image_size, image_size]
     digits = uniform_digits(seeds, radices)
-    names = ("top", "left", "flip", "cutout_y", "cutout_x")
-    return {name: torch.from_numpy(digit) for name, digit in zip(names, digits)}
+    return {name: torch.from_numpy(digit) for name, digit in zip(PARAM_NAMES, digits)}
 
 
 def crop_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, padding: int):

@@ -132,7 +132,7 @@ def device_path_obstacle(datasets_: Sequence[Any], spec: TransformSpec, image_co
     needed = decoded_nbytes(sum(len(d) for d in given), spec.image_size)
     if needed > budget_gib * 2**30:
         return (f"the decoded images need {needed / 2**30:.2f} GiB, more than the budget of {budget_gib:g} GiB "
-                "(--decode_budget_gib)")
+                "(`decode_budget_gib`)")
     return None
 
 
@@ -162,11 +162,11 @@ def prepare_views(
         cache_dir: Where to keep the decoded arrays (default: next to the datasets' cache).
     """
     if data_path not in DATA_PATHS:
-        raise ValueError(f"data_path={data_path!r} is not valid; choose one of {', '.join(DATA_PATHS)}.")
+        raise ValueError(f"`data_path` {data_path!r} is not valid; choose one of {', '.join(DATA_PATHS)}.")
     obstacle = None if data_path == "per_image" else device_path_obstacle([train, evaluation], spec, image_column,
                                                                           budget_gib)
     if data_path == "device" and obstacle is not None:
-        raise ValueError(f"data_path='device' does not apply here: {obstacle}. Use data_path 'auto' or 'per_image'.")
+        raise ValueError(f"`data_path` 'device' does not apply here: {obstacle}. Use 'auto' or 'per_image'.")
     if data_path == "per_image" or obstacle is not None:
         train_tf, eval_tf = build_transforms(spec)
         if train is not None:
@@ -175,7 +175,7 @@ def prepare_views(
             train = train.with_transform(view)
         if evaluation is not None:
             evaluation = evaluation.with_transform(SingleViewTransform(eval_tf, image_column, label_column))
-        why = "as asked (--data_path per_image)" if data_path == "per_image" else f"the device path does not apply: {obstacle}"
+        why = "as asked (data_path='per_image')" if data_path == "per_image" else f"the device path does not apply: {obstacle}"
         return PreparedViews(train, evaluation, "per_image",
                              f"per_image: each image decoded and transformed in the loader ({why})")
 

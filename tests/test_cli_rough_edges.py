@@ -174,6 +174,12 @@ def test_resume_from_a_directory_that_is_not_a_checkpoint(hub_copies, tmp_path, 
                              "--output_dir", str(tmp_path / "o")], "is not a checkpoint", "trainer_state.json")
 
 
+def test_a_device_data_path_that_does_not_apply_names_the_flags(hub_copies, tmp_path, capsys):
+    _one_line_error(capsys, [*_data(hub_copies, tmp_path), *FAST, "--data_path", "device", "--decode_budget_gib", "0",
+                             "--output_dir", str(tmp_path / "o")], "--data_path 'device' does not apply",
+                    "--decode_budget_gib")  # fmt: skip
+
+
 def test_a_model_with_another_number_of_outputs_than_classes():
     from synermix_hf.cli.errors import UsageError
 

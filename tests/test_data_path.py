@@ -39,9 +39,9 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
     assert over_budget.data_path == "per_image" and "budget" in over_budget.description
     asked = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, data_path="per_image")
     assert asked.data_path == "per_image" and "as asked" in asked.description
-    with pytest.raises(ValueError, match="data_path='device' does not apply here: the imagenet family"):
+    with pytest.raises(ValueError, match="`data_path` 'device' does not apply here: the imagenet family"):
         prepare_views(train, None, TransformSpec("imagenet", 16), "image", "label", True, data_path="device")
-    with pytest.raises(ValueError, match="data_path='gpu'"):
+    with pytest.raises(ValueError, match="`data_path` 'gpu' is not valid"):
         prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, data_path="gpu")
 
 

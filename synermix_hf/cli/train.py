@@ -123,7 +123,7 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
                               two_views=training_args.beta > 0, data_path=training_args.data_path,
                               budget_gib=training_args.decode_budget_gib, train_labels=train_labels)
     except ValueError as error:
-        raise UsageError(f"--data_path: {error}") from error
+        raise usage_error(error) from error
     data.train, data.eval, data.views_description = views.train, views.eval, views.description
     if (views.data_path == "device" and "dataloader_num_workers" not in explicit
             and not training_args.dataloader_persistent_workers and training_args.dataloader_prefetch_factor is None):
