@@ -4,6 +4,7 @@ no network, mistakes caught before training, predictions, a single class, `--hel
 import csv
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -209,6 +210,19 @@ def test_do_predict_writes_the_top_classes_of_every_evaluation_image(tmp_path):
         assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=1e-5)
         assert {row[f"prediction_{i}"] for i in (1, 2, 3)} == {"class_0", "class_1", "class_2"}
     assert "predict_loss" in json.loads((out / "all_results.json").read_text())
+
+
+def test_do_predict_on_the_device_data_path(hub_copies, tmp_path):
+    # CIFAR-100's square recipe takes the device path (decoded once, batched views): predictions work there too.
+    out = tmp_path / "out"
+    argv = [*_data(hub_copies, tmp_path), *FAST, "--do_train", "--do_predict", "--output_dir", str(out)]
+    assert main(argv) == 0
+    assert re.search(r"data path +: device", (out / "training_log.txt").read_text())
+    with open(out / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    predicted = json.loads((out / "all_results.json").read_text())["predict_samples"]
+    assert len(rows) == predicted > 0
+    assert all(float(row["score_1"]) >= float(row["score_2"]) for row in rows)
 
 
 # ---- 7. A single class is refused ----

@@ -112,8 +112,8 @@ class RunLogCallback(TrainerCallback):
 
 
 def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args: Any, data: Any, model: Any,
-                spec: Any, checkpoint: str | None, method: str, program: str) -> dict[str, dict]:
-    """The blocks at the top of training_log.txt."""
+                spec: Any, checkpoint: str | None, method: str, program: str, data_path: str = "-") -> dict[str, dict]:
+    """The blocks at the top of training_log.txt (`data_path`: the line `prepare_views` wrote about the path)."""
     import dataclasses
 
     recipe_keys = ("learning_rate", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -136,7 +136,7 @@ def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args:
             "eval split": data.eval_description,
             "columns": f"image={data.image_column}, label={data.label_column}",
             "transforms": f"{spec.family} at {spec.image_size}px, mean={list(spec.mean)}, std={list(spec.std)}",
-            "data path": getattr(data, "views_description", "-"),
+            "data path": data_path,
         },
         "model": {
             "model": model_args.model_name_or_path or model_args.model_name,

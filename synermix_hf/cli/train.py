@@ -124,7 +124,6 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
                               budget_gib=training_args.decode_budget_gib, train_labels=train_labels)
     except ValueError as error:
         raise usage_error(error) from error
-    data.train, data.eval, data.views_description = views.train, views.eval, views.description
     if (views.data_path == "device" and "dataloader_num_workers" not in explicit
             and not training_args.dataloader_persistent_workers and training_args.dataloader_prefetch_factor is None):
         # The device path's loader only gathers uint8 rows and draws their parameters (well under a millisecond a
@@ -143,7 +142,8 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
         os.makedirs(training_args.output_dir, exist_ok=True)
         write_run_header(
             log_path,
-            run_summary(argv, model_args, data_args, training_args, data, model, spec, checkpoint, method, program),
+            run_summary(argv, model_args, data_args, training_args, data, model, spec, checkpoint, method, program,
+                        views.description),
             title=f"{program}: SynerMix" + (" (continuing the interrupted run)" if continuing else
                                             " (resumed)" if checkpoint else ""),
             append=os.path.isfile(log_path),
@@ -151,8 +151,8 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     trainer = CardTrainer(
         model=model,
         args=training_args,
-        train_dataset=data.train if training_args.do_train else None,
-        eval_dataset=data.eval if training_args.do_eval else None,
+        train_dataset=views.train if training_args.do_train else None,
+        eval_dataset=views.eval if training_args.do_eval else None,
         processing_class=image_processor,
         compute_metrics=compute_metrics,
         train_labels=train_labels,
@@ -183,7 +183,7 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
 
     # 11. Prediction: the top classes of every evaluation image.
     if training_args.do_predict:
-        output = trainer.predict(data.eval, metric_key_prefix="predict")
+        output = trainer.predict(views.eval, metric_key_prefix="predict")
         metrics = {**output.metrics, "predict_samples": len(data.eval)}
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
