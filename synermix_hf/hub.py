@@ -1,4 +1,4 @@
-"""Fast checks of the Hugging Face Hub before anything slow starts: is it reachable, may this token write to it.
+"""Fast checks of the Hugging Face Hub before anything slow starts: is it reachable, is it a Hub id at all.
 
 Without them, a machine without network spends about a minute in retries before `datasets` or `transformers` gives
 up, and `push_to_hub` fails only after training.

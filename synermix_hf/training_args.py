@@ -107,11 +107,9 @@ class SynerMixTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         if self.data_path not in DATA_PATHS:
-            raise ValueError(f"data_path={self.data_path!r} is not valid; --data_path must be one of "
-                             f"{', '.join(DATA_PATHS)}.")
+            raise ValueError(f"`data_path` {self.data_path!r} is not valid; choose one of {', '.join(DATA_PATHS)}.")
         if not self.decode_budget_gib >= 0:
-            raise ValueError(f"decode_budget_gib={self.decode_budget_gib} is not valid; --decode_budget_gib must be "
-                             ">= 0.")
+            raise ValueError(f"`decode_budget_gib` must be >= 0, got {self.decode_budget_gib}.")
         self.inter_mixup = normalise_inter_mixup(self.inter_mixup)
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"`beta` must be between 0 and 1, got {self.beta}.")

@@ -144,6 +144,10 @@ def test_unknown_names_missing_directories_and_unreachable_hub_are_refused_in_pa
         load_image_classification_data(train_dir=str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match="`dataset_path` .* does not exist"):
         load_image_classification_data("cifar100", dataset_path=str(tmp_path / "nowhere"))
+    # A `dataset_path` that looks like a short name is not reported as a mistyped `dataset_name`.
+    with pytest.raises(ValueError) as refused:
+        load_image_classification_data("cifar100", dataset_path="cifar10")
+    assert "Unknown `dataset_name`" not in str(refused.value) and "`dataset_path` cifar10" in str(refused.value)
     # The tests run with HF_HUB_OFFLINE=1: the Hub copy of a short name cannot be reached.
     with pytest.raises(ValueError, match="cannot reach the Hugging Face Hub to load 'uoft-cs/cifar100'"):
         load_image_classification_data("cifar100")

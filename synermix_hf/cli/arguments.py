@@ -97,8 +97,8 @@ class ModelArguments:
     )
     image_size: int | None = field(
         default=None,
-        metadata={"help": "Input size. Default: the dataset's (32 cifar100, 84 miniimagenet, 224 otherwise), or the "
-                  "image processor's for --model_name_or_path."},
+        metadata={"help": "Input size. Default: the dataset's (32 cifar100, 84 miniimagenet, 8 the built-in digits, "
+                  "224 otherwise), or the image processor's for --model_name_or_path."},
     )
     config_name: str | None = field(default=None, metadata={"help": "Config name or path, if not the model's."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where to cache downloaded models and datasets."})

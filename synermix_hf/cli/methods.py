@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
-__all__ = ["BASELINE", "METHODS", "Method", "method_by_name", "resolve_methods"]
+__all__ = ["BASELINE", "METHODS", "METHODS_BY_NAME", "Method", "resolve_methods"]
 
 @dataclass(frozen=True)
 class Method:
@@ -30,11 +30,6 @@ class Method:
     beta: float
     inter_mixup: str
     components: tuple[str, ...] = ()
-
-    @property
-    def cost(self) -> float:
-        """Relative training time: beta > 0 adds a forward and backward pass over the original view."""
-        return 2.0 if self.beta > 0 else 1.0
 
     @property
     def inter_label(self) -> str:
@@ -54,7 +49,7 @@ METHODS: tuple[Method, ...] = (
     Method("w-RA&ER(M)", "w-RA-ER-M", 0.1, "mixup", components=("w-RA", "w-ER(M)")),
     Method("w-RA&ER(MM)", "w-RA-ER-MM", 0.1, "manifold_mixup", components=("w-RA", "w-ER(MM)")),
 )
-_BY_NAME = {m.name: m for m in METHODS}
+METHODS_BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}
 
 
 def _key(text: str) -> str:
@@ -79,9 +74,3 @@ def resolve_methods(names: Iterable[str] | None) -> list[Method]:
                              "'baseline' means wo-RA&ER).")
         chosen.add(_ALIASES[key])
     return [m for m in METHODS if m.name in chosen]
-
-
-
-
-def method_by_name(name: str) -> Method:
-    return _BY_NAME[name]

@@ -27,7 +27,7 @@ LOG_FILE = "training_log.txt"
 # Arguments that do not change what a run computes: left out of the default directory's id.
 _NOT_IN_ID = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "dataloader_num_workers",
               "report_to", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "hub_strategy", "token",
-              "log_level", "log_level_replica", "logging_dir", "run_name", "cache_dir", "keep_checkpoints"}
+              "log_level", "log_level_replica", "logging_dir", "run_name", "cache_dir"}
 
 
 def method_label(beta: float, inter_mixup: str) -> str:

@@ -9,12 +9,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .methods import BASELINE, METHODS
+from .methods import BASELINE, METHODS, METHODS_BY_NAME
 from .stats import aggregate_curves
 
 __all__ = ["format_number", "plot_curves", "render_markdown", "write_outputs"]
 
-_BY_NAME = {m.name: m for m in METHODS}
 
 def _pct(stat: Mapping[str, Any] | None, digits: int = 2) -> str:
     if not stat or stat.get("mean") is None:
@@ -65,7 +64,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, stat in stats.items():
-        method = _BY_NAME[name]
+        method = METHODS_BY_NAME[name]
         entry = gain_final.get(name, {})
         if method.components:
             better = entry.get("better_component")
@@ -86,7 +85,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             continue
         entry = gain_best.get(name, {})
         over = ""
-        if _BY_NAME[name].components:
+        if METHODS_BY_NAME[name].components:
             better = entry.get("better_component")
             over = _points(entry.get("over_components")) + (f" (vs {better})" if better else "")
         lines.append(f"| {name} | {_points(entry.get('over_baseline'))} | {over} |")

@@ -13,11 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .methods import BASELINE, METHODS
+from .methods import BASELINE, METHODS_BY_NAME
 
 __all__ = ["AGGREGATED", "aggregate", "aggregate_curves", "gains", "mean_std", "read_run", "summarize_run"]
 
-_BY_NAME = {m.name: m for m in METHODS}
 
 def _finite(value: Any) -> float | None:
     if value is None:
@@ -117,7 +116,7 @@ def gains(stats: Mapping[str, Mapping[str, Any]], key: str = "final_accuracy") -
 
     result: dict[str, dict[str, Any]] = {}
     for name in stats:
-        method = _BY_NAME.get(name)
+        method = METHODS_BY_NAME.get(name)
         value, entry = mean(name), {}
         if name != BASELINE:
             base = mean(BASELINE)

@@ -1,6 +1,6 @@
 """Train and evaluate an image classifier with SynerMix (arXiv:2403.14137) on the Hugging Face Trainer.
 
-    synermix-train                                            # built-in digits, offline, a few minutes on a CPU
+    synermix-train                                            # built-in digits, offline, about a minute on a CPU
     synermix-train -mn resnet18 -ds cifar100 -bs 128 -alpha 1 -beta 0.1 -itrm Manifold_Mixup
     python run_image_classification.py --dataset_name food101 --beta 0.1    # the same, from a checkout
     accelerate launch run_image_classification.py --dataset_name food101 --beta 0.1

@@ -150,10 +150,10 @@ def load_dataset_dict(path: str, parameter: str, what: str, valid_names: str, sh
         `(dataset_dict, path, is_local)`, `path` expanded for local directories.
 
     Raises:
-        ValueError: the directory does not exist, the id is close to a short name (a typo), or loading fails; the
-            message says why and what would work.
+        ValueError: the directory does not exist, a `dataset_name` is close to a short name (a typo), or loading
+            fails; the message says why and what would work.
     """
-    if "/" not in path and is_hub_id(path):
+    if parameter == "dataset_name" and "/" not in path and is_hub_id(path):
         close = difflib.get_close_matches(path.strip().lower(), short_names, n=1, cutoff=0.8)
         if close:
             raise ValueError(
