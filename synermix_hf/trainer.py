@@ -29,6 +29,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .adapters import INPUT_POINT, ModelAdapter
 from .data import SeededAugmentation, SynerMixCollator, dataset_labels
+from .distributed import StepBufferBroadcast
 from .mixup import (
     cutmix_batch,
     intra_class_loss,
@@ -105,6 +106,7 @@ class SynerMixTrainer(Trainer):
         self._draw_position = (-1, -1)
         self._last_loss: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         self._finite_check = FiniteLossCheck()
+        self._buffer_broadcast = StepBufferBroadcast()
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_counts: dict[str, int] = {}
         self._set_epoch_callback = _SetEpochCallback()
@@ -269,7 +271,11 @@ class SynerMixTrainer(Trainer):
 
         The check reads the loss on the host after the backward pass was queued, next to the Trainer's own NaN check
         of the returned loss, so the device never waits between the forward and the backward pass for it.
+
+        Under DDP, the buffers are broadcast once before the step's forward passes (`StepBufferBroadcast`) instead
+        of before each of them.
         """
+        self._buffer_broadcast.before_step(model)
         step_loss = super().training_step(model, inputs, num_items_in_batch)
         if self._last_loss is not None:
             loss, components = self._last_loss

@@ -35,6 +35,9 @@ trainer = RecordingTrainer(model=model, args=args, train_dataset=train)
 trainer.train()
 if args.process_index == 0:
     torch.save(trainer.model.state_dict(), out / "final.pt")
+# Every process's buffers (batch-norm running statistics) after the step.
+torch.save({name: buffer.clone() for name, buffer in trainer.model.named_buffers()},
+           out / f"buffers_rank{args.process_index}.pt")
 print(f"process {args.process_index} of {args.world_size} done")
 if torch.distributed.is_initialized():  # a gloo group torn down at interpreter exit can abort the process
     torch.distributed.barrier()  # no rank leaves while its peer still talks to it

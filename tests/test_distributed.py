@@ -69,6 +69,10 @@ def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path, 
     model.train()
     gradients = []
     for rank, batch in enumerate(batches):
+        # Each process runs its step's two forward passes on the buffers every process starts the step with (process
+        # 0's), and its running statistics then follow its own two batches: DDP's broadcast before the second pass
+        # would overwrite them in between (and on torch < 2.12 break the backward pass).
+        model.load_state_dict(torch.load(tmp_path / "initial.pt"))
         generator, rng = step_generators(seed=3, step=0, micro_step=0, process_index=rank)
         labels, x = batch["labels"], batch["pixel_values"]
         intra = hand_intra_loss(model, batch["original_pixel_values"], labels, generator)
@@ -76,6 +80,9 @@ def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path, 
         permutation = torch.randperm(len(labels), generator=generator)
         inter = hand_mixed_ce(model(lam * x + (1 - lam) * x[permutation]), labels, permutation, lam)
         gradients.append(torch.autograd.grad(0.3 * intra + 0.7 * inter, list(model.parameters())))
+        buffers = torch.load(tmp_path / f"buffers_rank{rank}.pt")
+        for name, buffer in model.named_buffers():
+            torch.testing.assert_close(buffers[name], buffer, rtol=1e-5, atol=1e-6, msg=f"process {rank}: {name}")
     final = torch.load(tmp_path / "final.pt")
     names = [name for name, _ in model.named_parameters()]
     for name, parameter, g0, g1 in zip(names, model.parameters(), *gradients, strict=True):
