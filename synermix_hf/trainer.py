@@ -28,6 +28,7 @@ from transformers.trainer_utils import has_length, seed_worker
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .adapters import INPUT_POINT, ModelAdapter
+from .checkpoints import StagedCheckpoints
 from .data import SeededAugmentation, SynerMixCollator, dataset_labels
 from .distributed import StepBufferBroadcast
 from .mixup import (
@@ -59,10 +60,11 @@ def step_generators(
     return generator, np.random.default_rng(numpy_seed)
 
 
-class SynerMixTrainer(Trainer):
+class SynerMixTrainer(StagedCheckpoints, Trainer):
     """`transformers.Trainer` that trains with SynerMix.
 
-    Use it as `Trainer`, with `SynerMixTrainingArguments`. Training batches need `pixel_values` (augmented view),
+    Use it as `Trainer`, with `SynerMixTrainingArguments`. Checkpoints are complete or absent, and a run continues
+    from the last complete one (`StagedCheckpoints`). Training batches need `pixel_values` (augmented view),
     `labels` and, when `beta > 0`, `original_pixel_values` (see `TwoViewTransform`). Works with torchvision and Hugging
     Face image classifiers alike; the head and the Manifold MixUp points are found by `ModelAdapter`.
 

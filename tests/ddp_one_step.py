@@ -24,7 +24,7 @@ class RecordingTrainer(SynerMixTrainer):
 out, inter_mixup, data_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 train = two_view_sets()[0] if data_path == "per_image" else device_view_set()
 args = SynerMixTrainingArguments(
-    output_dir=str(out / "run"), report_to=[], save_strategy="no", seed=3, use_cpu=True, disable_tqdm=True,
+    output_dir=str(out / "run"), report_to=[], save_strategy="steps", save_steps=1, seed=3, use_cpu=True, disable_tqdm=True,
     per_device_train_batch_size=8, max_steps=1, optim="sgd", learning_rate=0.1, max_grad_norm=0.0,
     beta=0.3, inter_mixup=inter_mixup, alpha=1.0, ddp_find_unused_parameters=False,
 )  # fmt: skip

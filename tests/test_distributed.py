@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from synermix_hf import ClassBalancedBatchSampler, SeededAugmentation, SynerMixCollator, dataset_labels, step_generators
+from synermix_hf.checkpoints import checkpoint_problem
 from synermix_hf.sampler import PositionedBatchSampler
 
 from test_trainer import device_view_set, hand_intra_loss, hand_mixed_ce, resnet, two_view_sets
@@ -44,6 +45,12 @@ def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path, 
         LAUNCHERS["torchrun"], HERE / "ddp_one_step.py", str(tmp_path), "mixup", data_path
     )
     assert "process 0 of 2 done" in output and "process 1 of 2 done" in output
+    # Both processes wrote into one staging folder, which process 0 renamed once both were done: the checkpoint is
+    # complete, with each process's RNG state, and nothing is left behind.
+    run_dir = tmp_path / "run"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint-1"]
+    assert checkpoint_problem(str(run_dir / "checkpoint-1")) is None
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(os.listdir(run_dir / "checkpoint-1"))
 
     # Each process got a whole balanced batch of the common sequence: batch 0 to process 0, batch 1 to process 1,
     # augmented exactly as one process would augment them.

@@ -43,6 +43,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..checkpoints import last_complete_checkpoint
 from . import train
 from .arguments import ScriptArgumentParser, is_builtin_default
 from .errors import UsageError
@@ -212,13 +213,11 @@ def _run_directory(plan: Plan, method: Method, seed: int) -> Path:
 
 def _train_one(plan: Plan, method: Method, seed: int, show_output: bool, keep_checkpoints: bool) -> str:
     """Train one run (resuming it if it has a checkpoint). Returns its status."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     run_dir = _run_directory(plan, method, seed)
     argv = plan.script_args + method.flags(None if plan.alpha_given else 1.0) + ["--seed", str(seed),
                                                                                 "--output_dir", str(run_dir)]
     status = "trained"
-    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    last, _ = last_complete_checkpoint(str(run_dir))  # the run removes the incomplete ones it skips
     if last is not None:
         argv += ["--resume_from_checkpoint", last, "--overwrite_output_dir"]
         status = f"resumed from {Path(last).name}"

@@ -12,8 +12,10 @@ import hashlib
 import json
 import logging
 import os
+import re
 from typing import Any
 
+from ..checkpoints import STAGING_PREFIX, checkpoint_problem, last_complete_checkpoint, remove_incomplete_checkpoints
 from ..datasets_catalog import BUILTIN_DATASET
 from .errors import UsageError
 
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "trainer_state.json",
                 "model.safetensors", "config.json")
 LOG_FILE = "training_log.txt"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")
 # Arguments that do not change what a run computes: left out of the default directory's id.
 _NOT_IN_ID = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "dataloader_num_workers",
               "report_to", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "hub_strategy", "token",
@@ -64,39 +67,55 @@ def default_output_dir(model_args: Any, data_args: Any, args: Any, explicit_valu
 def _check_checkpoint(path: str) -> None:
     if not os.path.isdir(path):
         raise UsageError(f"--resume_from_checkpoint {path!r} does not exist (it must be a checkpoint-* directory).")
-    if not os.path.isfile(os.path.join(path, "trainer_state.json")):
+    if not os.path.isfile(os.path.join(path, "trainer_state.json")) and not _CHECKPOINT_NAME.match(
+            os.path.basename(os.path.normpath(path))):
         raise UsageError(
             f"--resume_from_checkpoint {path!r} is not a checkpoint: it has no trainer_state.json. Checkpoints are the "
             "checkpoint-* directories in an --output_dir (or give --resume_from_checkpoint last)."
         )
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        latest, _ = last_complete_checkpoint(os.path.dirname(os.path.normpath(path)) or ".")
+        raise UsageError(
+            f"--resume_from_checkpoint {path!r} is not a complete checkpoint: {problem}. "
+            + (f"Continue from {latest}, the latest complete one, or give --resume_from_checkpoint last." if latest
+               else "Its folder holds no complete checkpoint: start the run again without --resume_from_checkpoint.")
+        )
 
 
-def prepare_output_dir(args: Any) -> tuple[str | None, bool]:
-    """Check `args.output_dir` against what is in it. Returns `(checkpoint to resume from or None, continuing)`,
-    `continuing` when the run picks up an interrupted run in this directory.
+def _skipped_text(skipped: list[tuple[str, str]]) -> str:
+    return "".join(f"; {os.path.basename(path)} is skipped and removed: {problem}" for path, problem in skipped)
+
+
+def prepare_output_dir(args: Any) -> tuple[str | None, bool, str]:
+    """Check `args.output_dir` against what is in it.
+
+    Returns:
+        `(checkpoint to resume from or None, continuing, skipped)`: `continuing` when the run picks up an interrupted
+        run in this directory, `skipped` a note on the incomplete checkpoints passed over (empty if none).
 
     Raises:
         UsageError: results would be written over, the directory holds other files, or the checkpoint is not one.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     out = args.output_dir
     resume = args.resume_from_checkpoint
+    skipped: list[tuple[str, str]] = []
     if resume is not None and str(resume).strip().lower() in ("true", "last"):
-        resume = get_last_checkpoint(out) if os.path.isdir(out) else None
+        resume, skipped = last_complete_checkpoint(out)
         if resume is None:
             raise UsageError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: --output_dir {out} holds no "
-                             "checkpoint-* directory.")
+                             "complete checkpoint-* directory" + _skipped_text(skipped).replace("; ", " (", 1)
+                             + (")." if skipped else "."))
     elif resume is not None:
         _check_checkpoint(resume)
     if not os.path.isdir(out):
-        return resume, False
+        return resume, False, _skipped_text(skipped)
     if args.overwrite_output_dir:
         if args.should_save:  # the metrics files are merged into, not replaced: remove the old ones
             for name in ("all_results.json", "train_results.json", "eval_results.json"):
                 if os.path.isfile(os.path.join(out, name)):
                     os.remove(os.path.join(out, name))
-        return resume, False
+        return resume, False, _skipped_text(skipped)
     results = [name for name in RESULT_FILES if os.path.exists(os.path.join(out, name))]
     if results:
         raise UsageError(
@@ -104,15 +123,20 @@ def prepare_output_dir(args: Any) -> tuple[str | None, bool]:
             "--output_dir, or add --overwrite_output_dir to write over them."
         )
     if args.do_train and resume is None:
-        last = get_last_checkpoint(out)
+        last, skipped = last_complete_checkpoint(out)
         if last is not None:
-            return last, True
-        others = sorted(set(os.listdir(out)) - {LOG_FILE})
+            return last, True, _skipped_text(skipped)
+        # The script's own leftovers: its log, checkpoints its interruption left incomplete, staging folders.
+        own = {LOG_FILE, *(os.path.basename(path) for path, _ in skipped)}
+        others = sorted(name for name in set(os.listdir(out)) - own if not name.startswith(STAGING_PREFIX))
         if others:
             raise UsageError(
                 f"--output_dir {out} is not empty ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}) and "
                 "holds no checkpoint to resume from. Choose another --output_dir, or add --overwrite_output_dir to "
                 "write into it."
             )
-        return None, os.path.isfile(os.path.join(out, LOG_FILE))  # stopped before its first checkpoint
-    return resume, False
+        if args.should_save:
+            remove_incomplete_checkpoints(out)  # nothing to continue from: the run starts again
+        interrupted = os.path.isfile(os.path.join(out, LOG_FILE)) or bool(skipped)
+        return None, interrupted, _skipped_text(skipped)
+    return resume, False, _skipped_text(skipped)

@@ -68,13 +68,15 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
         values.update({k: getattr(training_args, k) for k in explicit if hasattr(training_args, k)})
         training_args.output_dir = default_output_dir(model_args, data_args, training_args,
                                                       {k: values[k] for k in explicit if k in values})
-    checkpoint, continuing = prepare_output_dir(training_args)
+    checkpoint, continuing, skipped = prepare_output_dir(training_args)
     if training_args.should_log:
         print(f"Output directory: {training_args.output_dir}", flush=True)
         if continuing:
             print("Continuing the interrupted run" + (f" from {checkpoint}" if checkpoint else
-                                                      " (it stopped before its first checkpoint: starting again)"),
-                  flush=True)
+                                                      " (it stopped before its first checkpoint: starting again)")
+                  + skipped, flush=True)
+        elif skipped:
+            print(f"Continuing from {checkpoint}{skipped}", flush=True)
     if training_args.push_to_hub:
         check_hub_access(training_args, model_args.token)
 
@@ -250,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        # Checkpoints are complete or absent, so whatever was being written when Ctrl-C came is simply not there.
+        print("Interrupted. Run the same command again to continue from the last complete checkpoint, if the run "
+              "saved one.", file=sys.stderr, flush=True)
+        return 130
     _destroy_process_group()  # only after success: a barrier after one rank failed would wait forever
     return 0
 

@@ -1,0 +1,30 @@
+"""Run run_image_classification.py and interrupt it while it writes checkpoint-N, its weights half written.
+
+    python tests/interrupt_during_save.py SIGNAL N <synermix-train arguments>      # SIGNAL: SIGKILL or SIGINT
+
+The kill comes right after the Trainer has written the checkpoint's weights, which are then cut to half their size:
+what a process killed in the middle of writing the file leaves. Everything else is the script as users run it.
+"""
+
+import os
+import signal
+import sys
+
+from synermix_hf.cli import train
+from synermix_hf.recipe import RecipeTrainer
+
+kill_signal, kill_step = getattr(signal, sys.argv[1]), int(sys.argv[2])
+save_model = RecipeTrainer.save_model
+
+
+def save_model_then_die(self, output_dir=None, _internal_call=False):
+    save_model(self, output_dir, _internal_call)
+    if _internal_call and self.state.global_step == kill_step:
+        weights = os.path.join(output_dir, "model.safetensors")
+        with open(weights, "r+b") as handle:
+            handle.truncate(os.path.getsize(weights) // 2)
+        os.kill(os.getpid(), kill_signal)
+
+
+RecipeTrainer.save_model = save_model_then_die
+sys.exit(train.main(sys.argv[3:]))

@@ -1,0 +1,295 @@
+"""Checkpoints are complete or absent: a run interrupted while it saves continues from its last complete checkpoint
+and ends with the weights of an uninterrupted run; `save_total_limit` never leaves only an incomplete checkpoint."""
+
+import inspect
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+from torch import nn
+
+from synermix_hf import SynerMixTrainer, SynerMixTrainingArguments
+from synermix_hf.checkpoints import STAGING_PREFIX, StagedCheckpoints, checkpoint_problem, last_complete_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                      nn.Flatten())  # fmt: skip
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, pixel_values):
+        return self.fc(self.features(pixel_values))
+
+
+def _dataset(n=24):
+    generator = torch.Generator().manual_seed(0)
+    return datasets.Dataset.from_dict({
+        "pixel_values": torch.rand(n, 3, 6, 6, generator=generator).numpy(),
+        "original_pixel_values": torch.rand(n, 3, 6, 6, generator=generator).numpy(),
+        "labels": [i % 3 for i in range(n)],
+    }).with_format("torch")  # fmt: skip
+
+
+def _trainer(output_dir, save_total_limit=None, trainer_class=SynerMixTrainer):
+    # 24 examples, batch 4: 6 steps an epoch, 2 epochs; checkpoints every 3 steps. SGD with momentum and a linear
+    # schedule, so the optimizer's and the scheduler's state matter on resume; beta > 0 with MixUp draws every step.
+    args = SynerMixTrainingArguments(
+        output_dir=str(output_dir), report_to=[], use_cpu=True, disable_tqdm=True, seed=7, num_train_epochs=2,
+        per_device_train_batch_size=4, balanced_sampler=False, learning_rate=0.05, optim="sgd",
+        optim_args="momentum=0.9", beta=0.3, inter_mixup="mixup", save_strategy="steps", save_steps=3,
+        save_total_limit=save_total_limit, logging_steps=100,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return trainer_class(model=TinyNet(), args=args, train_dataset=_dataset())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    trainer = _trainer(tmp_path_factory.mktemp("uninterrupted"))
+    trainer.train()
+    return {name: value.clone() for name, value in trainer.model.state_dict().items()}
+
+
+def _assert_same_weights(model, expected):
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
+
+
+class Interrupted(KeyboardInterrupt):
+    """What Ctrl-C (SIGINT) raises in Python, at one chosen point of the save of checkpoint-6."""
+
+
+def _interrupting_trainer(point):
+    class InterruptingTrainer(SynerMixTrainer):
+        def save_model(self, output_dir=None, _internal_call=False):
+            super().save_model(output_dir, _internal_call)
+            if self.state.global_step == 6 and _internal_call:
+                if point == "weights cut short":  # as if the process died while writing the file
+                    weights = os.path.join(output_dir, "model.safetensors")
+                    with open(weights, "r+b") as handle:
+                        handle.truncate(os.path.getsize(weights) // 2)
+                if point in ("weights written", "weights cut short"):
+                    raise Interrupted
+
+        def _save_optimizer_and_scheduler(self, output_dir):
+            super()._save_optimizer_and_scheduler(output_dir)
+            if self.state.global_step == 6 and point == "optimizer written":
+                raise Interrupted
+
+        def _publish(self, staged, final, run_dir):
+            if self.state.global_step == 6 and point == "all written, not renamed":
+                raise Interrupted
+            super()._publish(staged, final, run_dir)
+
+        def _rotate_checkpoints_in(self, run_dir):
+            if self.state.global_step == 6 and point == "renamed, older not rotated":
+                raise Interrupted
+            super()._rotate_checkpoints_in(run_dir)
+
+    return InterruptingTrainer
+
+
+@pytest.mark.parametrize(
+    "point", ["weights written", "weights cut short", "optimizer written", "all written, not renamed",
+              "renamed, older not rotated"],
+)  # fmt: skip
+def test_a_run_interrupted_during_a_save_continues_to_the_uninterrupted_weights(tmp_path, uninterrupted, point):
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        _trainer(out, save_total_limit=1, trainer_class=_interrupting_trainer(point)).train()
+    checkpoints = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
+    # Complete or absent: checkpoint-6 exists only once it is whole, and checkpoint-3 is not rotated out before.
+    if point == "renamed, older not rotated":
+        assert checkpoints == ["checkpoint-3", "checkpoint-6"]
+    else:
+        assert checkpoints == ["checkpoint-3"]
+    assert all(checkpoint_problem(str(out / name)) is None for name in checkpoints)
+
+    resumed = _trainer(out, save_total_limit=1)
+    resumed.train(resume_from_checkpoint=True)
+    _assert_same_weights(resumed.model, uninterrupted)
+    left = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert left == ["checkpoint-12"], left  # the staging folder is gone, rotation kept the last one
+
+
+def _incomplete_copy(complete: Path, target: Path, damage: str) -> Path:
+    shutil.copytree(complete, target)
+    if damage == "no trainer_state.json":
+        (target / "trainer_state.json").unlink()
+    elif damage == "trainer_state.json cut short":
+        text = (target / "trainer_state.json").read_text()
+        (target / "trainer_state.json").write_text(text[: len(text) // 2])
+    elif damage == "model.safetensors cut short":
+        weights = target / "model.safetensors"
+        with open(weights, "r+b") as handle:
+            handle.truncate(weights.stat().st_size - 10)
+    elif damage == "optimizer.pt cut short":
+        optimizer = target / "optimizer.pt"
+        with open(optimizer, "r+b") as handle:
+            handle.truncate(optimizer.stat().st_size // 2)
+    return target
+
+
+@pytest.mark.parametrize(
+    "damage", ["no trainer_state.json", "trainer_state.json cut short", "model.safetensors cut short",
+               "optimizer.pt cut short"],
+)  # fmt: skip
+def test_a_checkpoint_left_incomplete_by_another_writer_is_skipped_named_and_removed(tmp_path, damage, caplog):
+    # A plain Trainer (or an older version) writes in place: its interrupted save leaves checkpoint-N half written.
+    out = tmp_path / "run"
+    trainer = _trainer(out)
+    trainer.args.max_steps = 3
+    trainer.train()
+    complete = out / "checkpoint-3"
+    assert checkpoint_problem(str(complete)) is None
+    _incomplete_copy(complete, out / "checkpoint-9", damage)
+    assert checkpoint_problem(str(out / "checkpoint-9")) is not None
+    # transformers' own choice is the incomplete one, which the plain Trainer fails on.
+    assert transformers.trainer_utils.get_last_checkpoint(str(out)) == str(out / "checkpoint-9")
+
+    assert last_complete_checkpoint(str(out)) == (str(complete), [(str(out / "checkpoint-9"),
+                                                                   checkpoint_problem(str(out / "checkpoint-9")))])
+    resumed = _trainer(out, save_total_limit=1)
+    with caplog.at_level("WARNING", logger="synermix_hf.checkpoints"):
+        resumed.train(resume_from_checkpoint=True)
+    skips = [r.getMessage() for r in caplog.records if "Skipping" in r.getMessage()]
+    assert len(skips) == 1 and "checkpoint-9" in skips[0] and "checkpoint-3" in skips[0], skips
+    assert resumed.state.global_step == 12
+    # The incomplete checkpoint-9 was removed before training went on, so the run wrote a complete one in its place
+    # and rotation (save_total_limit=1) kept the last complete checkpoint rather than the stale one.
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["checkpoint-12"]
+
+
+def test_resuming_from_an_incomplete_checkpoint_is_refused_with_the_reason(tmp_path):
+    out = tmp_path / "run"
+    trainer = _trainer(out)
+    trainer.args.max_steps = 3
+    trainer.train()
+    broken = _incomplete_copy(out / "checkpoint-3", out / "checkpoint-6", "no trainer_state.json")
+    with pytest.raises(ValueError, match=r"checkpoint-6 is not a complete checkpoint: it has no trainer_state\.json "
+                       r"\(its save was interrupted\)\. The latest complete checkpoint next to it is .*checkpoint-3"):
+        _trainer(out).train(resume_from_checkpoint=str(broken))
+
+
+def test_the_same_step_saved_twice_replaces_the_checkpoint_whole(tmp_path):
+    out = tmp_path / "run"
+    trainer = _trainer(out)
+    trainer.args.max_steps = 3
+    trainer.train()
+    first = load_file(out / "checkpoint-3" / "model.safetensors")
+    with torch.no_grad():
+        trainer.model.fc.bias.add_(1.0)
+    trainer._save_checkpoint(trainer.model, None)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["checkpoint-3"]
+    second = load_file(out / "checkpoint-3" / "model.safetensors")
+    torch.testing.assert_close(second["fc.bias"], first["fc.bias"] + 1.0)
+    assert checkpoint_problem(str(out / "checkpoint-3")) is None
+
+
+def test_the_best_checkpoint_is_recorded_under_its_final_name(tmp_path):
+    out = tmp_path / "run"
+    trainer = _trainer(out)
+    trainer.args.eval_strategy = trainer.args.save_strategy
+    trainer.args.eval_steps = 3
+    trainer.args.load_best_model_at_end = True
+    trainer.args.metric_for_best_model = "loss"
+    trainer.eval_dataset = _dataset(6)
+    trainer.args.max_steps = 6
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and os.path.dirname(best) == str(out) and STAGING_PREFIX not in best
+    for name in ("checkpoint-3", "checkpoint-6"):
+        state = json.loads((out / name / "trainer_state.json").read_text())
+        assert STAGING_PREFIX not in (state["best_model_checkpoint"] or ""), state["best_model_checkpoint"]
+
+
+def test_the_private_trainer_methods_overridden_keep_their_signatures():
+    # StagedCheckpoints overrides three private Trainer methods; a transformers release that renames them or
+    # changes what they take would silently bypass the staging, so this fails loudly instead.
+    expected = {"_save_checkpoint": ["self", "model", "trial"], "_get_output_dir": ["self", "trial"],
+                "_push_from_checkpoint": ["self", "checkpoint_folder"]}
+    for name, parameters in expected.items():
+        assert hasattr(transformers.Trainer, name), f"transformers.Trainer.{name} is gone"
+        assert list(inspect.signature(getattr(transformers.Trainer, name)).parameters) == parameters, name
+        assert name in vars(StagedCheckpoints)
+    source = inspect.getsource(transformers.Trainer._save_checkpoint)
+    assert "self._get_output_dir(" in source and "_push_from_checkpoint(" in source
+
+
+SCRIPT_ARGS = [
+    "--image_size", "8", "-mn", "resnet18", "-bs", "4", "-ep", "2", "-beta", "0.3", "-itrm", "Mixup", "-seed", "5",
+    "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "1", "--dataloader_num_workers", "0",
+    "--disable_tqdm", "true", "--do_train",
+]  # fmt: skip
+
+
+def _run_script(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_script_weights(tmp_path_factory, hub_copies):
+    out = tmp_path_factory.mktemp("uninterrupted_script")
+    data = ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"])]
+    done = _run_script(str(ROOT / "run_image_classification.py"), *data, *SCRIPT_ARGS, "--output_dir", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return load_file(out / "model.safetensors")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
+def test_the_script_interrupted_while_writing_a_checkpoint_continues_when_run_again(
+    tmp_path, hub_copies, uninterrupted_script_weights, signal_name
+):
+    """The user's view: a kill or Ctrl-C in the middle of writing checkpoint-4, the same command again, the same
+    result."""
+    common = ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), *SCRIPT_ARGS, "--output_dir",
+              str(tmp_path / "b")]  # fmt: skip
+    out = tmp_path / "b"
+    interrupted = _run_script(str(ROOT / "tests" / "interrupt_during_save.py"), signal_name, "4", *common)
+    if signal_name == "SIGKILL":
+        assert interrupted.returncode == -signal.SIGKILL, interrupted.stderr[-3000:]
+    else:  # one line, no traceback
+        assert interrupted.returncode == 130, interrupted.stderr[-3000:]
+        assert "Traceback" not in interrupted.stderr
+        assert interrupted.stderr.strip().splitlines()[-1].startswith("Interrupted. Run the same command again")
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
+
+    again = _run_script(str(ROOT / "run_image_classification.py"), *common)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Continuing the interrupted run from {out / 'checkpoint-2'}" in again.stdout
+    assert "Traceback" not in again.stderr
+    actual = load_file(out / "model.safetensors")
+    for name, tensor in uninterrupted_script_weights.items():
+        torch.testing.assert_close(actual[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+    assert not any(p.name.startswith(STAGING_PREFIX) for p in out.iterdir())
+
+
+def test_the_script_refuses_an_incomplete_checkpoint_in_one_line(tmp_path, hub_copies, capsys):
+    from synermix_hf.cli.train import main
+
+    out = tmp_path / "run"
+    trainer = _trainer(out)
+    trainer.args.max_steps = 3
+    trainer.train()
+    broken = _incomplete_copy(out / "checkpoint-3", out / "checkpoint-6", "model.safetensors cut short")
+    argv = ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--image_size", "8", "--max_steps", "1",
+            "--output_dir", str(tmp_path / "other"), "--resume_from_checkpoint", str(broken)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "checkpoint-6' is not a complete checkpoint: model.safetensors is cut short" in err
+    assert "Continue from " + str(out / "checkpoint-3") in err
