@@ -7,7 +7,7 @@ per-image path happens in the loader, at whatever step first reads it. The polic
 
 * training: the example is replaced by another example of the same class that decodes, the first of an order drawn
   from `(seed, index)` (`replacement_candidates`), so every epoch, process, loader worker and resumed run trains on the
-  same replacement, augmented as the bad example would have been;
+  same replacement, augmented as the bad example would have been (the run stops when no image of its class decodes);
 * evaluation and prediction: the example is skipped: a decodable image stands in for it with the label
   `IGNORE_LABEL`, so batches keep their shape (and their alignment across processes) and the metrics leave it out
   and count it (`skipped_images`, e.g. `eval_skipped_images`);
@@ -56,8 +56,8 @@ DEFAULT_MAX_BAD_IMAGE_FRACTION = 0.01
 IGNORE_LABEL = -100
 """The label of a skipped evaluation example: cross-entropy's default `ignore_index`, left out by the metrics."""
 
-# How many stand-ins the per-image path tries for one bad example before it gives up (each failure is a bad image
-# too, so a run with that many bad images has stopped on `max_bad_image_fraction` long before, unless it is 1).
+# How many stand-ins the per-image path tries for one bad example before it gives up: so many bad images in a row
+# means broken data (and `max_bad_image_fraction` stops such a run anyway, unless it is raised near 1).
 MAX_ATTEMPTS = 64
 
 
@@ -77,6 +77,7 @@ class BadImage:
         replacement: The row trained on in its place; None where it is skipped (evaluation).
         dataset: Identifies the dataset (its fingerprint), so that reports of several datasets do not mix.
         dataset_size: The number of examples of that dataset, for `max_bad_image_fraction`.
+        same_class: The replacement is of the same class (the labels were known).
     """
 
     split: str
@@ -86,9 +87,11 @@ class BadImage:
     replacement: int | None
     dataset: str
     dataset_size: int
+    same_class: bool = False
 
     def describe(self) -> str:
-        what = (f"training on row {self.replacement} of the same class in its place, in every epoch"
+        of = " of the same class" if self.same_class else ""
+        what = (f"training on row {self.replacement}{of} in its place, in every epoch"
                 if self.replacement is not None else "skipped: left out of the metrics and counted in skipped_images")
         return f"cannot decode the image in {self.source} of the {self.split} ({self.error}); {what}"
 
@@ -207,16 +210,14 @@ def bad_image_message(error: BaseException) -> str:
 def replacement_candidates(index: int, labels: Sequence[int] | None, seed: int, size: int) -> Iterator[int]:
     """The rows that may stand in for row `index`, in the order to try them: a function of `(seed, index)` only.
 
-    First the other examples of its class (when `labels` are given), then every other example, each group in an
-    order drawn from a generator seeded by `(seed, index)`.
+    The other examples of its class (of the whole dataset when `labels` is None), in an order drawn from a generator
+    seeded by `(seed, index)`.
     """
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFFFFFFFFFF, int(index)])
     if labels is not None:
         labels = np.asarray(labels)
-        same = labels == labels[index]
-        same[index] = False
-        yield from rng.permutation(np.flatnonzero(same)).tolist()
-        others = np.flatnonzero(labels != labels[index])
+        others = np.flatnonzero(labels == labels[index])
+        others = others[others != index]
     else:
         others = np.delete(np.arange(size), index)
     yield from rng.permutation(others).tolist()
@@ -338,14 +339,15 @@ class TolerantImages(torch.utils.data.Dataset):
                 break
             if stand_in is None:
                 source, error = self._problems[index]
+                of = "of its class " if self.labels is not None else ""
                 raise BadImageError(
-                    f"Cannot decode the image in {source} of the {self.split} ({error}), nor any of the {tried} "
-                    "images tried in its place: the data looks broken. Check it (an interrupted download or copy?) "
-                    "and remove or replace the files that do not open."
+                    f"Cannot decode the image in {source} of the {self.split} ({error}), nor any of the {tried} other "
+                    f"images {of}tried in its place. Check the data (an interrupted download or copy?) and remove or "
+                    "replace the files that do not open."
                 )
         source, error = self._problems[index]
         report = BadImage(self.split, index, source, error, None if self.skip else stand_in, self.key,
-                          len(self.dataset))
+                          len(self.dataset), same_class=self.labels is not None)
         example = {**example, "bad_images": [report]}
         if self.skip:
             for key in ("labels", "label"):
@@ -416,7 +418,10 @@ def settle_decode_failures(
     for row, source, error in failures:
         stand_in = next((c for c in replacement_candidates(int(row), labels, seed, size) if c not in bad), None)
         if stand_in is None:
-            raise BadImageError(f"None of the {size} images of the {split} can be decoded ({source}: {error}).")
+            raise BadImageError(
+                f"Cannot decode the image in {source} of the {split} ({error}), nor any other image of its class. "
+                "Check the data (an interrupted download or copy?) and remove or replace the files that do not open."
+            )
         rows[int(row)] = stand_in
-        reports.append(BadImage(split, int(row), source, error, stand_in, dataset, size))
+        reports.append(BadImage(split, int(row), source, error, stand_in, dataset, size, same_class=True))
     return rows, labels[rows], reports

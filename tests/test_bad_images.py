@@ -209,6 +209,29 @@ def test_an_error_that_is_not_about_the_image_is_not_taken_for_a_bad_image(folde
         tolerant[0]
 
 
+def test_a_class_whose_images_all_fail_stops_with_a_message_that_survives_a_loader_worker(folders):
+    from torch._utils import ExceptionWrapper
+
+    from synermix_hf.bad_images import BadImageError, bad_image_message
+
+    data = _image_folder(folders / "train")
+    paths = data.cast_column("image", datasets.Image(decode=False))["image"]
+    bad = next(i for i, value in enumerate(paths) if Path(value["path"]).name == "truncated.jpg")
+    labels = np.arange(len(data))  # every example its own class: no other image of its class
+    tolerant = TolerantImages(data.with_transform(lambda batch: batch), "image", "training set", labels=labels)
+    with pytest.raises(BadImageError, match=r"truncated\.jpg of the training set .*nor any of the 0 other images of "
+                                            r"its class") as caught:
+        tolerant[bad]
+    try:  # as a DataLoader worker sends it to the main process, which raises it with the worker's traceback
+        raise caught.value
+    except BadImageError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(BadImageError) as reraised:
+        wrapped.reraise()
+    assert "Original Traceback" in str(reraised.value)
+    assert bad_image_message(reraised.value) == str(caught.value)
+
+
 def test_more_bad_images_than_max_bad_image_fraction_stop_with_one_line(folders, tmp_path):
     out = tmp_path / "out"
     status, _, err = _run(_per_image_argv(folders, out, 0, "--max_bad_image_fraction", "0.1"))
