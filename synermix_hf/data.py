@@ -144,7 +144,9 @@ class SynerMixCollator:
 
     Accepts the dicts made by the view transforms (also with `label` instead of `labels`) and `(image, label)` or
     `(original, augmented, label)` tuples like those of torchvision datasets and the reference code. A batch that a
-    dataset's `__getitems__` already made (a mapping, as `DecodedImageDataset` returns) passes through.
+    dataset's `__getitems__` already made (a mapping, as `DecodedImageDataset` returns) passes through. The reports
+    of examples that stand in for images that could not be decoded (`bad_images`, see `synermix_hf.bad_images`) are
+    kept, as one list under `bad_images`.
     """
 
     def __call__(self, examples: Sequence[Any] | Mapping[str, Any]) -> dict[str, Any]:
@@ -162,6 +164,9 @@ class SynerMixCollator:
             label_key = next((k for k in ("labels", "label") if k in first), None)
             if label_key is not None:
                 batch["labels"] = torch.as_tensor([int(e[label_key]) for e in examples], dtype=torch.long)
+            reports = [report for e in examples for report in e.get("bad_images", ())]
+            if reports:  # images that could not be decoded (`synermix_hf.bad_images`), for the trainer to report
+                batch["bad_images"] = reports
             return batch
         if isinstance(first, (tuple, list)) and len(first) in (2, 3):
             columns = list(zip(*examples))

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from .bad_images import BadImage, BadImagePolicy, settle_decode_failures
 from .batch_transforms import BatchViews
 from .data import SingleViewTransform, TwoViewTransform
-from .decoded_cache import DEFAULT_BUDGET_GIB, decoded_images, decoded_nbytes
+from .decoded_cache import DEFAULT_BUDGET_GIB, decoded_images_and_failures, decoded_nbytes
 from .training_args import DATA_PATHS
 from .transforms import SQUARE_FAMILIES, TransformSpec, build_transforms
 
@@ -50,9 +51,12 @@ class DecodedImageDataset(torch.utils.data.Dataset):
         views: How the trainer makes the views (`BatchViews.from_spec`).
         cache_path: The `.npy` file `images` maps, if any: DataLoader workers started with `spawn` reopen it instead
             of receiving a pickled copy of the array.
+        rows: The row of `images` that example `i` reads (default: row `i`); where an image could not be decoded,
+            the row of the image that stands in for it (`synermix_hf.bad_images.settle_decode_failures`).
     """
 
-    def __init__(self, images: np.ndarray, labels: Sequence[int], views: BatchViews, cache_path: str | None = None):
+    def __init__(self, images: np.ndarray, labels: Sequence[int], views: BatchViews, cache_path: str | None = None,
+                 rows: Sequence[int] | None = None):
         if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 [N, 3, S, S], got {images.dtype} {tuple(images.shape)}.")
         if images.shape[-2:] != (views.image_size, views.image_size):
@@ -63,12 +67,16 @@ class DecodedImageDataset(torch.utils.data.Dataset):
             raise ValueError(f"{len(images)} images but {len(self.labels)} labels.")
         self.views = views
         self.cache_path = cache_path
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.rows is not None and len(self.rows) != len(self.labels):
+            raise ValueError(f"{len(self.labels)} labels but {len(self.rows)} rows.")
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"images": torch.from_numpy(np.array(self.images[index])), "labels": int(self.labels[index])}
+        row = index if self.rows is None else self.rows[index]
+        return {"images": torch.from_numpy(np.array(self.images[row])), "labels": int(self.labels[index])}
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         """An unaugmented batch (evaluation): the trainer makes its original view."""
@@ -81,10 +89,11 @@ class DecodedImageDataset(torch.utils.data.Dataset):
         return batch
 
     def _batch(self, indices: Sequence[int]) -> dict[str, Any]:
-        rows = np.asarray(indices, dtype=np.int64)
+        indices = np.asarray(indices, dtype=np.int64)
+        rows = indices if self.rows is None else self.rows[indices]
         return {
             "images": torch.from_numpy(np.ascontiguousarray(self.images[rows])),
-            "labels": torch.from_numpy(self.labels[rows]),
+            "labels": torch.from_numpy(self.labels[indices]),
             "views": self.views,
         }
 
@@ -108,12 +117,14 @@ class PreparedViews:
         train, eval: Datasets for `SynerMixTrainer` (None where none was given).
         data_path: `device` or `per_image`.
         description: One line for the run log: the path, and why.
+        bad_images: The images that could not be decoded, where found up front (the device path decodes them all).
     """
 
     train: Any
     eval: Any
     data_path: str
     description: str
+    bad_images: list[BadImage] = field(default_factory=list)
 
 
 def device_path_obstacle(datasets_: Sequence[Any], spec: TransformSpec, image_column: str, budget_gib: float) -> str | None:
@@ -147,6 +158,8 @@ def prepare_views(
     budget_gib: float = DEFAULT_BUDGET_GIB,
     train_labels: Sequence[int] | None = None,
     cache_dir: str | None = None,
+    bad_image_policy: BadImagePolicy | None = None,
+    seed: int = 0,
 ) -> PreparedViews:
     """Attach the views of `spec` to the training and evaluation `datasets.Dataset`s on the chosen data path.
 
@@ -160,6 +173,11 @@ def prepare_views(
         budget_gib: Largest decoded size (train + eval) the device path takes.
         train_labels: Labels of `train`, if already read.
         cache_dir: Where to keep the decoded arrays (default: next to the datasets' cache).
+        bad_image_policy: On the device path, images that cannot be decoded are found up front: a training image is
+            replaced by another of its class (drawn from `seed`), an evaluation image is skipped (label -100), and
+            this policy (default: `BadImagePolicy()`) raises `BadImageError` when there are too many. (The per-image
+            path finds them as it reads them: `SynerMixTrainer`.)
+        seed: Seeds the choice of the replacements (the run's data seed, as for the per-image path).
     """
     if data_path not in DATA_PATHS:
         raise ValueError(f"`data_path` {data_path!r} is not valid; choose one of {', '.join(DATA_PATHS)}.")
@@ -182,14 +200,19 @@ def prepare_views(
     from .data import dataset_labels
 
     views = BatchViews.from_spec(spec, original=two_views)
-    prepared = []
-    for dataset, labels in ((train, train_labels), (evaluation, None)):
+    policy = bad_image_policy or BadImagePolicy()
+    prepared, bad_images = [], []
+    for dataset, labels, split in ((train, train_labels, "training set"), (evaluation, None, "evaluation set")):
         if dataset is None:
             prepared.append(None)
             continue
-        images = decoded_images(dataset, image_column, spec.image_size, cache_dir=cache_dir)
+        images, failures = decoded_images_and_failures(dataset, image_column, spec.image_size, cache_dir=cache_dir)
         labels = labels if labels is not None else dataset_labels(dataset, label_column)
-        prepared.append(DecodedImageDataset(images, labels, views, getattr(images, "filename", None)))
+        rows, labels, found = settle_decode_failures(failures, labels, split, seed, skip=split != "training set",
+                                                     dataset=str(dataset._fingerprint))
+        policy.check(found, complete=True)
+        bad_images += found
+        prepared.append(DecodedImageDataset(images, labels, views, getattr(images, "filename", None), rows=rows))
     total = sum(len(d) for d in prepared if d is not None)
     where = {getattr(d.images, "filename", None) for d in prepared if d is not None} - {None}
     description = (f"device: {total} images decoded once at {spec.image_size}px "
@@ -197,4 +220,4 @@ def prepare_views(
                    + (f", cached in {', '.join(sorted(where))}" if where else ", in memory")
                    + "); views made batched on the training device")
     logger.info("Data path: %s", description)
-    return PreparedViews(prepared[0], prepared[1], "device", description)
+    return PreparedViews(prepared[0], prepared[1], "device", description, bad_images)

@@ -11,12 +11,18 @@ runs and every process of a distributed run share one copy. It is built in paral
 while decoding and resizing), written to a temporary file and renamed into place, so an interrupted build never
 leaves a partial cache; in a distributed run the local main process builds it while the others wait.
 
+An image that cannot be decoded (a truncated file, ...) stops `decoded_images` with an error naming it.
+`decoded_images_and_failures` instead leaves its row black and returns it with the others, so that the caller decides
+(`synermix_hf.bad_images`); the failures are kept next to the array (`<cache>.bad.json`) for later runs.
+
     images = decoded_images(dataset, "img", 32)        # np.memmap, uint8 [N, 3, 32, 32]
+    images, failures = decoded_images_and_failures(dataset, "img", 32)   # failures: [(row, source, error), ...]
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -25,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_BUDGET_GIB", "decoded_cache_path", "decoded_images", "decoded_nbytes"]
+__all__ = ["DEFAULT_BUDGET_GIB", "decoded_cache_path", "decoded_images", "decoded_images_and_failures",
+           "decoded_nbytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +43,9 @@ DEFAULT_BUDGET_GIB = 4.0
 # Bump when the decoding rule changes, so that old caches are not reused.
 _FORMAT_VERSION = 1
 _CHUNK_ROWS = 512
+
+DecodeFailure = tuple[int, str, str]
+"""A row that could not be decoded: `(row, source, error)`, the source `file <path>` or `row <row>`."""
 
 
 def decoded_nbytes(num_images: int, image_size: int) -> int:
@@ -76,22 +86,47 @@ def decoded_cache_path(dataset: Any, image_column: str, image_size: int, cache_d
 
 
 def _decode_rows(
-    raw: Any, feature: Any, image_column: str, image_size: int, out: np.ndarray, start: int, stop: int
-) -> int:
+    raw: Any, feature: Any, image_column: str, image_size: int, out: np.ndarray, start: int, stop: int,
+    tolerate: bool,
+) -> tuple[int, list[DecodeFailure]]:
     """Decode rows `[start, stop)` of the undecoded column into `out[start:stop]`, as the per-image path prepares
-    them before ToTensor (`feature.decode_example`, RGB, `ResizeIfNeeded`)."""
+    them before ToTensor (`feature.decode_example`, RGB, `ResizeIfNeeded`). A row that fails is left black and
+    returned with `tolerate`, and raises a `ValueError` naming it otherwise."""
     from .data import _as_rgb
     from .transforms import ResizeIfNeeded
 
     resize = ResizeIfNeeded(image_size)
     values = raw[start:stop][image_column]
+    failures = []
     for offset, value in enumerate(values):
-        image = resize(_as_rgb(feature.decode_example(value)))
-        out[start + offset] = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
-    return stop - start
+        row = start + offset
+        try:
+            image = resize(_as_rgb(feature.decode_example(value)))
+        except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, zlib.error, ...
+            path = value.get("path") if isinstance(value, dict) else None
+            failure = (row, f"file {path}" if path else f"row {row}", f"{type(error).__name__}: {error}".strip())
+            if not tolerate:
+                raise ValueError(f"Cannot decode the image in {failure[1]}: {failure[2]}.") from error
+            out[row] = 0
+            failures.append(failure)
+            continue
+        out[row] = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+    return stop - start, failures
 
 
-def _build(dataset: Any, image_column: str, image_size: int, path: str | None, num_threads: int) -> np.ndarray:
+def _failures_path(path: str) -> str:
+    return path + ".bad.json"
+
+
+def _read_failures(path: str) -> list[DecodeFailure]:
+    if not os.path.exists(_failures_path(path)):
+        return []  # no file: every row decoded (a build with failures writes it before the array)
+    with open(_failures_path(path), encoding="utf-8") as handle:
+        return [(int(row), str(source), str(error)) for row, source, error in json.load(handle)]
+
+
+def _build(dataset: Any, image_column: str, image_size: int, path: str | None, num_threads: int,
+           tolerate: bool) -> tuple[np.ndarray, list[DecodeFailure]]:
     import datasets
     from tqdm.auto import tqdm
 
@@ -115,19 +150,29 @@ def _build(dataset: Any, image_column: str, image_size: int, path: str | None, n
             total=len(dataset), desc=f"Decoding images once at {image_size}px", unit="img",
             disable=len(dataset) < 10 * _CHUNK_ROWS,
         ) as bar:
-            jobs = [pool.submit(_decode_rows, raw, feature, image_column, image_size, out, a, b) for a, b in chunks]
+            jobs = [pool.submit(_decode_rows, raw, feature, image_column, image_size, out, a, b, tolerate)
+                    for a, b in chunks]
+            failures = []
             for job in jobs:
-                bar.update(job.result())
+                done, failed = job.result()
+                failures += failed
+                bar.update(done)
         if temporary is None:
-            return out
+            return out, failures
         out.flush()
         del out
+        # The failures first, then the array: an array in place always has its failures beside it.
+        if failures:
+            with open(_failures_path(path), "w", encoding="utf-8") as handle:
+                json.dump(failures, handle)
+        elif os.path.exists(_failures_path(path)):
+            os.remove(_failures_path(path))
         os.replace(temporary, path)  # atomic: readers see no file or the whole file
     except BaseException:
         if temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
         raise
-    return np.load(path, mmap_mode="r")
+    return np.load(path, mmap_mode="r"), failures
 
 
 def decoded_images(
@@ -140,6 +185,30 @@ def decoded_images(
 ) -> np.ndarray:
     """The images of `dataset` as RGB uint8 `[N, 3, S, S]`, resized to SxS where needed, decoded at most once.
 
+    Arguments as for `decoded_images_and_failures`.
+
+    Raises:
+        ValueError: an image cannot be decoded; the message names its file (or row).
+    """
+    images, failures = _decoded(dataset, image_column, image_size, cache_dir, num_threads, use_cache, tolerate=False)
+    if failures:  # a cache built by `decoded_images_and_failures`
+        row, source, error = failures[0]
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise ValueError(f"Cannot decode the image in {source}: {error}{more}.")
+    return images
+
+
+def decoded_images_and_failures(
+    dataset: Any,
+    image_column: str,
+    image_size: int,
+    cache_dir: str | None = None,
+    num_threads: int | None = None,
+    use_cache: bool | None = None,
+) -> tuple[np.ndarray, list[DecodeFailure]]:
+    """The images of `dataset` as RGB uint8 `[N, 3, S, S]`, resized to SxS where needed, decoded at most once, and the
+    rows that could not be decoded (left black), as `(row, source, error)`.
+
     Args:
         dataset: A `datasets.Dataset` whose `image_column` is a `datasets.Image` feature.
         image_column: The image column.
@@ -150,8 +219,14 @@ def decoded_images(
             it the array is decoded into memory.
 
     Returns:
-        A read-only `np.memmap` of the cache file, or an in-memory array without the cache.
+        `(images, failures)`: a read-only `np.memmap` of the cache file, or an in-memory array without the cache, and
+        the rows that could not be decoded.
     """
+    return _decoded(dataset, image_column, image_size, cache_dir, num_threads, use_cache, tolerate=True)
+
+
+def _decoded(dataset: Any, image_column: str, image_size: int, cache_dir: str | None, num_threads: int | None,
+             use_cache: bool | None, tolerate: bool) -> tuple[np.ndarray, list[DecodeFailure]]:
     import datasets
 
     if not isinstance(dataset, datasets.Dataset):
@@ -168,7 +243,7 @@ def decoded_images(
     threads = num_threads or os.cpu_count() or 1
     use_cache = datasets.is_caching_enabled() if use_cache is None else use_cache
     if not use_cache:
-        return _build(dataset, image_column, image_size, None, threads)
+        return _build(dataset, image_column, image_size, None, threads, tolerate)
 
     from accelerate import PartialState
 
@@ -179,9 +254,9 @@ def decoded_images(
             images = np.load(path, mmap_mode="r")
             if images.shape == expected and images.dtype == np.uint8:
                 logger.info("Decoded images: reusing %s", path)
-                return images
+                return images, _read_failures(path)
             logger.warning("Decoded images: %s has shape %s, expected %s; rebuilding it.", path, images.shape,
                            expected)
             del images
         logger.info("Decoded images: decoding %d images at %dpx into %s", len(dataset), image_size, path)
-        return _build(dataset, image_column, image_size, path, threads)
+        return _build(dataset, image_column, image_size, path, threads, tolerate)

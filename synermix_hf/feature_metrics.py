@@ -35,7 +35,7 @@ def collect_penultimate_features(
     features of all processes are gathered). The original view is used, as in evaluation.
 
     Returns:
-        `(features, labels)`: float32 array [N, D] and int64 array [N].
+        `(features, labels)`: float32 array [N, D] and int64 array [N], without the images that could not be decoded.
     """
     model = trainer.accelerator.unwrap_model(trainer.model)
     adapter = trainer.adapter
@@ -64,7 +64,9 @@ def collect_penultimate_features(
         model.train(was_training)
     if not features:
         return np.zeros((0, 0), dtype=np.float32), np.zeros((0,), dtype=np.int64)
-    return np.concatenate(features).astype(np.float32), np.concatenate(labels).astype(np.int64)
+    features, labels = np.concatenate(features).astype(np.float32), np.concatenate(labels).astype(np.int64)
+    kept = labels >= 0  # images that could not be decoded are skipped (label -100)
+    return features[kept], labels[kept]
 
 
 def feature_space_metrics(features: Any, labels: Any, prefix: str = "") -> dict[str, float]:

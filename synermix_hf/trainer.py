@@ -28,6 +28,7 @@ from transformers.trainer_utils import has_length, seed_worker
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .adapters import INPUT_POINT, ModelAdapter
+from .bad_images import IGNORE_LABEL, BadImageLog, BadImagePolicy, tolerant_images
 from .checkpoints import StagedCheckpoints
 from .data import SeededAugmentation, SynerMixCollator, dataset_labels
 from .distributed import StepBufferBroadcast
@@ -67,6 +68,11 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
     from the last complete one (`StagedCheckpoints`). Training batches need `pixel_values` (augmented view),
     `labels` and, when `beta > 0`, `original_pixel_values` (see `TwoViewTransform`). Works with torchvision and Hugging
     Face image classifiers alike; the head and the Manifold MixUp points are found by `ModelAdapter`.
+
+    Images that cannot be decoded (a truncated file, ...) of a `datasets.Dataset` are replaced in training by another
+    image of their class and skipped in evaluation (their label becomes -100, which the loss ignores and
+    `ClassificationMetrics` counts as `skipped_images`); each is named once in a warning and kept in `bad_images` (a
+    `BadImageLog`), and the run stops by `max_bad_image_fraction` / `stop_on_bad_image` (see `synermix_hf.bad_images`).
 
     Args:
         train_labels: Optional label of every training example, for the balanced sampler. By default they are read
@@ -111,6 +117,7 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
         self._buffer_broadcast = StepBufferBroadcast()
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_counts: dict[str, int] = {}
+        self.bad_images = BadImageLog(BadImagePolicy(self.args.max_bad_image_fraction, self.args.stop_on_bad_image))
         self._set_epoch_callback = _SetEpochCallback()
         self.add_callback(self._set_epoch_callback)
         if self.model is not None:
@@ -158,8 +165,11 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
             raise ValueError("Trainer: training requires a train_dataset.")
         if isinstance(self.train_dataset, torch.utils.data.IterableDataset) or not has_length(self.train_dataset):
             return super().get_train_dataloader()
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        dataset = SeededAugmentation(self.train_dataset, seed)
+        seed = self._data_seed
+        labels = self.train_labels
+        if labels is None and self.args.balanced_sampler:
+            labels = dataset_labels(self.train_dataset)
+        dataset = SeededAugmentation(tolerant_images(self.train_dataset, "training set", labels, seed), seed)
         loader_kwargs: dict[str, Any] = {
             "collate_fn": self.data_collator,
             "num_workers": self.args.dataloader_num_workers,
@@ -173,7 +183,6 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
             loader_kwargs["prefetch_factor"] = self.args.dataloader_prefetch_factor
         sampler = None
         if self.args.balanced_sampler:
-            labels = self.train_labels if self.train_labels is not None else dataset_labels(self.train_dataset)
             sampler = ClassBalancedBatchSampler(labels, batch_size=self._train_batch_size, seed=seed)
             loader_kwargs["batch_sampler"] = PositionedBatchSampler(sampler)
         else:
@@ -191,8 +200,25 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
         self._set_epoch_callback.targets = [t for t in (sampler, dataset) if t is not None]
         return loader
 
+    @property
+    def _data_seed(self) -> int:
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
+
+    def _get_dataloader(self, dataset: Any, description: str, *args: Any, **kwargs: Any) -> DataLoader:
+        # Evaluation and prediction loaders: an image that cannot be decoded is skipped (label -100), not a crash.
+        if not kwargs.get("is_training", False):
+            dataset = tolerant_images(dataset, "evaluation set" if description == "Evaluation" else "prediction set",
+                                      seed=self._data_seed, skip=True)
+        return super()._get_dataloader(dataset, description, *args, **kwargs)
+
     def _prepare_inputs(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
-        """Move the batch to the device; a batch of decoded uint8 images then gets its views made there, batched."""
+        """Move the batch to the device; a batch of decoded uint8 images then gets its views made there, batched.
+
+        Reports of images that could not be decoded (`bad_images`) go to `self.bad_images`, which may stop the run.
+        """
+        reports = inputs.pop("bad_images", None) if isinstance(inputs, dict) else None
+        if reports:
+            self.bad_images.record(reports)
         inputs = super()._prepare_inputs(inputs)
         views = inputs.get("views")
         return views(inputs) if callable(views) else inputs
@@ -351,7 +377,18 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
         self._finite_check.reset()
         result = super().train(*args, **kwargs)
         self._finite_check.flush()
+        self.bad_images.gather()
         return result
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        metrics = super().evaluate(*args, **kwargs)
+        self.bad_images.gather()  # every process evaluates, so all reach this point
+        return metrics
+
+    def predict(self, *args: Any, **kwargs: Any) -> Any:
+        output = super().predict(*args, **kwargs)
+        self.bad_images.gather()
+        return output
 
     # ---- logging ----
 
@@ -387,7 +424,10 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
             logits = self.adapter.logits(model, _original_view(inputs))
             loss = None
             if labels is not None:
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
+                loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL,
+                                       label_smoothing=self.args.label_smoothing_factor)
+                # A batch of skipped images only has no loss (0, not cross-entropy's NaN); no host sync to tell.
+                loss = torch.where((labels != IGNORE_LABEL).any(), loss, torch.zeros_like(loss))
         if prediction_loss_only:
             return loss, None, None
         return loss, logits.detach(), labels

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .bad_images import DEFAULT_MAX_BAD_IMAGE_FRACTION
 from .decoded_cache import DEFAULT_BUDGET_GIB
 
 __all__ = ["INTER_MIXUP_CHOICES", "SynerMixTrainingArguments", "normalise_inter_mixup"]
@@ -47,6 +48,11 @@ class SynerMixTrainingArguments(TrainingArguments):
             each image in the loader, `auto` takes `device` where it applies (square transform families, an Image
             column, within `decode_budget_gib`).
         decode_budget_gib: Largest decoded size (GiB, training + evaluation images) the device path takes.
+        max_bad_image_fraction: Images that cannot be decoded (a truncated file, ...) are replaced in training by
+            another image of their class that decodes (the same one in every epoch) and skipped in evaluation
+            (`eval_skipped_images`); the run stops when more than this share of a split is bad (see
+            `synermix_hf.bad_images`).
+        stop_on_bad_image: Stop at the first image that cannot be decoded instead.
         logging_nan_inf_filter: As in `TrainingArguments`, but off by default: the trainer stops at a non-finite
             training loss (`FiniteLossCheck`), so the filter would only cost a host-device sync per step.
 
@@ -105,7 +111,22 @@ class SynerMixTrainingArguments(TrainingArguments):
         metadata={"help": "Largest decoded size (GiB, train + eval images) the device data path takes."},
     )
 
+    max_bad_image_fraction: float = field(
+        default=DEFAULT_MAX_BAD_IMAGE_FRACTION,
+        metadata={
+            "help": "Images that cannot be decoded (a truncated file, ...) are replaced in training by another image "
+            "of their class (the same one in every epoch) and skipped in evaluation (eval_skipped_images); the run "
+            "stops when more than this share of a split is bad."
+        },
+    )
+    stop_on_bad_image: bool = field(
+        default=False,
+        metadata={"help": "Stop at the first image that cannot be decoded instead of replacing or skipping it."},
+    )
+
     def __post_init__(self):
+        if not 0.0 <= self.max_bad_image_fraction <= 1.0:
+            raise ValueError(f"`max_bad_image_fraction` must be between 0 and 1, got {self.max_bad_image_fraction}.")
         if self.data_path not in DATA_PATHS:
             raise ValueError(f"`data_path` {self.data_path!r} is not valid; choose one of {', '.join(DATA_PATHS)}.")
         if not self.decode_budget_gib >= 0:

@@ -26,7 +26,7 @@ def image_ids(dataset: Any, image_column: str) -> list[str]:
 def write_predictions(path: str | os.PathLike, logits: np.ndarray, labels: Sequence[int] | None,
                       class_names: Sequence[str], ids: Sequence[str], top_k: int = 5) -> None:
     """One row per image: `id`, `label` (the true class), then `prediction_i` and `score_i` (softmax) for the
-    `top_k` best classes, best first."""
+    `top_k` best classes, best first. Images that could not be decoded (label -100) have no row."""
     logits = np.asarray(logits, dtype=np.float64)
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     scores = shifted / shifted.sum(axis=1, keepdims=True)
@@ -37,6 +37,8 @@ def write_predictions(path: str | os.PathLike, logits: np.ndarray, labels: Seque
         writer = csv.writer(handle)
         writer.writerow(header)
         for row, best in enumerate(order):
+            if labels is not None and int(labels[row]) < 0:
+                continue  # skipped: the image could not be decoded
             label = class_names[int(labels[row])] if labels is not None else ""
             cells = [ids[row], label]
             for index in best:

@@ -1,8 +1,8 @@
 """A human-readable log of a run: its arguments, its data, then one line per logged training and evaluation step.
 
-`write_run_header(path, sections)` starts the file; `RunLogCallback(path)` appends what the Trainer logs. With the
-recipe's epoch-wise logging (`--logging_strategy epoch`, `--eval_strategy epoch`) that is one training line and one
-evaluation line per epoch:
+`write_run_header(path, sections)` starts the file; `RunLogCallback(path)` appends what the Trainer logs, and
+`append_line` anything else (each image that cannot be decoded, as it is found). With the recipe's epoch-wise logging
+(`--logging_strategy epoch`, `--eval_strategy epoch`) that is one training line and one evaluation line per epoch:
 
     epoch   3/30  step    33  train  loss 0.4123  loss_intra 0.3012  loss_inter 0.4456  lr 0.1  (2.4 s)
     epoch   3/30  step    33  eval   loss 0.2011  accuracy 0.9417  top5_accuracy 0.9972
@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-__all__ = ["RunLogCallback", "append_final", "command_line", "run_summary", "write_run_header"]
+__all__ = ["RunLogCallback", "append_final", "append_line", "command_line", "run_summary", "write_run_header"]
 
 _TRAIN_KEYS = ("loss", "loss_intra", "loss_inter", "learning_rate", "grad_norm")
 _SHORT = {"learning_rate": "lr"}
@@ -166,10 +166,16 @@ def command_line(program: str, argv: list[str]) -> str:
     return f"{program} {shlex.join(argv)}" if argv else f"{program} (no arguments: built-in default)"
 
 
+def append_line(path: str | os.PathLike, text: str) -> None:
+    """One line of its own in the log (an image that cannot be decoded, why the run stopped)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+
+
 def append_final(path: str | os.PathLike, metrics: Mapping[str, Any], output_dir: str) -> None:
     """The last lines of the log: the final evaluation metrics and where the outputs are."""
-    final = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                      if k.startswith("eval_") and isinstance(v, float) and "runtime" not in k
-                      and "per_second" not in k)
+    final = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                      if k.startswith("eval_") and "runtime" not in k and "per_second" not in k
+                      and (isinstance(v, float) or k.endswith("skipped_images")))
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(f"final  {final}\noutputs in {os.path.abspath(output_dir)}\n")

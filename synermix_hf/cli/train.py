@@ -20,6 +20,7 @@ import os
 import sys
 from typing import Any
 
+from ..bad_images import BadImageError, BadImagePolicy, bad_image_message
 from ..data import dataset_labels
 from ..data_path import prepare_views
 from ..datasets_catalog import load_image_classification_data
@@ -30,7 +31,7 @@ from .model import build_model
 from .model_card import CardTrainer, check_hub_access, synermix_section
 from .output_dir import LOG_FILE, default_output_dir, method_label, prepare_output_dir
 from .predictions import PREDICTIONS_FILE, image_ids, write_predictions
-from .run_log import RunLogCallback, append_final, command_line, run_summary, write_run_header
+from .run_log import RunLogCallback, append_final, append_line, command_line, run_summary, write_run_header
 
 __all__ = ["main", "run"]
 
@@ -118,12 +119,16 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     model, image_processor, spec = build_model(model_args, data)
 
     # 6. Transforms: one decode per image; the training set carries the original view when beta > 0. On the device
-    # data path (--data_path) the images are decoded once and both views are made batched on the training device.
+    # data path (--data_path) the images are decoded once and both views are made batched on the training device;
+    # that decode finds the images that cannot be decoded up front (the per-image path finds them as it reads them).
     train_labels = dataset_labels(data.train, data.label_column) if data.train is not None else None
     try:
         views = prepare_views(data.train, data.eval, spec, data.image_column, data.label_column,
                               two_views=training_args.beta > 0, data_path=training_args.data_path,
-                              budget_gib=training_args.decode_budget_gib, train_labels=train_labels)
+                              budget_gib=training_args.decode_budget_gib, train_labels=train_labels,
+                              bad_image_policy=BadImagePolicy(training_args.max_bad_image_fraction,
+                                                              training_args.stop_on_bad_image),
+                              seed=training_args.seed if training_args.data_seed is None else training_args.data_seed)
     except ValueError as error:
         raise usage_error(error) from error
     if (views.data_path == "device" and "dataloader_num_workers" not in explicit
@@ -160,7 +165,42 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
         train_labels=train_labels,
         callbacks=run_callbacks,
     )
+    # Images that cannot be decoded: each is named once in a warning and listed in the run log as it is found.
+    if training_args.should_save:
+        trainer.bad_images.listeners.append(lambda report: append_line(log_path, f"bad image: {report.describe()}"))
+    trainer.bad_images.record(views.bad_images, warn=training_args.should_log, complete=True)
 
+    try:
+        all_metrics = _train_evaluate_predict(trainer, training_args, data, views, checkpoint)
+    except BadImageError as error:  # too many images that cannot be decoded, or --stop_on_bad_image
+        stop = usage_error(BadImageError(bad_image_message(error)))
+        if training_args.should_save:
+            append_line(log_path, f"stopped: {stop}")
+        raise stop from None
+
+    # 12. Model card, and the push to the Hub (as Hugging Face's script does).
+    settings = {"method": method, "beta": training_args.beta, "inter_mixup": training_args.inter_mixup,
+                "alpha": training_args.alpha, "balanced_sampler": training_args.balanced_sampler,
+                "recipe": training_args.recipe, "model": model_args.model_name_or_path or model_args.model_name,
+                "dataset": data.source, "evaluation split": data.eval_description}
+    trainer.card_section = synermix_section(settings, all_metrics, command_line(program, argv))
+    card = {"finetuned_from": model_args.model_name_or_path, "tasks": "image-classification",
+            "dataset": data_args.dataset_name or data_args.train_dir or "digits",
+            "tags": ["image-classification", "synermix", method]}
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+    elif training_args.should_save:
+        trainer.create_model_card(**card)
+
+    if training_args.should_save:
+        append_final(log_path, all_metrics, training_args.output_dir)
+        logger.info("Results, model, model card and log are in %s", training_args.output_dir)
+    return all_metrics
+
+
+def _train_evaluate_predict(trainer: Any, training_args: Any, data: Any, views: Any,
+                            checkpoint: str | None) -> dict[str, float]:
+    """Steps 9 to 11 of `run`: train, evaluate, predict. Returns their metrics."""
     # 9. Training.
     all_metrics: dict[str, float] = {}
     if training_args.do_train:
@@ -194,24 +234,6 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
             write_predictions(os.path.join(training_args.output_dir, PREDICTIONS_FILE), logits, output.label_ids,
                               data.class_names, image_ids(data.eval, data.image_column))
         all_metrics.update(metrics)
-
-    # 12. Model card, and the push to the Hub (as Hugging Face's script does).
-    settings = {"method": method, "beta": training_args.beta, "inter_mixup": training_args.inter_mixup,
-                "alpha": training_args.alpha, "balanced_sampler": training_args.balanced_sampler,
-                "recipe": training_args.recipe, "model": model_args.model_name_or_path or model_args.model_name,
-                "dataset": data.source, "evaluation split": data.eval_description}
-    trainer.card_section = synermix_section(settings, all_metrics, command_line(program, argv))
-    card = {"finetuned_from": model_args.model_name_or_path, "tasks": "image-classification",
-            "dataset": data_args.dataset_name or data_args.train_dir or "digits",
-            "tags": ["image-classification", "synermix", method]}
-    if training_args.push_to_hub:
-        trainer.push_to_hub(**card)
-    elif training_args.should_save:
-        trainer.create_model_card(**card)
-
-    if training_args.should_save:
-        append_final(log_path, all_metrics, training_args.output_dir)
-        logger.info("Results, model, model card and log are in %s", training_args.output_dir)
     return all_metrics
 
 

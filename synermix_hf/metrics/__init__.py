@@ -29,20 +29,31 @@ def load_metric(name: str) -> Any:
 
 
 class ClassificationMetrics:
-    """`compute_metrics` for `Trainer`: `accuracy`, plus `top5_accuracy` when `num_labels > 5`."""
+    """`compute_metrics` for `Trainer`: `accuracy`, plus `top5_accuracy` when `num_labels > 5`.
+
+    Examples labelled -100 (images that could not be decoded, skipped by `SynerMixTrainer`) are left out of both and
+    counted in `skipped_images`, reported when there are any.
+    """
 
     def __init__(self, num_labels: int):
         self.num_labels = num_labels
         self.accuracy = load_metric("accuracy")
         self.top5 = load_metric("top5_accuracy") if num_labels > 5 else None
 
-    def __call__(self, eval_prediction: Any) -> dict[str, float]:
+    def __call__(self, eval_prediction: Any) -> dict[str, float | int]:
         logits = eval_prediction.predictions
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
         logits = np.asarray(logits, dtype=np.float32)
         references = np.asarray(eval_prediction.label_ids).astype(np.int64)
-        results = self.accuracy.compute(predictions=logits.argmax(axis=-1), references=references)
-        if self.top5 is not None:
-            results.update(self.top5.compute(predictions=logits, references=references))
-        return {key: float(value) for key, value in results.items()}
+        kept = references >= 0
+        logits, references = logits[kept], references[kept]
+        results: dict[str, Any] = {}
+        if len(references):
+            results.update(self.accuracy.compute(predictions=logits.argmax(axis=-1), references=references))
+            if self.top5 is not None:
+                results.update(self.top5.compute(predictions=logits, references=references))
+        results = {key: float(value) for key, value in results.items()}
+        if not kept.all():
+            results["skipped_images"] = int((~kept).sum())
+        return results
