@@ -80,7 +80,7 @@ def find_head(model: nn.Module, head_module: str | None = None) -> str:
     if head_module is not None:
         if head_module not in names:
             raise ValueError(
-                f"head_module={head_module!r} is not a module of {type(model).__name__}. Some valid names: "
+                f"`head_module` {head_module!r} is not a module of {type(model).__name__}. Some valid names: "
                 f"{', '.join(n for n in list(names)[-8:] if n)}."
             )
         return head_module
@@ -124,7 +124,7 @@ def find_mixing_points(model: nn.Module, manifold_mixup_modules: Sequence[str] |
         unknown = [p for p in manifold_mixup_modules if p != INPUT_POINT and p not in names]
         if unknown:
             raise ValueError(
-                f"manifold_mixup_modules has names that are not modules of {type(model).__name__}: {unknown}. "
+                f"`manifold_mixup_modules` has names that are not modules of {type(model).__name__}: {unknown}. "
                 f"Use {INPUT_POINT!r} or module names as listed by model.named_modules()."
             )
         return tuple(manifold_mixup_modules)

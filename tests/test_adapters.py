@@ -167,7 +167,7 @@ def test_overrides_win_and_bad_names_say_which_argument_to_set():
     model = torchvision.models.resnet18(num_classes=3)
     adapter = ModelAdapter.from_model(model, head_module="fc", manifold_mixup_modules=["layer4"])
     assert adapter.head_name == "fc" and adapter.mixing_points == ("layer4",)
-    with pytest.raises(ValueError, match="head_module='fcc'"):
+    with pytest.raises(ValueError, match="`head_module` 'fcc'"):
         find_head(model, "fcc")
     with pytest.raises(ValueError, match="manifold_mixup_modules"):
         find_mixing_points(model, ["layer9"])
