@@ -173,6 +173,23 @@ def test_overrides_win_and_bad_names_say_which_argument_to_set():
         find_mixing_points(model, ["layer9"])
 
 
+def test_a_list_of_stages_wins_over_a_stem_that_comes_first():
+    """timm's ConvNeXt, NFNet, ... start with a `stem` Sequential (a convolution, a norm): mixing between those two is
+    not the output of a stage."""
+
+    class StemThenStages(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 4, 2, stride=2), nn.BatchNorm2d(4))
+            self.stages = nn.Sequential(*(nn.Conv2d(4, 4, 3, padding=1) for _ in range(3)))
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.stages(self.stem(x)).mean((2, 3)))
+
+    assert find_mixing_points(StemThenStages()) == (INPUT_POINT, "stages.1", "stages.2")
+
+
 def test_undetectable_models_get_errors_naming_the_argument():
     no_linear = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     with pytest.raises(ValueError, match="head_module"):
