@@ -38,6 +38,7 @@ _TORCHVISION_LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 _HEAD_ATTRIBUTE_NAMES = ("classifier", "fc", "head")
+_BLOCK_LIST_NAMES = ("stages", "blocks", "layers", "layer")
 
 
 def _is_hf_model(model: nn.Module) -> bool:
@@ -80,7 +81,7 @@ def find_head(model: nn.Module, head_module: str | None = None) -> str:
     if head_module is not None:
         if head_module not in names:
             raise ValueError(
-                f"head_module={head_module!r} is not a module of {type(model).__name__}. Some valid names: "
+                f"`head_module` {head_module!r} is not a module of {type(model).__name__}. Some valid names: "
                 f"{', '.join(n for n in list(names)[-8:] if n)}."
             )
         return head_module
@@ -111,9 +112,10 @@ def find_head(model: nn.Module, head_module: str | None = None) -> str:
 def find_mixing_points(model: nn.Module, manifold_mixup_modules: Sequence[str] | None = None) -> tuple[str, ...]:
     """Return the Manifold MixUp points: `"input"` or names of modules whose input gets mixed.
 
-    Known torchvision models use the paper's points. Other models (Hugging Face families included) use the input
-    plus the inputs of the 2nd and 3rd children of the first stage/block list, i.e. the outputs of the first two
-    stages or blocks.
+    Known torchvision models use the paper's points. Other models (Hugging Face and timm families included) use the
+    input plus the inputs of the 2nd and 3rd children of the first stage/block list, i.e. the outputs of the first two
+    stages or blocks. A list named like one (`stages`, `blocks`, `layers`, `layer`) wins over one that comes earlier,
+    such as a timm ConvNeXt's `stem` (a convolution then a norm).
 
     Raises:
         ValueError: when a given name does not exist or no block list can be found; the message names
@@ -124,7 +126,7 @@ def find_mixing_points(model: nn.Module, manifold_mixup_modules: Sequence[str] |
         unknown = [p for p in manifold_mixup_modules if p != INPUT_POINT and p not in names]
         if unknown:
             raise ValueError(
-                f"manifold_mixup_modules has names that are not modules of {type(model).__name__}: {unknown}. "
+                f"`manifold_mixup_modules` has names that are not modules of {type(model).__name__}: {unknown}. "
                 f"Use {INPUT_POINT!r} or module names as listed by model.named_modules()."
             )
         return tuple(manifold_mixup_modules)
@@ -133,9 +135,12 @@ def find_mixing_points(model: nn.Module, manifold_mixup_modules: Sequence[str] |
     if layout is not None and all(p == INPUT_POINT or p in names for p in layout[1]):
         return layout[1]
 
-    for name, module in names.items():
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) >= 2 and name:
-            return (INPUT_POINT,) + tuple(f"{name}.{i}" for i in range(1, min(len(module), 3)))
+    lists = [name for name, module in names.items()
+             if name and isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) >= 2]
+    named_like_blocks = [name for name in lists if name.rsplit(".", 1)[-1] in _BLOCK_LIST_NAMES]
+    if lists:
+        name = (named_like_blocks or lists)[0]
+        return (INPUT_POINT,) + tuple(f"{name}.{i}" for i in range(1, min(len(names[name]), 3)))
     raise ValueError(
         f"Could not find Manifold MixUp points in {type(model).__name__} (no list of stages or blocks). Set "
         "`manifold_mixup_modules` to 'input' and/or module names whose input to mix."

@@ -1,5 +1,5 @@
 """Tiny local data and models for tests: images, parquet copies of the catalog's Hub datasets, image folders, a
-tiny ViT. Nothing is downloaded; everything is small enough for a CPU test suite.
+tiny ViT, a tiny timm checkpoint. Nothing is downloaded; everything is small enough for a CPU test suite.
 
 The repository's tests use these through fixtures (`tests/conftest.py`); they serve just as well for testing code
 built on synermix_hf.
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["build_hub_copies", "build_image_folder", "save_tiny_vit", "tiny_images", "write_parquet_copy"]
+__all__ = ["build_hub_copies", "build_image_folder", "run_log_values", "save_tiny_timm", "save_tiny_vit", "tiny_images",
+           "write_parquet_copy"]
 
 
 def tiny_images(labels, size=8, mode="RGB", seed=0):
@@ -142,3 +143,35 @@ def save_tiny_vit(path, num_labels: int = 3, image_size: int = 8):
     ViTForImageClassification(config).save_pretrained(path)
     ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(path)
     return Path(path)
+
+
+TINY_TIMM_PRETRAINED_CFG = {"input_size": (3, 24, 24), "interpolation": "bicubic", "crop_pct": 0.8,
+                            "crop_mode": "center", "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)}
+"""The preprocessing `save_tiny_timm` gives its checkpoint: none of it is a default of timm or of a recipe."""
+
+
+def save_tiny_timm(path, num_labels: int = 3, architecture: str = "test_efficientnet", pretrained_cfg=None):
+    """A timm checkpoint in the Hub's format (config.json with `architecture` and `pretrained_cfg`, model.safetensors),
+    saved by timm's own `save_for_hf`, as `push_to_hub` uploads it. Needs timm.
+
+    Args:
+        architecture: A timm model name; timm's `test_*` models have about 100k parameters.
+        pretrained_cfg: Overrides of the model's preprocessing (`TINY_TIMM_PRETRAINED_CFG` if not given).
+    """
+    import timm
+    from timm.models import save_for_hf
+
+    overlay = dict(TINY_TIMM_PRETRAINED_CFG if pretrained_cfg is None else pretrained_cfg)
+    model = timm.create_model(architecture, pretrained=False, num_classes=num_labels, pretrained_cfg_overlay=overlay)
+    save_for_hf(model, str(path), safe_serialization=True)
+    return Path(path)
+
+
+def run_log_values(path) -> dict[str, str]:
+    """The `key : value` lines of a run log's header (training_log.txt), the first of each key."""
+    values: dict[str, str] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith("  ") and " : " in line:
+            key, value = line.strip().split(" : ", 1)
+            values.setdefault(key.strip(), value)
+    return values

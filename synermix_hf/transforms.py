@@ -12,11 +12,17 @@ and a Hugging Face model's own input size:
 
 At the paper's sizes this is exactly the reference: CIFAR-100 at 32 (pad 4, Cutout 16), mini-ImageNet at 84 (pad 12,
 Cutout 32), Food-101 / Oxford-IIIT Pet / Caltech-256 at 224 (Resize 256, CenterCrop 224). Cutout runs on the [0, 1]
-tensor before Normalize. Images of another size are first resized to SxS in the square families.
+tensor before Normalize. Images of another size are first resized to SxS (bilinear) in the square families.
+
+A model can bring its own evaluation crop: a timm checkpoint's `pretrained_cfg` gives the input size, mean, std,
+interpolation and crop fraction, and the `imagenet` family then resizes with that interpolation and evaluates as timm
+does (Resize(floor(S / crop_pct)), CenterCrop(S)).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +35,14 @@ __all__ = [
     "FAMILIES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "INTERPOLATIONS",
     "SQUARE_FAMILIES",
     "SquareAugmentation",
     "TransformSpec",
     "build_transforms",
     "image_processor_for",
     "spec_from_image_processor",
+    "spec_from_timm_data_config",
     "square_augmentation",
 ]
 
@@ -51,6 +59,10 @@ _DEFAULT_NORMALIZATION = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "digits": (HALF, HALF),
 }
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+"""Resampling filters by their timm / torchvision names."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,18 +73,28 @@ class TransformSpec:
         family: One of `FAMILIES`.
         image_size: Side S of the model input.
         mean, std: Normalisation; defaults to the family's (see the module docstring).
+        interpolation: Resampling of the `imagenet` family's resize and random resized crop, one of `INTERPOLATIONS`
+            (the square families keep the reference's bilinear resize to SxS).
+        crop_pct: Fraction of the resized image the `imagenet` family's evaluation keeps: Resize(floor(S / crop_pct)),
+            CenterCrop(S), as timm. `None`: the reference's Resize(256/224 S) (rounded).
     """
 
     family: str
     image_size: int
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    interpolation: str = "bilinear"
+    crop_pct: float | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"Unknown transform family {self.family!r}; choose one of {', '.join(FAMILIES)}.")
         if self.image_size < 1:
             raise ValueError(f"image_size must be >= 1, got {self.image_size}.")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"`interpolation` {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}.")
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
+            raise ValueError(f"`crop_pct` must be in (0, 1], got {self.crop_pct}.")
         default_mean, default_std = _DEFAULT_NORMALIZATION[self.family]
         object.__setattr__(self, "mean", tuple(self.mean) if self.mean is not None else default_mean)
         object.__setattr__(self, "std", tuple(self.std) if self.std is not None else default_std)
@@ -80,7 +102,22 @@ class TransformSpec:
     @property
     def eval_resize(self) -> int:
         """Shorter side before the centre crop, for the `imagenet` family (256 at 224)."""
-        return round(self.image_size * 256 / 224)
+        if self.crop_pct is None:
+            return round(self.image_size * 256 / 224)
+        return math.floor(self.image_size / self.crop_pct)
+
+    @property
+    def interpolation_mode(self) -> T.InterpolationMode:
+        return T.InterpolationMode(self.interpolation)
+
+    def describe(self) -> str:
+        """One line for the run log: the recipe, size, resampling and evaluation crop, normalisation."""
+        text = f"{self.family} at {self.image_size}px"
+        if self.family == "imagenet":
+            crop = f"crop fraction {self.crop_pct:g}" if self.crop_pct is not None else "256/224"
+            text += (f", {self.interpolation}, evaluation Resize({self.eval_resize}) + CenterCrop({self.image_size}) "
+                     f"({crop})")
+        return f"{text}, mean={list(self.mean)}, std={list(self.std)}"
 
 
 class ResizeIfNeeded:
@@ -133,8 +170,11 @@ def build_transforms(spec: TransformSpec) -> tuple[T.Compose, T.Compose]:
     size = spec.image_size
     normalize = T.Normalize(spec.mean, spec.std)
     if spec.family == "imagenet":
-        train = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
-        evaluation = T.Compose([T.Resize(spec.eval_resize), T.CenterCrop(size), T.ToTensor(), normalize])
+        mode = spec.interpolation_mode
+        train = T.Compose([T.RandomResizedCrop(size, interpolation=mode), T.RandomHorizontalFlip(), T.ToTensor(),
+                           normalize])
+        evaluation = T.Compose([T.Resize(spec.eval_resize, interpolation=mode), T.CenterCrop(size), T.ToTensor(),
+                                normalize])
         return train, evaluation
 
     evaluation = T.Compose([ResizeIfNeeded(size), T.ToTensor(), normalize])
@@ -151,15 +191,17 @@ def image_processor_for(spec: TransformSpec) -> Any:
     """A `BitImageProcessor` doing the evaluation transform of `spec`, to save next to a torchvision model.
 
     `pipeline("image-classification")` and `AutoImageProcessor` then prepare images as the evaluation did:
-    resize to SxS (square families), or resize the shorter side to 256/224 S and centre-crop S (`imagenet`).
+    resize to SxS (square families), or resize the shorter side to `spec.eval_resize` and centre-crop S (`imagenet`).
     Grayscale and RGBA images are converted to RGB first.
     """
     from transformers import BitImageProcessor
     from transformers.image_utils import PILImageResampling
 
     size = spec.image_size
+    # The square families resize bilinearly whatever the spec's interpolation (see `TransformSpec`).
+    interpolation = spec.interpolation if spec.family == "imagenet" else "bilinear"
     common = {
-        "resample": PILImageResampling.BILINEAR,
+        "resample": PILImageResampling[interpolation.upper()],
         "image_mean": list(spec.mean),
         "image_std": list(spec.std),
         "do_convert_rgb": True,
@@ -177,11 +219,46 @@ def _size_field(size: Any, key: str) -> int | None:
     return int(value) if value else None
 
 
+def spec_from_timm_data_config(data_config: dict[str, Any], family: str) -> TransformSpec:
+    """The `family` recipe with a timm model's input size, mean, std, interpolation and crop fraction.
+
+    Args:
+        data_config: What `timm.data.resolve_data_config` makes of a checkpoint's `pretrained_cfg` (the
+            `data_config` of transformers' `TimmWrapperImageProcessor`): `input_size` (C, H, W), `mean`, `std`,
+            `interpolation`, `crop_pct`, `crop_mode`.
+        family: The recipe (one of `FAMILIES`).
+
+    Raises:
+        ValueError: the input is not square (the recipes crop squares), naming `image_size`.
+    """
+    _, height, width = data_config["input_size"]
+    if height != width:
+        raise ValueError(f"The model's input size is {height}x{width} (its pretrained_cfg), and the recipes crop "
+                         "squares; set `image_size`.")
+    crop_mode = data_config.get("crop_mode") or "center"
+    if crop_mode != "center" and family == "imagenet":
+        logger.warning("The model's pretrained_cfg asks for crop_mode %r; the recipe resizes the shorter side and "
+                       "centre-crops (crop_mode 'center').", crop_mode)
+    return TransformSpec(
+        family=family,
+        image_size=int(height),
+        mean=tuple(data_config["mean"]),
+        std=tuple(data_config["std"]),
+        interpolation=data_config.get("interpolation") or "bicubic",
+        crop_pct=data_config.get("crop_pct") or 0.875,
+    )
+
+
 def spec_from_image_processor(processor: Any, family: str) -> TransformSpec:
     """The `family` recipe at a Hugging Face image processor's input size, with its mean and std.
 
-    The size is the processor's crop size when it centre-crops, else its `height` or `shortest_edge`.
+    The size is the processor's crop size when it centre-crops, else its `height` or `shortest_edge`. A timm
+    checkpoint's processor (`TimmWrapperImageProcessor`) also gives the interpolation and crop fraction of the model's
+    `pretrained_cfg`, resolved by `timm.data.resolve_data_config` (see `spec_from_timm_data_config`).
     """
+    data_config = getattr(processor, "data_config", None)
+    if isinstance(data_config, dict) and data_config.get("input_size") is not None:
+        return spec_from_timm_data_config(data_config, family)
     size = getattr(processor, "size", None)
     crop = getattr(processor, "crop_size", None)
     image_size = None

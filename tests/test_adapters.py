@@ -167,10 +167,27 @@ def test_overrides_win_and_bad_names_say_which_argument_to_set():
     model = torchvision.models.resnet18(num_classes=3)
     adapter = ModelAdapter.from_model(model, head_module="fc", manifold_mixup_modules=["layer4"])
     assert adapter.head_name == "fc" and adapter.mixing_points == ("layer4",)
-    with pytest.raises(ValueError, match="head_module='fcc'"):
+    with pytest.raises(ValueError, match="`head_module` 'fcc'"):
         find_head(model, "fcc")
     with pytest.raises(ValueError, match="manifold_mixup_modules"):
         find_mixing_points(model, ["layer9"])
+
+
+def test_a_list_of_stages_wins_over_a_stem_that_comes_first():
+    """timm's ConvNeXt, NFNet, ... start with a `stem` Sequential (a convolution, a norm): mixing between those two is
+    not the output of a stage."""
+
+    class StemThenStages(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 4, 2, stride=2), nn.BatchNorm2d(4))
+            self.stages = nn.Sequential(*(nn.Conv2d(4, 4, 3, padding=1) for _ in range(3)))
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.stages(self.stem(x)).mean((2, 3)))
+
+    assert find_mixing_points(StemThenStages()) == (INPUT_POINT, "stages.1", "stages.2")
 
 
 def test_undetectable_models_get_errors_naming_the_argument():

@@ -18,7 +18,7 @@ from synermix_hf.cli.arguments import ScriptArgumentParser
 from synermix_hf.cli.model import check_model_outputs
 from synermix_hf.cli.train import main
 from synermix_hf.models import build_torchvision_classifier
-from synermix_hf.testing import build_image_folder
+from synermix_hf.testing import build_image_folder, run_log_values
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = ["-bs", "8", "--image_size", "8", "--max_steps", "2", "--dataloader_num_workers", "0", "--save_strategy", "no",
@@ -59,6 +59,12 @@ def test_every_run_writes_a_model_card_with_the_synermix_settings_metrics_and_co
     assert "## SynerMix" in card and "| beta | 0.1 |" in card and "| inter_mixup | mixup |" in card
     assert f"| eval_accuracy | {results['eval_accuracy']:.4f} |" in card
     assert "run_image_classification.py -ds cifar100" in card and "-beta 0.1 -itrm Mixup" in card
+    # Which module is the head and where Manifold MixUp would mix: in the card and in the run log.
+    assert "| head | network.fc (Linear: 512 features -> 3 outputs) |" in card
+    assert "| Manifold MixUp points | - (--inter_mixup mixup) |" in card
+    log = run_log_values(out / "training_log.txt")
+    assert (log["head"], log["manifold mixup points"]) == ("network.fc (Linear: 512 features -> 3 outputs)",
+                                                           "- (--inter_mixup mixup)")
 
 
 def test_push_to_hub_is_refused_before_training_without_hub_access(hub_copies, tmp_path, capsys, monkeypatch):
@@ -179,6 +185,15 @@ def test_a_device_data_path_that_does_not_apply_names_the_flags(hub_copies, tmp_
     _one_line_error(capsys, [*_data(hub_copies, tmp_path), *FAST, "--data_path", "device", "--decode_budget_gib", "0",
                              "--output_dir", str(tmp_path / "o")], "--data_path 'device' does not apply",
                     "--decode_budget_gib")  # fmt: skip
+
+
+def test_a_head_or_mixing_point_that_is_not_a_module_names_the_flag(hub_copies, tmp_path, capsys):
+    common = [*_data(hub_copies, tmp_path), *FAST, "--output_dir", str(tmp_path / "o")]
+    _one_line_error(capsys, [*common, "--head_module", "fcc"], "--head_module 'fcc' is not a module",
+                    "network.fc")
+    _one_line_error(capsys, [*common, "-itrm", "Manifold_Mixup", "--manifold_mixup_modules", "input,layer9"],
+                    "--manifold_mixup_modules has names that are not modules", "layer9")
+    assert not (tmp_path / "o" / "training_log.txt").exists()  # before training
 
 
 def test_a_model_with_another_number_of_outputs_than_classes():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from synermix_hf.cli.train import main
-from synermix_hf.testing import build_image_folder, tiny_images
+from synermix_hf.testing import build_image_folder, run_log_values, tiny_images
 
 # The paper's six configurations (CIFAR-100 / ResNet-18 values of the authors' README), as short flags.
 CONFIGURATIONS = {
@@ -95,6 +95,8 @@ def test_builtin_default_runs_offline_into_a_fresh_runs_directory(tmp_path, monk
     assert out.name.startswith("digits-resnet18-synermix-b0.1-manifold_mixup-")
     results = _check_outputs(out, [str(d) for d in range(10)], "synermix-b0.1-manifold_mixup")
     assert results["eval_samples"] == 360 and 0.0 <= results["eval_top5_accuracy"] <= 1.0  # 10 classes: top-5 too
+    log = run_log_values(out / "training_log.txt")  # the paper's points of a ResNet (torchvision's, in our wrapper)
+    assert log["manifold mixup points"] == "input, network.layer2, network.layer3"
     # The saved torchvision model works in a pipeline, grayscale input included.
     predictions = pipeline("image-classification", model=str(out), device="cpu")(tiny_images([3], mode="L")[0])
     assert predictions[0]["label"] in {str(d) for d in range(10)}
@@ -139,6 +141,9 @@ def test_hugging_face_command_line_runs_unchanged_on_local_folder_and_model(tmp_
     assert json.loads((out / "config.json").read_text())["model_type"] == "vit"
     assert json.loads((out / "preprocessor_config.json").read_text())["image_processor_type"].startswith("ViT")
     assert results["train_samples"] + results["eval_samples"] == 18  # --train_val_split 0.15 of the folder
+    log = run_log_values(out / "training_log.txt")
+    assert log["head"] == "classifier (Linear: 32 features -> 3 outputs)"
+    assert log["manifold mixup points"] == "input, vit.layers.1"  # 2 layers: the output of the first
 
 
 def test_resume_from_a_checkpoint_of_the_script(hub_copies, tmp_path):

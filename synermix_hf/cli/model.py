@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
-from ..adapters import find_head
+from ..adapters import find_head, find_mixing_points
 from ..datasets_catalog import PreparedData
 from ..hub import hub_offline, hub_unreachable_reason, is_hub_id
 from ..models import TorchvisionForImageClassification
 from ..transforms import TransformSpec, image_processor_for, spec_from_image_processor
 from .errors import UsageError, usage_error
 
-__all__ = ["build_model", "check_model_outputs"]
+__all__ = ["ModelLayout", "build_model", "check_model_outputs", "find_layout"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelLayout:
+    """Where SynerMix reaches into the model: what the trainer's `ModelAdapter` finds with the same flags.
+
+    Args:
+        head: Module name of the final classification Linear (its input is the penultimate feature).
+        mixing_points: The Manifold MixUp points, or `None` when `--inter_mixup` is not `manifold_mixup`.
+    """
+
+    head: str
+    mixing_points: tuple[str, ...] | None
+
+    def head_text(self, model: Any) -> str:
+        """`fc (Linear: 512 features -> 10 outputs)`, for the run log and the model card."""
+        head = model.get_submodule(self.head)
+        shape = (f" ({type(head).__name__}: {head.in_features} features -> {head.out_features} outputs)"
+                 if hasattr(head, "in_features") and hasattr(head, "out_features") else f" ({type(head).__name__})")
+        return self.head + shape
+
+    def points_text(self, inter_mixup: str) -> str:
+        if self.mixing_points is None:
+            return f"- (--inter_mixup {inter_mixup})"
+        return ", ".join(self.mixing_points)
 
 
 def build_model(model_args: Any, data: PreparedData) -> tuple[Any, Any, TransformSpec]:
@@ -31,17 +57,34 @@ def build_model(model_args: Any, data: PreparedData) -> tuple[Any, Any, Transfor
         processor = image_processor_for(spec)
     else:
         model, processor, spec = _build_hf_model(model_args, family, id2label)
-    check_model_outputs(model, data.num_labels, model_args.model_name_or_path or model_args.model_name)
     return model, processor, spec
 
 
-def check_model_outputs(model: Any, num_labels: int, name: str) -> None:
+def find_layout(model: Any, training_args: Any) -> ModelLayout:
+    """The head and the Manifold MixUp points of `model` under `--head_module` / `--manifold_mixup_modules`.
+
+    Raises:
+        UsageError: a given name is not a module of the model, or nothing suitable is found; names the flag.
+    """
+    try:
+        head = find_head(model, training_args.head_module)
+        points = (find_mixing_points(model, training_args.manifold_mixup_modules)
+                  if training_args.inter_mixup == "manifold_mixup" else None)
+    except ValueError as error:
+        raise usage_error(error) from error
+    return ModelLayout(head=head, mixing_points=points)
+
+
+def check_model_outputs(model: Any, num_labels: int, name: str, head_name: str | None = None) -> None:
     """The classification head has one output per class of the dataset (else training fails with an IndexError).
+
+    Args:
+        head_name: The head's module name (detected when not given).
 
     Raises:
         UsageError: it has another number of outputs.
     """
-    head = model.get_submodule(find_head(model))
+    head = model.get_submodule(head_name or find_head(model))
     outputs = getattr(head, "out_features", None)
     if outputs is not None and outputs != num_labels:
         raise UsageError(
@@ -78,6 +121,7 @@ def _build_hf_model(model_args: Any, family: str, id2label: dict[int, str]):
             finetuning_task="image-classification",
             **common,
         )
+        _drop_timm_num_classes(config)
         model = AutoModelForImageClassification.from_pretrained(
             path, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **common
         )
@@ -96,5 +140,14 @@ def _build_hf_model(model_args: Any, family: str, id2label: dict[int, str]):
             raise usage_error(error) from error
         spec = TransformSpec(family=family, image_size=model_args.image_size)
     if model_args.image_size is not None:
-        spec = TransformSpec(family=family, image_size=model_args.image_size, mean=spec.mean, std=spec.std)
+        spec = dataclasses.replace(spec, image_size=model_args.image_size)
     return model, processor, spec
+
+
+def _drop_timm_num_classes(config: Any) -> None:
+    """timm's `save_for_hf` (1.0.31) also writes `num_classes` into a checkpoint's `model_args`, and transformers passes
+    both it and `num_labels` to `timm.create_model` (TypeError: multiple values for 'num_classes'); `num_labels`, the
+    dataset's number of classes, is the one to keep."""
+    model_args = getattr(config, "model_args", None)
+    if getattr(config, "model_type", None) == "timm_wrapper" and isinstance(model_args, dict):
+        model_args.pop("num_classes", None)

@@ -112,8 +112,10 @@ class RunLogCallback(TrainerCallback):
 
 
 def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args: Any, data: Any, model: Any,
-                spec: Any, checkpoint: str | None, method: str, program: str, data_path: str = "-") -> dict[str, dict]:
-    """The blocks at the top of training_log.txt (`data_path`: the line `prepare_views` wrote about the path)."""
+                spec: Any, checkpoint: str | None, method: str, program: str, data_path: str = "-",
+                layout: Any = None) -> dict[str, dict]:
+    """The blocks at the top of training_log.txt (`data_path`: the line `prepare_views` wrote about the path;
+    `layout`: the `ModelLayout`, the model's head and Manifold MixUp points)."""
     import dataclasses
 
     recipe_keys = ("learning_rate", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -135,7 +137,7 @@ def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args:
             "eval examples": len(data.eval) if data.eval is not None else 0,
             "eval split": data.eval_description,
             "columns": f"image={data.image_column}, label={data.label_column}",
-            "transforms": f"{spec.family} at {spec.image_size}px, mean={list(spec.mean)}, std={list(spec.std)}",
+            "transforms": spec.describe(),
             "data path": data_path,
         },
         "model": {
@@ -144,6 +146,8 @@ def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args:
             "parameters": f"{parameters:,}",
             "pretrained": model_args.pretrained if model_args.model_name_or_path is None else "checkpoint",
             "cifar stem": getattr(model.config, "cifar_stem", "-"),
+            **({"head": layout.head_text(model), "manifold mixup points": layout.points_text(training_args.inter_mixup)}
+               if layout is not None else {}),
         },
         "method": {"method": method, **{k: values[k] for k in method_keys}},
         "recipe": {"recipe": f"{training_args.recipe}: {optimizer}", **{k: str(values[k]) for k in recipe_keys},

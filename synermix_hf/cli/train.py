@@ -27,7 +27,7 @@ from ..datasets_catalog import load_image_classification_data
 from ..metrics import ClassificationMetrics
 from .arguments import BUILTIN_PRESET, ScriptArgumentParser, is_builtin_default
 from .errors import UsageError, usage_error
-from .model import build_model
+from .model import build_model, check_model_outputs, find_layout
 from .model_card import CardTrainer, check_hub_access, synermix_section
 from .output_dir import LOG_FILE, default_output_dir, method_label, prepare_output_dir
 from .predictions import PREDICTIONS_FILE, image_ids, write_predictions
@@ -117,6 +117,8 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     # weights follow the seed and do not depend on what ran before in the same process.
     transformers.set_seed(training_args.seed)
     model, image_processor, spec = build_model(model_args, data)
+    layout = find_layout(model, training_args)
+    check_model_outputs(model, data.num_labels, model_args.model_name_or_path or model_args.model_name, layout.head)
 
     # 6. Transforms: one decode per image; the training set carries the original view when beta > 0. On the device
     # data path (--data_path) the images are decoded once and both views are made batched on the training device;
@@ -150,7 +152,7 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
         write_run_header(
             log_path,
             run_summary(argv, model_args, data_args, training_args, data, model, spec, checkpoint, method, program,
-                        views.description),
+                        views.description, layout),
             title=f"{program}: SynerMix" + (" (continuing the interrupted run)" if continuing else
                                             " (resumed)" if checkpoint else ""),
             append=os.path.isfile(log_path),
@@ -182,6 +184,8 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     settings = {"method": method, "beta": training_args.beta, "inter_mixup": training_args.inter_mixup,
                 "alpha": training_args.alpha, "balanced_sampler": training_args.balanced_sampler,
                 "recipe": training_args.recipe, "model": model_args.model_name_or_path or model_args.model_name,
+                "head": layout.head_text(model),
+                "Manifold MixUp points": layout.points_text(training_args.inter_mixup),
                 "dataset": data.source, "evaluation split": data.eval_description}
     trainer.card_section = synermix_section(settings, all_metrics, command_line(program, argv))
     card = {"finetuned_from": model_args.model_name_or_path, "tasks": "image-classification",
