@@ -4,6 +4,11 @@ Shuffle the indices, cut them into batches of `batch_size`, then give every clas
 batch one more random member of that class. Each epoch is drawn from a generator seeded by `(seed, epoch)`, so every
 process builds the same sequence of batches and a resumed run sees the batches it would have seen.
 
+Under data parallelism each process takes whole batches of that sequence in turn (accelerate hands batch `i` to
+process `i mod N`), so the `N` consecutive batches of a group are trained on together in one step. With
+`group_size=N` a partner is drawn from the class members in no batch of its group, so no example appears twice in one
+step, as in a one-process batch.
+
 `PositionedBatchSampler` tags every index with its position in the epoch's sequence of examples, so that the
 augmentation can be drawn per appearance (a partner loaded twice in an epoch is augmented twice, independently).
 """
@@ -24,18 +29,27 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
 
     Batches are therefore slightly larger than `batch_size` and every class present has at least two members (unless
     the whole dataset holds a single example of it). Use it as a DataLoader's `batch_sampler`. With accelerate, each
-    process takes whole batches from the common sequence.
+    process takes whole batches from the common sequence: every process's batch is balanced on its own.
 
     Args:
         labels: The class label of every example of the dataset, in dataset order.
         batch_size: Number of shuffled indices per batch before partners are added.
         seed: Base seed; epoch `e` is drawn from a generator seeded by `(seed, e)`.
         drop_last: Drop the last incomplete batch (as the reference does). If False it is yielded, balanced too.
+        group_size: Number of consecutive batches trained on together in one step: the number of processes, each
+            taking one batch of the group. A partner is drawn from the members of its class that are in no batch of
+            the group and no partner serves two batches of it, so no example appears twice in one step; only when a
+            class has no such member left is the partner drawn from the members outside its own batch (which then
+            appears twice in the step). With 1 (one process) the rule is the reference's: a member not in the batch.
     """
 
-    def __init__(self, labels: Sequence[int], batch_size: int, seed: int = 0, drop_last: bool = True):
+    def __init__(
+        self, labels: Sequence[int], batch_size: int, seed: int = 0, drop_last: bool = True, group_size: int = 1
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}.")
         self.labels = np.asarray(labels, dtype=np.int64)
         if self.labels.ndim != 1:
             raise ValueError(f"labels must be one label per example, got shape {self.labels.shape}.")
@@ -47,6 +61,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         self.batch_size = batch_size
         self.seed = seed
         self.drop_last = drop_last
+        self.group_size = group_size
         self.epoch = 0
         classes, inverse = np.unique(self.labels, return_inverse=True)
         self._members = {int(c): np.flatnonzero(inverse == i) for i, c in enumerate(classes)}
@@ -62,15 +77,27 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.labels))
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            batch = order[start : start + self.batch_size]
-            yield batch.tolist() + self._partners(batch, rng)
+        batches = [order[start : start + self.batch_size] for start in range(0, len(self) * self.batch_size,
+                                                                           self.batch_size)]
+        in_step = np.zeros(len(self.labels), dtype=bool)  # examples of the group's batches, partners included
+        for first in range(0, len(batches), self.group_size):
+            group = batches[first : first + self.group_size]
+            for batch in group:
+                in_step[batch] = True
+            for batch in group:
+                partners = self._partners(batch, rng, in_step)
+                in_step[partners] = True
+                yield batch.tolist() + partners
+            in_step[:] = False
 
-    def _partners(self, batch: np.ndarray, rng: np.random.Generator) -> list[int]:
+    def _partners(self, batch: np.ndarray, rng: np.random.Generator, in_step: np.ndarray) -> list[int]:
         classes, counts = np.unique(self.labels[batch], return_counts=True)
         partners = []
         for single in classes[counts == 1]:
-            candidates = np.setdiff1d(self._members[int(single)], batch, assume_unique=True)
+            members = self._members[int(single)]
+            candidates = members[~in_step[members]]
+            if not len(candidates):  # every other member is in the step already: one outside this batch, then
+                candidates = np.setdiff1d(members, batch, assume_unique=True)
             if len(candidates):
                 partners.append(int(rng.choice(candidates)))
         return partners

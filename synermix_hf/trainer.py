@@ -149,8 +149,12 @@ class SynerMixTrainer(Trainer):
 
         Each example appearance is augmented with a generator seeded by `(seed, epoch, position in the epoch)`
         (`SeededAugmentation`, `PositionedBatchSampler`) and the balanced sampler draws from `(seed, epoch)`, so a
-        resumed run, or a run on more processes, sees the batches and the augmented images that an uninterrupted
-        single-process run sees, and a partner loaded twice in an epoch gets two independent augmentations.
+        resumed run sees the batches and the augmented images that an uninterrupted run on as many processes sees,
+        and a partner loaded twice in an epoch gets two independent augmentations.
+
+        On N processes each process takes whole balanced batches of the common sequence in turn, so every process's
+        batch is balanced on its own, and the sampler draws the partners of the N batches of one step so that no
+        example appears twice in the step (`ClassBalancedBatchSampler`'s `group_size`).
         """
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
@@ -172,7 +176,9 @@ class SynerMixTrainer(Trainer):
         sampler = None
         if self.args.balanced_sampler:
             labels = self.train_labels if self.train_labels is not None else dataset_labels(self.train_dataset)
-            sampler = ClassBalancedBatchSampler(labels, batch_size=self._train_batch_size, seed=seed)
+            # Process i of N takes batches i, i + N, ... of the common sequence: a group of N batches makes one step.
+            sampler = ClassBalancedBatchSampler(labels, batch_size=self._train_batch_size, seed=seed,
+                                                group_size=self.accelerator.num_processes)
             loader_kwargs["batch_sampler"] = PositionedBatchSampler(sampler)
         else:
             loader_kwargs.update(
