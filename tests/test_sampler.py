@@ -4,9 +4,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import DataLoader
 
 from synermix_hf import ClassBalancedBatchSampler
+from synermix_hf.sampler import PositionedBatchSampler
 
 LABELS = np.random.default_rng(0).integers(0, 20, size=203)  # many classes: singletons are common at batch 16
 
@@ -75,3 +77,39 @@ def test_works_as_a_dataloader_batch_sampler():
     loader = DataLoader(list(range(len(LABELS))), batch_sampler=sampler)
     assert [batch.tolist() for batch in loader] == epoch(sampler, 0)
     assert (sampler.batch_size, sampler.drop_last) == (16, True)
+
+
+def test_on_two_processes_every_batch_is_balanced_and_no_example_is_twice_in_a_step():
+    # As the trainer shards it: accelerate's BatchSamplerShard hands batch i of the common sequence to process i % 2.
+    sampler = ClassBalancedBatchSampler(LABELS, batch_size=16, seed=0, group_size=2)
+    shards = [BatchSamplerShard(PositionedBatchSampler(sampler), num_processes=2, process_index=rank)
+              for rank in (0, 1)]
+    for shard in shards:
+        shard.batch_size = None  # what the trainer sets: balanced batches have dynamic length
+    for number in range(5):
+        sampler.set_epoch(number)
+        steps = list(zip(*shards, strict=True))
+        assert len(steps) == 203 // 16 // 2
+        heads = []
+        for step in steps:
+            batches = [[index for index, _ in batch] for batch in step]
+            for batch in batches:
+                assert min(Counter(LABELS[batch].tolist()).values()) >= 2  # balanced on each process
+                heads += batch[:16]
+            together = batches[0] + batches[1]
+            assert len(set(together)) == len(together), f"epoch {number}: an example twice in one step"
+        assert len(set(heads)) == len(heads)  # the 16 shuffled indices of every batch: one permutation, cut
+
+
+def test_a_partner_repeats_an_example_of_the_step_only_when_its_class_has_no_other_member():
+    # Class 1 has three members: batch 0 holds one, batch 1 the two others, so batch 0's partner must come from
+    # batch 1 (the rule's fallback); class 0 always finds a partner outside the step.
+    labels = [0] * 20 + [1] * 3
+    sampler = ClassBalancedBatchSampler(labels, batch_size=4, seed=0, group_size=2)
+    for number in range(30):
+        sampler.set_epoch(number)
+        for first, second in zip(*[iter(list(sampler))] * 2):
+            for batch in (first, second):
+                assert min(Counter(np.asarray(labels)[batch].tolist()).values()) >= 2
+            shared = set(first) & set(second)
+            assert all(labels[index] == 1 for index in shared)
