@@ -27,7 +27,14 @@ from transformers.trainer_utils import IntervalStrategy
 from .trainer import SynerMixTrainer
 from .training_args import SynerMixTrainingArguments
 
-__all__ = ["PAPER_BATCH_SIZE", "RECIPES", "RecipeTrainer", "RecipeTrainingArguments", "cpu_has_native_bf16", "epoch_step_lr"]
+__all__ = [
+    "PAPER_BATCH_SIZE",
+    "RECIPES",
+    "RecipeTrainer",
+    "RecipeTrainingArguments",
+    "cpu_has_native_bf16",
+    "epoch_step_lr",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -79,16 +79,18 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         order = rng.permutation(len(self.labels))
         batches = [order[start : start + self.batch_size] for start in range(0, len(self) * self.batch_size,
                                                                            self.batch_size)]
-        in_step = np.zeros(len(self.labels), dtype=bool)  # examples of the group's batches, partners included
+        in_step = np.zeros(len(self.labels), dtype=bool)  # the examples of the group's batches, partners included
         for first in range(0, len(batches), self.group_size):
             group = batches[first : first + self.group_size]
+            taken = list(group)
             for batch in group:
                 in_step[batch] = True
             for batch in group:
                 partners = self._partners(batch, rng, in_step)
                 in_step[partners] = True
+                taken.append(np.asarray(partners, dtype=np.int64))
                 yield batch.tolist() + partners
-            in_step[:] = False
+            in_step[np.concatenate(taken)] = False  # only what was set: an epoch stays linear in the dataset size
 
     def _partners(self, batch: np.ndarray, rng: np.random.Generator, in_step: np.ndarray) -> list[int]:
         classes, counts = np.unique(self.labels[batch], return_counts=True)

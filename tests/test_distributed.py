@@ -140,5 +140,5 @@ def test_a_total_batch_that_does_not_split_over_the_processes_is_refused(tmp_pat
     assert ("error: --total_train_batch_size (-bs) 7 does not split evenly over 2 processes x 1 gradient accumulation "
             "step: each process takes total / 2. Give a --total_train_batch_size (-bs) that is a multiple of 2, or "
             "--per_device_train_batch_size") in result.stderr
-    assert "Traceback (most recent call last)" not in result.stdout
+    assert "ValueError" not in result.stderr  # the script's one paragraph, no traceback of its own (torchrun adds one)
     assert not (tmp_path / "out").exists()
