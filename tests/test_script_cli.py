@@ -117,6 +117,9 @@ def test_bs_is_the_batch_of_one_step_and_per_device_keeps_its_meaning():
     # The built-in run's batch gives way to a batch of either kind.
     _, _, args, _ = ScriptArgumentParser().parse(["--per_device_train_batch_size", "16"])
     assert (args.per_device_train_batch_size, args.total_train_batch_size) == (16, None)
+    # --help says so.
+    bs = next(a for a in ScriptArgumentParser().parser._actions if "-bs" in a.option_strings)
+    assert bs.dest == "total_train_batch_size" and "one optimizer step, over all processes" in bs.help
 
 
 def test_a_batch_that_does_not_split_or_two_that_disagree_are_refused(capsys):
