@@ -23,7 +23,50 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["StepBufferBroadcast", "find_ddp"]
+__all__ = ["StepBufferBroadcast", "find_ddp", "gather_step_batch", "is_data_parallel"]
+
+
+def is_data_parallel() -> bool:
+    """Whether this process is one of several of a `torch.distributed` job."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_step_batch(
+    features: torch.Tensor, labels: torch.Tensor, rows: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every process's features and labels of this step, in process order, as one batch.
+
+    The gradient of what is computed from the gathered features flows back to each process's own features (the
+    gather's backward pass sums, over the processes, the gradients of each process's rows). So when every process
+    computes the same loss from the gathered batch, DDP's average of the processes' gradients is that loss's
+    gradient.
+
+    Each process pads its batch to `rows` rows, the same on every process, so that no process waits for the others'
+    sizes (and the host never waits for the device).
+
+    Args:
+        features: This process's features `[b, ...]`, b <= `rows`.
+        labels: Their labels `[b]`.
+        rows: The most rows any process's batch can have.
+
+    Returns:
+        `(features, labels, valid)`: `[N * rows, ...]`, `[N * rows]` (padding labelled 0) and the mask of the rows
+        that are not padding.
+    """
+    if features.shape[0] > rows:
+        raise ValueError(
+            f"This process's batch of {features.shape[0]} examples is larger than {rows}, the most a step's shard can "
+            "hold (twice `per_device_train_batch_size`)."
+        )
+    padding = rows - features.shape[0]
+    padded = torch.cat([features, features.new_zeros(padding, *features.shape[1:])])
+    padded_labels = torch.cat([labels, labels.new_full((padding,), -1)])
+    gathered = torch.cat(torch.distributed.nn.functional.all_gather(padded))
+    label_parts = [torch.empty_like(padded_labels) for _ in range(dist.get_world_size())]
+    dist.all_gather(label_parts, padded_labels)
+    gathered_labels = torch.cat(label_parts)
+    valid = gathered_labels >= 0
+    return gathered, gathered_labels.clamp_min(0), valid
 
 
 def find_ddp(model: Any) -> DistributedDataParallel | None:

@@ -30,12 +30,26 @@ __all__ = [
 
 
 def _normalised_class_weights(
-    labels: torch.Tensor, num_classes: int, device: torch.device, generator: torch.Generator | None
+    labels: torch.Tensor,
+    num_classes: int,
+    device: torch.device,
+    generator: torch.Generator | None,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Draw one Uniform(0, 1) weight per row in batch order and normalise it within its class, in fp32."""
-    weights = torch.rand(len(labels), generator=generator, device=device)
+    """Draw one Uniform(0, 1) weight per row in batch order and normalise it within its class, in fp32.
+
+    With `valid`, the k-th valid row takes the k-th draw and invalid rows weigh 0, so rows of padding between the
+    valid ones do not change any weight.
+    """
+    draws = torch.rand(len(labels), generator=generator, device=device)
+    if valid is None:
+        weights = draws
+    else:
+        weights = draws[(valid.cumsum(0) - 1).clamp_min(0)] * valid
     class_totals = torch.zeros(num_classes, dtype=weights.dtype, device=device).index_add_(0, labels, weights)
-    return weights / class_totals[labels]
+    if valid is None:
+        return weights / class_totals[labels]
+    return weights / class_totals[labels].clamp_min(torch.finfo(weights.dtype).tiny)  # 0, not 0/0, for padding
 
 
 def _weighted_class_sums(
@@ -74,7 +88,11 @@ def intra_class_mixup(
 
 
 def intra_class_mixup_all_classes(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator | None = None
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    generator: torch.Generator | None = None,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`intra_class_mixup` over a fixed set of `num_classes` rows, free of host-device synchronisation.
 
@@ -86,15 +104,22 @@ def intra_class_mixup_all_classes(
         labels: Integer class labels of shape `[B]`, each in `[0, num_classes)`.
         num_classes: Number of classes of the classifier.
         generator: Optional generator on `features.device` for the weights.
+        valid: Optional boolean mask `[B]` of the rows that take part (the others are padding, e.g. of batches of
+            several processes gathered to one size). The k-th valid row takes the k-th weight drawn, so the result
+            equals that of the valid rows alone.
 
     Returns:
         `(synthesized, present)`: `synthesized` has shape `[num_classes, ...]` (row c belongs to class c) and
         `present` is a boolean mask of shape `[num_classes]`.
     """
     _check_features_and_labels(features, labels)
-    weights = _normalised_class_weights(labels, num_classes, features.device, generator)
-    # index_fill_ rather than `present[labels] = True`: indexed assignment synchronises with the host on CUDA.
-    present = torch.zeros(num_classes, dtype=torch.bool, device=features.device).index_fill_(0, labels, True)
+    weights = _normalised_class_weights(labels, num_classes, features.device, generator, valid)
+    # index_fill_ / index_add_ rather than `present[labels] = True`: indexed assignment synchronises on CUDA.
+    if valid is None:
+        present = torch.zeros(num_classes, dtype=torch.bool, device=features.device).index_fill_(0, labels, True)
+    else:
+        members = torch.zeros(num_classes, device=features.device).index_add_(0, labels, valid.float())
+        present = members > 0
     return _weighted_class_sums(features, labels, weights, num_classes), present
 
 

@@ -3,7 +3,9 @@ and mixed precision that picks fp16 on GPU and bf16 on CPU.
 
 `RecipeTrainingArguments` are `SynerMixTrainingArguments` with the reference code's defaults (lr 0.1, momentum 0.9,
 weight decay 5e-4, StepLR every 10 epochs by 0.5, 120 epochs, batch 128, test batch 48, seed 123, no gradient clipping,
-the class-balanced sampler for every configuration).
+the class-balanced sampler for every configuration). The reference trains on one GPU, so its batch of 128 is the
+batch of one SGD step: `total_train_batch_size` (128 by default) is split over the processes, and
+`per_device_train_batch_size`, when given instead, keeps Hugging Face's meaning (the batch of each process).
 `RecipeTrainer` is a `SynerMixTrainer` that builds that optimizer and schedule. `recipe="trainer"` hands both back
 to the Trainer (`--optim`, `--lr_scheduler_type`, ...), e.g. to fine-tune a Hugging Face model with AdamW.
 
@@ -25,11 +27,19 @@ from transformers.trainer_utils import IntervalStrategy
 from .trainer import SynerMixTrainer
 from .training_args import SynerMixTrainingArguments
 
-__all__ = ["RECIPES", "RecipeTrainer", "RecipeTrainingArguments", "cpu_has_native_bf16", "epoch_step_lr"]
+__all__ = [
+    "PAPER_BATCH_SIZE",
+    "RECIPES",
+    "RecipeTrainer",
+    "RecipeTrainingArguments",
+    "cpu_has_native_bf16",
+    "epoch_step_lr",
+]
 
 logger = logging.getLogger(__name__)
 
 RECIPES = ("paper", "trainer")
+PAPER_BATCH_SIZE = 128  # the reference's `-bs` default: the batch of one SGD step on its one GPU
 
 
 def epoch_step_lr(optimizer: torch.optim.Optimizer, updates_per_epoch: int, step_size: int, gamma: float) -> LambdaLR:
@@ -101,15 +111,29 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
         lr_step_size: Epochs between learning-rate decays.
         lr_gamma: Decay factor.
         amp: Mixed precision the way the reference's `-mp` means it: fp16 on CUDA, bf16 on CPU.
+        total_train_batch_size: The batch of one optimizer step over all processes and accumulation steps, as the
+            reference's `-bs` on its one GPU; `per_device_train_batch_size` becomes total / (processes x GPUs per
+            process x `gradient_accumulation_steps`), and a total that does not divide is refused. Default 128,
+            unless `per_device_train_batch_size` is given (then None). Both may be given when they agree.
     """
 
     # The reference's defaults, on TrainingArguments fields.
     learning_rate: float = field(default=0.1, metadata={"help": "Initial learning rate."})
     weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay (all parameters)."})
     num_train_epochs: float = field(default=120, metadata={"help": "Number of training epochs."})
-    per_device_train_batch_size: int = field(
-        default=128,
-        metadata={"help": "Training batch size per device (before the balanced sampler's extras)."},
+    per_device_train_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Training batch size of each process (before the balanced sampler's partners), as in "
+                  "Hugging Face's scripts: N processes train on N times this per step. When not given: "
+                  "--total_train_batch_size split over the processes."},
+    )
+    total_train_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "The paper's batch: training examples of one optimizer step, over all processes and "
+                  "gradient accumulation steps (before the balanced sampler's partners). Each process takes "
+                  "total / (processes x --gradient_accumulation_steps); a total that does not divide is refused. "
+                  f"When not given: {PAPER_BATCH_SIZE}, the reference's batch, or --per_device_train_batch_size "
+                  "times the processes when that is given."},
     )
     per_device_eval_batch_size: int = field(default=48, metadata={"help": "Evaluation batch size per device."})
     seed: int = field(default=123, metadata={"help": "Random seed."})
@@ -166,7 +190,41 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
         _resolve_mixed_precision(self)
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # nothing to pin memory for; avoids torch's warning on CPU
+        for name in ("per_device_train_batch_size", "total_train_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"`{name}` must be >= 1, got {value}.")
         super().__post_init__()
+        self._split_total_batch()
+
+    def _split_total_batch(self) -> None:
+        """`per_device_train_batch_size` from `total_train_batch_size` (needs the number of processes, known only
+        once the process group is set up by `TrainingArguments.__post_init__`)."""
+        processes, gpus, steps = self.world_size, max(1, self.n_gpu), self.gradient_accumulation_steps
+        shares = processes * gpus * steps  # gpus > 1: one process feeding several GPUs (DataParallel)
+        split = " x ".join([f"{processes} process{'es' if processes > 1 else ''}",
+                            *([f"{gpus} GPUs per process"] if gpus > 1 else []),
+                            f"{steps} gradient accumulation step{'s' if steps > 1 else ''}"])
+        if self.per_device_train_batch_size is None:
+            given = self.total_train_batch_size is not None
+            total = self.total_train_batch_size if given else PAPER_BATCH_SIZE
+            if total % shares:
+                what = (f"`total_train_batch_size` {total}" if given else
+                        f"The reference's batch of {total} (the default `total_train_batch_size`)")
+                raise ValueError(
+                    f"{what} does not split evenly over {split}: each process takes total / {shares}. Give a "
+                    f"`total_train_batch_size` that is a multiple of {shares}, or `per_device_train_batch_size` for "
+                    "the batch of each process."
+                )
+            self.total_train_batch_size = total
+            self.per_device_train_batch_size = total // shares
+        elif self.total_train_batch_size is not None:
+            per_device, total = self.per_device_train_batch_size, self.total_train_batch_size
+            if per_device * shares != total:
+                raise ValueError(
+                    f"`per_device_train_batch_size` {per_device} and `total_train_batch_size` {total} disagree: "
+                    f"{per_device} per process over {split} is {per_device * shares}. Give one of them."
+                )
 
 
 class RecipeTrainer(SynerMixTrainer):

@@ -4,6 +4,11 @@ Shuffle the indices, cut them into batches of `batch_size`, then give every clas
 batch one more random member of that class. Each epoch is drawn from a generator seeded by `(seed, epoch)`, so every
 process builds the same sequence of batches and a resumed run sees the batches it would have seen.
 
+Under data parallelism one step trains on one such batch, split into as many shards as there are processes
+(`StepShards`): the N processes together see the batch one process would see, and the trainer computes the
+intra-class term over the whole step's batch (`synermix_hf.distributed.gather_step_batch`), as the reference does on
+its one GPU.
+
 `PositionedBatchSampler` tags every index with its position in the epoch's sequence of examples, so that the
 augmentation can be drawn per appearance (a partner loaded twice in an epoch is augmented twice, independently).
 """
@@ -16,15 +21,15 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["ClassBalancedBatchSampler", "PositionedBatchSampler"]
+__all__ = ["ClassBalancedBatchSampler", "PositionedBatchSampler", "StepShards"]
 
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):
     """Batches of `batch_size` shuffled indices, plus one partner for every class seen only once in the batch.
 
     Batches are therefore slightly larger than `batch_size` and every class present has at least two members (unless
-    the whole dataset holds a single example of it). Use it as a DataLoader's `batch_sampler`. With accelerate, each
-    process takes whole batches from the common sequence.
+    the whole dataset holds a single example of it). Use it as a DataLoader's `batch_sampler`. On several processes,
+    give `batch_size` the batch of the whole step and split it with `StepShards`.
 
     Args:
         labels: The class label of every example of the dataset, in dataset order.
@@ -74,6 +79,46 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
             if len(candidates):
                 partners.append(int(rng.choice(candidates)))
         return partners
+
+
+class StepShards(Sampler[list[int]]):
+    """Split every batch of `batch_sampler` into `num_shards` consecutive shards of (nearly) equal size.
+
+    accelerate hands the batches of a DataLoader's batch sampler to the processes in turn (batch `i` to process
+    `i mod N`), so with `num_shards = N` process `r` trains on shard `r` of every batch: the processes together train
+    on the batches one process would train on, in the same order. Shards differ in size by at most one example (a
+    balanced batch has its partners on top of `batch_size`).
+
+    Args:
+        batch_sampler: Yields lists of dataset indices, e.g. `ClassBalancedBatchSampler` with the step's batch size.
+        num_shards: Number of processes.
+    """
+
+    def __init__(self, batch_sampler: Iterable[list[int]], num_shards: int):
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}.")
+        self.batch_sampler = batch_sampler
+        self.num_shards = num_shards
+
+    @property
+    def batch_size(self) -> Any:
+        return None  # shards have dynamic sizes
+
+    @property
+    def drop_last(self) -> bool:
+        return bool(getattr(self.batch_sampler, "drop_last", False))
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler) * self.num_shards
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batch_sampler:
+            for shard in np.array_split(np.asarray(batch, dtype=np.int64), self.num_shards):
+                yield shard.tolist()
 
 
 class PositionedBatchSampler(Sampler[list[tuple[int, int]]]):

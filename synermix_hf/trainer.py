@@ -31,7 +31,7 @@ from .adapters import INPUT_POINT, ModelAdapter
 from .bad_images import IGNORE_LABEL, BadImageLog, BadImagePolicy, tolerant_images
 from .checkpoints import StagedCheckpoints
 from .data import SeededAugmentation, SynerMixCollator, dataset_labels
-from .distributed import StepBufferBroadcast
+from .distributed import StepBufferBroadcast, gather_step_batch, is_data_parallel
 from .mixup import (
     cutmix_batch,
     intra_class_loss,
@@ -40,7 +40,7 @@ from .mixup import (
     mixup_cross_entropy,
     sample_mixup_lambda,
 )
-from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler
+from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler, StepShards
 from .training_args import SynerMixTrainingArguments
 
 __all__ = ["FiniteLossCheck", "SynerMixTrainer", "step_generators"]
@@ -160,6 +160,10 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
         (`SeededAugmentation`, `PositionedBatchSampler`) and the balanced sampler draws from `(seed, epoch)`, so a
         resumed run, or a run on more processes, sees the batches and the augmented images that an uninterrupted
         single-process run sees, and a partner loaded twice in an epoch gets two independent augmentations.
+
+        On N processes a step trains on one balanced batch of N times the batch of each process, split into N shards
+        (`StepShards`): the processes together see the batches one process would see, augmented alike, and the
+        intra-class term is computed over the whole step's batch (`gather_step_batch`).
         """
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
@@ -183,8 +187,11 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
             loader_kwargs["prefetch_factor"] = self.args.dataloader_prefetch_factor
         sampler = None
         if self.args.balanced_sampler:
-            sampler = ClassBalancedBatchSampler(labels, batch_size=self._train_batch_size, seed=seed)
-            loader_kwargs["batch_sampler"] = PositionedBatchSampler(sampler)
+            # One balanced batch per step, the batch of all processes together, each process taking one shard of it.
+            processes = self.accelerator.num_processes
+            sampler = ClassBalancedBatchSampler(labels, batch_size=self._train_batch_size * processes, seed=seed)
+            steps = StepShards(sampler, processes) if processes > 1 else sampler
+            loader_kwargs["batch_sampler"] = PositionedBatchSampler(steps)
         else:
             loader_kwargs.update(
                 batch_size=self._train_batch_size,
@@ -316,9 +323,21 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
     ) -> torch.Tensor:
         num_classes = self.adapter.num_classes
         present: list[torch.Tensor] = []
+        step_batch = is_data_parallel()
+        if step_batch:
+            # The reference mixes every member of a class in the step's batch, which data parallelism spreads over
+            # the processes: the features are gathered, and every process draws the same weights (process 0's seed)
+            # and so computes the same term, whose gradient DDP's average then is.
+            step, micro_step = self._draw_position
+            generator = step_generators(self.args.seed, step, micro_step, 0, labels.device)[0]
 
         def synthesize(features: torch.Tensor) -> torch.Tensor:
-            synthesized, is_present = intra_class_mixup_all_classes(features, labels, num_classes, generator)
+            if step_batch:
+                gathered, gathered_labels, valid = gather_step_batch(features, labels, rows=2 * self._train_batch_size)
+                synthesized, is_present = intra_class_mixup_all_classes(gathered, gathered_labels, num_classes,
+                                                                        generator, valid)
+            else:
+                synthesized, is_present = intra_class_mixup_all_classes(features, labels, num_classes, generator)
             present.append(is_present)
             return synthesized
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from .bad_images import DEFAULT_MAX_BAD_IMAGE_FRACTION
 from .decoded_cache import DEFAULT_BUDGET_GIB
 
-__all__ = ["INTER_MIXUP_CHOICES", "SynerMixTrainingArguments", "normalise_inter_mixup"]
+__all__ = [
+    "INTER_MIXUP_CHOICES",
+    "SynerMixTrainingArguments",
+    "accelerator_available",
+    "launched_processes",
+    "normalise_inter_mixup",
+]
+
+logger = logging.getLogger(__name__)
 
 INTER_MIXUP_CHOICES = ("none", "mixup", "manifold_mixup", "cutmix")
 DATA_PATHS = ("auto", "device", "per_image")
@@ -24,6 +35,34 @@ def normalise_inter_mixup(value: str | None) -> str:
             "the paper's spellings Mixup and Manifold_Mixup work too)."
         )
     return canonical
+
+
+def launched_processes() -> int:
+    """How many processes a launcher started for this run (torchrun, accelerate launch, mpirun), from its environment
+    variables, as accelerate reads them; 1 without a launcher."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name, "").strip().isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def accelerator_available() -> bool:
+    """Whether this process sees a GPU or any other device the Trainer would train on instead of the CPU.
+
+    It asks torch (CUDA, and from torch 2.6 `torch.accelerator`: XPU, MPS, out-of-tree backends) and every device
+    check `TrainingArguments` makes when it chooses the device, so that "no" means the run would be on the CPU anyway.
+    """
+    if torch.cuda.is_available():
+        return True
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and accelerator.is_available():
+        return True
+    import transformers.utils as hf_utils
+
+    checks = ("is_torch_xla_available", "is_torch_xpu_available", "is_torch_mps_available", "is_torch_npu_available",
+              "is_torch_hpu_available", "is_torch_mlu_available", "is_torch_musa_available",
+              "is_torch_neuron_available")
+    return any(getattr(hf_utils, name)() for name in checks if hasattr(hf_utils, name))
 
 
 @dataclass
@@ -58,6 +97,10 @@ class SynerMixTrainingArguments(TrainingArguments):
 
     With pinned loader memory (`dataloader_pin_memory`, the default on GPU) and no `accelerator_config` given,
     batches are copied to the device with `non_blocking=True`.
+
+    Several processes launched on a machine without GPU or other accelerator (`torchrun --nproc_per_node 2`, or
+    `--nnodes 2` on CPU nodes) train one model together: `use_cpu` is set, which is what makes `TrainingArguments`
+    join them in one distributed (gloo) job instead of training a separate copy in each process.
     """
 
     beta: float = field(
@@ -143,6 +186,16 @@ class SynerMixTrainingArguments(TrainingArguments):
             self.balanced_sampler = self.beta > 0
         if isinstance(self.manifold_mixup_modules, str):
             self.manifold_mixup_modules = [p.strip() for p in self.manifold_mixup_modules.split(",") if p.strip()]
+        if not self.use_cpu and launched_processes() > 1 and not accelerator_available():
+            # Without `use_cpu`, accelerate's PartialState in a launched process on a machine without GPU opens a
+            # process group but finds no GPU backend, so it reports "not distributed, 1 process", and
+            # `TrainingArguments` follows it: every process trains its own copy of the model and all of them write
+            # the same output directory. Only `cpu=True` (our `use_cpu`) makes it a MULTI_CPU (gloo) job. The
+            # condition holds only where the run would be on the CPU anyway: on a machine with a GPU (or XPU, NPU,
+            # ...) nothing changes, so single- and multi-node GPU launches are set up by accelerate as before.
+            self.use_cpu = True
+            logger.info("%d processes launched and no GPU: they train one model on the CPUs (use_cpu set).",
+                        launched_processes())
         accelerator_config_given = self.accelerator_config is not None
         super().__post_init__()
         if not accelerator_config_given and self.dataloader_pin_memory:

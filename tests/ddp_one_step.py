@@ -1,8 +1,9 @@
 """One SynerMix optimizer step under torchrun/accelerate; each process saves the batch its loss saw.
 
-Used by tests/test_distributed.py: `torchrun --nproc_per_node 2 tests/ddp_one_step.py OUT INTER_MIXUP PATH`, PATH
-`per_image` (TwoViewTransform) or `device` (images decoded once, views made batched in the trainer). Its directory,
-tests/, is the script's first import path, so the test module's helpers import as they are.
+Used by tests/test_distributed.py: `torchrun --nproc_per_node 2 tests/ddp_one_step.py OUT INTER_MIXUP PATH [CPU]`,
+PATH `per_image` (TwoViewTransform) or `device` (images decoded once, views made batched in the trainer); CPU `use_cpu`
+(the default) passes `use_cpu=True`, `auto` leaves it to the arguments (tests/test_multinode.py). Its directory, tests/,
+is the script's first import path, so the test module's helpers import as they are.
 """
 
 import sys
@@ -22,9 +23,10 @@ class RecordingTrainer(SynerMixTrainer):
 
 
 out, inter_mixup, data_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+cpu = {"use_cpu": True} if (sys.argv[4] if len(sys.argv) > 4 else "use_cpu") == "use_cpu" else {}
 train = two_view_sets()[0] if data_path == "per_image" else device_view_set()
 args = SynerMixTrainingArguments(
-    output_dir=str(out / "run"), report_to=[], save_strategy="steps", save_steps=1, seed=3, use_cpu=True, disable_tqdm=True,
+    output_dir=str(out / "run"), report_to=[], save_strategy="steps", save_steps=1, seed=3, disable_tqdm=True, **cpu,
     per_device_train_batch_size=8, max_steps=1, optim="sgd", learning_rate=0.1, max_grad_norm=0.0,
     beta=0.3, inter_mixup=inter_mixup, alpha=1.0, ddp_find_unused_parameters=False,
 )  # fmt: skip
@@ -38,7 +40,9 @@ if args.process_index == 0:
 # Every process's buffers (batch-norm running statistics) after the step.
 torch.save({name: buffer.clone() for name, buffer in trainer.model.named_buffers()},
            out / f"buffers_rank{args.process_index}.pt")
-print(f"process {args.process_index} of {args.world_size} done")
+group = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+print(f"process {args.process_index} of {args.world_size} done (process group of {group}, "
+      f"parallel mode {args.parallel_mode.value})")
 if torch.distributed.is_initialized():  # a gloo group torn down at interpreter exit can abort the process
     torch.distributed.barrier()  # no rank leaves while its peer still talks to it
     torch.distributed.destroy_process_group()

@@ -7,14 +7,16 @@ import sys
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from synermix_hf import ClassBalancedBatchSampler, SeededAugmentation, SynerMixCollator, dataset_labels, step_generators
 from synermix_hf.checkpoints import checkpoint_problem
 from synermix_hf.sampler import PositionedBatchSampler
 
-from test_trainer import device_view_set, hand_intra_loss, hand_mixed_ce, resnet, two_view_sets
+from test_trainer import device_view_set, hand_mixed_ce, resnet, resnet_features, two_view_sets
 
 HERE = Path(__file__).resolve().parent
 
@@ -26,17 +28,20 @@ LAUNCHERS = {
 }
 
 
+def launch_env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
 def run_two_processes(launcher: list[str], script: Path, *script_args: str, timeout: int = 300) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [*launcher, str(script), *script_args], capture_output=True, text=True, timeout=timeout, cwd=HERE.parent,
-        env=env,
+        env=launch_env(),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("data_path", ["per_image", "device"])
+@pytest.mark.parametrize("data_path", ["device"])  # per_image: on two nodes, tests/test_multinode.py
 def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path, monkeypatch, data_path):
     # The device path decodes the images once into HF_DATASETS_CACHE: both processes ask, the first builds it.
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
@@ -52,68 +57,121 @@ def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path, 
     assert checkpoint_problem(str(run_dir / "checkpoint-1")) is None
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(os.listdir(run_dir / "checkpoint-1"))
 
-    # Each process got a whole balanced batch of the common sequence: batch 0 to process 0, batch 1 to process 1,
-    # augmented exactly as one process would augment them.
-    train = two_view_sets()[0] if data_path == "per_image" else device_view_set()
     if data_path == "device":
         assert len(os.listdir(tmp_path / "hf_cache" / "synermix_decoded")) == 1  # one cache file, no leftovers
-    sampler = ClassBalancedBatchSampler(dataset_labels(train), batch_size=8, seed=3)
-    expected_batches = list(PositionedBatchSampler(sampler))[:2]
+    check_one_ddp_step(tmp_path, data_path)
+
+
+def check_one_ddp_step(out: Path, data_path: str) -> None:
+    """What tests/ddp_one_step.py wrote under `out` is one step on the balanced batch one process would train on,
+    split over the two processes, with the intra-class term over the whole batch and averaged gradients."""
+    # The step's batch is the first balanced batch of 16 (8 per process) that one process would draw, its first half
+    # on process 0 and its second half on process 1, each example augmented as one process would augment it.
+    train = two_view_sets()[0] if data_path == "per_image" else device_view_set()
+    batch_positions = list(PositionedBatchSampler(ClassBalancedBatchSampler(dataset_labels(train), 16, seed=3)))[0]
+    shards = np.array_split(np.arange(len(batch_positions)), 2)
     seeded = SeededAugmentation(train, seed=3)
-    batches = [torch.load(tmp_path / f"batch_rank{rank}.pt") for rank in (0, 1)]
-    for indices, batch in zip(expected_batches, batches, strict=True):
-        expected = SynerMixCollator()(seeded.__getitems__(indices))
+    batches = [torch.load(out / f"batch_rank{rank}.pt") for rank in (0, 1)]
+    for rows, batch in zip(shards, batches, strict=True):
+        expected = SynerMixCollator()(seeded.__getitems__([batch_positions[row] for row in rows]))
         if data_path == "device":
             expected = expected["views"](expected)  # what the trainer does on the device
         for key in ("pixel_values", "original_pixel_values", "labels"):
             torch.testing.assert_close(batch[key], expected[key])
-        counts = torch.bincount(batch["labels"])
-        assert counts[counts > 0].min() >= 2
+    labels = torch.cat([batch["labels"] for batch in batches])
+    counts = torch.bincount(labels)
+    assert counts[counts > 0].min() >= 2  # balanced as a whole, not necessarily each shard
 
-    # One process computes both gradients with each process's draws, averages them and takes the SGD step.
+    # One process computes the step by hand: SynerMix-Intra over the whole batch (each shard's features from its own
+    # forward pass, so with its own batch statistics; the weights drawn with process 0's seed in batch order), each
+    # process's inter-class term with its own draws, and DDP's average.
     model = resnet()
-    model.load_state_dict(torch.load(tmp_path / "initial.pt"))
+    model.load_state_dict(torch.load(out / "initial.pt"))
     model.train()
-    gradients = []
+    intra_generator, _ = step_generators(seed=3, step=0, micro_step=0, process_index=0)
+    features = torch.cat([resnet_features(model, batch["original_pixel_values"]) for batch in batches])
+    intra = hand_intra_loss_of_features(model, features, labels, torch.rand(len(labels), generator=intra_generator))
+    inter = []
     for rank, batch in enumerate(batches):
-        # Each process runs its step's two forward passes on the buffers every process starts the step with (process
-        # 0's), and its running statistics then follow its own two batches: DDP's broadcast before the second pass
-        # would overwrite them in between (and on torch < 2.12 break the backward pass).
-        model.load_state_dict(torch.load(tmp_path / "initial.pt"))
         generator, rng = step_generators(seed=3, step=0, micro_step=0, process_index=rank)
-        labels, x = batch["labels"], batch["pixel_values"]
-        intra = hand_intra_loss(model, batch["original_pixel_values"], labels, generator)
+        shard_labels, x = batch["labels"], batch["pixel_values"]
         lam = rng.beta(1.0, 1.0)
-        permutation = torch.randperm(len(labels), generator=generator)
-        inter = hand_mixed_ce(model(lam * x + (1 - lam) * x[permutation]), labels, permutation, lam)
-        gradients.append(torch.autograd.grad(0.3 * intra + 0.7 * inter, list(model.parameters())))
-        buffers = torch.load(tmp_path / f"buffers_rank{rank}.pt")
+        permutation = torch.randperm(len(shard_labels), generator=generator)
+        inter.append(hand_mixed_ce(model(lam * x + (1 - lam) * x[permutation]), shard_labels, permutation, lam))
+    gradient = torch.autograd.grad(0.3 * intra + 0.7 * (inter[0] + inter[1]) / 2, list(model.parameters()))
+    final = torch.load(out / "final.pt")
+    names = [name for name, _ in model.named_parameters()]
+    for name, parameter, g in zip(names, model.parameters(), gradient, strict=True):
+        expected = parameter.detach() - 0.1 * g
+        torch.testing.assert_close(final[name], expected, rtol=1e-4, atol=1e-5, msg=name)
+
+    # Each process runs its step's two forward passes on the buffers every process starts the step with (process 0's),
+    # and its running statistics then follow its own two batches: DDP's broadcast before the second pass would
+    # overwrite them in between (and on torch < 2.12 break the backward pass).
+    for rank, batch in enumerate(batches):
+        model.load_state_dict(torch.load(out / "initial.pt"))
+        generator, rng = step_generators(seed=3, step=0, micro_step=0, process_index=rank)
+        lam = rng.beta(1.0, 1.0)
+        permutation = torch.randperm(len(batch["labels"]), generator=generator)
+        with torch.no_grad():
+            resnet_features(model, batch["original_pixel_values"])
+            x = batch["pixel_values"]
+            model(lam * x + (1 - lam) * x[permutation])
+        buffers = torch.load(out / f"buffers_rank{rank}.pt")
         for name, buffer in model.named_buffers():
             torch.testing.assert_close(buffers[name], buffer, rtol=1e-5, atol=1e-6, msg=f"process {rank}: {name}")
-    final = torch.load(tmp_path / "final.pt")
-    names = [name for name, _ in model.named_parameters()]
-    for name, parameter, g0, g1 in zip(names, model.parameters(), *gradients, strict=True):
-        expected = parameter.detach() - 0.1 * (g0 + g1) / 2
-        torch.testing.assert_close(final[name], expected, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def hand_intra_loss_of_features(model, features, labels, weights):
+    """SynerMix-Intra by hand: per class, the members' features weighted by their normalised weights, classified."""
+    rows, classes = [], []
+    for c in sorted(set(labels.tolist())):
+        mask = labels == c
+        w = weights[mask] / weights[mask].sum()
+        rows.append((features[mask] * w[:, None]).sum(0))
+        classes.append(c)
+    return F.cross_entropy(model.fc(torch.stack(rows)), torch.tensor(classes))
 
 
 @pytest.mark.parametrize(
-    "launcher, inter_mixup",
-    [("torchrun", "Mixup"), ("torchrun", "Manifold_Mixup"), ("accelerate", "cutmix"), ("accelerate", "none")],
-)
-def test_the_script_trains_synermix_on_two_processes(tmp_path, hub_copies, launcher, inter_mixup):
+    "launcher, inter_mixup, batch, cpu",
+    [
+        ("torchrun", "Mixup", ["--per_device_train_batch_size", "4"], ["--use_cpu", "--ddp_backend", "gloo"]),
+        ("accelerate", "cutmix", ["-bs", "8"], []),
+        ("accelerate", "none", ["--per_device_train_batch_size", "4"], ["--use_cpu", "--ddp_backend", "gloo"]),
+    ],
+)  # Manifold_Mixup: on two nodes, tests/test_multinode.py
+def test_the_script_trains_synermix_on_two_processes(tmp_path, hub_copies, launcher, inter_mixup, batch, cpu):
+    # -bs is the paper's batch of one step, split over the processes; --per_device_train_batch_size is per process.
+    # Without --use_cpu the two CPU processes still train one model (the arguments set it).
     out = tmp_path / "out"
     run_two_processes(
         LAUNCHERS[launcher], HERE.parent / "run_image_classification.py",
-        "-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--use_cpu", "--ddp_backend", "gloo",
-        "-beta", "0.1", "-itrm", inter_mixup, "-bs", "4", "--max_steps", "2", "--dataloader_num_workers", "0",
+        "-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), *cpu, *batch,
+        "-beta", "0.1", "-itrm", inter_mixup, "--max_steps", "2", "--dataloader_num_workers", "0",
         "--save_strategy", "no", "--output_dir", str(out), "--disable_tqdm", "true",
     )  # fmt: skip
     log = (out / "training_log.txt").read_text()
-    assert "processes                   : 2" in log and "total train batch size      : 8" in log
+    assert "processes                   : 2" in log and "per_device_train_batch_size : 4" in log
+    assert "total train batch size      : 8 (2 processes x 4 per process x 1 accumulation step" in log
+    assert "| total train batch size | 8 (2 processes x 4 per process" in (out / "README.md").read_text()
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     logged = [entry for entry in state["log_history"] if "loss" in entry]
     assert logged and all("loss_intra" in entry and "loss_inter" in entry for entry in logged)
     results = json.loads((out / "all_results.json").read_text())
     assert 0.0 <= results["eval_accuracy"] <= 1.0
+
+
+def test_a_total_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
+    result = subprocess.run(
+        [*LAUNCHERS["torchrun"], str(HERE.parent / "run_image_classification.py"), "-bs", "7", "--max_steps", "1",
+         "--output_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300, cwd=HERE.parent, env=launch_env(),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert ("error: --total_train_batch_size (-bs) 7 does not split evenly over 2 processes x 1 gradient accumulation "
+            "step: each process takes total / 2. Give a --total_train_batch_size (-bs) that is a multiple of 2, or "
+            "--per_device_train_batch_size") in result.stderr
+    assert "ValueError" not in result.stderr  # the script's one paragraph, no traceback of its own (torchrun adds one)
+    assert not (tmp_path / "out").exists()

@@ -193,3 +193,18 @@ def test_cutmix_corrected_lambda_is_the_fraction_of_pixels_kept():
             pasted = (mixed[i] == int(permutation[i])).float().mean().item()
             assert kept == pytest.approx(lam)
             assert kept + pasted == pytest.approx(1.0)
+
+
+def test_padding_rows_marked_invalid_leave_the_intra_class_mixup_unchanged():
+    # Batches of several processes are gathered padded to one size: the valid rows must mix exactly as alone.
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(7, 5, generator=generator)
+    labels = torch.tensor([0, 2, 2, 0, 1, 1, 2])
+    alone, present_alone = intra_class_mixup_all_classes(features, labels, 4, torch.Generator().manual_seed(3))
+    order = [0, 1, 2, None, None, 3, 4, 5, 6, None]  # two shards of 3 and 4 rows, each padded to 5
+    padded = torch.stack([features[i] if i is not None else torch.full((5,), 9.0) for i in order])
+    padded_labels = torch.tensor([labels[i] if i is not None else 0 for i in order])
+    valid = torch.tensor([i is not None for i in order])
+    mixed, present = intra_class_mixup_all_classes(padded, padded_labels, 4, torch.Generator().manual_seed(3), valid)
+    torch.testing.assert_close(mixed, alone)
+    assert present.tolist() == present_alone.tolist() == [True, True, True, False]

@@ -4,9 +4,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import DataLoader
 
 from synermix_hf import ClassBalancedBatchSampler
+from synermix_hf.sampler import PositionedBatchSampler, StepShards
 
 LABELS = np.random.default_rng(0).integers(0, 20, size=203)  # many classes: singletons are common at batch 16
 
@@ -75,3 +77,27 @@ def test_works_as_a_dataloader_batch_sampler():
     loader = DataLoader(list(range(len(LABELS))), batch_sampler=sampler)
     assert [batch.tolist() for batch in loader] == epoch(sampler, 0)
     assert (sampler.batch_size, sampler.drop_last) == (16, True)
+
+
+def test_on_two_processes_the_shards_of_a_step_are_the_one_process_batch():
+    # As the trainer shards it: accelerate's BatchSamplerShard hands shard i of the common sequence to process i % 2,
+    # so the two processes of a step hold the two halves of the balanced batch one process would train on, in order,
+    # at the same positions of the epoch (so with the same augmentation).
+    one_process = ClassBalancedBatchSampler(LABELS, batch_size=16, seed=0)
+    two_processes = ClassBalancedBatchSampler(LABELS, batch_size=16, seed=0)
+    shards = [BatchSamplerShard(PositionedBatchSampler(StepShards(two_processes, 2)), num_processes=2,
+                                process_index=rank) for rank in (0, 1)]  # fmt: skip
+    for shard in shards:
+        shard.batch_size = None  # what the trainer sets: the shards have dynamic length
+    for number in range(5):
+        one_process.set_epoch(number)
+        two_processes.set_epoch(number)
+        expected = list(PositionedBatchSampler(one_process))
+        steps = list(zip(*shards, strict=True))
+        assert len(steps) == len(expected) == 203 // 16
+        for batch, (first, second) in zip(expected, steps, strict=True):
+            assert first + second == batch
+            assert abs(len(first) - len(second)) <= 1
+            together = [index for index, _ in batch]
+            assert min(Counter(LABELS[together].tolist()).values()) >= 2  # the step's batch is balanced
+            assert len(set(together)) == len(together)  # the reference's rule: a partner is not in the batch

@@ -13,6 +13,7 @@ import pytest
 from synermix_hf.cli.arguments import BUILTIN_PRESET, ScriptArgumentParser
 from synermix_hf.cli.train import main
 from synermix_hf.testing import build_image_folder, tiny_images, write_parquet_copy
+from synermix_hf.training_args import accelerator_available
 
 # The six configurations exactly as the authors' README writes them (`main.py` -> our script).
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,20 +26,20 @@ README_COMMANDS = {
     "w-RA&ER(MM)": "-mn resnet18 -ds cifar100 -bs 128 -alpha 1 -beta 0.1 -itrm Manifold_Mixup -phase test",
 }
 LONG_FORMS = {
-    "wo-RA&ER": "--model_name resnet18 --dataset_name cifar100 --per_device_train_batch_size 128",
-    "w-RA": "--model_name resnet18 --dataset_name cifar100 --per_device_train_batch_size 128 --beta 0.5 --phase test",
-    "w-ER(M)": "--model_name resnet18 --dataset_name cifar100 --per_device_train_batch_size 128 --alpha 1 "
+    "wo-RA&ER": "--model_name resnet18 --dataset_name cifar100 --total_train_batch_size 128",
+    "w-RA": "--model_name resnet18 --dataset_name cifar100 --total_train_batch_size 128 --beta 0.5 --phase test",
+    "w-ER(M)": "--model_name resnet18 --dataset_name cifar100 --total_train_batch_size 128 --alpha 1 "
     "--inter_mixup mixup --phase test",
-    "w-ER(MM)": "--model_name resnet18 --dataset_name cifar100 --per_device_train_batch_size 128 --alpha 1 "
+    "w-ER(MM)": "--model_name resnet18 --dataset_name cifar100 --total_train_batch_size 128 --alpha 1 "
     "--inter_mixup manifold_mixup --phase test",
-    "w-RA&ER(M)": "--model_name resnet18 --dataset_name cifar100 --per_device_train_batch_size 128 --alpha 1 "
+    "w-RA&ER(M)": "--model_name resnet18 --dataset_name cifar100 --total_train_batch_size 128 --alpha 1 "
     "--beta 0.1 --inter_mixup mixup --phase test",
-    "w-RA&ER(MM)": "--model_name resnet18 --dataset_name cifar100 --per_device_train_batch_size 128 --alpha 1 "
+    "w-RA&ER(MM)": "--model_name resnet18 --dataset_name cifar100 --total_train_batch_size 128 --alpha 1 "
     "--beta 0.1 --inter_mixup manifold_mixup --phase test",
 }
 ALL_SHORT = "-mn resnet50 -ds food101 -pr True -bs 64 -alpha 0.4 -beta 0.2 -itrm Mixup -lr 0.05 -mo 0.8 -wd 1e-4 " \
     "-ss 20 -ga 0.1 -seed 7 -ep 30 -ne True -phase val -vr 0.2 -mp true"
-ALL_LONG = "--model_name resnet50 --dataset_name food101 --pretrained --per_device_train_batch_size 64 --alpha 0.4 " \
+ALL_LONG = "--model_name resnet50 --dataset_name food101 --pretrained --total_train_batch_size 64 --alpha 0.4 " \
     "--beta 0.2 --inter_mixup mixup --learning_rate 0.05 --momentum 0.8 --weight_decay 1e-4 --lr_step_size 20 " \
     "--lr_gamma 0.1 --seed 7 --num_train_epochs 30 --nesterov --phase val --val_ratio 0.2 --amp"
 
@@ -101,6 +102,42 @@ def test_builtin_preset_keeps_the_recipes_no_clipping_rule():
     assert args.max_grad_norm == 0
     _, _, args, _ = ScriptArgumentParser().parse(["--max_grad_norm", "1"])
     assert args.max_grad_norm == 1
+
+
+def test_bs_is_the_batch_of_one_step_and_per_device_keeps_its_meaning():
+    # -bs is the reference's batch of one SGD step: split over processes x accumulation steps (here 1 x 2; the
+    # two-process split is tested in test_distributed.py and test_multinode.py).
+    _, _, args, _ = ScriptArgumentParser().parse(["-ds", "cifar100", "-bs", "8", "--gradient_accumulation_steps", "2"])
+    assert (args.per_device_train_batch_size, args.total_train_batch_size) == (4, 8)
+    _, _, args, _ = ScriptArgumentParser().parse(["-ds", "cifar100", "--per_device_train_batch_size", "8",
+                                                  "--gradient_accumulation_steps", "2"])
+    assert (args.per_device_train_batch_size, args.total_train_batch_size) == (8, None)
+    _, _, args, _ = ScriptArgumentParser().parse(["-ds", "cifar100", "--gradient_accumulation_steps", "4"])
+    assert (args.per_device_train_batch_size, args.total_train_batch_size) == (32, 128)  # the reference's 128
+    # The built-in run's batch gives way to a batch of either kind.
+    _, _, args, _ = ScriptArgumentParser().parse(["--per_device_train_batch_size", "16"])
+    assert (args.per_device_train_batch_size, args.total_train_batch_size) == (16, None)
+    # --help says so.
+    bs = next(a for a in ScriptArgumentParser().parser._actions if "-bs" in a.option_strings)
+    assert bs.dest == "total_train_batch_size" and "one optimizer step, over all processes" in bs.help
+
+
+def test_a_batch_that_does_not_split_or_two_that_disagree_are_refused(capsys):
+    _fails(capsys, ["-ds", "cifar100", "-bs", "7", "--gradient_accumulation_steps", "2"],
+           "--total_train_batch_size (-bs) 7 does not split evenly over 1 process x 2 gradient accumulation steps",
+           "a multiple of 2", "--per_device_train_batch_size")
+    _fails(capsys, ["-ds", "cifar100", "--gradient_accumulation_steps", "3"],
+           "The reference's batch of 128 (the default --total_train_batch_size (-bs)) does not split evenly")
+    _fails(capsys, ["-ds", "cifar100", "-bs", "8", "--per_device_train_batch_size", "4"],
+           "--per_device_train_batch_size 4 and --total_train_batch_size (-bs) 8 disagree", "Give one of them")
+
+
+@pytest.mark.skipif(accelerator_available(), reason="the refusal is for machines without GPU")
+def test_use_cpu_false_is_refused_when_cpu_processes_were_launched(capsys, monkeypatch):
+    # What torchrun sets for a second process; the refusal comes before any process group is made.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    _fails(capsys, ["-ds", "cifar100", "--use_cpu", "false"], "--use_cpu false: 2 processes were launched",
+           "its own copy of the model", "Leave out --use_cpu")
 
 
 # ---- bad input: one paragraph on stderr, status 2, no traceback, before training ----

@@ -21,7 +21,7 @@ from typing import Any
 from ..datasets_catalog import BUILTIN_DATASET, CATALOG
 from ..models import MODEL_NAMES, normalise_model_name
 from ..recipe import RecipeTrainingArguments
-from ..training_args import SynerMixTrainingArguments
+from ..training_args import SynerMixTrainingArguments, accelerator_available, launched_processes
 from .errors import UsageError, usage_error
 
 __all__ = [
@@ -33,11 +33,13 @@ __all__ = [
     "ScriptTrainingArguments",
     "flag_names",
     "is_builtin_default",
+    "preset_values",
 ]
 
-# The reference code's short flags (its `main.py`), added to the fields of the same meaning.
+# The reference code's short flags (its `main.py`), added to the fields of the same meaning. Its `-bs` is the batch of
+# one SGD step on its one GPU, so it names the total batch, split over the processes, not the batch of each one.
 SHORT_FLAGS: dict[str, str] = {
-    "model_name": "-mn", "dataset_name": "-ds", "pretrained": "-pr", "per_device_train_batch_size": "-bs",
+    "model_name": "-mn", "dataset_name": "-ds", "pretrained": "-pr", "total_train_batch_size": "-bs",
     "alpha": "-alpha", "beta": "-beta", "inter_mixup": "-itrm", "learning_rate": "-lr", "momentum": "-mo",
     "weight_decay": "-wd", "lr_step_size": "-ss", "lr_gamma": "-ga", "seed": "-seed", "num_train_epochs": "-ep",
     "nesterov": "-ne", "phase": "-phase", "val_ratio": "-vr", "amp": "-mp",
@@ -60,12 +62,13 @@ HELP: dict[str, str] = {
 # Like the paper's recipe it does not clip gradients: five epochs at learning rate 0.05, multiplied by 0.6 after each
 # epoch. Without clipping, learning rate 0.1 is unstable in the first epochs from the CIFAR stem's default
 # initialisation (76-77% test accuracy after five epochs); six epochs take 86-90 s on a 2-core AVX2 CPU, too close to
-# the 90 s this run is sized for. Each value applies only where the command line (or JSON file) does not set it.
+# the 90 s this run is sized for. Each value applies only where the command line (or JSON file) does not set it (the
+# batch also gives way to --per_device_train_batch_size).
 BUILTIN_PRESET: dict[str, Any] = {
     "model_name": "resnet18",
     "image_size": 8,
     "num_train_epochs": 5,
-    "per_device_train_batch_size": 64,
+    "total_train_batch_size": 64,
     "per_device_eval_batch_size": 128,
     "learning_rate": 0.05,
     "lr_step_size": 1,
@@ -212,7 +215,8 @@ class ScriptTrainingArguments(RecipeTrainingArguments):
 _SYNERMIX_FIELDS = [f.name for f in dataclasses.fields(SynerMixTrainingArguments) if f.name in
                     {"beta", "alpha", "inter_mixup", "balanced_sampler", "head_module", "manifold_mixup_modules"}]
 _RECIPE_FIELDS = ["recipe", "learning_rate", "momentum", "nesterov", "weight_decay", "lr_step_size", "lr_gamma",
-                  "num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size", "seed", "amp",
+                  "num_train_epochs", "total_train_batch_size", "per_device_train_batch_size",
+                  "per_device_eval_batch_size", "seed", "amp",
                   "output_dir", "overwrite_output_dir", "feature_metrics", "do_train", "do_eval", "do_predict"]
 
 
@@ -328,9 +332,15 @@ class ScriptArgumentParser:
         else:
             values, explicit = self.values_from_command_line(argv)
         if is_builtin_default(values):
-            for key, value in BUILTIN_PRESET.items():
-                if key not in explicit:
-                    values[key] = value
+            values.update(preset_values(explicit))
+        if "use_cpu" in explicit and not values.get("use_cpu") and launched_processes() > 1 \
+                and not accelerator_available():
+            raise UsageError(
+                f"--use_cpu false: {launched_processes()} processes were launched on a machine without GPU, and "
+                "without --use_cpu each of them would train its own copy of the model into the same --output_dir. "
+                "Leave out --use_cpu (the processes then train one model together on the CPUs), or launch one "
+                "process."
+            )
         groups = []
         for dtype in self.dataclass_types:
             names = {f.name for f in dataclasses.fields(dtype) if f.init}
@@ -346,6 +356,13 @@ class ScriptArgumentParser:
             raise UsageError("--pretrained (-pr) loads torchvision's ImageNet weights for --model_name; a "
                              "--model_name_or_path model already starts from its own checkpoint.")
         return model_args, data_args, training_args, explicit
+
+
+def preset_values(explicit: set[str]) -> dict[str, Any]:
+    """The built-in run's preset values that the user did not set (a batch of either kind counts for the batch)."""
+    batch_given = bool(explicit & {"total_train_batch_size", "per_device_train_batch_size"})
+    return {key: value for key, value in BUILTIN_PRESET.items()
+            if key not in explicit and not (key == "total_train_batch_size" and batch_given)}
 
 
 def is_builtin_default(values: dict[str, Any]) -> bool:

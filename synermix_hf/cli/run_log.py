@@ -20,7 +20,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-__all__ = ["RunLogCallback", "append_final", "append_line", "command_line", "run_summary", "write_run_header"]
+__all__ = ["RunLogCallback", "append_final", "append_line", "command_line", "global_batch", "run_summary",
+           "write_run_header"]
 
 _TRAIN_KEYS = ("loss", "loss_intra", "loss_inter", "learning_rate", "grad_norm")
 _SHORT = {"learning_rate": "lr"}
@@ -152,8 +153,7 @@ def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args:
         "method": {"method": method, **{k: values[k] for k in method_keys}},
         "recipe": {"recipe": f"{training_args.recipe}: {optimizer}", **{k: str(values[k]) for k in recipe_keys},
                    "processes": training_args.world_size,
-                   "total train batch size": training_args.per_device_train_batch_size * training_args.world_size
-                   * training_args.gradient_accumulation_steps},
+                   "total train batch size": global_batch(training_args)},
         "output": {"output_dir": os.path.abspath(training_args.output_dir)},
         "all arguments": {
             "model": {k: v for k, v in dataclasses.asdict(model_args).items() if k != "token"},
@@ -161,6 +161,21 @@ def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args:
             "training": json.loads(training_args.to_json_string()),
         },
     }
+
+
+def global_batch(training_args: Any) -> str:
+    """The batch of one optimizer step and how it is made, e.g. `128 (2 processes x 64 per process x 1
+    accumulation step)`."""
+    gpus = max(1, training_args.n_gpu)
+    parts = [f"{training_args.world_size} process{'es' if training_args.world_size > 1 else ''}",
+             *([f"{gpus} GPUs"] if gpus > 1 else []),
+             f"{training_args.per_device_train_batch_size} per {'GPU' if gpus > 1 else 'process'}",
+             f"{training_args.gradient_accumulation_steps} accumulation step"
+             f"{'s' if training_args.gradient_accumulation_steps > 1 else ''}"]
+    total = (training_args.per_device_train_batch_size * gpus * training_args.world_size
+             * training_args.gradient_accumulation_steps)
+    partners = ", plus the balanced sampler's partners" if training_args.balanced_sampler else ""
+    return f"{total} ({' x '.join(parts)}{partners})"
 
 
 def command_line(program: str, argv: list[str]) -> str:

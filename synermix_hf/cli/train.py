@@ -25,13 +25,14 @@ from ..data import dataset_labels
 from ..data_path import prepare_views
 from ..datasets_catalog import load_image_classification_data
 from ..metrics import ClassificationMetrics
-from .arguments import BUILTIN_PRESET, ScriptArgumentParser, is_builtin_default
+from .arguments import ScriptArgumentParser, is_builtin_default, preset_values
 from .errors import UsageError, usage_error
 from .model import build_model, check_model_outputs, find_layout
 from .model_card import CardTrainer, check_hub_access, synermix_section
 from .output_dir import LOG_FILE, default_output_dir, method_label, prepare_output_dir
 from .predictions import PREDICTIONS_FILE, image_ids, write_predictions
-from .run_log import RunLogCallback, append_final, append_line, command_line, run_summary, write_run_header
+from .run_log import (RunLogCallback, append_final, append_line, command_line, global_batch, run_summary,
+                      write_run_header)
 
 __all__ = ["main", "run"]
 
@@ -83,7 +84,7 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
 
     # 4. Data.
     if builtin and training_args.should_log:
-        preset = ", ".join(f"{k}={v}" for k, v in BUILTIN_PRESET.items() if k not in explicit)
+        preset = ", ".join(f"{k}={v}" for k, v in preset_values(explicit).items())
         print(
             "No dataset given (--dataset_name, --train_dir or --validation_dir), so this run uses the built-in "
             "default: scikit-learn's digits (1,797 8x8 grayscale images of 10 digits, shipped with scikit-learn, no "
@@ -183,6 +184,7 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     # 12. Model card, and the push to the Hub (as Hugging Face's script does).
     settings = {"method": method, "beta": training_args.beta, "inter_mixup": training_args.inter_mixup,
                 "alpha": training_args.alpha, "balanced_sampler": training_args.balanced_sampler,
+                "total train batch size": global_batch(training_args),
                 "recipe": training_args.recipe, "model": model_args.model_name_or_path or model_args.model_name,
                 "head": layout.head_text(model),
                 "Manifold MixUp points": layout.points_text(training_args.inter_mixup),
@@ -250,9 +252,10 @@ def _check_data_for_the_run(training_args: Any, data: Any) -> None:
             raise UsageError(f"{flag} needs an evaluation split, and {data.source} has none; give --validation_dir "
                              f"or --train_val_split, or drop {flag}.")
     if training_args.do_train and training_args.balanced_sampler:
-        batch = training_args.per_device_train_batch_size
+        batch = training_args.per_device_train_batch_size * training_args.world_size
         if len(data.train) < batch:
-            raise UsageError(f"--per_device_train_batch_size (-bs) {batch} is larger than the training set "
+            raise UsageError(f"The batch of one step, {batch} (--total_train_batch_size (-bs), or "
+                             "--per_device_train_batch_size times the processes), is larger than the training set "
                              f"({len(data.train)} examples); the class-balanced sampler drops incomplete batches. "
                              "Lower the batch size.")
 
