@@ -56,7 +56,7 @@ from synermix_hf import (
     SynerMixTrainingArguments,
     prepare_views,
 )
-from synermix_hf.transforms import TransformSpec
+from synermix_hf.data.transforms import TransformSpec
 
 DATA_TARGET, EPOCH_TARGET, DEFAULT_RUN_TARGET_S = 10.0, 2.0, 90.0
 NUM_CLASSES = 100

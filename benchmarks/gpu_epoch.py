@@ -52,7 +52,7 @@ from transformers.utils import logging as hf_logging
 
 from synermix_hf import RecipeTrainer, RecipeTrainingArguments, prepare_views
 from synermix_hf.models import TorchvisionForImageClassification
-from synermix_hf.transforms import TransformSpec
+from synermix_hf.data.transforms import TransformSpec
 
 NUM_CLASSES = 100
 UTILISATION_COMMAND = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"]

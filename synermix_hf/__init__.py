@@ -1,9 +1,30 @@
-"""SynerMix (arXiv:2403.14137) for Hugging Face `Trainer`: intra-class mixup of features plus inter-class mixup."""
+"""SynerMix (arXiv:2403.14137) for Hugging Face `Trainer`: intra-class mixup of features plus inter-class mixup.
+
+The layers, from the bottom: the mixing math (`mixup`) and the seeds (`seeding`); models and where SynerMix reaches
+into them (`models`, `adapters`); the data layer (`data`); the Trainer integration (`training_args`, `trainer`,
+`recipe`, with `checkpoints`, `distributed` and `finite_loss`); the command line (`cli`) on top.
+"""
 
 from . import models  # registers TorchvisionForImageClassification with the Auto classes
 from .adapters import INPUT_POINT, ModelAdapter, find_head, find_mixing_points
-from .batch_transforms import BatchViews
-from .data import Cutout, SeededAugmentation, SingleViewTransform, SynerMixCollator, TwoViewTransform, dataset_labels
+from .data import (
+    DATA_PATHS,
+    VIEWS_ON,
+    BatchViews,
+    ClassBalancedBatchSampler,
+    Cutout,
+    DecodedImageDataset,
+    PositionedBatchSampler,
+    PreparedViews,
+    SeededAugmentation,
+    SingleViewTransform,
+    StepShards,
+    SynerMixCollator,
+    TwoViewTransform,
+    dataset_labels,
+    decoded_images,
+    prepare_views,
+)
 from .mixup import (
     cutmix_batch,
     cutmix_box,
@@ -14,16 +35,13 @@ from .mixup import (
     mixup_cross_entropy,
     sample_mixup_lambda,
 )
-from .data_path import DATA_PATHS, DecodedImageDataset, PreparedViews, prepare_views
-from .decoded_cache import decoded_images
 from .models import TorchvisionClassifierConfig, TorchvisionForImageClassification, build_torchvision_classifier
 from .recipe import RecipeTrainer, RecipeTrainingArguments
-from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler
-from .seeding import example_seeds
-from .trainer import SynerMixTrainer, step_generators
+from .seeding import example_seeds, step_generators
+from .trainer import SynerMixTrainer
 from .training_args import INTER_MIXUP_CHOICES, SynerMixTrainingArguments, normalise_inter_mixup
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DATA_PATHS",
@@ -40,12 +58,14 @@ __all__ = [
     "RecipeTrainingArguments",
     "SeededAugmentation",
     "SingleViewTransform",
+    "StepShards",
     "SynerMixCollator",
     "SynerMixTrainer",
     "SynerMixTrainingArguments",
     "TorchvisionClassifierConfig",
     "TorchvisionForImageClassification",
     "TwoViewTransform",
+    "VIEWS_ON",
     "build_torchvision_classifier",
     "cutmix_batch",
     "cutmix_box",

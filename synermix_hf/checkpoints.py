@@ -1,4 +1,8 @@
-"""Checkpoints that are complete or absent, and continuing from the last complete one.
+"""Checkpoints that are complete or absent, continuing from the last complete one, and loading them whole.
+
+This module is the one place where synermix-hf overrides private methods of `transformers.Trainer` (five:
+`_save_checkpoint`, `_get_output_dir`, `_push_from_checkpoint`, `_load_from_checkpoint`, `_load_best_model`);
+tests/test_checkpoints.py checks their signatures against the installed transformers.
 
 The Trainer writes a checkpoint's files one after another into `checkpoint-N`: a run stopped during a save (Ctrl-C,
 SIGKILL, a preempted node) leaves a folder with some files and no `trainer_state.json`, which the next run takes for
@@ -7,6 +11,8 @@ the latest checkpoint and fails on. Here:
 * `StagedCheckpoints` (a `Trainer` mixin) writes each checkpoint into `tmp-checkpoint-N/checkpoint-N` and renames it
   to `checkpoint-N` once every process has written its files. The rename is the commit point: `checkpoint-N` is
   complete or absent. Older checkpoints are rotated out (`save_total_limit`) only after that.
+* `LegacyWeightNames` (a `Trainer` mixin) loads checkpoints that transformers 5 saved under the legacy weight names
+  of some models (ViT among them), which the Trainer's own resume would leave untrained.
 * `checkpoint_problem` tells why a folder is not a checkpoint a run can continue from (no or unreadable
   `trainer_state.json`, a weights or optimizer file cut short), for checkpoints written by anything else, and
   `last_complete_checkpoint` skips those.
@@ -29,10 +35,15 @@ import struct
 import zipfile
 from typing import Any
 
+from safetensors import safe_open
+from torch import nn
+from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 __all__ = [
     "STAGING_PREFIX",
+    "LegacyWeightNames",
     "StagedCheckpoints",
     "checkpoint_problem",
     "last_complete_checkpoint",
@@ -261,3 +272,54 @@ class StagedCheckpoints:
             return
         rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                            best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+
+class LegacyWeightNames:
+    """`transformers.Trainer` mixin: resume and `load_best_model_at_end` restore checkpoints saved under other weight
+    names than the model's own.
+
+    transformers 5 saves some models (ViT among them) under their legacy weight names, and the Trainer's own resume
+    loads the file without converting them back, which leaves those weights untrained with only a warning
+    (huggingface/transformers#43701). `from_pretrained` does the conversion.
+    """
+
+    # ---- transformers private API (signatures checked by tests/test_checkpoints.py) ----
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        if not self._load_renamed_weights(resume_from_checkpoint, model if model is not None else self.model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        if not self._load_renamed_weights(self.state.best_model_checkpoint, self.model):
+            super()._load_best_model()
+
+    def _load_renamed_weights(self, checkpoint: str | None, model: nn.Module) -> bool:
+        """Load a checkpoint saved under other weight names than the model's own, converting them; False if not.
+
+        transformers 5 saves some models (ViT among them) under their legacy weight names, and the Trainer's own
+        resume loads the file without converting them back, which leaves those weights untrained with only a
+        warning (huggingface/transformers#43701). `from_pretrained` does the conversion.
+        """
+        if checkpoint is None or not isinstance(model, PreTrainedModel):
+            return False
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return False
+        saved = _saved_weight_names(checkpoint)
+        if saved is None or saved == set(model.state_dict()):
+            return False
+        reloaded = type(model).from_pretrained(checkpoint, config=model.config)
+        model.load_state_dict(reloaded.state_dict())
+        return True
+
+
+def _saved_weight_names(checkpoint: str) -> set[str] | None:
+    """Names of the weights in a checkpoint's safetensors file(s), or None when it has none."""
+    single = os.path.join(checkpoint, SAFE_WEIGHTS_NAME)
+    index = os.path.join(checkpoint, SAFE_WEIGHTS_INDEX_NAME)
+    if os.path.isfile(single):
+        with safe_open(single, framework="pt") as weights:
+            return set(weights.keys())
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as handle:
+            return set(json.load(handle)["weight_map"])
+    return None

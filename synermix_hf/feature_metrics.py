@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .trainer import SynerMixTrainer
+from .data.views import original_view
 from .metrics import load_metric
+from .trainer import SynerMixTrainer
 
 __all__ = ["collect_penultimate_features", "feature_space_metrics", "penultimate_feature_metrics"]
 
@@ -51,8 +52,8 @@ def collect_penultimate_features(
 
     try:
         for batch in loader:
-            batch = trainer._prepare_inputs(batch)
-            pixels = batch["original_pixel_values"] if "original_pixel_values" in batch else batch["pixel_values"]
+            batch = trainer.batch_on_device(batch)
+            pixels = original_view(batch)
             captured.clear()
             with torch.no_grad(), trainer.compute_loss_context_manager(), adapter.head_input_replaced(capture):
                 adapter.logits(model, pixels)

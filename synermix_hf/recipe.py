@@ -79,14 +79,14 @@ def _resolve_mixed_precision(args: RecipeTrainingArguments) -> None:
     cuda = torch.cuda.is_available() and not args.use_cpu
     if args.amp and not (args.fp16 or args.bf16):
         if cuda:
-            args.fp16 = True
+            args.choose("fp16", True, "--amp on a CUDA device: fp16 autocast with a gradient scaler, as the reference")
         else:
-            args.bf16 = True
-            logger.info("`amp`: no CUDA device, so mixed precision uses bf16 autocast.")
+            args.choose("bf16", True, "--amp without a CUDA device: bf16 autocast (fp16 does nothing on a CPU)")
     if (args.bf16 or args.bf16_full_eval) and not args.use_cpu:
         accelerator = torch.cuda.is_available() or is_torch_bf16_gpu_available() or is_torch_xla_available()
         if not accelerator:
-            args.use_cpu = True  # TrainingArguments only accepts bf16 without an accelerator when use_cpu is set
+            args.choose("use_cpu", True, "bf16 without an accelerator: TrainingArguments accepts it on the CPU only "
+                        "with use_cpu")
     if (args.bf16 or args.bf16_full_eval) and args.use_cpu and cpu_has_native_bf16() is False:
         logger.warning(
             "bf16 on this CPU (%s, without AVX512_BF16 or AMX) is emulated: training is many times slower than in "
@@ -136,6 +136,11 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
                   "times the processes when that is given."},
     )
     per_device_eval_batch_size: int = field(default=48, metadata={"help": "Evaluation batch size per device."})
+    dataloader_pin_memory: bool | None = field(
+        default=None,
+        metadata={"help": "Pin the loader's memory, for faster copies to the GPU. Default: on with a CUDA device, off "
+                  "without one (nothing to pin memory for)."},
+    )
     seed: int = field(default=123, metadata={"help": "Random seed."})
     max_grad_norm: float = field(
         default=0.0,
@@ -188,8 +193,10 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
         if self.eval_strategy is None:
             self.eval_strategy = "epoch" if self.do_eval else "no"
         _resolve_mixed_precision(self)
-        if not torch.cuda.is_available():
-            self.dataloader_pin_memory = False  # nothing to pin memory for; avoids torch's warning on CPU
+        if self.dataloader_pin_memory is None:
+            cuda = torch.cuda.is_available() and not self.use_cpu
+            self.choose("dataloader_pin_memory", cuda, "a CUDA device: pinned batches are copied to it without "
+                        "waiting" if cuda else "no CUDA device: nothing to pin memory for")
         for name in ("per_device_train_batch_size", "total_train_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -217,7 +224,8 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
                     "the batch of each process."
                 )
             self.total_train_batch_size = total
-            self.per_device_train_batch_size = total // shares
+            self.choose("per_device_train_batch_size", total // shares, f"the total batch of {total} "
+                        f"(`total_train_batch_size`) over {split}")
         elif self.total_train_batch_size is not None:
             per_device, total = self.per_device_train_batch_size, self.total_train_batch_size
             if per_device * shares != total:

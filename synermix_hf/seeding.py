@@ -1,6 +1,7 @@
 """Counter-based seeds: each random draw is a pure function of a few integers, never of what was drawn before.
 
-`example_seeds(seed, epoch, positions)` gives every example *appearance* of an epoch its own 64-bit seed. The
+`step_generators(seed, step, micro_step, process_index)` gives the random sources of one training micro-step (the
+mixing draws of the loss). `example_seeds(seed, epoch, positions)` gives every example *appearance* of an epoch its own 64-bit seed. The
 position is the example's place in the epoch's sequence of loaded examples (see `PositionedBatchSampler`), not its
 dataset index, so an example that the balanced sampler loads twice in an epoch (a partner) is augmented
 independently each time, as in the reference loop, while a resumed run or a run on more processes still draws the
@@ -16,8 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
-__all__ = ["example_seeds", "splitmix64"]
+__all__ = ["example_seeds", "splitmix64", "step_generators"]
 
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -46,3 +48,18 @@ def example_seeds(seed: int, epoch: int, positions: np.ndarray | Sequence[int]) 
     key = splitmix64(splitmix64(int(seed) & 0xFFFFFFFFFFFFFFFF) ^ np.uint64(int(epoch) & 0xFFFFFFFFFFFFFFFF))
     positions = np.asarray(positions, dtype=np.uint64)
     return splitmix64(key ^ positions.reshape(-1)).reshape(positions.shape)
+
+
+def step_generators(
+    seed: int, step: int, micro_step: int, process_index: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Generator, np.random.Generator]:
+    """The random sources of one training micro-step, seeded by `(seed, step, micro_step, process_index)`.
+
+    Returns:
+        `(generator, rng)`: a `torch.Generator` on `device` for tensor draws (intra-class weights, permutation) and a
+        `numpy.random.Generator` for scalar draws (lambda, CutMix box, Manifold MixUp point).
+    """
+    torch_seed, numpy_seed = np.random.SeedSequence([seed, step, micro_step, process_index]).spawn(2)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(torch_seed.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
+    return generator, np.random.default_rng(numpy_seed)

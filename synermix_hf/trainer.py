@@ -11,27 +11,25 @@ Evaluation and `predict()` are plain: cross-entropy and logits on the original v
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import has_length, seed_worker
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .adapters import INPUT_POINT, ModelAdapter
-from .bad_images import IGNORE_LABEL, BadImageLog, BadImagePolicy, tolerant_images
-from .checkpoints import StagedCheckpoints
-from .data import SeededAugmentation, SynerMixCollator, dataset_labels
+from .checkpoints import LegacyWeightNames, StagedCheckpoints
+from .data.bad_images import IGNORE_LABEL, BadImageLog, BadImagePolicy, tolerant_images
+from .data.sampler import ClassBalancedBatchSampler, PositionedBatchSampler, StepShards
+from .data.views import SeededAugmentation, SynerMixCollator, dataset_labels, original_view
 from .distributed import StepBufferBroadcast, gather_step_batch, is_data_parallel
+from .finite_loss import FiniteLossCallback, FiniteLossCheck
 from .mixup import (
     cutmix_batch,
     intra_class_loss,
@@ -40,28 +38,13 @@ from .mixup import (
     mixup_cross_entropy,
     sample_mixup_lambda,
 )
-from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler, StepShards
+from .seeding import step_generators
 from .training_args import SynerMixTrainingArguments
 
-__all__ = ["FiniteLossCheck", "SynerMixTrainer", "step_generators"]
+__all__ = ["SynerMixTrainer"]
 
 
-def step_generators(
-    seed: int, step: int, micro_step: int, process_index: int, device: torch.device | str = "cpu"
-) -> tuple[torch.Generator, np.random.Generator]:
-    """The random sources of one training micro-step, seeded by `(seed, step, micro_step, process_index)`.
-
-    Returns:
-        `(generator, rng)`: a `torch.Generator` on `device` for tensor draws (intra-class weights, permutation) and a
-        `numpy.random.Generator` for scalar draws (lambda, CutMix box, Manifold MixUp point).
-    """
-    torch_seed, numpy_seed = np.random.SeedSequence([seed, step, micro_step, process_index]).spawn(2)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(torch_seed.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
-    return generator, np.random.default_rng(numpy_seed)
-
-
-class SynerMixTrainer(StagedCheckpoints, Trainer):
+class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
     """`transformers.Trainer` that trains with SynerMix.
 
     Use it as `Trainer`, with `SynerMixTrainingArguments`. Checkpoints are complete or absent, and a run continues
@@ -72,7 +55,7 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
     Images that cannot be decoded (a truncated file, ...) of a `datasets.Dataset` are replaced in training by another
     image of their class and skipped in evaluation (their label becomes -100, which the loss ignores and
     `ClassificationMetrics` counts as `skipped_images`); each is named once in a warning and kept in `bad_images` (a
-    `BadImageLog`), and the run stops by `max_bad_image_fraction` / `stop_on_bad_image` (see `synermix_hf.bad_images`).
+    `BadImageLog`), and the run stops by `max_bad_image_fraction` / `stop_on_bad_image` (see `synermix_hf.data.bad_images`).
 
     Args:
         train_labels: Optional label of every training example, for the balanced sampler. By default they are read
@@ -120,6 +103,7 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
         self.bad_images = BadImageLog(BadImagePolicy(self.args.max_bad_image_fraction, self.args.stop_on_bad_image))
         self._set_epoch_callback = _SetEpochCallback()
         self.add_callback(self._set_epoch_callback)
+        self.add_callback(FiniteLossCallback(self._finite_check))
         if self.model is not None:
             self.adapter  # noqa: B018 - fail at construction, before training, when the head cannot be found
 
@@ -144,14 +128,6 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
         return self._adapter
 
     # ---- data ----
-
-    def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
-        # The loss reads only the keys it needs, so nothing reaches the model's forward that it does not accept and
-        # the columns an on-the-fly transform needs (image, label) must stay.
-        return dataset
-
-    def _get_collator_with_removed_columns(self, data_collator: Any, description: str | None = None) -> Any:
-        return data_collator
 
     def get_train_dataloader(self) -> DataLoader:
         """The training loader: balanced batches (when enabled) of examples whose augmentation is seeded.
@@ -211,52 +187,40 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
     def _data_seed(self) -> int:
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed
 
-    def _get_dataloader(self, dataset: Any, description: str, *args: Any, **kwargs: Any) -> DataLoader:
-        # Evaluation and prediction loaders: an image that cannot be decoded is skipped (label -100), not a crash.
-        if not kwargs.get("is_training", False):
-            dataset = tolerant_images(dataset, "evaluation set" if description == "Evaluation" else "prediction set",
-                                      seed=self._data_seed, skip=True)
-        return super()._get_dataloader(dataset, description, *args, **kwargs)
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
+        """The Trainer's evaluation loader, over a dataset in which an image that cannot be decoded is skipped."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if isinstance(eval_dataset, str):
+            dataset = self.eval_dataset[eval_dataset]
+        if dataset is not None and not isinstance(dataset, dict):
+            dataset = tolerant_images(dataset, "evaluation set", seed=self._data_seed, skip=True)
+        return super().get_eval_dataloader(eval_dataset if isinstance(eval_dataset, str) or dataset is None
+                                           else dataset)
 
-    def _prepare_inputs(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
-        """Move the batch to the device; a batch of decoded uint8 images then gets its views made there, batched.
+    def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
+        """The Trainer's prediction loader, over a dataset in which an image that cannot be decoded is skipped."""
+        return super().get_test_dataloader(tolerant_images(test_dataset, "prediction set", seed=self._data_seed,
+                                                           skip=True))
+
+    def batch_on_device(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
+        """A batch from one of this trainer's loaders, moved to the device, with its views made (as evaluation and
+        `compute_loss` see it)."""
+        # transformers' own `prediction_step` moves the batch with the private `_prepare_inputs` too.
+        return self._with_views(self._prepare_inputs(inputs))
+
+    def _with_views(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
+        """A batch on the device with its views: a batch of decoded uint8 images gets them made here, batched.
 
         Reports of images that could not be decoded (`bad_images`) go to `self.bad_images`, which may stop the run.
         """
-        reports = inputs.pop("bad_images", None) if isinstance(inputs, dict) else None
+        reports = inputs.pop("bad_images", None)
         if reports:
             self.bad_images.record(reports)
-        inputs = super()._prepare_inputs(inputs)
         views = inputs.get("views")
-        return views(inputs) if callable(views) else inputs
-
-    # ---- checkpoints ----
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        if not self._load_renamed_weights(resume_from_checkpoint, model if model is not None else self.model):
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-    def _load_best_model(self) -> None:
-        if not self._load_renamed_weights(self.state.best_model_checkpoint, self.model):
-            super()._load_best_model()
-
-    def _load_renamed_weights(self, checkpoint: str | None, model: nn.Module) -> bool:
-        """Load a checkpoint saved under other weight names than the model's own, converting them; False if not.
-
-        transformers 5 saves some models (ViT among them) under their legacy weight names, and the Trainer's own
-        resume loads the file without converting them back, which leaves those weights untrained with only a
-        warning (huggingface/transformers#43701). `from_pretrained` does the conversion.
-        """
-        if checkpoint is None or not isinstance(model, PreTrainedModel):
-            return False
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            return False
-        saved = _saved_weight_names(checkpoint)
-        if saved is None or saved == set(model.state_dict()):
-            return False
-        reloaded = type(model).from_pretrained(checkpoint, config=model.config)
-        model.load_state_dict(reloaded.state_dict())
-        return True
+        if not callable(views):
+            return inputs
+        with torch.autocast(inputs["images"].device.type, enabled=False):  # the recipe's own dtypes, not autocast's
+            return views(inputs)
 
     # ---- loss ----
 
@@ -272,9 +236,10 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
         `num_items_in_batch` is accepted for API compatibility and not used: the loss is a per-micro-batch mean
         (L_intra is a mean over classes, not over items) and the Trainer averages it over accumulation steps.
         """
+        inputs = self._with_views(inputs)
         labels = inputs["labels"]
         if not model.training:
-            logits = self.adapter.logits(model, _original_view(inputs))
+            logits = self.adapter.logits(model, original_view(inputs))
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
             return (loss, logits) if return_outputs else loss
 
@@ -384,14 +349,6 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
     def _check_finite(self, loss: torch.Tensor, components: dict[str, torch.Tensor]) -> None:
         self._finite_check.submit(self.state.global_step, loss, components)
 
-    def _maybe_log_save_evaluate(self, *args: Any, **kwargs: Any) -> None:
-        # Logging, evaluation, checkpoints and the end of training read the weights or the loss: settle a check that
-        # is still pending first, so that nothing trained on a non-finite loss is logged, evaluated or saved.
-        control = self.control
-        if control.should_log or control.should_evaluate or control.should_save or control.should_training_stop:
-            self._finite_check.flush()
-        super()._maybe_log_save_evaluate(*args, **kwargs)
-
     def train(self, *args: Any, **kwargs: Any) -> Any:
         self._finite_check.reset()
         result = super().train(*args, **kwargs)
@@ -437,10 +394,10 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Plain logits of the original view, and their cross-entropy when labels are given."""
-        inputs = self._prepare_inputs(inputs)
+        inputs = self.batch_on_device(inputs)
         labels = inputs.get("labels")
         with torch.no_grad(), self.compute_loss_context_manager():
-            logits = self.adapter.logits(model, _original_view(inputs))
+            logits = self.adapter.logits(model, original_view(inputs))
             loss = None
             if labels is not None:
                 loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_LABEL,
@@ -450,66 +407,6 @@ class SynerMixTrainer(StagedCheckpoints, Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, logits.detach(), labels
-
-
-class FiniteLossCheck:
-    """Stop training with `FloatingPointError` when a training loss is not finite, naming the step and the components.
-
-    On CUDA the loss is copied to the host without waiting and read one step later (or before the next log,
-    evaluation or checkpoint, and at the end of training), so the check never makes the GPU drain its queue; the
-    update of the offending step has then been applied, and the error says so. On other devices (the CPU has no
-    queue to drain) it is read at once, before the optimizer step.
-
-    Args:
-        deferred_devices: Device types whose check is read one step late.
-    """
-
-    def __init__(self, deferred_devices: tuple[str, ...] = ("cuda",)):
-        self.deferred_devices = deferred_devices
-        self._pending: tuple[int, list[str], torch.Tensor, Any] | None = None
-
-    def submit(self, step: int, loss: torch.Tensor, components: dict[str, torch.Tensor]) -> None:
-        names = list(components)
-        values = torch.stack([loss.detach().float().reshape(()), *(v.detach().float().reshape(()) for v in
-                                                                     components.values())])  # fmt: skip
-        if values.device.type not in self.deferred_devices:
-            self._check(step, names, values, applied=False)
-            return
-        self.flush()
-        event = None
-        if values.device.type == "cuda":
-            values = values.to("cpu", non_blocking=True)  # into pinned memory, read after the event
-            event = torch.cuda.Event()
-            event.record()
-        self._pending = (step, names, values, event)
-
-    def flush(self) -> None:
-        """Read the pending check (waits only for the copy of that step's loss)."""
-        if self._pending is None:
-            return
-        step, names, values, event = self._pending
-        self._pending = None
-        if event is not None:
-            event.synchronize()
-        self._check(step, names, values, applied=True)
-
-    def reset(self) -> None:
-        self._pending = None
-
-    @staticmethod
-    def _check(step: int, names: list[str], values: torch.Tensor, applied: bool) -> None:
-        if bool(torch.isfinite(values[0])):
-            return
-        loss, *parts = values.tolist()
-        text = ", ".join(f"loss_{name}={value:.6g}" for name, value in zip(names, parts))
-        consequence = (
-            "Training stopped after that step's update (on CUDA the check reads the loss one step late, so as not to "
-            "stall the GPU); resume from the last checkpoint" if applied else "The step was not applied"
-        )
-        raise FloatingPointError(
-            f"Non-finite training loss at global step {step}: loss={loss:.6g} ({text}). {consequence}. Lower the "
-            "learning rate, use bf16 instead of fp16, or set max_grad_norm."
-        )
 
 
 class _SetEpochCallback(TrainerCallback):
@@ -527,20 +424,3 @@ class _SetEpochCallback(TrainerCallback):
         epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
         for target in self.targets:
             target.set_epoch(epoch)
-
-
-def _saved_weight_names(checkpoint: str) -> set[str] | None:
-    """Names of the weights in a checkpoint's safetensors file(s), or None when it has none."""
-    single = os.path.join(checkpoint, SAFE_WEIGHTS_NAME)
-    index = os.path.join(checkpoint, SAFE_WEIGHTS_INDEX_NAME)
-    if os.path.isfile(single):
-        with safe_open(single, framework="pt") as weights:
-            return set(weights.keys())
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as handle:
-            return set(json.load(handle)["weight_map"])
-    return None
-
-
-def _original_view(inputs: dict[str, Any]) -> torch.Tensor:
-    return inputs["original_pixel_values"] if "original_pixel_values" in inputs else inputs["pixel_values"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
-from .bad_images import DEFAULT_MAX_BAD_IMAGE_FRACTION
-from .decoded_cache import DEFAULT_BUDGET_GIB
+from .data.bad_images import DEFAULT_MAX_BAD_IMAGE_FRACTION
 
 __all__ = [
     "INTER_MIXUP_CHOICES",
@@ -23,7 +23,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 INTER_MIXUP_CHOICES = ("none", "mixup", "manifold_mixup", "cutmix")
-DATA_PATHS = ("auto", "device", "per_image")
 
 
 def normalise_inter_mixup(value: str | None) -> str:
@@ -82,25 +81,29 @@ class SynerMixTrainingArguments(TrainingArguments):
         head_module: Name of the final classification Linear, when it cannot be detected.
         manifold_mixup_modules: Manifold MixUp points (`input` or names of modules whose input is mixed), when the
             defaults for the architecture do not suit.
-        data_path: How `synermix_hf.data_path.prepare_views` (and `run_image_classification.py`) feed images:
-            `device` decodes them once and makes both views batched on the training device, `per_image` transforms
-            each image in the loader, `auto` takes `device` where it applies (square transform families, an Image
-            column, within `decode_budget_gib`).
-        decode_budget_gib: Largest decoded size (GiB, training + evaluation images) the device path takes.
         max_bad_image_fraction: Images that cannot be decoded (a truncated file, ...) are replaced in training by
             another image of their class that decodes (the same one in every epoch) and skipped in evaluation
             (`eval_skipped_images`); the run stops when more than this share of a split is bad (see
-            `synermix_hf.bad_images`).
+            `synermix_hf.data.bad_images`).
         stop_on_bad_image: Stop at the first image that cannot be decoded instead.
         logging_nan_inf_filter: As in `TrainingArguments`, but off by default: the trainer stops at a non-finite
             training loss (`FiniteLossCheck`), so the filter would only cost a host-device sync per step.
+        remove_unused_columns: Must be False (the default here; the Trainer's is True): the loss reads
+            `original_pixel_values`, which no model's forward takes, and on-the-fly transforms need the image and
+            label columns.
 
-    With pinned loader memory (`dataloader_pin_memory`, the default on GPU) and no `accelerator_config` given,
-    batches are copied to the device with `non_blocking=True`.
+    Every other argument and default is `TrainingArguments`'s: unlike the script (`RecipeTrainingArguments`), this
+    class clips gradients at `max_grad_norm=1.0` and trains with AdamW at 5e-5 on a linear schedule, and turns the
+    balanced sampler on only for `beta > 0`.
 
-    Several processes launched on a machine without GPU or other accelerator (`torchrun --nproc_per_node 2`, or
-    `--nnodes 2` on CPU nodes) train one model together: `use_cpu` is set, which is what makes `TrainingArguments`
-    join them in one distributed (gloo) job instead of training a separate copy in each process.
+    Values the project chooses for a run, never over a value the user gave, are set with `choose` and listed with
+    their reasons in `chosen_settings` (the script writes them to the run log and the model card):
+
+    * `accelerator_config.non_blocking = True` when batches are in pinned memory (`dataloader_pin_memory`, the
+      default on GPU) and no `accelerator_config` is given: the host does not wait for each copy to the GPU;
+    * `use_cpu = True` when several processes are launched on a machine without GPU or other accelerator
+      (`torchrun --nproc_per_node 2`, or `--nnodes 2` on CPU nodes): only then does `TrainingArguments` join them in
+      one distributed (gloo) job instead of training a separate copy in each process.
     """
 
     beta: float = field(
@@ -140,18 +143,10 @@ class SynerMixTrainingArguments(TrainingArguments):
             "per step."
         },
     )
-    data_path: str = field(
-        default="auto",
-        metadata={
-            "choices": list(DATA_PATHS),
-            "help": "device: decode the images once and make both views batched on the training device; per_image: "
-            "transform each image in the loader; auto: device where it applies (cifar/miniimagenet/digits recipes "
-            "within --decode_budget_gib), else per_image.",
-        },
-    )
-    decode_budget_gib: float = field(
-        default=DEFAULT_BUDGET_GIB,
-        metadata={"help": "Largest decoded size (GiB, train + eval images) the device data path takes."},
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Must be False for SynerMix (transformers' default is True): the loss reads "
+                  "original_pixel_values, which no model's forward takes."},
     )
 
     max_bad_image_fraction: float = field(
@@ -166,14 +161,33 @@ class SynerMixTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Stop at the first image that cannot be decoded instead of replacing or skipping it."},
     )
+    chosen_settings: dict[str, tuple[Any, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def choose(self, name: str, value: Any, reason: str) -> None:
+        """Set an argument to a value the project chose for this run, and record it with `reason`.
+
+        Only for a value the user did not give: a given value is kept, or refused with a reason.
+
+        Args:
+            name: The argument, or a dotted path into one (`accelerator_config.non_blocking`).
+            value: The value chosen.
+            reason: Why, in a few words, for the run log and the model card.
+        """
+        *parents, leaf = name.split(".")
+        target = self
+        for part in parents:
+            target = getattr(target, part)
+        setattr(target, leaf, value)
+        self.chosen_settings[name] = (value, reason)
 
     def __post_init__(self):
         if not 0.0 <= self.max_bad_image_fraction <= 1.0:
             raise ValueError(f"`max_bad_image_fraction` must be between 0 and 1, got {self.max_bad_image_fraction}.")
-        if self.data_path not in DATA_PATHS:
-            raise ValueError(f"`data_path` {self.data_path!r} is not valid; choose one of {', '.join(DATA_PATHS)}.")
-        if not self.decode_budget_gib >= 0:
-            raise ValueError(f"`decode_budget_gib` must be >= 0, got {self.decode_budget_gib}.")
+        if self.remove_unused_columns:
+            raise ValueError(
+                "`remove_unused_columns` must be False for SynerMix: the loss reads `original_pixel_values`, which no "
+                "model's forward takes, and datasets with an on-the-fly transform need their image and label columns."
+            )
         self.inter_mixup = normalise_inter_mixup(self.inter_mixup)
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"`beta` must be between 0 and 1, got {self.beta}.")
@@ -193,13 +207,14 @@ class SynerMixTrainingArguments(TrainingArguments):
             # the same output directory. Only `cpu=True` (our `use_cpu`) makes it a MULTI_CPU (gloo) job. The
             # condition holds only where the run would be on the CPU anyway: on a machine with a GPU (or XPU, NPU,
             # ...) nothing changes, so single- and multi-node GPU launches are set up by accelerate as before.
-            self.use_cpu = True
-            logger.info("%d processes launched and no GPU: they train one model on the CPUs (use_cpu set).",
-                        launched_processes())
+            processes = launched_processes()
+            self.choose("use_cpu", True, f"{processes} processes launched without a GPU: only with use_cpu do they "
+                        "train one model together (gloo) instead of one copy each")
+            logger.info("%d processes launched and no GPU: they train one model on the CPUs (use_cpu set).", processes)
         accelerator_config_given = self.accelerator_config is not None
         super().__post_init__()
         if not accelerator_config_given and self.dataloader_pin_memory:
-            # Batches in pinned memory go to the GPU without the host waiting for the copy (and so for the GPU's
-            # queue to drain): accelerate's non_blocking. Given an --accelerator_config, it is left as given.
-            self.accelerator_config.non_blocking = True
+            # Given an --accelerator_config, it is left as given.
+            self.choose("accelerator_config.non_blocking", True, "batches in pinned memory are copied to the GPU "
+                        "without the host waiting for the copy (and so for the GPU's queue to drain)")
 

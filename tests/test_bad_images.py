@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from synermix_hf.bad_images import IGNORE_LABEL, TolerantImages
+from synermix_hf.data.bad_images import IGNORE_LABEL, TolerantImages
 from synermix_hf.cli.train import main
 from synermix_hf.data import TwoViewTransform
-from synermix_hf.decoded_cache import decoded_images, decoded_images_and_failures
-from synermix_hf.loading.checks import check_images_readable
+from synermix_hf.data.decoded import decoded_images, decoded_images_and_failures
+from synermix_hf.data.loading.checks import check_images_readable
 from synermix_hf.testing import tiny_images, write_parquet_copy
-from synermix_hf.transforms import TransformSpec, build_transforms
+from synermix_hf.data.transforms import TransformSpec, build_transforms
 
 FAST = ["-bs", "8", "--image_size", "8", "--num_train_epochs", "2", "--save_strategy", "no", "--disable_tqdm", "true",
         "--per_device_eval_batch_size", "4", "--seed", "3"]
@@ -212,7 +212,7 @@ def test_an_error_that_is_not_about_the_image_is_not_taken_for_a_bad_image(folde
 def test_a_class_whose_images_all_fail_stops_with_a_message_that_survives_a_loader_worker(folders):
     from torch._utils import ExceptionWrapper
 
-    from synermix_hf.bad_images import BadImageError, bad_image_message
+    from synermix_hf.data.bad_images import BadImageError, bad_image_message
 
     data = _image_folder(folders / "train")
     paths = data.cast_column("image", datasets.Image(decode=False))["image"]

@@ -8,7 +8,7 @@ from synermix_hf.testing import tiny_images
 from scipy import stats
 from torchvision.transforms import functional as F
 
-from synermix_hf.batch_transforms import (
+from synermix_hf.data.batch_transforms import (
     BatchViews,
     crop_flip,
     cutout,
@@ -18,7 +18,7 @@ from synermix_hf.batch_transforms import (
     uniform_digits,
 )
 from synermix_hf.data import Cutout
-from synermix_hf.transforms import TransformSpec, build_transforms, square_augmentation
+from synermix_hf.data.transforms import TransformSpec, build_transforms, square_augmentation
 
 
 def random_uint8(batch, size, seed=0):

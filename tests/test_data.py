@@ -120,7 +120,7 @@ def test_seeded_augmentation_depends_only_on_seed_epoch_and_index():
 
 
 def test_a_partner_loaded_twice_in_an_epoch_gets_two_independent_augmentations():
-    from synermix_hf.sampler import ClassBalancedBatchSampler, PositionedBatchSampler
+    from synermix_hf.data.sampler import ClassBalancedBatchSampler, PositionedBatchSampler
 
     augment = transforms.Compose([transforms.RandomResizedCrop(8), transforms.ToTensor()])
     original = transforms.ToTensor()

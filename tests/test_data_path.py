@@ -14,7 +14,7 @@ from synermix_hf import (
     example_seeds,
     prepare_views,
 )
-from synermix_hf.transforms import TransformSpec, build_transforms
+from synermix_hf.data.transforms import TransformSpec, build_transforms
 
 from test_trainer import arguments, color_dataset, resnet
 

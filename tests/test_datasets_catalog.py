@@ -4,10 +4,10 @@ import datasets
 import numpy as np
 import pytest
 
-from synermix_hf.datasets_catalog import CATALOG, load_digits_dataset, load_image_classification_data
-from synermix_hf.loading.checks import check_images_readable
-from synermix_hf.loading.columns import detect_column, ensure_class_label
-from synermix_hf.loading.splits import split_per_class, stratified_holdout
+from synermix_hf.data.catalog import CATALOG, load_digits_dataset, load_image_classification_data
+from synermix_hf.data.loading.checks import check_images_readable
+from synermix_hf.data.loading.columns import detect_column, ensure_class_label
+from synermix_hf.data.loading.splits import split_per_class, stratified_holdout
 from synermix_hf.testing import build_image_folder, tiny_images, write_parquet_copy
 
 
@@ -38,7 +38,7 @@ def test_builtin_digits_is_a_real_offline_dataset_with_class_labels():
 def test_digits_read_from_scikit_learns_file_equal_load_digits():
     from sklearn.datasets import load_digits
 
-    from synermix_hf.loading.sources import digits_arrays
+    from synermix_hf.data.loading.sources import digits_arrays
 
     images, targets = digits_arrays()
     bunch = load_digits()

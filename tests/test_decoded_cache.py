@@ -11,9 +11,9 @@ import torch
 from synermix_hf.testing import tiny_images
 from PIL import Image
 
-from synermix_hf.batch_transforms import normalize, to_float
-from synermix_hf.decoded_cache import decoded_cache_path, decoded_images, decoded_nbytes
-from synermix_hf.transforms import TransformSpec, build_transforms
+from synermix_hf.data.batch_transforms import normalize, to_float
+from synermix_hf.data.decoded import decoded_cache_path, decoded_images, decoded_nbytes
+from synermix_hf.data.transforms import TransformSpec, build_transforms
 
 FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=4)})
 
@@ -100,8 +100,8 @@ def test_bad_input_is_named():
 
 
 def test_decoded_dataset_pickles_by_reopening_its_cache_file(tmp_path):
-    from synermix_hf.batch_transforms import BatchViews
-    from synermix_hf.data_path import DecodedImageDataset
+    from synermix_hf.data.batch_transforms import BatchViews
+    from synermix_hf.data.pipeline import DecodedImageDataset
 
     dataset = saved_dataset(tmp_path, mixed_images())
     images = decoded_images(dataset, "image", 8)

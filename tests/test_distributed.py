@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from synermix_hf import ClassBalancedBatchSampler, SeededAugmentation, SynerMixCollator, dataset_labels, step_generators
 from synermix_hf.checkpoints import checkpoint_problem
-from synermix_hf.sampler import PositionedBatchSampler
+from synermix_hf.data.sampler import PositionedBatchSampler
 
 from test_trainer import device_view_set, hand_mixed_ce, resnet, resnet_features, two_view_sets
 

@@ -16,7 +16,7 @@ from synermix_hf.models import (
     normalise_model_name,
     uses_cifar_stem,
 )
-from synermix_hf.transforms import TransformSpec, build_transforms, image_processor_for
+from synermix_hf.data.transforms import TransformSpec, build_transforms, image_processor_for
 
 HEADS = {"resnet18": "network.fc", "resnet50": "network.fc", "mobilenet": "network.classifier.3",
          "tiny-swin": "network.head"}

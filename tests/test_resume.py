@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from synermix_hf.sampler import ClassBalancedBatchSampler
+from synermix_hf.data.sampler import ClassBalancedBatchSampler
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import DataLoader
 
 from synermix_hf import ClassBalancedBatchSampler
-from synermix_hf.sampler import PositionedBatchSampler, StepShards
+from synermix_hf.data.sampler import PositionedBatchSampler, StepShards
 
 LABELS = np.random.default_rng(0).integers(0, 20, size=203)  # many classes: singletons are common at batch 16
 

@@ -11,7 +11,7 @@ from transformers import AutoImageProcessor  # noqa: E402
 
 from synermix_hf.cli.train import main  # noqa: E402
 from synermix_hf.testing import TINY_TIMM_PRETRAINED_CFG, run_log_values, save_tiny_timm, tiny_images  # noqa: E402
-from synermix_hf.transforms import build_transforms, spec_from_image_processor  # noqa: E402
+from synermix_hf.data.transforms import build_transforms, spec_from_image_processor  # noqa: E402
 
 
 @pytest.fixture(scope="module")

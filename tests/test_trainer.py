@@ -263,7 +263,7 @@ def color_dataset(n=48, size=16, seed=0):
 def device_view_set(size=16):
     """`color_dataset` on the device data path with the cifar recipe (decoded once, views made by the trainer)."""
     from synermix_hf import prepare_views
-    from synermix_hf.transforms import TransformSpec
+    from synermix_hf.data.transforms import TransformSpec
 
     views = prepare_views(color_dataset(size=size), None, TransformSpec("cifar", size), "image", "label",
                           two_views=True, data_path="device")  # fmt: skip

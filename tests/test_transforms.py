@@ -7,7 +7,7 @@ from torchvision import transforms as T
 
 from synermix_hf.testing import tiny_images
 from synermix_hf.data import Cutout
-from synermix_hf.transforms import (
+from synermix_hf.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     TransformSpec,

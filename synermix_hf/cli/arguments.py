@@ -13,16 +13,21 @@ import argparse
 import copy
 import dataclasses
 import json
+import logging
 import os
 import types
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..datasets_catalog import BUILTIN_DATASET, CATALOG
+from ..data.catalog import BUILTIN_DATASET, CATALOG
+from ..data.decoded import DEFAULT_BUDGET_GIB
+from ..data.pipeline import DATA_PATHS, VIEWS_ON, views_on_from_data_path
 from ..models import MODEL_NAMES, normalise_model_name
 from ..recipe import RecipeTrainingArguments
 from ..training_args import SynerMixTrainingArguments, accelerator_available, launched_processes
 from .errors import UsageError, usage_error
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BUILTIN_PRESET",
@@ -163,8 +168,34 @@ class DataTrainingArguments:
         },
     )
     val_ratio: float = field(default=0.1, metadata={"help": "Fraction held out for --phase val."})
+    views_on: str = field(
+        default="auto",
+        metadata={
+            "choices": list(VIEWS_ON),
+            "help": "Where the two views of each image are made. device: decode the images once and make the views "
+            "batched on the training device (the cifar, miniimagenet and digits recipes of a dataset with an Image "
+            "column, within --decode_budget_gib); loader: decode and transform each image in the DataLoader "
+            "(always possible); auto: device where it applies, else loader.",
+        },
+    )
+    decode_budget_gib: float = field(
+        default=DEFAULT_BUDGET_GIB,
+        metadata={"help": "Largest decoded size (GiB, train + eval images) that --views_on device (or auto) takes."},
+    )
+    data_path: str | None = field(
+        default=None,
+        metadata={"choices": list(DATA_PATHS),
+                  "help": "Deprecated, to be removed in the next release: use --views_on (per_image is loader)."},
+    )
 
     def __post_init__(self):
+        if self.data_path is not None:
+            views_on = views_on_from_data_path(self.data_path)
+            logger.warning("--data_path is deprecated and will be removed in the next release: use --views_on %s.",
+                           views_on)
+            self.views_on, self.data_path = views_on, None
+        if not self.decode_budget_gib >= 0:
+            raise ValueError(f"`decode_budget_gib` must be >= 0, got {self.decode_budget_gib}.")
         if not 0.0 < self.val_ratio < 1.0:
             raise ValueError(f"`val_ratio` must be between 0 and 1, got {self.val_ratio}.")
         if self.train_val_split is not None and not 0.0 <= self.train_val_split < 1.0:
@@ -173,10 +204,6 @@ class DataTrainingArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value}.")
-
-
-def _default_num_workers() -> int:
-    return min(8, (os.cpu_count() or 1) // 2)
 
 
 @dataclass
@@ -192,10 +219,10 @@ class ScriptTrainingArguments(RecipeTrainingArguments):
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Write into an --output_dir that already holds the results of a run."}
     )
-    dataloader_num_workers: int = field(
-        default_factory=_default_num_workers,
-        metadata={"help": "Processes decoding and augmenting images (default: half the CPU cores, at most 8; 0 on "
-                  "the device data path, whose loader only gathers decoded rows)."},
+    dataloader_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "Processes decoding and augmenting images (default: half the CPU cores, at most 8; 0 when "
+                  "the views are made on the device, whose loader only gathers decoded rows)."},
     )
     feature_metrics: bool = field(
         default=False,
@@ -208,6 +235,9 @@ class ScriptTrainingArguments(RecipeTrainingArguments):
         self.output_dir_given = self.output_dir is not None
         if not (self.do_train or self.do_eval or self.do_predict):
             self.do_train = self.do_eval = True
+        if self.dataloader_num_workers is None:
+            cores = os.cpu_count() or 1
+            self.choose("dataloader_num_workers", min(8, cores // 2), f"half the {cores} CPU cores, at most 8")
         super().__post_init__()
 
 

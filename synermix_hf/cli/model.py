@@ -7,10 +7,10 @@ import os
 from typing import Any
 
 from ..adapters import find_head, find_mixing_points
-from ..datasets_catalog import PreparedData
+from ..data.catalog import PreparedData
 from ..hub import hub_offline, hub_unreachable_reason, is_hub_id
 from ..models import TorchvisionForImageClassification
-from ..transforms import TransformSpec, image_processor_for, spec_from_image_processor
+from ..data.transforms import TransformSpec, image_processor_for, spec_from_image_processor
 from .errors import UsageError, usage_error
 
 __all__ = ["ModelLayout", "build_model", "check_model_outputs", "find_layout"]

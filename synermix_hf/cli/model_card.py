@@ -18,13 +18,19 @@ from .errors import UsageError
 __all__ = ["CardTrainer", "check_hub_access", "synermix_section"]
 
 
-def synermix_section(settings: Mapping[str, Any], metrics: Mapping[str, Any], command: str) -> str:
-    """Markdown for the card: the SynerMix settings, the final metrics and the command that trained the model."""
+def synermix_section(settings: Mapping[str, Any], metrics: Mapping[str, Any], command: str,
+                     chosen: Mapping[str, str] | None = None) -> str:
+    """Markdown for the card: the SynerMix settings, the values chosen for the run (`chosen`: name -> "value
+    (reason)"), the final metrics and the command that trained the model."""
     lines = ["", "## SynerMix", "",
              "Trained with SynerMix (arXiv:2403.14137): the loss is `beta * L_intra + (1 - beta) * L_inter`, an "
              "intra-class mixup of the penultimate features of unaugmented images plus an inter-class mixup of the "
              "augmented ones.", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| {key} | {value} |" for key, value in settings.items()]
+    if chosen:
+        lines += ["", "### Chosen for this run", "", "Values the command did not give, chosen for this machine and run:",
+                  "", "| argument | value (why) |", "| --- | --- |"]
+        lines += [f"| {key} | {value} |" for key, value in chosen.items()]
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.endswith(("_per_second",
                                                                                                    "runtime"))}
     if shown:

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from ..checkpoints import STAGING_PREFIX, checkpoint_problem, last_complete_checkpoint, remove_incomplete_checkpoints
-from ..datasets_catalog import BUILTIN_DATASET
+from ..data.catalog import BUILTIN_DATASET
 from .errors import UsageError
 
 __all__ = ["LOG_FILE", "RESULT_FILES", "default_output_dir", "method_label", "prepare_output_dir", "slug"]

@@ -20,8 +20,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-__all__ = ["RunLogCallback", "append_final", "append_line", "command_line", "global_batch", "run_summary",
-           "write_run_header"]
+__all__ = ["RunLogCallback", "append_final", "append_line", "chosen_settings", "command_line", "global_batch",
+           "run_summary", "write_run_header"]
 
 _TRAIN_KEYS = ("loss", "loss_intra", "loss_inter", "learning_rate", "grad_norm")
 _SHORT = {"learning_rate": "lr"}
@@ -113,10 +113,10 @@ class RunLogCallback(TrainerCallback):
 
 
 def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args: Any, data: Any, model: Any,
-                spec: Any, checkpoint: str | None, method: str, program: str, data_path: str = "-",
+                spec: Any, checkpoint: str | None, method: str, program: str, views: str = "-",
                 layout: Any = None) -> dict[str, dict]:
-    """The blocks at the top of training_log.txt (`data_path`: the line `prepare_views` wrote about the path;
-    `layout`: the `ModelLayout`, the model's head and Manifold MixUp points)."""
+    """The blocks at the top of training_log.txt (`views`: the line `prepare_views` wrote about where the views are
+    made; `layout`: the `ModelLayout`, the model's head and Manifold MixUp points)."""
     import dataclasses
 
     recipe_keys = ("learning_rate", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -139,7 +139,7 @@ def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args:
             "eval split": data.eval_description,
             "columns": f"image={data.image_column}, label={data.label_column}",
             "transforms": spec.describe(),
-            "data path": data_path,
+            "views": views,
         },
         "model": {
             "model": model_args.model_name_or_path or model_args.model_name,
@@ -155,12 +155,20 @@ def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args:
                    "processes": training_args.world_size,
                    "total train batch size": global_batch(training_args)},
         "output": {"output_dir": os.path.abspath(training_args.output_dir)},
+        "chosen for this run": chosen_settings(training_args) or {"-": "every value as given or by default"},
         "all arguments": {
             "model": {k: v for k, v in dataclasses.asdict(model_args).items() if k != "token"},
             "data": dataclasses.asdict(data_args),
             "training": json.loads(training_args.to_json_string()),
         },
     }
+
+
+def chosen_settings(training_args: Any) -> dict[str, str]:
+    """The values chosen for this run where the user gave none, each with the reason (`SynerMixTrainingArguments.
+    choose`): `{name: "value (reason)"}`."""
+    return {name: f"{value} ({reason})" for name, (value, reason) in getattr(training_args, "chosen_settings",
+                                                                            {}).items()}
 
 
 def global_batch(training_args: Any) -> str:

@@ -20,10 +20,10 @@ import os
 import sys
 from typing import Any
 
-from ..bad_images import BadImageError, BadImagePolicy, bad_image_message
+from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
 from ..data import dataset_labels
-from ..data_path import prepare_views
-from ..datasets_catalog import load_image_classification_data
+from ..data.pipeline import prepare_views
+from ..data.catalog import load_image_classification_data
 from ..metrics import ClassificationMetrics
 from .arguments import ScriptArgumentParser, is_builtin_default, preset_values
 from .errors import UsageError, usage_error
@@ -31,8 +31,8 @@ from .model import build_model, check_model_outputs, find_layout
 from .model_card import CardTrainer, check_hub_access, synermix_section
 from .output_dir import LOG_FILE, default_output_dir, method_label, prepare_output_dir
 from .predictions import PREDICTIONS_FILE, image_ids, write_predictions
-from .run_log import (RunLogCallback, append_final, append_line, command_line, global_batch, run_summary,
-                      write_run_header)
+from .run_log import (RunLogCallback, append_final, append_line, chosen_settings, command_line, global_batch,
+                      run_summary, write_run_header)
 
 __all__ = ["main", "run"]
 
@@ -121,24 +121,24 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     layout = find_layout(model, training_args)
     check_model_outputs(model, data.num_labels, model_args.model_name_or_path or model_args.model_name, layout.head)
 
-    # 6. Transforms: one decode per image; the training set carries the original view when beta > 0. On the device
-    # data path (--data_path) the images are decoded once and both views are made batched on the training device;
-    # that decode finds the images that cannot be decoded up front (the per-image path finds them as it reads them).
+    # 6. Transforms: one decode per image; the training set carries the original view when beta > 0. With the views
+    # made on the device (--views_on) the images are decoded once and both views are made batched on the training
+    # device; that decode finds the images that cannot be decoded up front (the loader finds them as it reads them).
     train_labels = dataset_labels(data.train, data.label_column) if data.train is not None else None
     try:
         views = prepare_views(data.train, data.eval, spec, data.image_column, data.label_column,
-                              two_views=training_args.beta > 0, data_path=training_args.data_path,
-                              budget_gib=training_args.decode_budget_gib, train_labels=train_labels,
+                              two_views=training_args.beta > 0, views_on=data_args.views_on,
+                              decode_budget_gib=data_args.decode_budget_gib, train_labels=train_labels,
                               bad_image_policy=BadImagePolicy(training_args.max_bad_image_fraction,
                                                               training_args.stop_on_bad_image),
                               seed=training_args.seed if training_args.data_seed is None else training_args.data_seed)
     except ValueError as error:
         raise usage_error(error) from error
-    if (views.data_path == "device" and "dataloader_num_workers" not in explicit
+    if (views.views_on == "device" and "dataloader_num_workers" not in explicit
             and not training_args.dataloader_persistent_workers and training_args.dataloader_prefetch_factor is None):
-        # The device path's loader only gathers uint8 rows and draws their parameters (well under a millisecond a
-        # batch): worker processes would add inter-process copies and compete for the cores with the training.
-        training_args.dataloader_num_workers = 0
+        training_args.choose("dataloader_num_workers", 0, "views made on the device: the loader only gathers decoded "
+                             "rows (well under a millisecond a batch), and worker processes would add copies between "
+                             "processes and compete with training for the cores")
 
     # 7. Metrics.
     compute_metrics = ClassificationMetrics(data.num_labels)
@@ -189,7 +189,8 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
                 "head": layout.head_text(model),
                 "Manifold MixUp points": layout.points_text(training_args.inter_mixup),
                 "dataset": data.source, "evaluation split": data.eval_description}
-    trainer.card_section = synermix_section(settings, all_metrics, command_line(program, argv))
+    trainer.card_section = synermix_section(settings, all_metrics, command_line(program, argv),
+                                            chosen_settings(training_args))
     card = {"finetuned_from": model_args.model_name_or_path, "tasks": "image-classification",
             "dataset": data_args.dataset_name or data_args.train_dir or "digits",
             "tags": ["image-classification", "synermix", method]}

@@ -1,16 +1,16 @@
-"""Which way training images reach the model: decoded once and augmented on the device, or one image at a time.
+"""Where the views of the images are made: batched on the training device, or one image at a time in the loader.
 
-Two data paths make the same two views (see `synermix_hf.data`):
+Both ways make the same two views (see `synermix_hf.data.views`):
 
-* `device`: the images are decoded and resized once (`synermix_hf.decoded_cache`); the loader only gathers uint8
+* `device`: the images are decoded and resized once (`synermix_hf.data.decoded`); the loader only gathers uint8
   rows and draws each example's augmentation parameters, and the trainer makes both views of the whole batch on the
-  training device (`synermix_hf.batch_transforms`). For the square transform families (`cifar`, `miniimagenet`,
-  `digits`) of `datasets.Dataset`s with an `Image` column whose decoded size fits a memory budget.
-* `per_image`: `TwoViewTransform` / `SingleViewTransform` decode and transform each image in the loader, with any
+  training device (`synermix_hf.data.batch_transforms`). For the square transform families (`cifar`,
+  `miniimagenet`, `digits`) of `datasets.Dataset`s with an `Image` column whose decoded size fits a budget.
+* `loader`: `TwoViewTransform` / `SingleViewTransform` decode and transform each image in the DataLoader, with any
   torchvision transforms. Always available.
 
-`prepare_views` picks the path (`data_path="auto"` takes `device` where it applies) and returns the training and
-evaluation datasets ready for `SynerMixTrainer`, with a line for the run log that says which path is used and why:
+`prepare_views` chooses (`views_on="auto"` takes `device` where it applies) and returns the training and evaluation
+datasets ready for `SynerMixTrainer`, with a line for the run log that says where the views are made and why:
 
     views = prepare_views(train, evaluation, TransformSpec("cifar", 32), "img", "fine_label", two_views=True)
     trainer = SynerMixTrainer(..., train_dataset=views.train, eval_dataset=views.eval)
@@ -19,6 +19,7 @@ evaluation datasets ready for `SynerMixTrainer`, with a line for the run log tha
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,14 +29,29 @@ import torch
 
 from .bad_images import BadImage, BadImagePolicy, settle_decode_failures
 from .batch_transforms import BatchViews
-from .data import SingleViewTransform, TwoViewTransform
-from .decoded_cache import DEFAULT_BUDGET_GIB, decoded_images_and_failures, decoded_nbytes
-from .training_args import DATA_PATHS
+from .decoded import DEFAULT_BUDGET_GIB, decoded_images_and_failures, decoded_nbytes
 from .transforms import SQUARE_FAMILIES, TransformSpec, build_transforms
+from .views import SingleViewTransform, TwoViewTransform, dataset_labels
 
-__all__ = ["DATA_PATHS", "DecodedImageDataset", "PreparedViews", "device_path_obstacle", "prepare_views"]
+__all__ = ["DATA_PATHS", "VIEWS_ON", "DecodedImageDataset", "PreparedViews", "device_path_obstacle", "prepare_views",
+           "views_on_from_data_path"]
 
 logger = logging.getLogger(__name__)
+
+VIEWS_ON = ("auto", "device", "loader")
+"""Where `prepare_views` makes the views: `device` (batched, on the training device), `loader` (per image, in the
+DataLoader) or `auto` (`device` where it applies)."""
+
+DATA_PATHS = ("auto", "device", "per_image")
+"""Deprecated: the values of `data_path`, the former name of `views_on` (`per_image` is `loader`)."""
+
+
+def views_on_from_data_path(data_path: str) -> str:
+    """The `views_on` value of a deprecated `data_path` value (`per_image` -> `loader`)."""
+    if data_path not in DATA_PATHS:
+        raise ValueError(f"`data_path` {data_path!r} is not valid; choose one of {', '.join(DATA_PATHS)} (or use "
+                         f"`views_on`: {', '.join(VIEWS_ON)}).")
+    return "loader" if data_path == "per_image" else data_path
 
 
 class DecodedImageDataset(torch.utils.data.Dataset):
@@ -52,7 +68,7 @@ class DecodedImageDataset(torch.utils.data.Dataset):
         cache_path: The `.npy` file `images` maps, if any: DataLoader workers started with `spawn` reopen it instead
             of receiving a pickled copy of the array.
         rows: The row of `images` that example `i` reads (default: row `i`); where an image could not be decoded,
-            the row of the image that stands in for it (`synermix_hf.bad_images.settle_decode_failures`).
+            the row of the image that stands in for it (`synermix_hf.data.bad_images.settle_decode_failures`).
     """
 
     def __init__(self, images: np.ndarray, labels: Sequence[int], views: BatchViews, cache_path: str | None = None,
@@ -111,20 +127,27 @@ class DecodedImageDataset(torch.utils.data.Dataset):
 
 @dataclass
 class PreparedViews:
-    """The datasets of one run and the data path they take.
+    """The datasets of one run and where their views are made.
 
     Args:
         train, eval: Datasets for `SynerMixTrainer` (None where none was given).
-        data_path: `device` or `per_image`.
-        description: One line for the run log: the path, and why.
+        views_on: `device` or `loader`.
+        description: One line for the run log: where the views are made, and why.
         bad_images: The images that could not be decoded, where found up front (the device path decodes them all).
     """
 
     train: Any
     eval: Any
-    data_path: str
+    views_on: str
     description: str
     bad_images: list[BadImage] = field(default_factory=list)
+
+    @property
+    def data_path(self) -> str:
+        """Deprecated: `views_on` in the former words (`device` or `per_image`)."""
+        warnings.warn("`PreparedViews.data_path` is deprecated; use `views_on` (`loader` is the former `per_image`).",
+                      FutureWarning, stacklevel=2)
+        return "per_image" if self.views_on == "loader" else self.views_on
 
 
 def device_path_obstacle(datasets_: Sequence[Any], spec: TransformSpec, image_column: str, budget_gib: float) -> str | None:
@@ -154,23 +177,26 @@ def prepare_views(
     image_column: str,
     label_column: str | None,
     two_views: bool,
-    data_path: str = "auto",
-    budget_gib: float = DEFAULT_BUDGET_GIB,
+    views_on: str = "auto",
+    decode_budget_gib: float = DEFAULT_BUDGET_GIB,
     train_labels: Sequence[int] | None = None,
     cache_dir: str | None = None,
     bad_image_policy: BadImagePolicy | None = None,
     seed: int = 0,
+    *,
+    data_path: str | None = None,
+    budget_gib: float | None = None,
 ) -> PreparedViews:
-    """Attach the views of `spec` to the training and evaluation `datasets.Dataset`s on the chosen data path.
+    """Attach the views of `spec` to the training and evaluation `datasets.Dataset`s, made where `views_on` says.
 
     Args:
         train, evaluation: `datasets.Dataset`s with raw images (either may be None).
         spec: The transform recipe.
         image_column, label_column: Their columns.
         two_views: The training set also gives the original view (needed when beta > 0).
-        data_path: `auto` (device where it applies, else per_image), `device` (raise ValueError naming the obstacle
-            where it does not apply) or `per_image`.
-        budget_gib: Largest decoded size (train + eval) the device path takes.
+        views_on: `auto` (`device` where it applies, else `loader`), `device` (raise ValueError naming the obstacle
+            where it does not apply) or `loader`.
+        decode_budget_gib: Largest decoded size (GiB, train + eval) the device path takes.
         train_labels: Labels of `train`, if already read.
         cache_dir: Where to keep the decoded arrays (default: next to the datasets' cache).
         bad_image_policy: On the device path, images that cannot be decoded are found up front: a training image is
@@ -178,14 +204,24 @@ def prepare_views(
             this policy (default: `BadImagePolicy()`) raises `BadImageError` when there are too many. (The per-image
             path finds them as it reads them: `SynerMixTrainer`.)
         seed: Seeds the choice of the replacements (the run's data seed, as for the per-image path).
+        data_path, budget_gib: Deprecated names of `views_on` (`per_image` for `loader`) and `decode_budget_gib`.
     """
-    if data_path not in DATA_PATHS:
-        raise ValueError(f"`data_path` {data_path!r} is not valid; choose one of {', '.join(DATA_PATHS)}.")
-    obstacle = None if data_path == "per_image" else device_path_obstacle([train, evaluation], spec, image_column,
-                                                                          budget_gib)
-    if data_path == "device" and obstacle is not None:
-        raise ValueError(f"`data_path` 'device' does not apply here: {obstacle}. Use 'auto' or 'per_image'.")
-    if data_path == "per_image" or obstacle is not None:
+    if data_path is not None:
+        warnings.warn("`data_path` is deprecated; use `views_on` (`loader` is the former `per_image`).", FutureWarning,
+                      stacklevel=2)
+        views_on = views_on_from_data_path(data_path)
+    if budget_gib is not None:
+        warnings.warn("`budget_gib` is deprecated; use `decode_budget_gib`.", FutureWarning, stacklevel=2)
+        decode_budget_gib = budget_gib
+    if views_on not in VIEWS_ON:
+        raise ValueError(f"`views_on` {views_on!r} is not valid; choose one of {', '.join(VIEWS_ON)}.")
+    if not decode_budget_gib >= 0:
+        raise ValueError(f"`decode_budget_gib` must be >= 0, got {decode_budget_gib}.")
+    obstacle = None if views_on == "loader" else device_path_obstacle([train, evaluation], spec, image_column,
+                                                                       decode_budget_gib)
+    if views_on == "device" and obstacle is not None:
+        raise ValueError(f"`views_on` 'device' does not apply here: {obstacle}. Use 'auto' or 'loader'.")
+    if views_on == "loader" or obstacle is not None:
         train_tf, eval_tf = build_transforms(spec)
         if train is not None:
             view = (TwoViewTransform(train_tf, eval_tf, image_column, label_column) if two_views
@@ -193,11 +229,9 @@ def prepare_views(
             train = train.with_transform(view)
         if evaluation is not None:
             evaluation = evaluation.with_transform(SingleViewTransform(eval_tf, image_column, label_column))
-        why = "as asked (data_path='per_image')" if data_path == "per_image" else f"the device path does not apply: {obstacle}"
-        return PreparedViews(train, evaluation, "per_image",
-                             f"per_image: each image decoded and transformed in the loader ({why})")
-
-    from .data import dataset_labels
+        why = "as asked (views_on='loader')" if views_on == "loader" else f"the device path does not apply: {obstacle}"
+        return PreparedViews(train, evaluation, "loader",
+                             f"loader: each image decoded and transformed in the DataLoader ({why})")
 
     views = BatchViews.from_spec(spec, original=two_views)
     policy = bad_image_policy or BadImagePolicy()
@@ -219,5 +253,5 @@ def prepare_views(
                    f"({decoded_nbytes(total, spec.image_size) / 2**20:.1f} MiB"
                    + (f", cached in {', '.join(sorted(where))}" if where else ", in memory")
                    + "); views made batched on the training device")
-    logger.info("Data path: %s", description)
+    logger.info("Views: %s", description)
     return PreparedViews(prepared[0], prepared[1], "device", description, bad_images)

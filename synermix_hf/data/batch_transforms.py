@@ -1,8 +1,8 @@
 """The two views of a whole batch of decoded uint8 images, made at once on the training device.
 
-The batched twin of `synermix_hf.transforms.build_transforms` for the square families (`cifar`, `miniimagenet`,
+The batched twin of `synermix_hf.data.transforms.build_transforms` for the square families (`cifar`, `miniimagenet`,
 `digits`), whose views both start from the image resized to SxS. Given that SxS uint8 batch (see
-`synermix_hf.decoded_cache`):
+`synermix_hf.data.decoded`):
 
 * original view: ToTensor (`x / 255`) and Normalize, as the evaluation transform;
 * augmented view: zero-pad and crop at a per-example offset, mirror per example, ToTensor, Cutout at a per-example

@@ -3,7 +3,7 @@
 `load_image_classification_data` turns what the user named (a short name, any Hub dataset id, a local directory,
 `--train_dir` / `--validation_dir` image folders, or nothing: the built-in digits) into a training and an evaluation
 `datasets.Dataset`, with the image and label columns found and checked. Everything a user can get wrong raises a
-`ValueError` naming the parameter, before any training starts. The steps live in `synermix_hf.loading`: `sources`
+`ValueError` naming the parameter, before any training starts. The steps live in `synermix_hf.data.loading`: `sources`
 (where the data comes from), `columns`, `splits` and `checks`.
 
 Short names and the Hub copies they load (`--dataset_path` loads the same layout from another id or a local
@@ -58,7 +58,7 @@ class CatalogEntry:
         hub_id: Hugging Face Hub id of the copy loaded by default (None: built in).
         image_column, label_column: Columns of that copy.
         image_size: Input size of the paper's transforms.
-        family: Transform family (see `synermix_hf.transforms`).
+        family: Transform family (see `synermix_hf.data.transforms`).
         train_split: Split used for training when the copy has an official test split.
         test_split: Official test split, or None when the data is split here.
         pool_splits: Splits pooled before splitting here (those present are used).

@@ -17,60 +17,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .seeding import example_seeds
+from ..seeding import example_seeds
+from .loading.columns import LABEL_COLUMN_CANDIDATES
+from .transforms import as_rgb
 
 __all__ = [
-    "LABEL_COLUMN_CANDIDATES",
-    "Cutout",
     "SeededAugmentation",
     "SingleViewTransform",
     "SynerMixCollator",
     "TwoViewTransform",
     "dataset_labels",
+    "original_view",
 ]
 
-LABEL_COLUMN_CANDIDATES = ("labels", "label", "fine_label")
-
 ImageTransform = Callable[[Image.Image], torch.Tensor]
-
-
-class Cutout:
-    """Zero `n_holes` squares of side `length` (clipped at the border) at uniformly random centres.
-
-    Applies to a `[C, H, W]` tensor, after ToTensor/crop/flip and before Normalize, as in the reference. Draws from
-    torch's global generator, like torchvision's random transforms (the Trainer seeds each worker).
-
-    Args:
-        length: Side of each square, in pixels.
-        n_holes: Number of squares.
-    """
-
-    def __init__(self, length: int, n_holes: int = 1):
-        if length < 1 or n_holes < 1:
-            raise ValueError(f"Cutout needs length >= 1 and n_holes >= 1, got length={length}, n_holes={n_holes}.")
-        self.length = length
-        self.n_holes = n_holes
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        height, width = image.shape[-2:]
-        out = image.clone()
-        for _ in range(self.n_holes):
-            centre_y = int(torch.randint(height, ()).item())
-            centre_x = int(torch.randint(width, ()).item())
-            half = self.length // 2
-            out[..., max(centre_y - half, 0) : centre_y + half, max(centre_x - half, 0) : centre_x + half] = 0.0
-        return out
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(length={self.length}, n_holes={self.n_holes})"
-
-
-def _as_rgb(image: Any) -> Image.Image:
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"Expected a PIL image or a numpy array, got {type(image).__name__}.")
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class _ViewTransform:
@@ -84,7 +44,7 @@ class _ViewTransform:
                 f"Image column {self.image_column!r} not found; the dataset has columns {sorted(batch)}. Set "
                 "image_column."
             )
-        return [_as_rgb(image) for image in batch[self.image_column]]
+        return [as_rgb(image) for image in batch[self.image_column]]
 
     def _labels(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, Sequence[Any]]:
         if self.label_column is None or self.label_column not in batch:
@@ -145,7 +105,7 @@ class SynerMixCollator:
     Accepts the dicts made by the view transforms (also with `label` instead of `labels`) and `(image, label)` or
     `(original, augmented, label)` tuples like those of torchvision datasets and the reference code. A batch that a
     dataset's `__getitems__` already made (a mapping, as `DecodedImageDataset` returns) passes through. The reports
-    of examples that stand in for images that could not be decoded (`bad_images`, see `synermix_hf.bad_images`) are
+    of examples that stand in for images that could not be decoded (`bad_images`, see `synermix_hf.data.bad_images`) are
     kept, as one list under `bad_images`.
     """
 
@@ -165,7 +125,7 @@ class SynerMixCollator:
             if label_key is not None:
                 batch["labels"] = torch.as_tensor([int(e[label_key]) for e in examples], dtype=torch.long)
             reports = [report for e in examples for report in e.get("bad_images", ())]
-            if reports:  # images that could not be decoded (`synermix_hf.bad_images`), for the trainer to report
+            if reports:  # images that could not be decoded (`synermix_hf.data.bad_images`), for the trainer to report
                 batch["bad_images"] = reports
             return batch
         if isinstance(first, (tuple, list)) and len(first) in (2, 3):
@@ -274,3 +234,9 @@ def dataset_labels(dataset: Any, label_column: str | None = None) -> np.ndarray:
         else:
             labels.append(int(example[-1]))
     return np.asarray(labels, dtype=np.int64)
+
+
+def original_view(inputs: Mapping[str, Any]) -> torch.Tensor:
+    """The view that evaluation and SynerMix-Intra classify: `original_pixel_values` when the batch has it, else
+    `pixel_values` (a batch of evaluation views)."""
+    return inputs["original_pixel_values"] if "original_pixel_values" in inputs else inputs["pixel_values"]

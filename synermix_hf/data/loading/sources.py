@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..hub import hub_offline, hub_unreachable_reason, is_hub_id
+from ...hub import hub_offline, hub_unreachable_reason, is_hub_id
 
 __all__ = ["check_dir", "digits_arrays", "load_dataset_dict", "load_digits_dataset", "load_image_folders"]
 

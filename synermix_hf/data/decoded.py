@@ -2,7 +2,7 @@
 
 The square transform families (`cifar`, `miniimagenet`, `digits`) start both views of every image by converting it to
 RGB and resizing it to SxS (`ResizeIfNeeded`). Doing that once per dataset instead of once per example and epoch
-leaves only cheap tensor work per batch, which `synermix_hf.batch_transforms` does on the training device. The pixels
+leaves only cheap tensor work per batch, which `synermix_hf.data.batch_transforms` does on the training device. The pixels
 are exactly those the per-image path feeds to `ToTensor`.
 
 The array is a `.npy` file next to the dataset's own cache files (or in `HF_DATASETS_CACHE` for an in-memory dataset),
@@ -13,7 +13,7 @@ leaves a partial cache; in a distributed run the local main process builds it wh
 
 An image that cannot be decoded (a truncated file, ...) stops `decoded_images` with an error naming it.
 `decoded_images_and_failures` instead leaves its row black and returns it with the others, so that the caller decides
-(`synermix_hf.bad_images`); the failures are kept next to the array (`<cache>.bad.json`) for later runs.
+(`synermix_hf.data.bad_images`); the failures are kept next to the array (`<cache>.bad.json`) for later runs.
 
     images = decoded_images(dataset, "img", 32)        # np.memmap, uint8 [N, 3, 32, 32]
     images, failures = decoded_images_and_failures(dataset, "img", 32)   # failures: [(row, source, error), ...]
@@ -56,7 +56,7 @@ def decoded_nbytes(num_images: int, image_size: int) -> int:
 def _decoding_rule(image_column: str, image_size: int) -> str:
     import PIL
 
-    # The rule of `synermix_hf.transforms.ResizeIfNeeded` after `_as_rgb`, with the Pillow version whose resampling
+    # The rule of `synermix_hf.data.transforms.ResizeIfNeeded` after `as_rgb`, with the Pillow version whose resampling
     # produced the pixels.
     return f"v{_FORMAT_VERSION}|column={image_column}|rgb|bilinear-if-needed={image_size}|pillow={PIL.__version__}"
 
@@ -92,8 +92,7 @@ def _decode_rows(
     """Decode rows `[start, stop)` of the undecoded column into `out[start:stop]`, as the per-image path prepares
     them before ToTensor (`feature.decode_example`, RGB, `ResizeIfNeeded`). A row that fails is left black and
     returned with `tolerate`, and raises a `ValueError` naming it otherwise."""
-    from .data import _as_rgb
-    from .transforms import ResizeIfNeeded
+    from .transforms import ResizeIfNeeded, as_rgb
 
     resize = ResizeIfNeeded(image_size)
     values = raw[start:stop][image_column]
@@ -101,7 +100,7 @@ def _decode_rows(
     for offset, value in enumerate(values):
         row = start + offset
         try:
-            image = resize(_as_rgb(feature.decode_example(value)))
+            image = resize(as_rgb(feature.decode_example(value)))
         except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, zlib.error, ...
             path = value.get("path") if isinstance(value, dict) else None
             failure = (row, f"file {path}" if path else f"row {row}", f"{type(error).__name__}: {error}".strip())

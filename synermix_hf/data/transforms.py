@@ -26,19 +26,22 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from .data import Cutout
 
 __all__ = [
     "FAMILIES",
+    "Cutout",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "INTERPOLATIONS",
     "SQUARE_FAMILIES",
     "SquareAugmentation",
     "TransformSpec",
+    "as_rgb",
     "build_transforms",
     "image_processor_for",
     "spec_from_image_processor",
@@ -120,6 +123,46 @@ class TransformSpec:
         return f"{text}, mean={list(self.mean)}, std={list(self.std)}"
 
 
+class Cutout:
+    """Zero `n_holes` squares of side `length` (clipped at the border) at uniformly random centres.
+
+    Applies to a `[C, H, W]` tensor, after ToTensor/crop/flip and before Normalize, as in the reference. Draws from
+    torch's global generator, like torchvision's random transforms (the Trainer seeds each worker).
+
+    Args:
+        length: Side of each square, in pixels.
+        n_holes: Number of squares.
+    """
+
+    def __init__(self, length: int, n_holes: int = 1):
+        if length < 1 or n_holes < 1:
+            raise ValueError(f"Cutout needs length >= 1 and n_holes >= 1, got length={length}, n_holes={n_holes}.")
+        self.length = length
+        self.n_holes = n_holes
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        out = image.clone()
+        for _ in range(self.n_holes):
+            centre_y = int(torch.randint(height, ()).item())
+            centre_x = int(torch.randint(width, ()).item())
+            half = self.length // 2
+            out[..., max(centre_y - half, 0) : centre_y + half, max(centre_x - half, 0) : centre_x + half] = 0.0
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(length={self.length}, n_holes={self.n_holes})"
+
+
+def as_rgb(image: Any) -> Image.Image:
+    """A PIL image (or a numpy array of one) in RGB, converted if it is grayscale, RGBA, palette, ..."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"Expected a PIL image or a numpy array, got {type(image).__name__}.")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
 class ResizeIfNeeded:
     """Resize a PIL image to `size` x `size` unless it already has that size (bilinear, like `T.Resize`)."""
 
@@ -152,7 +195,7 @@ class SquareAugmentation:
 def square_augmentation(spec: TransformSpec) -> SquareAugmentation:
     """The crop padding, flip and Cutout of a square family at `spec.image_size` (see the module docstring).
 
-    `build_transforms` builds the per-image pipeline from it and `synermix_hf.batch_transforms` the batched one, so
+    `build_transforms` builds the per-image pipeline from it and `synermix_hf.data.batch_transforms` the batched one, so
     the two paths cannot drift apart.
     """
     size = spec.image_size

@@ -1,7 +1,7 @@
 """Images that pass the load-time check but cannot be decoded: replaced in training, skipped in evaluation, reported
 once, and a stop when there are too many.
 
-The load-time check opens each local file's header (`synermix_hf.loading.checks`); a truncated JPEG, or a file with
+The load-time check opens each local file's header (`synermix_hf.data.loading.checks`); a truncated JPEG, or a file with
 an image header and something else after it, passes it and fails only when its pixels are decoded, which on the
 per-image path happens in the loader, at whatever step first reads it. The policy, on both data paths:
 
@@ -18,7 +18,7 @@ per-image path happens in the loader, at whatever step first reads it. The polic
 The per-image path finds bad images as it reads them (`TolerantImages`, in the loader, worker processes included): an
 example that stands in for one carries a report under `bad_images`, which `SynerMixCollator` keeps in the batch and
 `SynerMixTrainer` hands to its `BadImageLog` in the main process, where the warning, the stop and the listing happen.
-The device path decodes every image once before training (`synermix_hf.decoded_cache`) and so finds them all up front
+The device path decodes every image once before training (`synermix_hf.data.decoded`) and so finds them all up front
 (`settle_decode_failures`).
 """
 
@@ -372,7 +372,7 @@ def tolerant_images(dataset: Any, split: str, labels: Sequence[int] | None = Non
     if len(columns) != 1:
         return dataset
     if labels is None and not skip:
-        from .data import dataset_labels
+        from .views import dataset_labels
 
         try:
             labels = dataset_labels(dataset)
