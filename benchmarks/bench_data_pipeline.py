@@ -1,7 +1,8 @@
 """Benchmark 3: images/s of the two-view `datasets` pipeline against a one-view pipeline on the same JPEG data.
 
-A small JPEG-encoded `datasets.Dataset` (an `Image` feature holding JPEG bytes) is written to a temporary folder and
-read back memory-mapped, as a real dataset would be. Pipelines, all through a `DataLoader` with `SynerMixCollator`:
+A small JPEG-encoded `datasets.Dataset` (an `Image` feature holding JPEG bytes, 10 classes) is written to a temporary
+folder and read back memory-mapped, as a real dataset would be (`benchmarks.synthetic.write_image_dataset`).
+Pipelines, all through a `DataLoader` with `SynerMixCollator`:
 
 * one view: `SingleViewTransform(augment)` (what a plain training run does);
 * two views: `TwoViewTransform(augment, original)` (SynerMix, one decode per image);
@@ -32,13 +33,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import datasets
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
-from benchmarks.common import fmt_ratio, median, table, verdict
+from benchmarks.common import fmt_ratio, median, one_thread_worker, table, verdict
+from benchmarks.synthetic import write_image_dataset
 from synermix_hf import Cutout, SingleViewTransform, SynerMixCollator, TwoViewTransform
 
 try:  # the per-example seeded augmentation that SynerMixTrainer's training loader wraps every dataset in
@@ -49,28 +50,6 @@ except ImportError:  # pragma: no cover - older library versions
 TARGET_RATIO = 0.7
 TRAINER_PIPELINE = "two views + SeededAugmentation (SynerMixTrainer's loader)"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def make_jpeg_dataset(
-    folder: Path, num_images: int, size: int, num_classes: int = 10, seed: int = 0
-) -> datasets.Dataset:
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(num_images):
-        # smooth noise (upsampled) compresses like a photo more than white noise does
-        small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
-        pixels = np.asarray(Image.fromarray(small).resize((size, size), Image.BILINEAR))
-        pixels = np.clip(pixels.astype(np.int16) + rng.integers(-20, 21, pixels.shape), 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-        images.append({"bytes": buffer.getvalue(), "path": None})
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=num_classes)})
-    data = datasets.Dataset.from_dict(
-        {"image": images, "label": rng.integers(0, num_classes, num_images).tolist()}, features=features
-    )
-    path = folder / f"jpeg_{size}"
-    data.save_to_disk(str(path))
-    return datasets.load_from_disk(str(path))
 
 
 def transforms_for(size: int) -> tuple[T.Compose, T.Compose, str]:
@@ -123,10 +102,6 @@ def pipelines(data: datasets.Dataset, size: int):
     return description, named
 
 
-def _worker_init(worker_id: int) -> None:
-    torch.set_num_threads(1)
-
-
 def measure(named: dict, batch_size: int, workers: int, rounds: int) -> dict[str, list[float]]:
     loaders = {
         name: DataLoader(
@@ -136,7 +111,7 @@ def measure(named: dict, batch_size: int, workers: int, rounds: int) -> dict[str
             collate_fn=SynerMixCollator(),
             num_workers=workers,
             persistent_workers=workers > 0,
-            worker_init_fn=_worker_init if workers > 0 else None,
+            worker_init_fn=one_thread_worker if workers > 0 else None,
             generator=torch.Generator().manual_seed(0),
         )
         for name, ds in named.items()
@@ -167,7 +142,7 @@ def run(quick: bool = False, rounds: int | None = None) -> dict:
     results = []
     with tempfile.TemporaryDirectory(prefix="synermix_jpeg_") as tmp:
         for size, num_images in configs:
-            data = make_jpeg_dataset(Path(tmp), num_images, size)
+            data = write_image_dataset(Path(tmp), num_images, size, num_classes=10, image_format="jpeg")
             description, named = pipelines(data, size)
             for workers in worker_counts:
                 rates = measure(named, batch_size=32 if size > 96 else 64, workers=workers, rounds=rounds)

@@ -25,7 +25,6 @@ Parts:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
@@ -40,13 +39,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import datasets
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from benchmarks.common import REPO_ROOT, fmt_ratio, median, table, verdict
+from benchmarks.common import REPO_ROOT, fmt_ratio, median, one_thread_worker, table, verdict
+from benchmarks.synthetic import write_image_dataset
 from synermix_hf import (
     ClassBalancedBatchSampler,
     PositionedBatchSampler,
@@ -62,37 +60,16 @@ DATA_TARGET, EPOCH_TARGET, DEFAULT_RUN_TARGET_S = 10.0, 2.0, 90.0
 NUM_CLASSES = 100
 
 
-def make_png_dataset(folder: Path, num_images: int, size: int = 32, seed: int = 0) -> datasets.Dataset:
-    """CIFAR-shaped data: smooth random RGB images stored as PNG bytes, 100 classes, saved and memory-mapped back."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(num_images):
-        small = rng.integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
-        pixels = np.asarray(Image.fromarray(small).resize((size, size), Image.BILINEAR))
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
-        images.append({"bytes": buffer.getvalue(), "path": None})
-    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=NUM_CLASSES)})
-    labels = (np.arange(num_images) % NUM_CLASSES).tolist()
-    data = datasets.Dataset.from_dict({"img": images, "label": labels}, features=features)
-    data.save_to_disk(str(folder / f"png_{num_images}"))
-    return datasets.load_from_disk(str(folder / f"png_{num_images}"))
-
-
-def _worker_init(worker_id: int) -> None:
-    torch.set_num_threads(1)
-
-
 def loaders(data: datasets.Dataset, batch_size: int, workers: int, cache_dir: str) -> dict:
     spec = TransformSpec("cifar", 32)
     labels = data["label"]
     named = {}
     for path in ("per_image", "device"):
-        views = prepare_views(data, None, spec, "img", "label", two_views=True, data_path=path, cache_dir=cache_dir)
+        views = prepare_views(data, None, spec, "image", "label", two_views=True, data_path=path, cache_dir=cache_dir)
         sampler = PositionedBatchSampler(ClassBalancedBatchSampler(labels, batch_size=batch_size, seed=0))
         named[path] = DataLoader(
             SeededAugmentation(views.train, seed=0), batch_sampler=sampler, collate_fn=SynerMixCollator(),
-            num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_worker_init if workers else None,
+            num_workers=workers, persistent_workers=workers > 0, worker_init_fn=one_thread_worker if workers else None,
         )  # fmt: skip
     return named
 
@@ -145,7 +122,7 @@ def measure_epochs(data: datasets.Dataset, batch_size: int, workers: int, rounds
     times: dict[str, list[float]] = {"per_image": [], "device": []}
     for _ in range(rounds):
         for path in ("per_image", "device"):
-            views = prepare_views(data, None, spec, "img", "label", two_views=True, data_path=path,
+            views = prepare_views(data, None, spec, "image", "label", two_views=True, data_path=path,
                                   cache_dir=cache_dir)  # fmt: skip
             args = SynerMixTrainingArguments(
                 output_dir=os.path.join(tmp, "epoch"), report_to=[], use_cpu=True, save_strategy="no",
@@ -189,10 +166,10 @@ def run(quick: bool = False, rounds: int | None = None, with_default_run: bool =
     batch_size = 16 if quick else 128
     results: dict = {"rounds": rounds, "num_images": num_images, "batch_size": batch_size, "data": [], "epoch": []}
     with tempfile.TemporaryDirectory(prefix="synermix_device_") as tmp:
-        data = make_png_dataset(Path(tmp), num_images)
+        data = write_image_dataset(Path(tmp), num_images, size=32, num_classes=NUM_CLASSES, image_format="png")
         cache_dir = os.path.join(tmp, "decoded")
         start = time.perf_counter()
-        prepare_views(data, None, TransformSpec("cifar", 32), "img", "label", True, "device", cache_dir=cache_dir)
+        prepare_views(data, None, TransformSpec("cifar", 32), "image", "label", True, "device", cache_dir=cache_dir)
         results["decode_once_s"] = time.perf_counter() - start
         for workers in (0,) if quick else (0, 2):
             rates = measure_data(data, batch_size, workers, rounds, cache_dir)

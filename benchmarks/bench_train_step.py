@@ -18,7 +18,6 @@ The variants run interleaved, round after round, so machine noise hits all alike
 from __future__ import annotations
 
 import argparse
-import itertools
 import random
 import tempfile
 import time
@@ -38,11 +37,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.trainer_callback import PrinterCallback
 
-from benchmarks.common import fmt_ms, fmt_ratio, iqr, median, table, verdict
+from benchmarks.common import TrainTimer, fmt_ms, fmt_ratio, intervals, iqr, median, table, verdict
 from synermix_hf import (
     ClassBalancedBatchSampler,
     SynerMixCollator,
@@ -202,22 +201,13 @@ SPECS = (
 BALANCED_SPEC = Spec("SynerMix beta=0.1, MixUp, balanced sampler (default)", "synermix", 0.1, "mixup", True)
 
 
-class StepClock(TrainerCallback):
-    def __init__(self):
-        self.ends: list[float] = []
-        self.batch_sizes: list[int] = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append((time.perf_counter(), time.process_time()))
-
-
 @dataclass
 class Variant:
     spec: Spec
     model: Classifier
     trainer: Trainer | None = None
     hand: HandWrittenLoop | None = None
-    clock: StepClock | None = None
+    timer: TrainTimer | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -245,7 +235,7 @@ def build_variant(spec: Spec, store: dict[str, torch.Tensor], batch_size: int, o
         "dataloader_drop_last": True,
         "use_cpu": not torch.cuda.is_available(),
     }
-    clock = StepClock()
+    timer = TrainTimer()
     optimizer = make_optimizer(model)
     if spec.kind == "plain":
         trainer: Trainer = Trainer(
@@ -254,7 +244,7 @@ def build_variant(spec: Spec, store: dict[str, torch.Tensor], batch_size: int, o
             train_dataset=TensorImages(store, two_view=False),
             data_collator=SynerMixCollator(),
             optimizers=(optimizer, None),
-            callbacks=[clock],
+            callbacks=[timer],
         )
     else:
         args = SynerMixTrainingArguments(
@@ -266,11 +256,11 @@ def build_variant(spec: Spec, store: dict[str, torch.Tensor], batch_size: int, o
             train_dataset=TensorImages(store, two_view=spec.beta > 0),
             data_collator=SynerMixCollator(),
             optimizers=(optimizer, None),
-            callbacks=[clock],
+            callbacks=[timer],
             train_labels=store["labels"].numpy(),
         )
     trainer.remove_callback(PrinterCallback)  # no end-of-train() metrics printout between measurements
-    return Variant(spec, model, trainer=trainer, clock=clock)
+    return Variant(spec, model, trainer=trainer, timer=timer)
 
 
 def make_batch(store: dict[str, torch.Tensor], batch_size: int, two_view: bool, device: torch.device) -> dict:
@@ -322,10 +312,6 @@ def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def _intervals(stamps: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    return [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(stamps)]
-
-
 def measure_steps(
     variants: list[Variant], store: dict, batch_size: int, rounds: int, steps: int, warmup: int
 ) -> dict[str, list[tuple[float, float]]]:
@@ -347,7 +333,7 @@ def measure_steps(
                 fn(batch)
                 _sync(v.device)
                 if i >= warmup:
-                    times[v.spec.name].extend(_intervals([start, _now()]))
+                    times[v.spec.name].extend(intervals([start, _now()]))
     return times
 
 
@@ -364,9 +350,9 @@ def measure_train(
         for v in order:
             if v.trainer is not None:
                 v.trainer.args.max_steps = steps + 1
-                v.clock.ends.clear()
+                v.timer.clear()
                 v.trainer.train()
-                ends = v.clock.ends
+                ends = v.timer.step_ends
             else:
                 loader = DataLoader(
                     TensorImages(store, two_view=v.spec.beta > 0),
@@ -383,7 +369,7 @@ def measure_train(
                     ends.append(_now())
                     if i == steps:
                         break
-            times[v.spec.name].extend(_intervals(ends))
+            times[v.spec.name].extend(intervals(ends))
     return times
 
 

@@ -1,12 +1,14 @@
-"""Shared helpers: import path, machine description, timing statistics and markdown tables."""
+"""Shared helpers: import path, machine description, timing statistics, a `Trainer` timer and markdown tables."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +28,10 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
+# After the environment above: transformers reads it when imported.
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
@@ -37,6 +43,63 @@ def iqr(values: Sequence[float]) -> tuple[float, float]:
         return values[0], values[0]
     q = statistics.quantiles(values, n=4, method="inclusive")
     return q[0], q[2]
+
+
+def intervals(stamps: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """`(wall, cpu)` seconds between consecutive `(time.perf_counter(), time.process_time())` stamps."""
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(stamps)]
+
+
+def one_thread_worker(worker_id: int) -> None:
+    """`DataLoader` `worker_init_fn`: one torch thread per loader worker, so that workers do not fight over cores."""
+    torch.set_num_threads(1)
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class TrainTimer(TrainerCallback):
+    """Times `Trainer.train()`: a stamp at the end of every optimizer step and at the start and end of every epoch.
+
+    Step stamps are `(time.perf_counter(), time.process_time())` pairs in `step_ends`; epochs are `(start, end)` pairs
+    of `time.time()` in `epochs`, the clock that other samples (nvidia-smi lines) are stamped with. CUDA is
+    synchronised before each epoch stamp, so that it marks work done, not work queued; before each step stamp only with
+    `sync_steps=True`, since a synchronisation per step stops the host from running ahead of the device and so changes
+    what an epoch costs.
+
+    Args:
+        sync_steps: Synchronise CUDA before each step stamp (for step times on a GPU).
+    """
+
+    def __init__(self, sync_steps: bool = False):
+        self.sync_steps = sync_steps
+        self.step_ends: list[tuple[float, float]] = []
+        self.epochs: list[tuple[float, float]] = []
+        self._epoch_start = 0.0
+
+    def clear(self) -> None:
+        self.step_ends.clear()
+        self.epochs.clear()
+
+    def step_times(self, warmup: int = 1) -> list[tuple[float, float]]:
+        """`(wall, cpu)` seconds of each step after the first `warmup` (at least 1: a step is timed from the end of
+        the one before it)."""
+        return intervals(self.step_ends[max(warmup, 1) - 1 :])
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        _synchronize()
+        self._epoch_start = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.sync_steps:
+            _synchronize()
+        self.step_ends.append((time.perf_counter(), time.process_time()))
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        _synchronize()
+        self.epochs.append((self._epoch_start, time.time()))
 
 
 def fmt_ms(seconds: float) -> str:
@@ -91,7 +154,6 @@ def load_average() -> str:
 
 
 def machine_info() -> dict[str, str]:
-    import torch
     import transformers
 
     cpu = "unknown"

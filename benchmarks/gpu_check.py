@@ -26,7 +26,6 @@ import argparse
 import math
 import sys
 import tempfile
-import time
 import traceback
 import warnings
 from pathlib import Path
@@ -35,12 +34,11 @@ if __package__ in (None, ""):  # `python benchmarks/gpu_check.py`: the repositor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from transformers import TrainerCallback
 
 from synermix_hf import SynerMixTrainer, SynerMixTrainingArguments
 from synermix_hf.models import build_torchvision_classifier
 
-from benchmarks.common import machine_section, table
+from benchmarks.common import TrainTimer, machine_section, table
 
 # ---- 1. Mixed-precision training ----
 
@@ -70,24 +68,6 @@ class SyntheticTwoViews(torch.utils.data.Dataset):
         }
 
 
-class StepTimer(TrainerCallback):
-    def __init__(self, warmup: int):
-        self.warmup, self.started, self.steps = warmup, None, 0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.warmup:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.started = time.perf_counter()
-        elif state.global_step > self.warmup:
-            self.steps += 1
-
-    def seconds(self) -> float:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.perf_counter() - self.started
-
-
 def train_precision(variant: str, precision: str, steps: int, batch_size: int, device: str, output_dir: Path) -> dict:
     torch.manual_seed(0)
     model = build_torchvision_classifier("resnet18", NUM_CLASSES, image_size=32)
@@ -97,15 +77,16 @@ def train_precision(variant: str, precision: str, steps: int, batch_size: int, d
         logging_steps=1, disable_tqdm=True, dataloader_drop_last=True, use_cpu=device == "cpu",
         fp16=precision == "fp16", bf16=precision == "bf16", **VARIANTS[variant],
     )  # fmt: skip
-    timer = StepTimer(warmup=min(5, steps // 2))
+    timer = TrainTimer(sync_steps=True)
     dataset = SyntheticTwoViews(size=batch_size * steps)
     trainer = SynerMixTrainer(model=model, args=args, train_dataset=dataset, callbacks=[timer])
     trainer.train()
-    seconds = timer.seconds()
+    times = timer.step_times(warmup=min(5, steps // 2))
+    seconds = sum(wall for wall, _ in times)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     window = max(1, len(losses) // 4)
     first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
-    images = timer.steps * batch_size
+    images = len(times) * batch_size
     return {
         "variant": variant,
         "precision": precision,

@@ -2,8 +2,8 @@
 
 One script, no network, a few minutes on one H100/H200 with 16 CPU cores:
 
-1. writes `--num_images` random 32x32 RGB images (100 classes) as PNG bytes into a `datasets.Dataset` saved in a
-   temporary folder and memory-mapped back, as the Hub's CIFAR-100 is stored;
+1. writes `--num_images` random 32x32 RGB images (100 classes) as PNG bytes into a parquet file in a temporary folder
+   and loads it memory-mapped through `datasets`' parquet builder, as the Hub's CIFAR-100 is stored;
 2. for each precision (fp16, bf16) and data path (`per_image`: decode and transform in `--workers` loader processes;
    `device`: decoded once, views made batched on the GPU), trains resnet18 with the CIFAR stem, batch 128, SynerMix
    w-RA&ER(MM) (beta 0.1, Manifold MixUp, alpha 1) through `RecipeTrainer` (the paper's SGD recipe) for `--epochs`
@@ -26,7 +26,6 @@ Optionally (`--channels_last`) also the device path with the model in channels_l
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -41,12 +40,11 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import benchmarks.common  # noqa: F401 - offline environment, import path
+from benchmarks.common import TrainTimer  # first: offline environment, import path
+from benchmarks.synthetic import write_image_dataset
 
-import datasets
 import numpy as np
 import torch
-from PIL import Image
 from transformers import TrainerCallback
 from transformers.utils import logging as hf_logging
 
@@ -56,28 +54,6 @@ from synermix_hf.data.transforms import TransformSpec
 
 NUM_CLASSES = 100
 UTILISATION_COMMAND = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"]
-
-
-def write_dataset(folder: Path, num_images: int, seed: int = 0) -> datasets.Dataset:
-    """CIFAR-shaped data: smooth random 32x32 RGB images as PNG bytes, labels cycling over 100 classes."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(num_images):
-        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(small).resize((32, 32), Image.BILINEAR).save(buffer, format="PNG")
-        images.append({"bytes": buffer.getvalue(), "path": None})
-    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=NUM_CLASSES)})
-    labels = (np.arange(num_images) % NUM_CLASSES).tolist()
-    # Written as a parquet file with pyarrow and read back through `datasets`' parquet builder, as a Hub copy is:
-    # `Dataset.from_dict` fingerprints the table with dill, which fails on Python 3.12 with pyarrow 26
-    # ("Can't pickle <class 'MonthDayNano'>"), seen on the GPU machine.
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = folder / "train.parquet"
-    pq.write_table(pa.table({"img": images, "label": labels}, schema=features.arrow_schema), str(path))
-    return datasets.Dataset.from_parquet(str(path), features=features, cache_dir=str(folder / "cache"))
 
 
 class UtilisationSampler:
@@ -148,30 +124,10 @@ class SyncCounter(TrainerCallback):
         return {"syncs_per_step": total / self.steps if self.steps else None, "sync_locations": dict(top)}
 
 
-class EpochTimer(TrainerCallback):
-    """Wall time of each epoch, synchronised with the GPU at both ends."""
-
-    def __init__(self):
-        self.epochs: list[tuple[float, float]] = []
-        self._start = 0.0
-
-    @staticmethod
-    def _now() -> float:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return time.time()
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self._start = self._now()
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self.epochs.append((self._start, self._now()))
-
-
 def train_once(data, path: str, precision: str, cli: argparse.Namespace, tmp: Path, sampler: UtilisationSampler,
                channels_last: bool = False) -> dict:  # fmt: skip
     spec = TransformSpec("cifar", 32)
-    views = prepare_views(data, None, spec, "img", "label", two_views=True, data_path=path,
+    views = prepare_views(data, None, spec, "image", "label", two_views=True, data_path=path,
                           cache_dir=str(tmp / "decoded"))  # fmt: skip
     torch.manual_seed(0)
     model = TorchvisionForImageClassification.from_architecture(
@@ -189,7 +145,7 @@ def train_once(data, path: str, precision: str, cli: argparse.Namespace, tmp: Pa
         dataloader_persistent_workers=(cli.workers if path == "per_image" else cli.device_workers) > 0,
         dataloader_pin_memory=not on_cpu,
     )  # fmt: skip
-    timer, syncs = EpochTimer(), SyncCounter()
+    timer, syncs = TrainTimer(), SyncCounter()
     trainer = RecipeTrainer(model=model, args=args, train_dataset=views.train, callbacks=[syncs, timer])
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -263,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     with tempfile.TemporaryDirectory(prefix="synermix_gpu_epoch_") as folder:
         tmp = Path(folder)
-        data = write_dataset(tmp, cli.num_images)
+        data = write_image_dataset(tmp, cli.num_images, size=32, num_classes=NUM_CLASSES, image_format="png")
         write_s = time.time() - started
         with UtilisationSampler() as sampler:
             for precision in cli.precisions:
