@@ -5,7 +5,7 @@ Cutout(16), ImageNet mean/std; the original view normalised), drawn per example 
 `(seed, epoch, position)`, through `SeededAugmentation` and the balanced sampler exactly as `SynerMixTrainer` loads
 them:
 
-* per_image: the images are PNG bytes in a `datasets.Image` column (as in the Hub's CIFAR-100), decoded and
+* loader (`--views_on loader`): the images are PNG bytes in a `datasets.Image` column (as in the Hub's CIFAR-100), decoded and
   transformed one by one in the loader (`TwoViewTransform`);
 * device: the images are decoded once into a uint8 memory map (`decoded_images`, cold build timed separately) and
   the loader yields uint8 batches; the views are made batched on the training device, here the CPU, and that time
@@ -64,8 +64,8 @@ def loaders(data: datasets.Dataset, batch_size: int, workers: int, cache_dir: st
     spec = TransformSpec("cifar", 32)
     labels = data["label"]
     named = {}
-    for path in ("per_image", "device"):
-        views = prepare_views(data, None, spec, "image", "label", two_views=True, data_path=path, cache_dir=cache_dir)
+    for path in ("loader", "device"):
+        views = prepare_views(data, None, spec, "image", "label", two_views=True, views_on=path, cache_dir=cache_dir)
         sampler = PositionedBatchSampler(ClassBalancedBatchSampler(labels, batch_size=batch_size, seed=0))
         named[path] = DataLoader(
             SeededAugmentation(views.train, seed=0), batch_sampler=sampler, collate_fn=SynerMixCollator(),
@@ -119,10 +119,10 @@ class TinyNet(nn.Module):
 
 def measure_epochs(data: datasets.Dataset, batch_size: int, workers: int, rounds: int, cache_dir: str, tmp: str):
     spec = TransformSpec("cifar", 32)
-    times: dict[str, list[float]] = {"per_image": [], "device": []}
+    times: dict[str, list[float]] = {"loader": [], "device": []}
     for _ in range(rounds):
-        for path in ("per_image", "device"):
-            views = prepare_views(data, None, spec, "image", "label", two_views=True, data_path=path,
+        for path in ("loader", "device"):
+            views = prepare_views(data, None, spec, "image", "label", two_views=True, views_on=path,
                                   cache_dir=cache_dir)  # fmt: skip
             args = SynerMixTrainingArguments(
                 output_dir=os.path.join(tmp, "epoch"), report_to=[], use_cpu=True, save_strategy="no",
@@ -146,7 +146,7 @@ def default_run(path: str, tmp: str) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "run_image_classification.py"), "--data_path", path, "--output_dir", out,
+        [sys.executable, str(REPO_ROOT / "run_image_classification.py"), "--views_on", path, "--output_dir", out,
          "--disable_tqdm", "true"],
         capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ},
     )  # fmt: skip
@@ -173,12 +173,12 @@ def run(quick: bool = False, rounds: int | None = None, with_default_run: bool =
         results["decode_once_s"] = time.perf_counter() - start
         for workers in (0,) if quick else (0, 2):
             rates = measure_data(data, batch_size, workers, rounds, cache_dir)
-            results["data"].append({"workers": workers, **rates, "ratio": rates["device"] / rates["per_image"]})
+            results["data"].append({"workers": workers, **rates, "ratio": rates["device"] / rates["loader"]})
         for workers in ((0,) if quick else (0, 2)) if epochs else ():
             times = measure_epochs(data, batch_size, workers, 1 if quick else max(1, rounds // 2), cache_dir, tmp)
-            results["epoch"].append({"workers": workers, **times, "ratio": times["per_image"] / times["device"]})
+            results["epoch"].append({"workers": workers, **times, "ratio": times["loader"] / times["device"]})
         if with_default_run:
-            results["default_run"] = {path: default_run(path, tmp) for path in ("device", "per_image")}
+            results["default_run"] = {path: default_run(path, tmp) for path in ("device", "loader")}
     return results
 
 
@@ -193,29 +193,29 @@ def report(res: dict) -> str:
     def cpu_ratio(r: dict, inverse: bool = False) -> str:
         if "device_cpu" not in r:
             return ""
-        ratio = r["per_image_cpu"] / r["device_cpu"] if inverse else r["device_cpu"] / r["per_image_cpu"]
+        ratio = r["loader_cpu"] / r["device_cpu"] if inverse else r["device_cpu"] / r["loader_cpu"]
         return fmt_ratio(ratio)
 
-    rows = [(r["workers"], f"{r['per_image']:.0f}", f"{r['device']:.0f}", fmt_ratio(r["ratio"]), cpu_ratio(r),
+    rows = [(r["workers"], f"{r['loader']:.0f}", f"{r['device']:.0f}", fmt_ratio(r["ratio"]), cpu_ratio(r),
              verdict(r["ratio"] >= DATA_TARGET)) for r in res["data"]]  # fmt: skip
     text += ("Data path, images/s of complete two-view batches (the device path's views made on the CPU, counted); "
              "with 0 workers also the ratio in images per second of process CPU time:\n\n")
-    text += table(["workers", "per_image (wall)", "device (wall)", "device / per_image (wall)", "(CPU time)",
+    text += table(["workers", "loader (wall)", "device (wall)", "device / loader (wall)", "(CPU time)",
                    f"target >= {DATA_TARGET:g}x"], rows)  # fmt: skip
-    rows = [(r["workers"], f"{r['per_image']:.2f}", f"{r['device']:.2f}", fmt_ratio(r["ratio"]),
+    rows = [(r["workers"], f"{r['loader']:.2f}", f"{r['device']:.2f}", fmt_ratio(r["ratio"]),
              cpu_ratio(r, inverse=True), verdict(r["ratio"] >= EPOCH_TARGET)) for r in res["epoch"]]  # fmt: skip
     if rows:
         text += (
             "\n\nOne training epoch, `SynerMixTrainer.train()`, w-RA&ER(MM) (beta 0.1, Manifold MixUp), a tiny CNN "
             "(2 convolutions, 1.6k parameters) so that data dominates, seconds:\n\n"
         )
-        text += table(["workers", "per_image (s)", "device (s)", "per_image / device (wall)", "(CPU time)",
+        text += table(["workers", "loader (s)", "device (s)", "loader / device (wall)", "(CPU time)",
                        f"target >= {EPOCH_TARGET:g}x"], rows)  # fmt: skip
     if "default_run" in res:
         rows = [(path, f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", f"{r['train_s']:.1f}", f"{r['accuracy']:.4f}",
                  verdict(r["wall_s"] <= DEFAULT_RUN_TARGET_S and r["accuracy"] >= 0.95))
                 for path, r in res["default_run"].items()]  # fmt: skip
-        text += "\n\n`python run_image_classification.py --data_path PATH` (the built-in default):\n\n"
+        text += "\n\n`python run_image_classification.py --views_on PATH` (the built-in default):\n\n"
         text += table(["data path", "wall (s)", "CPU, user+sys (s)", "train_runtime (s)", "eval accuracy",
                        f"<= {DEFAULT_RUN_TARGET_S:g} s and >= 95%"], rows)  # fmt: skip
     return text

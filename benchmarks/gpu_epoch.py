@@ -4,7 +4,7 @@ One script, no network, a few minutes on one H100/H200 with 16 CPU cores:
 
 1. writes `--num_images` random 32x32 RGB images (100 classes) as PNG bytes into a parquet file in a temporary folder
    and loads it memory-mapped through `datasets`' parquet builder, as the Hub's CIFAR-100 is stored;
-2. for each precision (fp16, bf16) and data path (`per_image`: decode and transform in `--workers` loader processes;
+2. for each precision (fp16, bf16) and data path (`loader`: decode and transform in `--workers` loader processes;
    `device`: decoded once, views made batched on the GPU), trains resnet18 with the CIFAR stem, batch 128, SynerMix
    w-RA&ER(MM) (beta 0.1, Manifold MixUp, alpha 1) through `RecipeTrainer` (the paper's SGD recipe) for `--epochs`
    epochs and times each epoch (CUDA-synchronised at both ends); the first epoch starts workers and autotunes cuDNN,
@@ -127,7 +127,7 @@ class SyncCounter(TrainerCallback):
 def train_once(data, path: str, precision: str, cli: argparse.Namespace, tmp: Path, sampler: UtilisationSampler,
                channels_last: bool = False) -> dict:  # fmt: skip
     spec = TransformSpec("cifar", 32)
-    views = prepare_views(data, None, spec, "image", "label", two_views=True, data_path=path,
+    views = prepare_views(data, None, spec, "image", "label", two_views=True, views_on=path,
                           cache_dir=str(tmp / "decoded"))  # fmt: skip
     torch.manual_seed(0)
     model = TorchvisionForImageClassification.from_architecture(
@@ -141,8 +141,8 @@ def train_once(data, path: str, precision: str, cli: argparse.Namespace, tmp: Pa
         do_eval=False, disable_tqdm=True, logging_strategy="epoch", num_train_epochs=cli.epochs,
         per_device_train_batch_size=cli.batch_size, beta=0.1, inter_mixup="manifold_mixup", alpha=1.0,
         fp16=precision == "fp16", bf16=precision == "bf16", use_cpu=on_cpu, seed=0,
-        dataloader_num_workers=cli.workers if path == "per_image" else cli.device_workers,
-        dataloader_persistent_workers=(cli.workers if path == "per_image" else cli.device_workers) > 0,
+        dataloader_num_workers=cli.workers if path == "loader" else cli.device_workers,
+        dataloader_persistent_workers=(cli.workers if path == "loader" else cli.device_workers) > 0,
         dataloader_pin_memory=not on_cpu,
     )  # fmt: skip
     timer, syncs = TrainTimer(), SyncCounter()
@@ -151,7 +151,7 @@ def train_once(data, path: str, precision: str, cli: argparse.Namespace, tmp: Pa
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     start, end = timer.epochs[-1]
     return {
-        "data_path": path + (" + channels_last" if channels_last else ""),
+        "views_on": path + (" + channels_last" if channels_last else ""),
         "precision": precision,
         "epoch_seconds": [round(b - a, 3) for a, b in timer.epochs],
         "timed_epoch_s": end - start,
@@ -174,7 +174,7 @@ def markdown(summary: dict) -> str:
         f"workers, device path with {summary['device_workers']}; {summary['epochs']} epochs per run, the last timed; "
         f"built dataset in {summary['write_s']:.1f} s; total {summary['total_s']:.0f} s.",
         "",
-        "| precision | data path | timed epoch (s) | images/s | GPU busy (%, nvidia-smi) | all epochs (s) | "
+        "| precision | views on | timed epoch (s) | images/s | GPU busy (%, nvidia-smi) | all epochs (s) | "
         "host-device syncs per step (first epoch) | losses finite |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -182,7 +182,7 @@ def markdown(summary: dict) -> str:
         busy = f"{r['gpu_busy_percent']:.0f}" if r["gpu_busy_percent"] is not None else "not sampled"
         syncs = "not counted" if r["syncs_per_step"] is None else (
             f"{r['syncs_per_step']:.2f} ({', '.join(f'{k}: {v}' for k, v in r['sync_locations'].items()) or '-'})")
-        lines.append(f"| {r['precision']} | {r['data_path']} | {r['timed_epoch_s']:.2f} | {r['images_per_s']:.0f} | "
+        lines.append(f"| {r['precision']} | {r['views_on']} | {r['timed_epoch_s']:.2f} | {r['images_per_s']:.0f} | "
                      f"{busy} | {r['epoch_seconds']} | {syncs} | {r['finite']} |")  # fmt: skip
     lines.append("")
     for precision, ratio in summary["speedups"].items():
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         write_s = time.time() - started
         with UtilisationSampler() as sampler:
             for precision in cli.precisions:
-                for path in ("per_image", "device"):
+                for path in ("loader", "device"):
                     runs.append(train_once(data, path, precision, cli, tmp, sampler))
                     print(json.dumps({k: v for k, v in runs[-1].items() if k != "losses"}), flush=True)
             if cli.channels_last:
@@ -231,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps({k: v for k, v in runs[-1].items() if k != "losses"}), flush=True)
     speedups = {}
     for precision in cli.precisions:
-        by_path = {r["data_path"]: r for r in runs if r["precision"] == precision}
-        speedups[precision] = by_path["per_image"]["timed_epoch_s"] / by_path["device"]["timed_epoch_s"]
+        by_path = {r["views_on"]: r for r in runs if r["precision"] == precision}
+        speedups[precision] = by_path["loader"]["timed_epoch_s"] / by_path["device"]["timed_epoch_s"]
     summary = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (smoke run)",
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "num_images": cli.num_images,

@@ -1,7 +1,7 @@
 """One SynerMix optimizer step under torchrun/accelerate; each process saves the batch its loss saw.
 
 Used by tests/test_distributed.py: `torchrun --nproc_per_node 2 tests/ddp_one_step.py OUT INTER_MIXUP PATH [CPU]`,
-PATH `per_image` (TwoViewTransform) or `device` (images decoded once, views made batched in the trainer); CPU `use_cpu`
+PATH `loader` (TwoViewTransform) or `device` (images decoded once, views made batched in the trainer); CPU `use_cpu`
 (the default) passes `use_cpu=True`, `auto` leaves it to the arguments (tests/test_multinode.py). Its directory, tests/,
 is the script's first import path, so the test module's helpers import as they are.
 """
@@ -22,9 +22,9 @@ class RecordingTrainer(SynerMixTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
-out, inter_mixup, data_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+out, inter_mixup, views_on = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 cpu = {"use_cpu": True} if (sys.argv[4] if len(sys.argv) > 4 else "use_cpu") == "use_cpu" else {}
-train = two_view_sets()[0] if data_path == "per_image" else device_view_set()
+train = two_view_sets()[0] if views_on == "loader" else device_view_set()
 args = SynerMixTrainingArguments(
     output_dir=str(out / "run"), report_to=[], save_strategy="steps", save_steps=1, seed=3, disable_tqdm=True, **cpu,
     per_device_train_batch_size=8, max_steps=1, optim="sgd", learning_rate=0.1, max_grad_norm=0.0,

@@ -136,7 +136,7 @@ def test_a_per_image_run_with_workers_survives_names_each_file_once_and_lists_it
     out, status, stdout, err = survived
     assert status == 0, err
     log = (out / "training_log.txt").read_text()
-    assert re.search(r"data path +: per_image", log)
+    assert re.search(r"views +: loader", log)
     for name in ("truncated.jpg", "not_an_image.jpg", "truncated_val.jpg"):
         # Every epoch, each worker and the evaluation read these files again; the user is told once.
         assert stdout.count(name) == 1, (name, stdout)
@@ -263,7 +263,7 @@ def test_the_device_path_finds_them_up_front_replaces_skips_and_counts(parquet_c
     status, stdout, err = _run(argv)
     assert status == 0, err
     log = (out / "training_log.txt").read_text()
-    assert re.search(r"data path +: device", log)
+    assert re.search(r"views +: device", log)
     for name, split in (("truncated.jpg", "training"), ("not_an_image.jpg", "training"),
                         ("truncated_test.jpg", "evaluation")):
         assert stdout.count(name) == 1, (name, stdout)
@@ -278,7 +278,7 @@ def test_the_device_path_finds_them_up_front_replaces_skips_and_counts(parquet_c
 
 def test_the_device_path_stops_before_training(parquet_copy, tmp_path):
     base = ["-ds", "cifar100", "--dataset_path", str(parquet_copy), "--cache_dir", str(tmp_path / "cache"), *FAST,
-            "--data_path", "device"]
+            "--views_on", "device"]
     status, _, err = _run([*base, "--output_dir", str(tmp_path / "a")])  # the default: at most 1%
     assert status == 2
     message = _one_line_error(err)

@@ -181,9 +181,9 @@ def test_resume_from_a_directory_that_is_not_a_checkpoint(hub_copies, tmp_path, 
                              "--output_dir", str(tmp_path / "o")], "is not a checkpoint", "trainer_state.json")
 
 
-def test_a_device_data_path_that_does_not_apply_names_the_flags(hub_copies, tmp_path, capsys):
-    _one_line_error(capsys, [*_data(hub_copies, tmp_path), *FAST, "--data_path", "device", "--decode_budget_gib", "0",
-                             "--output_dir", str(tmp_path / "o")], "--data_path 'device' does not apply",
+def test_views_on_the_device_where_that_does_not_apply_names_the_flags(hub_copies, tmp_path, capsys):
+    _one_line_error(capsys, [*_data(hub_copies, tmp_path), *FAST, "--views_on", "device", "--decode_budget_gib", "0",
+                             "--output_dir", str(tmp_path / "o")], "--views_on 'device' does not apply",
                     "--decode_budget_gib")  # fmt: skip
 
 
@@ -232,7 +232,7 @@ def test_do_predict_on_the_device_data_path(hub_copies, tmp_path):
     out = tmp_path / "out"
     argv = [*_data(hub_copies, tmp_path), *FAST, "--do_train", "--do_predict", "--output_dir", str(out)]
     assert main(argv) == 0
-    assert re.search(r"data path +: device", (out / "training_log.txt").read_text())
+    assert re.search(r"views +: device", (out / "training_log.txt").read_text())
     with open(out / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     predicted = json.loads((out / "all_results.json").read_text())["predict_samples"]

@@ -41,13 +41,13 @@ def run_two_processes(launcher: list[str], script: Path, *script_args: str, time
     return result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("data_path", ["device"])  # per_image: on two nodes, tests/test_multinode.py
-def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path, monkeypatch, data_path):
+@pytest.mark.parametrize("views_on", ["device"])  # loader: on two nodes, tests/test_multinode.py
+def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path, monkeypatch, views_on):
     # The device path decodes the images once into HF_DATASETS_CACHE: both processes ask, the first builds it.
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     output = run_two_processes(
-        LAUNCHERS["torchrun"], HERE / "ddp_one_step.py", str(tmp_path), "mixup", data_path
+        LAUNCHERS["torchrun"], HERE / "ddp_one_step.py", str(tmp_path), "mixup", views_on
     )
     assert "process 0 of 2 done" in output and "process 1 of 2 done" in output
     # Both processes wrote into one staging folder, which process 0 renamed once both were done: the checkpoint is
@@ -57,24 +57,24 @@ def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path, 
     assert checkpoint_problem(str(run_dir / "checkpoint-1")) is None
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(os.listdir(run_dir / "checkpoint-1"))
 
-    if data_path == "device":
+    if views_on == "device":
         assert len(os.listdir(tmp_path / "hf_cache" / "synermix_decoded")) == 1  # one cache file, no leftovers
-    check_one_ddp_step(tmp_path, data_path)
+    check_one_ddp_step(tmp_path, views_on)
 
 
-def check_one_ddp_step(out: Path, data_path: str) -> None:
+def check_one_ddp_step(out: Path, views_on: str) -> None:
     """What tests/ddp_one_step.py wrote under `out` is one step on the balanced batch one process would train on,
     split over the two processes, with the intra-class term over the whole batch and averaged gradients."""
     # The step's batch is the first balanced batch of 16 (8 per process) that one process would draw, its first half
     # on process 0 and its second half on process 1, each example augmented as one process would augment it.
-    train = two_view_sets()[0] if data_path == "per_image" else device_view_set()
+    train = two_view_sets()[0] if views_on == "loader" else device_view_set()
     batch_positions = list(PositionedBatchSampler(ClassBalancedBatchSampler(dataset_labels(train), 16, seed=3)))[0]
     shards = np.array_split(np.arange(len(batch_positions)), 2)
     seeded = SeededAugmentation(train, seed=3)
     batches = [torch.load(out / f"batch_rank{rank}.pt") for rank in (0, 1)]
     for rows, batch in zip(shards, batches, strict=True):
         expected = SynerMixCollator()(seeded.__getitems__([batch_positions[row] for row in rows]))
-        if data_path == "device":
+        if views_on == "device":
             expected = expected["views"](expected)  # what the trainer does on the device
         for key in ("pixel_values", "original_pixel_values", "labels"):
             torch.testing.assert_close(batch[key], expected[key])

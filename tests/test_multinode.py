@@ -43,11 +43,11 @@ def run_two_nodes(script: Path, *script_args: str, timeout: int = 300) -> list[s
 
 def test_two_cpu_nodes_train_one_model_with_averaged_gradients(tmp_path):
     # No use_cpu given: on CPU nodes the arguments must still join the two processes in one job.
-    node0, node1 = run_two_nodes(HERE / "ddp_one_step.py", str(tmp_path), "mixup", "per_image", "auto")
+    node0, node1 = run_two_nodes(HERE / "ddp_one_step.py", str(tmp_path), "mixup", "loader", "auto")
     assert "process 0 of 2 done (process group of 2, parallel mode distributed)" in node0
     assert "process 1 of 2 done (process group of 2, parallel mode distributed)" in node1
     # Each node's batch is balanced, no example is in both, and the step applied the average of the two gradients.
-    check_one_ddp_step(tmp_path, "per_image")
+    check_one_ddp_step(tmp_path, "loader")
 
 
 def test_the_script_on_two_cpu_nodes_is_one_run_with_one_writer(tmp_path, hub_copies):

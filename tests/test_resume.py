@@ -21,8 +21,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
 
 
-@pytest.mark.parametrize("data_path", ["device", "per_image"])
-def test_killed_script_resumes_to_the_same_weights_and_metrics(tmp_path, hub_copies, data_path):
+@pytest.mark.parametrize("views_on", ["device", "loader"])
+def test_killed_script_resumes_to_the_same_weights_and_metrics(tmp_path, hub_copies, views_on):
     # 18 training images, batch 4: 4 steps an epoch, so checkpoint-6 is in the middle of epoch 2. The recipe's SGD
     # has momentum (optimizer state), StepLR halves the rate every epoch, and beta > 0 with Manifold MixUp uses the
     # balanced sampler and every kind of draw; the cifar transforms crop, flip and cut out at random.
@@ -30,7 +30,7 @@ def test_killed_script_resumes_to_the_same_weights_and_metrics(tmp_path, hub_cop
         "-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--image_size", "16", "-mn", "resnet18",
         "-bs", "4", "-ep", "3", "-lr", "0.05", "-ss", "1", "-ga", "0.5", "-beta", "0.3", "-itrm", "Manifold_Mixup",
         "-seed", "5", "--save_strategy", "steps", "--save_steps", "6", "--save_total_limit", "10",
-        "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--data_path", data_path,
+        "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--views_on", views_on,
     ]  # fmt: skip
     # Partners loaded twice in an epoch are augmented per appearance, and the resume must replay that too.
     labels = [y for y, count in enumerate([6, 6, 6]) for _ in range(count)]  # the copy's training labels
@@ -53,7 +53,7 @@ def test_killed_script_resumes_to_the_same_weights_and_metrics(tmp_path, hub_cop
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     log = (tmp_path / "a" / "training_log.txt").read_text()
-    assert any(line.split(":")[0].strip() == "data path" and f": {data_path}: " in line for line in log.splitlines())
+    assert any(line.split(":")[0].strip() == "views" and f": {views_on}: " in line for line in log.splitlines())
 
     expected = load_file(tmp_path / "a" / "model.safetensors")
     actual = load_file(tmp_path / "b" / "model.safetensors")

@@ -188,7 +188,7 @@ def test_non_finite_loss_is_reported_with_step_and_components_and_not_trained_on
 
 
 def test_on_cuda_the_finite_check_reads_the_loss_one_step_late_instead_of_waiting_for_the_gpu(tmp_path):
-    from synermix_hf.trainer import FiniteLossCheck
+    from synermix_hf.finite_loss import FiniteLossCheck
 
     model = resnet()
     trainer = SynerMixTrainer(model=model, args=arguments(tmp_path, beta=0.5))
@@ -266,7 +266,7 @@ def device_view_set(size=16):
     from synermix_hf.data.transforms import TransformSpec
 
     views = prepare_views(color_dataset(size=size), None, TransformSpec("cifar", size), "image", "label",
-                          two_views=True, data_path="device")  # fmt: skip
+                          two_views=True, views_on="device")  # fmt: skip
     return views.train
 
 

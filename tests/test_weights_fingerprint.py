@@ -31,7 +31,7 @@ RUNS = {
                                            "-itrm", "Mixup"],
     # CutMix, without the intra-class term
     "cifar100 per-image, CutMix": ["-ds", "cifar100", "--image_size", "8", "-bs", "8", "-itrm", "cutmix",
-                                   "--data_path", "per_image"],
+                                   "--views_on", "loader"],
 }
 
 

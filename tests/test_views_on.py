@@ -1,4 +1,5 @@
-"""The device data path through SynerMixTrainer: which path applies, the batches it trains on, its evaluation."""
+"""Views made on the device through SynerMixTrainer: where `auto` makes them, the batches it trains on, its
+evaluation, and the deprecated `data_path` names."""
 
 import datasets
 import numpy as np
@@ -29,27 +30,51 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
     train, evaluation = color_dataset(n=16), color_dataset(n=8, seed=1)
     for family in ("cifar", "miniimagenet", "digits"):
         views = prepare_views(train, evaluation, TransformSpec(family, 16), "image", "label", two_views=True)
-        assert views.data_path == "device" and isinstance(views.train, DecodedImageDataset)
+        assert views.views_on == "device" and isinstance(views.train, DecodedImageDataset)
         assert views.description.startswith("device: 24 images decoded once at 16px")
     views = prepare_views(train, evaluation, TransformSpec("imagenet", 16), "image", "label", two_views=True)
-    assert views.data_path == "per_image" and "imagenet family" in views.description
+    assert views.views_on == "loader" and "imagenet family" in views.description
     assert isinstance(views.train, datasets.Dataset) and set(views.train[0]) == {
         "pixel_values", "original_pixel_values", "labels"}  # fmt: skip
-    over_budget = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, budget_gib=1e-6)
-    assert over_budget.data_path == "per_image" and "budget" in over_budget.description
-    asked = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, data_path="per_image")
-    assert asked.data_path == "per_image" and "as asked" in asked.description
-    with pytest.raises(ValueError, match="`data_path` 'device' does not apply here: the imagenet family"):
-        prepare_views(train, None, TransformSpec("imagenet", 16), "image", "label", True, data_path="device")
-    with pytest.raises(ValueError, match="`data_path` 'gpu' is not valid"):
-        prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, data_path="gpu")
+    over_budget = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True,
+                                decode_budget_gib=1e-6)
+    assert over_budget.views_on == "loader" and "budget" in over_budget.description
+    asked = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, views_on="loader")
+    assert asked.views_on == "loader" and "as asked" in asked.description
+    with pytest.raises(ValueError, match="`views_on` 'device' does not apply here: the imagenet family"):
+        prepare_views(train, None, TransformSpec("imagenet", 16), "image", "label", True, views_on="device")
+    with pytest.raises(ValueError, match="`views_on` 'gpu' is not valid"):
+        prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, views_on="gpu")
+
+
+def test_the_former_data_path_names_still_work_for_one_release_and_say_so(hub_copies, tmp_path, caplog):
+    train = color_dataset(n=16)
+    with pytest.warns(FutureWarning, match="`data_path` is deprecated; use `views_on`"):
+        views = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, data_path="per_image")
+    assert views.views_on == "loader"
+    with pytest.warns(FutureWarning, match="`PreparedViews.data_path` is deprecated"):
+        assert views.data_path == "per_image"
+    with pytest.warns(FutureWarning, match="`budget_gib` is deprecated"):
+        prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, budget_gib=1e-6)
+
+    from synermix_hf.cli.train import main
+
+    out = tmp_path / "out"
+    argv = ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--image_size", "8", "--max_steps", "1",
+            "--dataloader_num_workers", "0", "--save_strategy", "no", "--data_path", "per_image", "--output_dir",
+            str(out)]  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert main(argv) == 0
+    assert any("--data_path is deprecated and will be removed in the next release: use --views_on loader"
+               in record.getMessage() for record in caplog.records)
+    assert "views                  : loader: " in (out / "training_log.txt").read_text()
 
 
 def test_evaluation_on_the_device_path_equals_the_per_image_path(tmp_path):
     spec = TransformSpec("cifar", 16)
     evaluation = color_dataset(n=20, seed=2)
     device = prepare_views(None, evaluation, spec, "image", "label", two_views=True)
-    per_image = prepare_views(None, evaluation, spec, "image", "label", two_views=True, data_path="per_image")
+    per_image = prepare_views(None, evaluation, spec, "image", "label", two_views=True, views_on="loader")
     model = resnet()
     results = []
     for views in (device, per_image):
@@ -89,7 +114,7 @@ def test_training_batches_are_the_rows_augmented_by_their_appearance_seeds(tmp_p
     args = arguments(tmp_path, beta=0.3, balanced_sampler=True, per_device_train_batch_size=6, seed=11,
                      dataloader_num_workers=workers)  # fmt: skip
     trainer = SynerMixTrainer(model=resnet(), args=args, train_dataset=views.train)
-    batches = [trainer._prepare_inputs(batch) for batch in trainer.get_train_dataloader()]
+    batches = [trainer.batch_on_device(batch) for batch in trainer.get_train_dataloader()]
 
     _, eval_tf = build_transforms(spec)
     rows = np.asarray(views.train.images)
