@@ -260,6 +260,8 @@ def test_help_starts_with_synermix_data_and_model_and_tells_the_do_train_default
         return next(i for i, line in enumerate(lines) if line.strip().startswith(flag))
 
     assert first("--beta") < 20 and first("--inter_mixup") < 30
+    # --balanced_sampler and --no_balanced_sampler are both in SynerMix's group, before the recipe's.
+    assert max(first("--balanced_sampler"), first("--no_balanced_sampler")) < first("--learning_rate")
     assert first("--beta") < first("--learning_rate") < first("--dataset_name") < first("--model_name ") < \
         first("--adam_beta1")
     assert first("--dataset_name") < 120 and first("--model_name ") < 160

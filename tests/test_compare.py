@@ -4,10 +4,13 @@ aggregation functions; argument errors."""
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
 from synermix_hf.cli import compare, methods, report, stats
+from synermix_hf.cli.arguments import ScriptArgumentParser
+from synermix_hf.cli.output_dir import default_output_dir
 from synermix_hf.cli.train import main
 from synermix_hf.testing import save_tiny_vit
 
@@ -57,10 +60,11 @@ def test_two_methods_two_seeds_then_skip_then_restart(hub_copies, tiny_vit, tmp_
     per_run = _table_rows(markdown, "| method | seed")
 
     # Every number agrees with the runs' own files.
-    dirs = {"wo-RA&ER": "wo-RA-ER", "w-RA": "w-RA"}
+    dirs = {"wo-RA&ER": "baseline", "w-RA": "synermix-b0.5"}  # as a single run names its directory
     finals = {}
     for run in report["runs"]:
         run_dir = out / dirs[run["method"]] / f"seed{run['seed']}"
+        assert (out / "logs" / f"{dirs[run['method']]}-seed{run['seed']}.log").is_file()
         assert run["directory"] == str(run_dir) and run["status"] == "trained"
         results = json.loads((run_dir / "all_results.json").read_text())
         history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
@@ -104,13 +108,13 @@ def test_two_methods_two_seeds_then_skip_then_restart(hub_copies, tiny_vit, tmp_
     assert again["methods"] == report["methods"]
 
     # A run interrupted before its first checkpoint starts again; the others are left alone.
-    (out / "w-RA" / "seed3").mkdir()
-    (out / "w-RA" / "seed3" / "training_log.txt").write_text("started, no checkpoint yet\n")
+    (out / "synermix-b0.5" / "seed3").mkdir()
+    (out / "synermix-b0.5" / "seed3" / "training_log.txt").write_text("started, no checkpoint yet\n")
     assert compare.main(["--methods", "w-RA", "--seeds", "1", "2", "3"] + argv[6:]) == 0
     third = json.loads((out / "results.json").read_text())
     assert {(r["method"], r["seed"]): r["status"] for r in third["runs"]} == {
         ("w-RA", 1): "finished earlier (skipped)", ("w-RA", 2): "finished earlier (skipped)", ("w-RA", 3): "trained"}
-    assert "started, no checkpoint yet" not in (out / "w-RA" / "seed3" / "training_log.txt").read_text()
+    assert "started, no checkpoint yet" not in (out / "synermix-b0.5" / "seed3" / "training_log.txt").read_text()
     assert [p.stat().st_mtime_ns for p in results_files] == stamps
 
 
@@ -121,7 +125,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(hub_copies, tmp_path):
     argv = ["--methods", "baseline", "--seeds", "1", "--output_dir", str(out), "--keep_checkpoints",
             *_data(hub_copies, tmp_path), *FAST]
     assert compare.main(argv) == 0
-    run_dir = out / "wo-RA-ER" / "seed1"
+    run_dir = out / "baseline" / "seed1"
     uninterrupted = json.loads((run_dir / "all_results.json").read_text())
     # 18 images in balanced batches of 8 (the last 2 dropped, as the reference does, for every method): 2 steps an
     # epoch, checkpoints after step 2 (epoch 1) and step 4 (the end).
@@ -174,6 +178,20 @@ def test_cpu_sizing_and_method_flags(monkeypatch):
     assert flags["w-RA&ER(MM)"] == ["--beta", "0.1", "--inter_mixup", "manifold_mixup", "--alpha", "1"]
     assert [m.name for m in methods.resolve_methods(["W-RA&ER(MM)", "baseline", "w-er-m"])] == [
         "wo-RA&ER", "w-ER(M)", "w-RA&ER(MM)"]
+
+
+def test_each_method_has_one_file_name_for_a_single_run_and_the_comparison():
+    # A single run's default directory is runs/<dataset>-<model>-<method>-<id> (a rerun finds an interrupted run by
+    # it); a comparison's runs are <output_dir>/<method>/seed<k> (checked above) and --methods takes the name too.
+    expected = {"wo-RA&ER": "baseline", "w-RA": "synermix-b0.5", "w-ER(M)": "mixup", "w-ER(MM)": "manifold_mixup",
+                "w-RA&ER(M)": "synermix-b0.1-mixup", "w-RA&ER(MM)": "synermix-b0.1-manifold_mixup"}
+    for method in methods.METHODS:
+        model_args, data_args, args, _ = ScriptArgumentParser().parse(["-ds", "cifar100", *method.flags()])
+        directory = Path(default_output_dir(model_args, data_args, args, {}))
+        assert directory.parent == Path("runs") and directory.name.startswith(
+            f"cifar100-resnet18-{expected[method.name]}-")
+        assert method.slug == expected[method.name]
+        assert methods.resolve_methods([expected[method.name]]) == [method]
 
 
 def _run(method, seed, final, best=None, cohesion=0.5, separability=1.0):

@@ -8,24 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from synermix_hf.cli.methods import METHODS_BY_NAME
 from synermix_hf.cli.train import main
 from synermix_hf.testing import build_image_folder, run_log_values, tiny_images
 
-# The paper's six configurations (CIFAR-100 / ResNet-18 values of the authors' README), as short flags.
-CONFIGURATIONS = {
-    "wo-RA&ER": [],
-    "w-RA": ["-beta", "0.5"],
-    "w-ER(M)": ["-alpha", "1", "-itrm", "Mixup"],
-    "w-ER(MM)": ["-alpha", "1", "-itrm", "Manifold_Mixup"],
-    "w-RA&ER(M)": ["-alpha", "1", "-beta", "0.1", "-itrm", "Mixup"],
-    "w-RA&ER(MM)": ["-alpha", "1", "-beta", "0.1", "-itrm", "Manifold_Mixup"],
-}
-METHOD_LABELS = {
-    "wo-RA&ER": "baseline", "w-RA": "synermix-b0.5", "w-ER(M)": "mixup", "w-ER(MM)": "manifold_mixup",
-    "w-RA&ER(M)": "synermix-b0.1-mixup", "w-RA&ER(MM)": "synermix-b0.1-manifold_mixup",
-}
-# Every dataset schema the script names, and a local image folder. Each runs all six configurations with ResNet-18,
-# and one of them (the second column) with another of the paper's architectures.
+# Every dataset schema the script names, and a local image folder. Each runs the paper's six configurations (the
+# command line's table, `METHODS_BY_NAME`) with ResNet-18, and one of them (the second column) with another of the
+# paper's architectures.
 DATASETS = {
     # dataset: (configuration, model) for the other architecture, image size, (train, eval) examples after the
     # paper's split of the tiny copy
@@ -61,7 +50,7 @@ def _check_outputs(out: Path, class_names, method: str, train_lines: bool = True
     return results
 
 
-@pytest.mark.parametrize("configuration", list(CONFIGURATIONS))
+@pytest.mark.parametrize("configuration", list(METHODS_BY_NAME))
 @pytest.mark.parametrize("dataset", list(DATASETS))
 def test_paper_configurations_on_each_dataset_schema(hub_copies, tmp_path, dataset, configuration):
     (other_configuration, other_model), size, sizes = DATASETS[dataset]
@@ -77,10 +66,11 @@ def test_paper_configurations_on_each_dataset_schema(hub_copies, tmp_path, datas
         class_names = datasets.load_dataset(str(hub_copies[dataset]), split="train").features[
             "fine_label" if dataset == "cifar100" else "label"].names
     out = tmp_path / "out"
-    argv = ["-mn", model, *data, *CONFIGURATIONS[configuration], "--image_size", str(size), *FAST,
+    method = METHODS_BY_NAME[configuration]
+    argv = ["-mn", model, *data, *method.flags(), "--image_size", str(size), *FAST,
             "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache")]
     assert main(argv) == 0
-    results = _check_outputs(out, class_names, METHOD_LABELS[configuration])
+    results = _check_outputs(out, class_names, method.slug)
     assert (results["train_samples"], results["eval_samples"]) == sizes
     assert "eval_top5_accuracy" not in results  # 3 classes or fewer: top-5 is meaningless
 

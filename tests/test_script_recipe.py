@@ -8,6 +8,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from synermix_hf.cli.arguments import ScriptArgumentParser
+from synermix_hf.cli.methods import METHODS_BY_NAME
 from synermix_hf.recipe import RecipeTrainer, RecipeTrainingArguments, epoch_step_lr
 
 
@@ -125,15 +126,6 @@ REFERENCE_RECIPE = {
     "lr_gamma": 0.5, "num_train_epochs": 120, "per_device_train_batch_size": 128, "per_device_eval_batch_size": 48,
     "seed": 123, "max_grad_norm": 0.0, "balanced_sampler": True,
 }  # fmt: skip
-# Per configuration: (beta, inter-class mixup, alpha); alpha is the reference's default 1 where the command omits it.
-CONFIGURATIONS = {
-    "wo-RA&ER": (0.0, "none", 1.0),
-    "w-RA": (0.5, "none", 1.0),
-    "w-ER(M)": (0.0, "mixup", 1.0),
-    "w-ER(MM)": (0.0, "manifold_mixup", 1.0),
-    "w-RA&ER(M)": (0.1, "mixup", 1.0),
-    "w-RA&ER(MM)": (0.1, "manifold_mixup", 1.0),
-}
 
 
 def _labelled_examples():
@@ -148,7 +140,8 @@ def test_each_authors_command_runs_the_reference_recipe(tmp_path, name):
     model_args, data_args, args, _ = ScriptArgumentParser().parse(AUTHORS_COMMANDS[name].split())
     assert (model_args.model_name, data_args.dataset_name, data_args.phase) == ("resnet18", "cifar100", "test")
     assert {key: getattr(args, key) for key in REFERENCE_RECIPE} == REFERENCE_RECIPE
-    assert (args.beta, args.inter_mixup, args.alpha) == CONFIGURATIONS[name]
+    method = METHODS_BY_NAME[name]  # the configuration as the command line's table declares it, alpha 1 (the paper's)
+    assert (args.beta, args.inter_mixup, args.alpha) == (method.beta, method.inter_mixup, 1.0)
     assert args.recipe == "paper" and not (args.fp16 or args.bf16)  # -mp not given
 
     # What the Trainer builds from these arguments: the optimizer, the schedule and the batches.

@@ -24,6 +24,7 @@ from synermix_hf import (
     TwoViewTransform,
     step_generators,
 )
+from synermix_hf.cli.methods import METHODS_BY_NAME
 
 NUM_CLASSES = 4
 
@@ -279,24 +280,15 @@ def two_view_sets(size=16):
     return train, val
 
 
-SIX_CONFIGURATIONS = {
-    "baseline": dict(beta=0.0, inter_mixup="none"),
-    "w-RA": dict(beta=0.5, inter_mixup="none"),
-    "w-ER(M)": dict(beta=0.0, inter_mixup="Mixup", alpha=1.0),
-    "w-ER(MM)": dict(beta=0.0, inter_mixup="Manifold_Mixup", alpha=1.0),
-    "w-RA&ER(M)": dict(beta=0.1, inter_mixup="Mixup", alpha=1.0),
-    "w-RA&ER(MM)": dict(beta=0.1, inter_mixup="Manifold_Mixup", alpha=1.0),
-}
-
-
 @pytest.mark.parametrize("build", [resnet, hf_resnet], ids=["torchvision-resnet18", "hf-resnet"])
-@pytest.mark.parametrize("configuration", list(SIX_CONFIGURATIONS))
+@pytest.mark.parametrize("configuration", list(METHODS_BY_NAME))  # the paper's six
 def test_six_configurations_train_end_to_end_and_the_loss_goes_down(tmp_path, build, configuration):
     train, val = two_view_sets()
     epochs = 6
+    method = METHODS_BY_NAME[configuration]
     args = arguments(
         tmp_path, num_train_epochs=epochs, learning_rate=0.02, per_device_train_batch_size=16,
-        **SIX_CONFIGURATIONS[configuration],
+        beta=method.beta, inter_mixup=method.inter_mixup, alpha=1.0,
     )  # fmt: skip
     trainer = SynerMixTrainer(model=build(), args=args, train_dataset=train, eval_dataset=val)
     trainer.train()

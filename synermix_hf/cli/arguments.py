@@ -4,20 +4,24 @@ the built-in run's preset.
 Each argument is declared once, as a dataclass field (the library's `SynerMixTrainingArguments` and
 `RecipeTrainingArguments`, `TrainingArguments`, and the groups here). The command line adds only what belongs to it:
 the reference code's short flags (`SHORT_FLAGS`), help that says what the script does with a flag (`HELP`), and the
-order of the groups in `--help` (SynerMix, data and model first).
+order of the groups in `--help` (SynerMix, data and model first). It adds them the way `HfArgumentParser` reads them:
+the parser is built from one dataclass per group of `--help` (`_argument_group_name`), whose fields are those of the
+three groups with the short flag and help in their metadata (`aliases`, `help`); the parsed values make the three.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import logging
 import os
-import types
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
+
+from transformers import HfArgumentParser
 
 from ..data.catalog import BUILTIN_DATASET, CATALOG
 from ..data.decoded import DEFAULT_BUDGET_GIB
@@ -241,73 +245,58 @@ class ScriptTrainingArguments(RecipeTrainingArguments):
         super().__post_init__()
 
 
-# The groups of `--help`, in order. The training group's SynerMix and recipe fields get their own group first.
-_SYNERMIX_FIELDS = [f.name for f in dataclasses.fields(SynerMixTrainingArguments) if f.name in
-                    {"beta", "alpha", "inter_mixup", "balanced_sampler", "head_module", "manifold_mixup_modules"}]
-_RECIPE_FIELDS = ["recipe", "learning_rate", "momentum", "nesterov", "weight_decay", "lr_step_size", "lr_gamma",
-                  "num_train_epochs", "total_train_batch_size", "per_device_train_batch_size",
-                  "per_device_eval_batch_size", "seed", "amp",
-                  "output_dir", "overwrite_output_dir", "feature_metrics", "do_train", "do_eval", "do_predict"]
-
-
 USAGE = ("%(prog)s [-ds DATASET | --train_dir DIR] [-mn MODEL | --model_name_or_path MODEL] [-beta BETA] "
          "[-itrm INTER_MIXUP] [-alpha ALPHA] [any flag below]\n       %(prog)s ARGUMENTS.json")
 
-
-class _Parser:
-    """`HfArgumentParser` with the short flags and help added, and short errors instead of argparse's usage dump."""
-
-    def __new__(cls, dataclass_types, description: str):
-        from transformers import HfArgumentParser
-
-        class Parser(HfArgumentParser):
-            def error(self, message: str):  # argparse would print the whole usage and exit
-                raise UsageError(f"{message}. Run with --help to list the arguments.")
-
-            @staticmethod
-            def _parse_dataclass_field(parser, dataclass_field):
-                extra = {}
-                if dataclass_field.name in SHORT_FLAGS:
-                    extra["aliases"] = [SHORT_FLAGS[dataclass_field.name]]
-                if dataclass_field.name in HELP:
-                    extra["help"] = HELP[dataclass_field.name]
-                if extra:
-                    dataclass_field = copy.copy(dataclass_field)
-                    dataclass_field.metadata = types.MappingProxyType({**dataclass_field.metadata, **extra})
-                HfArgumentParser._parse_dataclass_field(parser, dataclass_field)
-
-        parser = Parser(dataclass_types, description=description, usage=USAGE)
-        _order_help(parser)
-        return parser
-
-
-def _order_help(parser: argparse.ArgumentParser) -> None:
-    """SynerMix, the recipe, data and model first in `--help`; the other TrainingArguments flags after them."""
-    by_dest = {action.dest: action for action in parser._actions}
-    main_group = next(g for g in parser._action_groups if by_dest["output_dir"] in g._group_actions)
-    groups = []
-    for title, names in (("SynerMix (the method)", _SYNERMIX_FIELDS),
-                         ("The authors' recipe and the script's outputs", _RECIPE_FIELDS)):
-        group = parser.add_argument_group(title)
-        for name in names:
-            action = by_dest[name]
-            for holder in parser._action_groups:
-                if action in holder._group_actions:
-                    holder._group_actions.remove(action)
-            group._group_actions.append(action)
-        groups.append(group)
-    data_group = next(g for g in parser._action_groups if by_dest["dataset_name"] in g._group_actions)
-    model_group = next(g for g in parser._action_groups if by_dest["model_name"] in g._group_actions)
-    main_group.title = "Every other TrainingArguments flag"
-    for name in ("do_train", "do_eval", "do_predict"):  # their help says what happens when none is given
-        by_dest[name].default = argparse.SUPPRESS
-    rest = [g for g in parser._action_groups if g not in (*groups, data_group, model_group, main_group)]
-    parser._action_groups[:] = [*rest, *groups, data_group, model_group, main_group]
-
+# The groups of `--help`, in order: the training fields of SynerMix, then of the authors' recipe and the script's
+# outputs, the data, the model, and every other TrainingArguments flag.
+_SYNERMIX_FIELDS = ("beta", "alpha", "inter_mixup", "balanced_sampler", "head_module", "manifold_mixup_modules")
+_RECIPE_FIELDS = ("recipe", "learning_rate", "momentum", "nesterov", "weight_decay", "lr_step_size", "lr_gamma",
+                  "num_train_epochs", "total_train_batch_size", "per_device_train_batch_size",
+                  "per_device_eval_batch_size", "seed", "amp",
+                  "output_dir", "overwrite_output_dir", "feature_metrics", "do_train", "do_eval", "do_predict")
+# Flags whose help says what happens when none of them is given: left out of the parsed values when not given, and
+# without argparse's "(default: False)" in `--help`.
+_DEFAULT_IN_HELP = ("do_train", "do_eval", "do_predict")
 
 DATACLASS_TYPES = (ModelArguments, DataTrainingArguments, ScriptTrainingArguments)
-for _dtype, _title in zip(DATACLASS_TYPES, ("The model", "The data", "Training")):
-    _dtype._argument_group_name = _title
+
+
+def _help_group(title: str, dtype: type, names: Sequence[str] | None = None) -> type:
+    """The fields `names` of `dtype` (default: all, in their order) as a dataclass for `HfArgumentParser`: one group
+    titled `title` in `--help`, each field with its short flag (`SHORT_FLAGS`) and the script's help (`HELP`) in its
+    metadata. It only declares flags: the parsed values make a `dtype`."""
+    hints = typing.get_type_hints(dtype)
+    fields = {f.name: f for f in dataclasses.fields(dtype) if f.init}
+    flags = []
+    for name in names or list(fields):
+        metadata = {**fields[name].metadata,
+                    **({"aliases": [SHORT_FLAGS[name]]} if name in SHORT_FLAGS else {}),
+                    **({"help": HELP[name]} if name in HELP else {})}
+        default = argparse.SUPPRESS if name in _DEFAULT_IN_HELP else fields[name].default
+        flags.append((name, hints[name], field(default=default, default_factory=fields[name].default_factory,
+                                               metadata=metadata)))
+    return dataclasses.make_dataclass(f"{dtype.__name__}Flags", flags, kw_only=True,
+                                      namespace={"_argument_group_name": title})
+
+
+_TRAINING_FIELDS = [f.name for f in dataclasses.fields(ScriptTrainingArguments) if f.init]
+_HELP_GROUPS = (
+    _help_group("SynerMix (the method)", ScriptTrainingArguments, _SYNERMIX_FIELDS),
+    _help_group("The authors' recipe and the script's outputs", ScriptTrainingArguments, _RECIPE_FIELDS),
+    _help_group("The data", DataTrainingArguments),
+    _help_group("The model", ModelArguments),
+    _help_group("Every other TrainingArguments flag", ScriptTrainingArguments,
+                [name for name in _TRAINING_FIELDS if name not in {*_SYNERMIX_FIELDS, *_RECIPE_FIELDS}]),
+)
+
+
+class _Parser(HfArgumentParser):
+    """`HfArgumentParser` over `_HELP_GROUPS` whose mistakes end in one line (`UsageError`) instead of argparse's usage
+    and exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}. Run with --help to list the arguments.")
 
 
 def flag_names() -> dict[str, str]:
@@ -325,13 +314,12 @@ class ScriptArgumentParser:
 
     def __init__(self, description: str = "Train and evaluate an image classifier with SynerMix."):
         self.dataclass_types = DATACLASS_TYPES
-        self.parser = _Parser(self.dataclass_types, description)
+        self.parser = _Parser(_HELP_GROUPS, description=description, usage=USAGE)
 
     def values_from_command_line(self, argv: list[str]) -> tuple[dict[str, Any], set[str]]:
-        unset = object()
-        probe = argparse.Namespace(
-            **{a.dest: unset for a in self.parser._actions if a.dest is not argparse.SUPPRESS}
-        )
+        unset = object()  # what the parser leaves in place of a flag that is not given
+        probe = argparse.Namespace(**{f.name: unset for group in self.parser.dataclass_types
+                                        for f in dataclasses.fields(group)})
         probe, extra = self.parser.parse_known_args(argv, namespace=probe)
         if extra:
             raise UsageError(f"Unrecognised arguments: {' '.join(extra)}. Run with --help to list the arguments.")

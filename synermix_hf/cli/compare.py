@@ -7,8 +7,10 @@
 Every flag that is not one of the comparison's own (`--methods`, `--seeds`, `--output_dir`, `--cpu_epochs`,
 `--keep_checkpoints`, `--show_run_output`) goes to `synermix-train` (`synermix_hf.cli.train`) unchanged, so the data,
 model and training flags are the script's. Each (method, seed) is one run of the script, in this process, into
-`<output_dir>/<method>/seed<k>`, with the method's flags, `--seed k` and `--feature_metrics`. Then the comparison writes
-`results.md` (the table), `results.json`, `accuracy.png` and `loss.png` into `<output_dir>` (`synermix_hf.cli.report`).
+`<output_dir>/<method>/seed<k>` (`<method>`: the file-name form a single run's directory uses too, `baseline`,
+`synermix-b0.5`, ..., `synermix-b0.1-manifold_mixup`), with the method's flags, `--seed k` and `--feature_metrics`.
+Then the comparison writes `results.md` (the table), `results.json`, `accuracy.png` and `loss.png` into `<output_dir>`
+(`synermix_hf.cli.report`).
 
 * Resumable: a run whose directory holds `all_results.json` is finished and skipped; an interrupted run continues
   from its last checkpoint (the comparison saves one per epoch unless `--save_strategy` is given); a run interrupted

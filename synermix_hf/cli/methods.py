@@ -1,4 +1,5 @@
-"""The paper's six configurations: names, directory names, SynerMix flags and the methods each combines.
+"""The paper's six configurations: names, SynerMix flags and the methods each combines; and the one file-name form
+of a method, for directory names, log names, the run log and the model card.
 
 | name | beta | inter-class mixup |
 | --- | --- | --- |
@@ -19,17 +20,35 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
-__all__ = ["BASELINE", "METHODS", "METHODS_BY_NAME", "Method", "resolve_methods"]
+__all__ = ["BASELINE", "METHODS", "METHODS_BY_NAME", "Method", "method_slug", "resolve_methods"]
+
+
+def method_slug(beta: float, inter_mixup: str) -> str:
+    """The file-name form of a method, for any `beta` and inter-class mixup: `baseline`, `synermix-b0.5`, `mixup`,
+    `manifold_mixup`, `synermix-b0.1-mixup`, `synermix-b0.1-manifold_mixup`, `cutmix`, ...
+
+    It names a run's default output directory (`runs/<dataset>-<model>-<method>-<id>`: changing it would stop a rerun
+    from finding an interrupted run), a comparison's run directories and log files, and the method in the run log and
+    the model card's tags.
+    """
+    if beta > 0:
+        return f"synermix-b{beta:g}" + ("" if inter_mixup == "none" else f"-{inter_mixup}")
+    return "baseline" if inter_mixup == "none" else inter_mixup
+
 
 @dataclass(frozen=True)
 class Method:
-    """One configuration of the paper: its name, directory name, SynerMix flags and the two methods it combines."""
+    """One configuration of the paper: its name (the paper's label), SynerMix flags and the two methods it combines."""
 
     name: str
-    slug: str
     beta: float
     inter_mixup: str
     components: tuple[str, ...] = ()
+
+    @property
+    def slug(self) -> str:
+        """The file-name form (`method_slug`): `w-RA&ER(MM)` -> `synermix-b0.1-manifold_mixup`."""
+        return method_slug(self.beta, self.inter_mixup)
 
     @property
     def inter_label(self) -> str:
@@ -42,12 +61,12 @@ class Method:
 
 BASELINE = "wo-RA&ER"
 METHODS: tuple[Method, ...] = (
-    Method("wo-RA&ER", "wo-RA-ER", 0.0, "none"),
-    Method("w-RA", "w-RA", 0.5, "none"),
-    Method("w-ER(M)", "w-ER-M", 0.0, "mixup"),
-    Method("w-ER(MM)", "w-ER-MM", 0.0, "manifold_mixup"),
-    Method("w-RA&ER(M)", "w-RA-ER-M", 0.1, "mixup", components=("w-RA", "w-ER(M)")),
-    Method("w-RA&ER(MM)", "w-RA-ER-MM", 0.1, "manifold_mixup", components=("w-RA", "w-ER(MM)")),
+    Method("wo-RA&ER", 0.0, "none"),
+    Method("w-RA", 0.5, "none"),
+    Method("w-ER(M)", 0.0, "mixup"),
+    Method("w-ER(MM)", 0.0, "manifold_mixup"),
+    Method("w-RA&ER(M)", 0.1, "mixup", components=("w-RA", "w-ER(M)")),
+    Method("w-RA&ER(MM)", 0.1, "manifold_mixup", components=("w-RA", "w-ER(MM)")),
 )
 METHODS_BY_NAME: dict[str, Method] = {m.name: m for m in METHODS}
 
@@ -56,13 +75,13 @@ def _key(text: str) -> str:
     return "".join(c for c in str(text).lower() if c.isalnum())
 
 
-_ALIASES = {**{_key(m.name): m.name for m in METHODS}, **{_key(m.slug): m.name for m in METHODS},
-            "baseline": BASELINE}
+# The paper's names and the file-name forms (the baseline's is `baseline`).
+_ALIASES = {**{_key(m.name): m.name for m in METHODS}, **{_key(m.slug): m.name for m in METHODS}}
 
 
 def resolve_methods(names: Iterable[str] | None) -> list[Method]:
-    """Methods by name (the paper's, case and punctuation ignored: `w-RA&ER(MM)`, `w-ra-er-mm`, `baseline`), in the
-    paper's order. None: all six."""
+    """Methods by name (the paper's, case and punctuation ignored: `w-RA&ER(MM)`, `w-ra-er-mm`, `baseline`; or the
+    file-name form, `synermix-b0.1-manifold_mixup`), in the paper's order. None: all six."""
     if not names:
         return list(METHODS)
     chosen = set()

@@ -18,8 +18,9 @@ from typing import Any
 from ..checkpoints import STAGING_PREFIX, checkpoint_problem, last_complete_checkpoint, remove_incomplete_checkpoints
 from ..data.catalog import BUILTIN_DATASET
 from .errors import UsageError
+from .methods import method_slug
 
-__all__ = ["LOG_FILE", "RESULT_FILES", "default_output_dir", "method_label", "prepare_output_dir", "slug"]
+__all__ = ["LOG_FILE", "RESULT_FILES", "default_output_dir", "prepare_output_dir", "slug"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +32,6 @@ _CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")
 _NOT_IN_ID = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "dataloader_num_workers",
               "report_to", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "hub_strategy", "token",
               "log_level", "log_level_replica", "logging_dir", "run_name", "cache_dir"}
-
-
-def method_label(beta: float, inter_mixup: str) -> str:
-    """`baseline`, `mixup`, `synermix-b0.1-manifold_mixup`, ... for directory names and logs."""
-    if beta > 0:
-        return f"synermix-b{beta:g}" + ("" if inter_mixup == "none" else f"-{inter_mixup}")
-    return "baseline" if inter_mixup == "none" else inter_mixup
 
 
 def slug(text: str) -> str:
@@ -54,13 +48,14 @@ def arguments_id(values: dict[str, Any]) -> str:
 
 
 def default_output_dir(model_args: Any, data_args: Any, args: Any, explicit_values: dict[str, Any]) -> str:
-    """`runs/<dataset>-<model>-<method>-<id>`: the same arguments always give the same directory."""
+    """`runs/<dataset>-<model>-<method>-<id>` (`<method>`: `method_slug`): the same arguments always give the same
+    directory."""
     if data_args.train_dir or data_args.validation_dir:
         dataset = "imagefolder-" + slug(data_args.train_dir or data_args.validation_dir)
     else:
         dataset = slug(data_args.dataset_name or BUILTIN_DATASET)
     model = slug(model_args.model_name_or_path) if model_args.model_name_or_path else model_args.model_name
-    name = f"{dataset}-{model}-{method_label(args.beta, args.inter_mixup)}-{arguments_id(explicit_values)}"
+    name = f"{dataset}-{model}-{method_slug(args.beta, args.inter_mixup)}-{arguments_id(explicit_values)}"
     return os.path.join("runs", name)
 
 

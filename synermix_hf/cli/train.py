@@ -29,7 +29,8 @@ from .arguments import ScriptArgumentParser, is_builtin_default, preset_values
 from .errors import UsageError, usage_error
 from .model import build_model, check_model_outputs, find_layout
 from .model_card import CardTrainer, check_hub_access, synermix_section
-from .output_dir import LOG_FILE, default_output_dir, method_label, prepare_output_dir
+from .methods import method_slug
+from .output_dir import LOG_FILE, default_output_dir, prepare_output_dir
 from .predictions import PREDICTIONS_FILE, image_ids, write_predictions
 from .run_log import (RunLogCallback, append_final, append_line, chosen_settings, command_line, global_batch,
                       run_summary, write_run_header)
@@ -144,7 +145,7 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     compute_metrics = ClassificationMetrics(data.num_labels)
 
     # 8. Trainer and the run log.
-    method = method_label(training_args.beta, training_args.inter_mixup)
+    method = method_slug(training_args.beta, training_args.inter_mixup)
     log_path = os.path.join(training_args.output_dir, LOG_FILE)
     run_callbacks = ([RunLogCallback(log_path)] if training_args.should_save else []) + list(callbacks or [])
     _check_reporting(training_args)
