@@ -383,13 +383,17 @@ def test_same_seed_reproduces_a_run_and_another_seed_does_not(tmp_path):
     assert not torch.allclose(run(12, "c"), first)
 
 
-def test_remove_unused_columns_needs_no_change(tmp_path):
+def test_remove_unused_columns_is_off_and_turning_it_on_is_refused_with_the_reason(tmp_path):
+    # The Trainer would drop the columns the model's forward does not take, original_pixel_values among them.
     train, val = two_view_sets()
     args = arguments(tmp_path, beta=0.2, max_steps=1)
-    assert args.remove_unused_columns is True
+    assert args.remove_unused_columns is False
     trainer = SynerMixTrainer(model=hf_resnet(), args=args, train_dataset=train, eval_dataset=val)
     trainer.train()
     assert "eval_loss" in trainer.evaluate()
+    with pytest.raises(ValueError, match="`remove_unused_columns` must be False for SynerMix: the loss reads "
+                       "`original_pixel_values`"):
+        arguments(tmp_path, beta=0.2, remove_unused_columns=True)
 
 
 def test_bf16_autocast_trains(tmp_path):
