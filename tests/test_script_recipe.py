@@ -8,7 +8,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from synermix_hf.cli.arguments import ScriptArgumentParser
-from synermix_hf.recipe import RecipeTrainer, RecipeTrainingArguments, epoch_step_lr
+from synermix_hf.recipe import RecipeTrainer, RecipeTrainingArguments, epoch_step_lr, updates_per_epoch
 
 
 class _Tiny(nn.Module):
@@ -67,6 +67,17 @@ def test_trainer_uses_sgd_with_the_recipe_and_steps_lr_per_epoch(tmp_path):
     group = optimizer.param_groups[0]
     assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.8, True, 1e-3)
     assert rates.rates == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.0125, 0.0125])
+
+
+def test_with_gradient_accumulation_the_lr_decays_once_per_epoch_of_updates(tmp_path):
+    # 3 batches an epoch, accumulated 2 at a time: the Trainer updates after batches 2 and 3, so 2 updates an epoch.
+    rates = _LearningRates()
+    args = _args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, num_train_epochs=3,
+                 balanced_sampler=False)
+    trainer = RecipeTrainer(model=_Tiny(), args=args, train_dataset=_data()[:6], callbacks=[rates])
+    trainer.train()
+    assert updates_per_epoch(3, 2) == 2 and trainer.state.global_step == 6
+    assert rates.rates == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
 
 
 def test_resuming_from_a_checkpoint_continues_the_schedule_and_the_weights(tmp_path):
