@@ -281,11 +281,11 @@ def trainer_step_fn(trainer: Trainer) -> Callable[[dict], None]:
         loss = trainer.training_step(model, dict(inputs))
         if torch.isnan(loss) or torch.isinf(loss):
             raise FloatingPointError("non-finite loss in benchmark")
-        if trainer.args.max_grad_norm > 0:
-            grad_norm = trainer._clip_grad_norm(model)
-        else:
-            grad_norm = None
-        trainer._get_grad_norm(model, grad_norm=grad_norm)
+        clip = trainer.args.max_grad_norm > 0
+        if hasattr(trainer, "_get_grad_norm"):  # later transformers 5 releases: the norm is computed even unclipped
+            trainer._get_grad_norm(model, grad_norm=trainer._clip_grad_norm(model) if clip else None)
+        elif clip:  # earlier ones clip in the loop and compute no norm otherwise
+            trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
         trainer.optimizer.step()
         trainer.lr_scheduler.step()
         model.zero_grad()

@@ -17,12 +17,13 @@ count) is saved in every checkpoint and restored on resume, so a resumed run con
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from transformers.trainer_utils import IntervalStrategy
+from transformers.trainer_utils import IntervalStrategy, has_length
 
 from .trainer import SynerMixTrainer
 from .training_args import SynerMixTrainingArguments
@@ -34,6 +35,7 @@ __all__ = [
     "RecipeTrainingArguments",
     "cpu_has_native_bf16",
     "epoch_step_lr",
+    "updates_per_epoch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,14 @@ def epoch_step_lr(optimizer: torch.optim.Optimizer, updates_per_epoch: int, step
         return gamma ** ((update_step // updates_per_epoch) // step_size)
 
     return LambdaLR(optimizer, factor)
+
+
+def updates_per_epoch(batches_per_epoch: int, gradient_accumulation_steps: int) -> int:
+    """Optimizer updates in an epoch of `batches_per_epoch` batches, as the Trainer counts them.
+
+    A last, incomplete accumulation window still ends with an update, and an epoch has at least one.
+    """
+    return max(math.ceil(batches_per_epoch / gradient_accumulation_steps), 1)
 
 
 def cpu_has_native_bf16() -> bool | None:
@@ -247,14 +257,20 @@ class RecipeTrainer(SynerMixTrainer):
     def _uses_paper_recipe(self) -> bool:
         return getattr(self.args, "recipe", "trainer") == "paper"
 
-    def set_initial_training_values(self, args: Any, dataloader: Any) -> tuple:
-        values = super().set_initial_training_values(args, dataloader)
-        self._updates_per_epoch = values[1]  # num_update_steps_per_epoch
-        return values
+    def get_train_dataloader(self) -> Any:
+        # The schedule needs the optimizer updates per epoch, which the Trainer computes in a method whose signature
+        # changed between transformers releases; the loader it trains on gives the same number through public API.
+        loader = super().get_train_dataloader()
+        batches = len(loader) if has_length(loader) else None
+        self._updates_per_epoch = (
+            updates_per_epoch(batches, self.args.gradient_accumulation_steps) if batches is not None else None
+        )
+        return loader
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         if not self._uses_paper_recipe() or self.optimizer is not None:
-            return super().create_optimizer(model)
+            # transformers < 5.3's create_optimizer takes no model.
+            return super().create_optimizer() if model is None else super().create_optimizer(model)
         opt_model = self.model if model is None else model
         self.optimizer = torch.optim.SGD(
             [p for p in opt_model.parameters() if p.requires_grad],

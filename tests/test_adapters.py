@@ -14,6 +14,7 @@ from transformers import (
     ViTConfig,
     ViTForImageClassification,
 )
+from transformers.models.vit.modeling_vit import ViTLayer
 
 from synermix_hf import INPUT_POINT, ModelAdapter, find_head, find_mixing_points, mixup_batch
 
@@ -29,6 +30,11 @@ def tiny_vit(num_labels=3):
         intermediate_size=16, num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )  # fmt: skip
     return ViTForImageClassification(config)
+
+
+def vit_layer_names(model):
+    """The names of ViT's encoder layers, read from the model (transformers releases name them differently)."""
+    return [name for name, module in model.named_modules() if isinstance(module, ViTLayer)]
 
 
 def resnet_features(model, x):
@@ -65,7 +71,7 @@ def captured_head_input(adapter, model, x):
             (INPUT_POINT, "features.0", "features.1", "features.3"),
         ),
         (tiny_hf_resnet, "classifier.1", (INPUT_POINT, "resnet.encoder.stages.1", "resnet.encoder.stages.2")),
-        (tiny_vit, "classifier", (INPUT_POINT, "vit.layers.1", "vit.layers.2")),
+        (tiny_vit, "classifier", lambda model: (INPUT_POINT, *vit_layer_names(model)[1:3])),
         (
             lambda: ConvNextForImageClassification(
                 ConvNextConfig(hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1], num_labels=3)
@@ -88,7 +94,7 @@ def captured_head_input(adapter, model, x):
 def test_detects_head_and_mixing_points(build, head, points):
     model = build()
     assert find_head(model) == head
-    assert find_mixing_points(model) == points
+    assert find_mixing_points(model) == (points(model) if callable(points) else points)
     assert ModelAdapter.from_model(model).num_classes == 3
 
 
@@ -142,7 +148,7 @@ def test_manifold_mixup_hook_handles_hf_layers_called_with_keywords():
     adapter = ModelAdapter.from_model(model)
     x = torch.randn(2, 3, 16, 16)
     permutation = torch.tensor([1, 0])
-    with adapter.mixing_at("vit.layers.1", lambda hidden: mixup_batch(hidden, 0.5, permutation)):
+    with adapter.mixing_at(vit_layer_names(model)[1], lambda hidden: mixup_batch(hidden, 0.5, permutation)):
         mixed = adapter.logits(model, x)
     # With lambda 0.5 and a swap, both rows see the same hidden state from there on.
     torch.testing.assert_close(mixed[0], mixed[1])
