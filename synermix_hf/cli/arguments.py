@@ -18,6 +18,7 @@ import logging
 import os
 import typing
 from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -29,7 +30,7 @@ from ..data.pipeline import DATA_PATHS, VIEWS_ON, views_on_from_data_path
 from ..models import MODEL_NAMES, normalise_model_name
 from ..recipe import RecipeTrainingArguments
 from ..training_args import SynerMixTrainingArguments, accelerator_available, launched_processes
-from .errors import UsageError, usage_error
+from .errors import UsageError, flag_text
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ __all__ = [
     "flag_names",
     "is_builtin_default",
     "preset_values",
+    "usage_error",
 ]
 
 # The reference code's short flags (its `main.py`), added to the fields of the same meaning. Its `-bs` is the batch of
@@ -388,3 +390,10 @@ def is_builtin_default(values: dict[str, Any]) -> bool:
     name = values.get("dataset_name")
     no_dirs = not values.get("train_dir") and not values.get("validation_dir")
     return no_dirs and (name is None or str(name).strip().lower() == BUILTIN_DATASET)
+
+
+def usage_error(error: BaseException, flags: Mapping[str, str] | None = None) -> UsageError:
+    """A `UsageError` for a library error about the user's input, worded in the command line's flags."""
+    if isinstance(error, UsageError):
+        return error
+    return UsageError(flag_text(str(error), flag_names() if flags is None else flags))

@@ -1,4 +1,5 @@
-"""`UsageError` and the one place where the library's parameter names become command-line flags.
+"""`UsageError`, and how the library's parameter names become command-line flags (`flag_text`; the command line's
+`synermix_hf.cli.arguments.usage_error` applies it with the parser's flags).
 
 The library raises `ValueError` / `TypeError` that name its own parameters in backticks (`val_ratio`, `image_column`,
 ...), which is what a Python caller wrote. The command line turns such an error into a `UsageError` whose message
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-__all__ = ["PARAMETER_FLAGS", "UsageError", "flag_text", "usage_error"]
+__all__ = ["PARAMETER_FLAGS", "UsageError", "flag_text"]
 
 
 class UsageError(ValueError):
@@ -45,14 +46,3 @@ def flag_text(message: str, flags: Mapping[str, str]) -> str:
         return flags.get(name, match.group(0))
 
     return _BACKTICKED.sub(replace, message)
-
-
-def usage_error(error: BaseException, flags: Mapping[str, str] | None = None) -> UsageError:
-    """A `UsageError` for a library error about the user's input, worded in flags."""
-    if isinstance(error, UsageError):
-        return error
-    if flags is None:
-        from .arguments import flag_names
-
-        flags = flag_names()
-    return UsageError(flag_text(str(error), flags))

@@ -8,10 +8,11 @@ from typing import Any
 
 from ..adapters import find_head, find_mixing_points
 from ..data.catalog import PreparedData
+from ..data.transforms import TransformSpec, image_processor_for, spec_from_image_processor
 from ..hub import hub_offline, hub_unreachable_reason, is_hub_id
 from ..models import TorchvisionForImageClassification
-from ..data.transforms import TransformSpec, image_processor_for, spec_from_image_processor
-from .errors import UsageError, usage_error
+from .arguments import usage_error
+from .errors import UsageError
 
 __all__ = ["ModelLayout", "build_model", "check_model_outputs", "find_layout"]
 

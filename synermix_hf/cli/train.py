@@ -20,16 +20,14 @@ import os
 import sys
 from typing import Any
 
+from ..data import dataset_labels, load_image_classification_data, prepare_views
 from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
-from ..data import dataset_labels
-from ..data.pipeline import prepare_views
-from ..data.catalog import load_image_classification_data
 from ..metrics import ClassificationMetrics
-from .arguments import ScriptArgumentParser, is_builtin_default, preset_values
-from .errors import UsageError, usage_error
+from .arguments import ScriptArgumentParser, is_builtin_default, preset_values, usage_error
+from .errors import UsageError
+from .methods import method_slug
 from .model import build_model, check_model_outputs, find_layout
 from .model_card import CardTrainer, check_hub_access, synermix_section
-from .methods import method_slug
 from .output_dir import LOG_FILE, default_output_dir, prepare_output_dir
 from .predictions import PREDICTIONS_FILE, image_ids, write_predictions
 from .run_log import (RunLogCallback, append_final, append_line, chosen_settings, command_line, global_batch,
