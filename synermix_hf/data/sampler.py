@@ -102,7 +102,10 @@ class StepShards(Sampler[list[int]]):
 
     @property
     def batch_size(self) -> Any:
-        return None  # shards have dynamic sizes
+        # The nominal size of a shard; accelerate (before 1.10) refuses a batch sampler without one unless told that
+        # batches may differ in size, which the trainer tells its shard after `prepare`.
+        size = getattr(self.batch_sampler, "batch_size", None)
+        return None if size is None else max(1, size // self.num_shards)
 
     @property
     def drop_last(self) -> bool:
