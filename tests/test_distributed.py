@@ -16,7 +16,8 @@ from synermix_hf import ClassBalancedBatchSampler, SeededAugmentation, SynerMixC
 from synermix_hf.checkpoints import checkpoint_problem
 from synermix_hf.data.sampler import PositionedBatchSampler
 
-from test_trainer import device_view_set, hand_mixed_ce, resnet, resnet_features, two_view_sets
+from test_trainer import (device_view_set, hand_intra_loss_of_features, hand_mixed_ce, resnet, resnet_features,
+                          two_view_sets)
 
 HERE = Path(__file__).resolve().parent
 
@@ -120,17 +121,6 @@ def check_one_ddp_step(out: Path, views_on: str) -> None:
         buffers = torch.load(out / f"buffers_rank{rank}.pt")
         for name, buffer in model.named_buffers():
             torch.testing.assert_close(buffers[name], buffer, rtol=1e-5, atol=1e-6, msg=f"process {rank}: {name}")
-
-
-def hand_intra_loss_of_features(model, features, labels, weights):
-    """SynerMix-Intra by hand: per class, the members' features weighted by their normalised weights, classified."""
-    rows, classes = [], []
-    for c in sorted(set(labels.tolist())):
-        mask = labels == c
-        w = weights[mask] / weights[mask].sum()
-        rows.append((features[mask] * w[:, None]).sum(0))
-        classes.append(c)
-    return F.cross_entropy(model.fc(torch.stack(rows)), torch.tensor(classes))
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,11 @@ def resnet_features(model, x, mix_before=None, mix=None):
 
 def hand_intra_loss(model, original, labels, generator, smoothing=0.0):
     weights = torch.rand(len(labels), generator=generator)
-    features = resnet_features(model, original)
+    return hand_intra_loss_of_features(model, resnet_features(model, original), labels, weights, smoothing)
+
+
+def hand_intra_loss_of_features(model, features, labels, weights, smoothing=0.0):
+    """SynerMix-Intra by hand: per class, the members' features weighted by their normalised weights, classified."""
     rows, classes = [], []
     for c in sorted(set(labels.tolist())):
         mask = labels == c

@@ -81,7 +81,21 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         return partners
 
 
-class StepShards(Sampler[list[int]]):
+class _BatchSamplerWrapper(Sampler):
+    """Passes `drop_last` and `set_epoch` through to the wrapped batch sampler."""
+
+    batch_sampler: Iterable[list[int]]
+
+    @property
+    def drop_last(self) -> bool:
+        return bool(getattr(self.batch_sampler, "drop_last", False))
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
+
+class StepShards(_BatchSamplerWrapper):
     """Split every batch of `batch_sampler` into `num_shards` consecutive shards of (nearly) equal size.
 
     accelerate hands the batches of a DataLoader's batch sampler to the processes in turn (batch `i` to process
@@ -107,14 +121,6 @@ class StepShards(Sampler[list[int]]):
         size = getattr(self.batch_sampler, "batch_size", None)
         return None if size is None else max(1, size // self.num_shards)
 
-    @property
-    def drop_last(self) -> bool:
-        return bool(getattr(self.batch_sampler, "drop_last", False))
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.batch_sampler, "set_epoch"):
-            self.batch_sampler.set_epoch(epoch)
-
     def __len__(self) -> int:
         return len(self.batch_sampler) * self.num_shards
 
@@ -124,7 +130,7 @@ class StepShards(Sampler[list[int]]):
                 yield shard.tolist()
 
 
-class PositionedBatchSampler(Sampler[list[tuple[int, int]]]):
+class PositionedBatchSampler(_BatchSamplerWrapper):
     """Yield the batches of `batch_sampler` as `(index, position)` pairs, numbering the epoch's examples from 0.
 
     Wrap the common sequence of batches before it is split across processes (accelerate shards the wrapper), so a
@@ -142,14 +148,6 @@ class PositionedBatchSampler(Sampler[list[tuple[int, int]]]):
     @property
     def batch_size(self) -> Any:
         return getattr(self.batch_sampler, "batch_size", None)
-
-    @property
-    def drop_last(self) -> bool:
-        return bool(getattr(self.batch_sampler, "drop_last", False))
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.batch_sampler, "set_epoch"):
-            self.batch_sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
