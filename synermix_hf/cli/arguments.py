@@ -25,7 +25,6 @@ from typing import Any, NoReturn
 from transformers import HfArgumentParser
 
 from ..data.catalog import BUILTIN_DATASET, CATALOG
-from ..data.decoded import DEFAULT_BUDGET_GIB
 from ..data.pipeline import DATA_PATHS, VIEWS_ON, views_on_from_data_path
 from ..models import MODEL_NAMES, normalise_model_name
 from ..recipe import RecipeTrainingArguments
@@ -179,14 +178,23 @@ class DataTrainingArguments:
         metadata={
             "choices": list(VIEWS_ON),
             "help": "Where the two views of each image are made. device: decode the images once and make the views "
-            "batched on the training device (the cifar, miniimagenet and digits recipes of a dataset with an Image "
-            "column, within --decode_budget_gib); loader: decode and transform each image in the DataLoader "
-            "(always possible); auto: device where it applies, else loader.",
+            "batched on the training device (every recipe, for a dataset with an Image column, within "
+            "--decode_budget_gib; the imagenet recipe's images are kept with the shorter side at --decode_short_side); "
+            "loader: decode and transform each image in the DataLoader (always possible, any image source); auto: "
+            "device where it applies, else loader. The run log says which and why.",
         },
     )
-    decode_budget_gib: float = field(
-        default=DEFAULT_BUDGET_GIB,
-        metadata={"help": "Largest decoded size (GiB, train + eval images) that --views_on device (or auto) takes."},
+    decode_budget_gib: float | None = field(
+        default=None,
+        metadata={"help": "Largest decoded size (GiB, train + eval images) that --views_on device (or auto) takes. "
+                  "Default: half the free space of the disk the decoded images go to (next to the dataset's cache)."},
+    )
+    decode_short_side: int | None = field(
+        default=None,
+        metadata={"help": "The imagenet recipe (RandomResizedCrop) on the device path: the shorter side (px) each image "
+                  "is decoded to once (the per-image path's resize). Default: the evaluation resize (256 at 224 px), "
+                  "which keeps the original view exactly the per-image one and takes ~256 KB an image; 0: full "
+                  "resolution, the closest augmented view to the per-image path's, at the images' own size on disk."},
     )
     data_path: str | None = field(
         default=None,
@@ -200,8 +208,10 @@ class DataTrainingArguments:
             logger.warning("--data_path is deprecated and will be removed in the next release: use --views_on %s.",
                            views_on)
             self.views_on, self.data_path = views_on, None
-        if not self.decode_budget_gib >= 0:
+        if self.decode_budget_gib is not None and not self.decode_budget_gib >= 0:
             raise ValueError(f"`decode_budget_gib` must be >= 0, got {self.decode_budget_gib}.")
+        if self.decode_short_side is not None and self.decode_short_side < 0:
+            raise ValueError(f"`decode_short_side` must be >= 0 (0: full resolution), got {self.decode_short_side}.")
         if not 0.0 < self.val_ratio < 1.0:
             raise ValueError(f"`val_ratio` must be between 0 and 1, got {self.val_ratio}.")
         if self.train_val_split is not None and not 0.0 <= self.train_val_split < 1.0:

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..data import dataset_labels, load_image_classification_data, prepare_views
 from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
+from ..data.pipeline import StoredImageDataset
 from ..metrics import ClassificationMetrics
 from .arguments import ScriptArgumentParser, is_builtin_default, preset_values, usage_error
 from .errors import UsageError
@@ -127,7 +128,8 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     try:
         views = prepare_views(data.train, data.eval, spec, data.image_column, data.label_column,
                               two_views=training_args.beta > 0, views_on=data_args.views_on,
-                              decode_budget_gib=data_args.decode_budget_gib, train_labels=train_labels,
+                              decode_budget_gib=data_args.decode_budget_gib,
+                              decode_short_side=data_args.decode_short_side, train_labels=train_labels,
                               bad_image_policy=BadImagePolicy(training_args.max_bad_image_fraction,
                                                               training_args.stop_on_bad_image),
                               seed=training_args.seed if training_args.data_seed is None else training_args.data_seed)
@@ -135,9 +137,15 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
         raise usage_error(error) from error
     if (views.views_on == "device" and "dataloader_num_workers" not in explicit
             and not training_args.dataloader_persistent_workers and training_args.dataloader_prefetch_factor is None):
-        training_args.choose("dataloader_num_workers", 0, "views made on the device: the loader only gathers decoded "
-                             "rows (well under a millisecond a batch), and worker processes would add copies between "
-                             "processes and compete with training for the cores")
+        if isinstance(views.train, StoredImageDataset) and training_args.device.type != "cpu":
+            workers = max(1, min(4, (os.cpu_count() or 2) // (2 * max(1, training_args.world_size))))
+            training_args.choose("dataloader_num_workers", workers, "views made on the device from images of their "
+                                 "own size: the loader copies ~256 KB and draws one crop an image (several ms a "
+                                 "batch), which workers overlap with the training step")
+        else:
+            training_args.choose("dataloader_num_workers", 0, "views made on the device: the loader only gathers "
+                                 "decoded rows (about a millisecond a batch), and worker processes would add copies "
+                                 "between processes and compete with training for the cores")
 
     # 7. Metrics.
     compute_metrics = ClassificationMetrics(data.num_labels)

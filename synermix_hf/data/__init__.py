@@ -4,7 +4,8 @@
   appearance's augmentation seed (`SeededAugmentation`) and the labels the sampler needs;
 * `transforms`: the paper's recipes (`TransformSpec`) as per-image torchvision transforms;
 * `batch_transforms`: the same recipes made on a whole batch on the training device;
-* `decoded`: images decoded once into a memory-mapped store;
+* `crop_views`: the RandomResizedCrop recipe made on a whole batch of stored images on the training device;
+* `decoded`: images decoded once into a memory-mapped store, square (`decoded`) or of their own size (`image_store`);
 * `pipeline`: where the views are made, on the device or in the loader (`prepare_views`);
 * `sampler`: class-balanced batches, and their shards under data parallelism;
 * `bad_images`: images that cannot be decoded;
@@ -13,9 +14,11 @@
 
 from .bad_images import BadImageError, BadImagePolicy
 from .batch_transforms import BatchViews
+from .crop_views import CropViews
 from .catalog import load_image_classification_data
 from .decoded import decoded_images
-from .pipeline import DATA_PATHS, VIEWS_ON, DecodedImageDataset, PreparedViews, prepare_views
+from .image_store import ImageStore, stored_images
+from .pipeline import DATA_PATHS, VIEWS_ON, DecodedImageDataset, PreparedViews, StoredImageDataset, prepare_views
 from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler, StepShards
 from .transforms import Cutout, TransformSpec, build_transforms
 from .views import (
@@ -34,13 +37,16 @@ __all__ = [
     "BadImagePolicy",
     "BatchViews",
     "ClassBalancedBatchSampler",
+    "CropViews",
     "Cutout",
     "DecodedImageDataset",
+    "ImageStore",
     "PositionedBatchSampler",
     "PreparedViews",
     "SeededAugmentation",
     "SingleViewTransform",
     "StepShards",
+    "StoredImageDataset",
     "SynerMixCollator",
     "TransformSpec",
     "TwoViewTransform",
@@ -50,4 +56,5 @@ __all__ = [
     "load_image_classification_data",
     "original_view",
     "prepare_views",
+    "stored_images",
 ]

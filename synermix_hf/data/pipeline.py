@@ -2,10 +2,12 @@
 
 Both ways make the same two views (see `synermix_hf.data.views`):
 
-* `device`: the images are decoded and resized once (`synermix_hf.data.decoded`); the loader only gathers uint8
-  rows and draws each example's augmentation parameters, and the trainer makes both views of the whole batch on the
-  training device (`synermix_hf.data.batch_transforms`). For the square transform families (`cifar`,
-  `miniimagenet`, `digits`) of `datasets.Dataset`s with an `Image` column whose decoded size fits a budget.
+* `device`: the images are decoded and resized once; the loader only gathers uint8 rows and draws each example's
+  augmentation parameters, and the trainer makes both views of the whole batch on the training device. The square
+  families (`cifar`, `miniimagenet`, `digits`) keep SxS images (`synermix_hf.data.decoded`, views by
+  `synermix_hf.data.batch_transforms`); the `imagenet` family (RandomResizedCrop) keeps each image with its shorter
+  side resized to the evaluation resize, or at full resolution (`synermix_hf.data.image_store`, views by
+  `synermix_hf.data.crop_views`). For `datasets.Dataset`s with an `Image` column whose decoded size fits a budget.
 * `loader`: `TwoViewTransform` / `SingleViewTransform` decode and transform each image in the DataLoader, with any
   torchvision transforms. Always available.
 
@@ -19,6 +21,8 @@ datasets ready for `SynerMixTrainer`, with a line for the run log that says wher
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,12 +33,15 @@ import torch
 
 from .bad_images import BadImage, BadImagePolicy, settle_decode_failures
 from .batch_transforms import BatchViews
-from .decoded import DEFAULT_BUDGET_GIB, decoded_images_and_failures, decoded_nbytes
+from .crop_views import CropViews
+from .decoded import decoded_cache_path, decoded_images_and_failures, decoded_nbytes
+from .image_store import (ImageStore, estimated_store_nbytes, existing_store_nbytes, store_path,
+                          stored_images_and_failures)
 from .transforms import SQUARE_FAMILIES, TransformSpec, build_transforms
 from .views import SingleViewTransform, TwoViewTransform, dataset_labels
 
-__all__ = ["DATA_PATHS", "VIEWS_ON", "DecodedImageDataset", "PreparedViews", "device_path_obstacle", "prepare_views",
-           "views_on_from_data_path"]
+__all__ = ["DATA_PATHS", "VIEWS_ON", "DecodedImageDataset", "PreparedViews", "StoredImageDataset", "default_budget_gib",
+           "device_path_obstacle", "prepare_views", "views_on_from_data_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +132,69 @@ class DecodedImageDataset(torch.utils.data.Dataset):
             self.images = np.load(self.cache_path, mmap_mode="r")
 
 
+class StoredImageDataset(torch.utils.data.Dataset):
+    """Images of any size decoded once into an `ImageStore`, and their labels, served a batch at a time; the views
+    (RandomResizedCrop family) are made later, on the device, by `CropViews`.
+
+    A batch (`__getitems__`, or `seeded_batch` for training) is a dict: `images` (uint8 HWC `[B, H, W, 3]`, each
+    stored image at the top left, see `ImageStore.padded_batch`), `sizes` (their stored sizes), `original_boxes` (the
+    original view's crop), `labels`, `views` (the `CropViews` that `SynerMixTrainer` calls on the device) and, for
+    training, `augment` (each example's crop and flip, drawn from its seed on the image's original size). The
+    loader's work per example is one copy of the stored pixels and the draw of its crop.
+
+    Args:
+        store: The decoded images (`synermix_hf.data.image_store.stored_images`).
+        labels: The label of each example.
+        views: How the trainer makes the views (`CropViews.from_spec`, with the store's shorter side).
+        rows: The store row example `i` reads (default: row `i`); where an image could not be decoded, the row of the
+            image that stands in for it (`synermix_hf.data.bad_images.settle_decode_failures`).
+    """
+
+    def __init__(self, store: ImageStore, labels: Sequence[int], views: CropViews, rows: Sequence[int] | None = None):
+        if store.short_side != views.short_side:
+            raise ValueError(f"The store's shorter side is {store.short_side}px but the views expect "
+                             f"{views.short_side}px.")
+        self.store = store
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if len(self.labels) != len(store):
+            raise ValueError(f"{len(store)} images but {len(self.labels)} labels.")
+        self.views = views
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.rows is not None and len(self.rows) != len(self.labels):
+            raise ValueError(f"{len(self.labels)} labels but {len(self.rows)} rows.")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """One example as a batch of one (the views need the whole batch's frame)."""
+        return self._batch([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        """An unaugmented batch (evaluation): the trainer makes its original view."""
+        return self._batch(indices)
+
+    def seeded_batch(self, indices: Sequence[int], seeds: np.ndarray) -> dict[str, Any]:
+        """A training batch whose example `i` is cropped and flipped as `seeds[i]` (uniform uint64) draws."""
+        batch, rows = self._batch(indices, with_rows=True)
+        batch["augment"] = self.views.sample(np.asarray(seeds, dtype=np.uint64), self.store.original_sizes[rows],
+                                             self.store.sizes[rows])
+        return batch
+
+    def _batch(self, indices: Sequence[int], with_rows: bool = False) -> Any:
+        indices = np.asarray(indices, dtype=np.int64)
+        rows = indices if self.rows is None else self.rows[indices]
+        images, sizes = self.store.padded_batch(rows)
+        batch = {
+            "images": images,
+            "sizes": sizes,
+            "original_boxes": self.views.original_boxes(self.store.original_sizes[rows], self.store.sizes[rows]),
+            "labels": torch.from_numpy(self.labels[indices]),
+            "views": self.views,
+        }
+        return (batch, rows) if with_rows else batch
+
+
 @dataclass
 class PreparedViews:
     """The datasets of one run and where their views are made.
@@ -150,23 +220,83 @@ class PreparedViews:
         return "per_image" if self.views_on == "loader" else self.views_on
 
 
-def device_path_obstacle(datasets_: Sequence[Any], spec: TransformSpec, image_column: str, budget_gib: float) -> str | None:
-    """Why the device path cannot serve these datasets with `spec`, or None when it can."""
+def default_budget_gib(folder: str | None) -> float:
+    """The budget when none is given: half the free space of the disk that holds `folder` (where the store goes),
+    or half the available memory when the store is built in memory (`folder` None)."""
+    if folder is None:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    else:
+        existing = os.path.abspath(folder)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        free = shutil.disk_usage(existing).free
+    return free / 2 / 2**30
+
+
+def _store_sizes(datasets_: Sequence[Any], spec: TransformSpec, image_column: str, short_side: int,
+                 cache_dir: str | None, use_cache: bool) -> tuple[int, int, str | None]:
+    """`(total, new, folder)`: bytes of the stores of `datasets_` (reused ones at their real size), bytes still to be
+    written, and the folder the first one goes to (None in memory)."""
+    total = new = 0
+    folder = None
+    for dataset in datasets_:
+        if spec.family in SQUARE_FAMILIES:
+            path = decoded_cache_path(dataset, image_column, spec.image_size, cache_dir) if use_cache else None
+            size = decoded_nbytes(len(dataset), spec.image_size)
+            built = path is not None and os.path.exists(path)
+        else:
+            path = store_path(dataset, image_column, short_side, spec.interpolation, cache_dir) if use_cache else None
+            existing = existing_store_nbytes(path) if path is not None else None
+            built = existing is not None
+            size = existing if built else estimated_store_nbytes(dataset, image_column, short_side)
+        total += size
+        new += 0 if built else size
+        folder = folder or (os.path.dirname(path) if path is not None else None)
+    return total, new, folder
+
+
+def device_path_obstacle(
+    datasets_: Sequence[Any],
+    spec: TransformSpec,
+    image_column: str,
+    budget_gib: float | None = None,
+    decode_short_side: int | None = None,
+    cache_dir: str | None = None,
+) -> str | None:
+    """Why the device path cannot serve these datasets with `spec`, or None when it can.
+
+    Args:
+        datasets_: The datasets (None entries are ignored).
+        spec: The recipe.
+        image_column: Their image column.
+        budget_gib: Largest size (GiB) of the decoded images; None: half the free space of the disk they go to
+            (`default_budget_gib`), counting only what is not built yet.
+        decode_short_side: The `imagenet` family's stored shorter side (see `prepare_views`).
+        cache_dir: Where the stores go (see `prepare_views`).
+    """
     import datasets
 
-    if spec.family not in SQUARE_FAMILIES:
-        return (f"the {spec.family} family crops each image from its own size (RandomResizedCrop / Resize + "
-                "CenterCrop); only the square families are decoded once at a fixed size")
     given = [d for d in datasets_ if d is not None]
     for dataset in given:
         if not isinstance(dataset, datasets.Dataset):
             return f"the data is a {type(dataset).__name__}, not a datasets.Dataset"
         if not isinstance(dataset.features.get(image_column), datasets.Image):
             return f"the column {image_column!r} is not a datasets.Image feature"
-    needed = decoded_nbytes(sum(len(d) for d in given), spec.image_size)
-    if needed > budget_gib * 2**30:
-        return (f"the decoded images need {needed / 2**30:.2f} GiB, more than the budget of {budget_gib:g} GiB "
-                "(`decode_budget_gib`)")
+    if spec.family not in SQUARE_FAMILIES and spec.interpolation not in ("bilinear", "bicubic"):
+        return f"the recipe resamples with {spec.interpolation!r}; the device path resamples bilinear or bicubic"
+    short_side = spec.eval_resize if decode_short_side is None else decode_short_side
+    use_cache = datasets.is_caching_enabled()
+    total, new, folder = _store_sizes(given, spec, image_column, short_side, cache_dir, use_cache)
+    if budget_gib is not None:
+        if total > budget_gib * 2**30:
+            return (f"the decoded images need {total / 2**30:.2f} GiB, more than the budget of {budget_gib:g} GiB "
+                    "(`decode_budget_gib`)")
+        return None
+    default = default_budget_gib(folder if use_cache else None)
+    if new > default * 2**30:
+        where = f"the free disk space of {folder}" if use_cache else "the available memory"
+        return (f"the decoded images need {new / 2**30:.2f} GiB, more than half {where} ({default:.2f} GiB; set "
+                "`decode_budget_gib` to allow more)")
     return None
 
 
@@ -178,11 +308,12 @@ def prepare_views(
     label_column: str | None,
     two_views: bool,
     views_on: str = "auto",
-    decode_budget_gib: float = DEFAULT_BUDGET_GIB,
+    decode_budget_gib: float | None = None,
     train_labels: Sequence[int] | None = None,
     cache_dir: str | None = None,
     bad_image_policy: BadImagePolicy | None = None,
     seed: int = 0,
+    decode_short_side: int | None = None,
     *,
     data_path: str | None = None,
     budget_gib: float | None = None,
@@ -196,7 +327,9 @@ def prepare_views(
         two_views: The training set also gives the original view (needed when beta > 0).
         views_on: `auto` (`device` where it applies, else `loader`), `device` (raise ValueError naming the obstacle
             where it does not apply) or `loader`.
-        decode_budget_gib: Largest decoded size (GiB, train + eval) the device path takes.
+        decode_budget_gib: Largest decoded size (GiB, train + eval) the device path takes; None (default): half the
+            free space of the disk the decoded images go to (of the available memory when `datasets` caching is off),
+            counting only what is not decoded yet.
         train_labels: Labels of `train`, if already read.
         cache_dir: Where to keep the decoded arrays (default: next to the datasets' cache).
         bad_image_policy: On the device path, images that cannot be decoded are found up front: a training image is
@@ -204,6 +337,10 @@ def prepare_views(
             this policy (default: `BadImagePolicy()`) raises `BadImageError` when there are too many. (The per-image
             path finds them as it reads them: `SynerMixTrainer`.)
         seed: Seeds the choice of the replacements (the run's data seed, as for the per-image path).
+        decode_short_side: The `imagenet` family (RandomResizedCrop) on the device path keeps each image with its
+            shorter side resized to this (the per-image path's resize), or at full resolution with 0. Default: the
+            evaluation resize (256 at 224 px), which makes the original view exactly the per-image path's; the
+            augmented view's crops are then cut from that resolution (see `CropViews`).
         data_path, budget_gib: Deprecated names of `views_on` (`per_image` for `loader`) and `decode_budget_gib`.
     """
     if data_path is not None:
@@ -215,10 +352,12 @@ def prepare_views(
         decode_budget_gib = budget_gib
     if views_on not in VIEWS_ON:
         raise ValueError(f"`views_on` {views_on!r} is not valid; choose one of {', '.join(VIEWS_ON)}.")
-    if not decode_budget_gib >= 0:
+    if decode_budget_gib is not None and not decode_budget_gib >= 0:
         raise ValueError(f"`decode_budget_gib` must be >= 0, got {decode_budget_gib}.")
-    obstacle = None if views_on == "loader" else device_path_obstacle([train, evaluation], spec, image_column,
-                                                                       decode_budget_gib)
+    if decode_short_side is not None and decode_short_side < 0:
+        raise ValueError(f"`decode_short_side` must be >= 0 (0: full resolution), got {decode_short_side}.")
+    obstacle = None if views_on == "loader" else device_path_obstacle(
+        [train, evaluation], spec, image_column, decode_budget_gib, decode_short_side, cache_dir)
     if views_on == "device" and obstacle is not None:
         raise ValueError(f"`views_on` 'device' does not apply here: {obstacle}. Use 'auto' or 'loader'.")
     if views_on == "loader" or obstacle is not None:
@@ -233,6 +372,10 @@ def prepare_views(
         return PreparedViews(train, evaluation, "loader",
                              f"loader: each image decoded and transformed in the DataLoader ({why})")
 
+    if spec.family not in SQUARE_FAMILIES:
+        return _stored_views(train, evaluation, spec, image_column, label_column, two_views, train_labels, cache_dir,
+                             bad_image_policy or BadImagePolicy(), seed,
+                             spec.eval_resize if decode_short_side is None else decode_short_side)
     views = BatchViews.from_spec(spec, original=two_views)
     policy = bad_image_policy or BadImagePolicy()
     prepared, bad_images = [], []
@@ -253,5 +396,34 @@ def prepare_views(
                    f"({decoded_nbytes(total, spec.image_size) / 2**20:.1f} MiB"
                    + (f", cached in {', '.join(sorted(where))}" if where else ", in memory")
                    + "); views made batched on the training device")
+    logger.info("Views: %s", description)
+    return PreparedViews(prepared[0], prepared[1], "device", description, bad_images)
+
+
+def _stored_views(train: Any, evaluation: Any, spec: TransformSpec, image_column: str, label_column: str | None,
+                  two_views: bool, train_labels: Sequence[int] | None, cache_dir: str | None, policy: BadImagePolicy,
+                  seed: int, short_side: int) -> PreparedViews:
+    """The device path of the `imagenet` family: an `ImageStore` per dataset, `StoredImageDataset`s, `CropViews`."""
+    views = CropViews.from_spec(spec, short_side, original=two_views)
+    prepared, bad_images = [], []
+    for dataset, labels, split in ((train, train_labels, "training set"), (evaluation, None, "evaluation set")):
+        if dataset is None:
+            prepared.append(None)
+            continue
+        store, failures = stored_images_and_failures(dataset, image_column, short_side, spec.interpolation,
+                                                     cache_dir=cache_dir)
+        labels = labels if labels is not None else dataset_labels(dataset, label_column)
+        rows, labels, found = settle_decode_failures(failures, labels, split, seed, skip=split != "training set",
+                                                     dataset=str(dataset._fingerprint))
+        policy.check(found, complete=True)
+        bad_images += found
+        prepared.append(StoredImageDataset(store, labels, views, rows=rows))
+    stores = [d.store for d in prepared if d is not None]
+    where = sorted({store.path for store in stores if store.path is not None})
+    resolution = "at full resolution" if short_side == 0 else f"with the shorter side resized to {short_side}px"
+    description = (f"device: {sum(len(store) for store in stores)} images decoded once {resolution} "
+                   f"({sum(store.nbytes for store in stores) / 2**30:.2f} GiB"
+                   + (f", in {', '.join(where)}" if where else ", in memory")
+                   + "); crops and both views made batched on the training device")
     logger.info("Views: %s", description)
     return PreparedViews(prepared[0], prepared[1], "device", description, bad_images)
