@@ -7,12 +7,14 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.transforms import functional as F
 
 from synermix_hf import (
     ClassBalancedBatchSampler,
     DecodedImageDataset,
     PositionedBatchSampler,
+    StoredImageDataset,
     SynerMixTrainer,
     example_seeds,
     prepare_views,
@@ -35,7 +37,11 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
         assert views.views_on == "device" and isinstance(views.train, DecodedImageDataset)
         assert views.description.startswith("device: 24 images decoded once at 16px")
     views = prepare_views(train, evaluation, TransformSpec("imagenet", 16), "image", "label", two_views=True)
-    assert views.views_on == "loader" and "imagenet family" in views.description
+    assert views.views_on == "device" and isinstance(views.train, StoredImageDataset)
+    assert views.description.startswith("device: 24 images decoded once with the shorter side resized to 18px")
+    views = prepare_views(train, evaluation, TransformSpec("imagenet", 16, interpolation="lanczos"), "image", "label",
+                          two_views=True)
+    assert views.views_on == "loader" and "resamples with 'lanczos'" in views.description
     assert isinstance(views.train, datasets.Dataset) and set(views.train[0]) == {
         "pixel_values", "original_pixel_values", "labels"}  # fmt: skip
     over_budget = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True,
@@ -43,8 +49,8 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
     assert over_budget.views_on == "loader" and "budget" in over_budget.description
     asked = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, views_on="loader")
     assert asked.views_on == "loader" and "as asked" in asked.description
-    with pytest.raises(ValueError, match="`views_on` 'device' does not apply here: the imagenet family"):
-        prepare_views(train, None, TransformSpec("imagenet", 16), "image", "label", True, views_on="device")
+    with pytest.raises(ValueError, match="`views_on` 'device' does not apply here: the data is a list"):
+        prepare_views(list(train), None, TransformSpec("imagenet", 16), "image", "label", True, views_on="device")
     with pytest.raises(ValueError, match="`views_on` 'gpu' is not valid"):
         prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, views_on="gpu")
 
@@ -145,3 +151,48 @@ def test_synermix_trains_on_the_device_path(tmp_path):
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logged and all(np.isfinite(entry["loss_intra"]) and np.isfinite(entry["loss_inter"]) for entry in logged)
     assert [entry["epoch"] for entry in trainer.state.log_history if "eval_loss" in entry] == [1.0, 2.0]
+
+
+def shaped_dataset(n=24, seed=0):
+    """`color_dataset`'s classes in images of several shapes (landscape, portrait, square), as Food-101 has."""
+    rng = np.random.default_rng(seed)
+    shapes = [(24, 32), (32, 24), (28, 28), (20, 36)]
+    images, labels = [], []
+    for i in range(n):
+        label = i % 4
+        height, width = shapes[i % len(shapes)]
+        small = rng.integers(0, 90, (height // 4, width // 4, 3))
+        if label < 3:
+            small[..., label] += 150
+        else:
+            small += 100
+        big = np.asarray(Image.fromarray(small.clip(0, 255).astype(np.uint8)).resize((width, height), Image.BICUBIC))
+        images.append(Image.fromarray(big))
+        labels.append(label)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["red", "green", "blue", "gray"])}
+    )
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_random_resized_crop_batches_through_the_trainer_are_the_per_image_paths(tmp_path, workers):
+    """The same examples in the same batches, each cropped and flipped as the per-image path crops it (the resize
+    kernel differs: >= 30 dB at full resolution), and the original view exactly the per-image one (store at the
+    evaluation resize)."""
+    spec = TransformSpec("imagenet", 16)
+    train = shaped_dataset()
+    args = arguments(tmp_path, beta=0.3, balanced_sampler=True, per_device_train_batch_size=8, seed=3,
+                     dataloader_num_workers=workers)  # fmt: skip
+    batches = {}
+    for name, kwargs in (("loader", {"views_on": "loader"}), ("full", {"decode_short_side": 0}), ("resized", {})):
+        views = prepare_views(train, None, spec, "image", "label", two_views=True, **kwargs)
+        assert views.views_on == ("loader" if name == "loader" else "device")
+        trainer = SynerMixTrainer(model=resnet(), args=args, train_dataset=views.train)
+        batches[name] = [trainer.batch_on_device(batch) for batch in trainer.get_train_dataloader()]
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
+    for loader, full, resized in zip(batches["loader"], batches["full"], batches["resized"], strict=True):
+        assert torch.equal(loader["labels"], full["labels"]) and torch.equal(loader["labels"], resized["labels"])
+        error = ((full["pixel_values"] - loader["pixel_values"]) * std).pow(2).flatten(1).mean(1)
+        assert (10 * torch.log10(1 / error)).min() >= 30
+        assert torch.equal(resized["original_pixel_values"], loader["original_pixel_values"])

@@ -28,7 +28,10 @@ RUNS = {
                                                     "-itrm", "Manifold_Mixup"],
     # the RandomResizedCrop recipe on the per-image path
     "food101 per-image, SynerMix + MixUp": ["-ds", "food101", "--image_size", "16", "-bs", "8", "-beta", "0.3",
-                                           "-itrm", "Mixup"],
+                                           "-itrm", "Mixup", "--views_on", "loader"],
+    # the RandomResizedCrop recipe on the device path: stored once at the evaluation resize, crops made by the trainer
+    "food101 device, SynerMix + MixUp": ["-ds", "food101", "--image_size", "16", "-bs", "8", "-beta", "0.3",
+                                        "-itrm", "Mixup", "--views_on", "device"],
     # CutMix, without the intra-class term
     "cifar100 per-image, CutMix": ["-ds", "cifar100", "--image_size", "8", "-bs", "8", "-itrm", "cutmix",
                                    "--views_on", "loader"],
