@@ -5,6 +5,7 @@ import io
 import logging
 import os
 import pickle
+import socket
 import subprocess
 import sys
 
@@ -143,8 +144,6 @@ def test_an_interrupted_build_leaves_no_store_and_abandoned_builds_are_removed(t
     # A build killed outright (no exception handler ran) leaves its temporary folder; the next build removes it.
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     path = store_path(good, "image", 8, "bilinear", cache_dir=str(cache))
-    import socket
-
     abandoned = cache / f".{os.path.basename(path)}.{socket.gethostname()}.{int(dead.stdout)}.x1y2.tmp"
     abandoned.mkdir()
     (abandoned / "pixels.npy").write_bytes(b"\0" * 100)
@@ -193,6 +192,25 @@ def test_images_that_cannot_be_decoded_are_listed_stored_black_and_named(tmp_pat
         stored_images(dataset, "image", 16)
     with pytest.raises(ValueError, match=r"Cannot decode the image in file not_an_image\.jpg"):
         stored_images(dataset.select([0, 4]), "image", 16, use_cache=False)
+
+
+def test_images_kept_as_file_paths_are_read_from_their_files(tmp_path):
+    # An image folder's dataset holds paths, not bytes.
+    files = []
+    for value in mixed_values()[:2] + mixed_values()[6:]:  # wide.jpg, tall.png, rotated.jpg
+        files.append(tmp_path / value["path"])
+        files[-1].write_bytes(value["bytes"])
+    (tmp_path / "broken.jpg").write_bytes(b"GIF89a, or so it says")
+    values = [{"path": str(file), "bytes": None} for file in [*files, tmp_path / "broken.jpg"]]
+    dataset = datasets.Dataset.from_dict({"image": values, "label": [0] * 4}, features=FEATURES)  # as imagefolder's
+    assert dataset.cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"] is None
+    store, failures = stored_images_and_failures(dataset, "image", 16, cache_dir=str(tmp_path / "cache"))
+    assert [(row, source) for row, source, _ in failures] == [(3, f"file {tmp_path / 'broken.jpg'}")]
+    for row, image in enumerate(dataset.select(range(3))["image"]):
+        assert np.array_equal(store.image(row), per_image(image, 16))
+    assert store.original_sizes[:3].tolist() == [[30, 40], [40, 30], [40, 30]]
+    assert estimated_store_nbytes(dataset, "image", 16) == existing_store_nbytes(store.path)
+    assert np.array_equal(stored_images_and_failures(dataset, "image", 16, use_cache=False)[0].pixels, store.pixels)
 
 
 def test_padded_batch_frames_each_image_with_its_edge_repeated_once(tmp_path):

@@ -10,7 +10,8 @@ work per example is a copy of stored rows; the views are made on the training de
 Layout: `pixels` is one flat uint8 array, the images' RGB rows in HWC order one after the other; `index` is int64
 `[N, 5]`, per image `offset, height, width, original_height, original_width` (the stored size, and the size
 `datasets.Image` decodes, after its EXIF transpose). Raw rows cost about 20x less loader CPU than re-encoded JPEG, which
-would have to be decoded again every epoch; they take `3 * h * w` bytes an image (196,608 for a 4:3 image at S = 256).
+would have to be decoded again every epoch; they take `3 * h * w` bytes an image (261,888 for a 4:3 image at S = 256,
+stored 256 x 341).
 
 The store is a folder next to the dataset's cache files (or in `HF_DATASETS_CACHE` for an in-memory dataset), named by
 the dataset's fingerprint, the column, S, the interpolation and the decoding rule, holding `pixels.npy`, `index.npy`
@@ -168,11 +169,16 @@ class ImageStore:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         if self.path is not None and self.pixels is None:
-            self.pixels, self.index = _open_arrays(self.path)
+            try:
+                self.pixels, self.index = _open_arrays(self.path)
+            except _BrokenStore as problem:
+                raise RuntimeError(f"Cannot reopen the image store {self.path} ({problem}): it was removed or changed "
+                                   "while in use; run again to rebuild it.") from None
 
     def __repr__(self) -> str:
         where = self.path or "in memory"
-        return (f"{type(self).__name__}({len(self)} images, shorter side {_resize_label(self.short_side)}, "
+        size = f"shorter side {self.short_side}px" if self.short_side else "full resolution"
+        return (f"{type(self).__name__}({len(self)} images, {size}, "
                 f"{self.interpolation}, {self.nbytes / 2**30:.2f} GiB, {where})")
 
 
@@ -386,7 +392,8 @@ def _build(dataset: Any, image_column: str, short_side: int, interpolation: str,
             failures = [failure for _, failed in results for failure in failed]
             index = np.empty((num_rows, _INDEX_COLUMNS), dtype=np.int64)
             index[:, 3:5] = originals
-            index[:, 1:3] = [stored_size(height, width, short_side) for height, width in originals.tolist()]
+            index[:, 1:3] = np.array([stored_size(height, width, short_side) for height, width in originals.tolist()],
+                                     dtype=np.int64).reshape(-1, 2)
             nbytes = index[:, 1] * index[:, 2] * 3
             index[:, 0] = np.cumsum(nbytes) - nbytes
             total = int(nbytes.sum())
