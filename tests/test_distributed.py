@@ -1,6 +1,7 @@
 """Data-parallel SynerMix on 2 CPU processes (gloo)."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -124,25 +125,29 @@ def check_one_ddp_step(out: Path, views_on: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "launcher, inter_mixup, batch, cpu",
+    "launcher, inter_mixup, batch, cpu, data",
     [
-        ("torchrun", "Mixup", ["--per_device_train_batch_size", "4"], ["--use_cpu", "--ddp_backend", "gloo"]),
-        ("accelerate", "cutmix", ["-bs", "8"], []),
-        ("accelerate", "none", ["--per_device_train_batch_size", "4"], ["--use_cpu", "--ddp_backend", "gloo"]),
+        ("torchrun", "Mixup", ["--per_device_train_batch_size", "4"], ["--use_cpu", "--ddp_backend", "gloo"],
+         ["-ds", "cifar100"]),
+        ("accelerate", "cutmix", ["-bs", "8"], [], ["-ds", "cifar100"]),
+        # the RandomResizedCrop recipe on the device path: one process builds the store, the other reuses it
+        ("accelerate", "none", ["--per_device_train_batch_size", "4"], ["--use_cpu", "--ddp_backend", "gloo"],
+         ["-ds", "food101", "--image_size", "16", "--views_on", "device"]),
     ],
 )  # Manifold_Mixup: on two nodes, tests/test_multinode.py
-def test_the_script_trains_synermix_on_two_processes(tmp_path, hub_copies, launcher, inter_mixup, batch, cpu):
+def test_the_script_trains_synermix_on_two_processes(tmp_path, hub_copies, launcher, inter_mixup, batch, cpu, data):
     # -bs is the paper's batch of one step, split over the processes; --per_device_train_batch_size is per process.
     # Without --use_cpu the two CPU processes still train one model (the arguments set it).
     out = tmp_path / "out"
     run_two_processes(
         LAUNCHERS[launcher], HERE.parent / "run_image_classification.py",
-        "-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), *cpu, *batch,
+        *data, "--dataset_path", str(hub_copies[data[1]]), *cpu, *batch,
         "-beta", "0.1", "-itrm", inter_mixup, "--max_steps", "2", "--dataloader_num_workers", "0",
         "--save_strategy", "no", "--output_dir", str(out), "--disable_tqdm", "true",
     )  # fmt: skip
     log = (out / "training_log.txt").read_text()
     assert "processes                   : 2" in log and "per_device_train_batch_size : 4" in log
+    assert re.search(r"\n  views +: device: ", log), log  # auto takes it for both recipes
     assert "total train batch size      : 8 (2 processes x 4 per process x 1 accumulation step" in log
     assert "| total train batch size | 8 (2 processes x 4 per process" in (out / "README.md").read_text()
     state = json.loads((out / "trainer_state.json").read_text())

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torchvision import transforms as T
 
 from .batch_transforms import normalize, to_float
+from .image_store import stored_size
 from .transforms import TransformSpec
 
 __all__ = [
@@ -97,19 +98,12 @@ def map_boxes(boxes: np.ndarray, from_sizes: np.ndarray, to_sizes: np.ndarray) -
     return np.concatenate([top_left, bottom_right], axis=1)
 
 
-def _resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    # torchvision's `Resize(short_side)`: the shorter side to `short_side`, the longer one scaled and truncated.
-    if height <= width:
-        return short_side, int(short_side * width / height)
-    return int(short_side * height / width), short_side
-
-
 def centre_crop_boxes(original_sizes: np.ndarray, resize: int, crop: int) -> np.ndarray:
     """The `(top, left, height, width)` box that `Resize(resize) + CenterCrop(crop)` keeps of each image, in the
     pixels of the image resized to `resize` (torchvision's rounding: top `round((h - crop) / 2)`)."""
     boxes = np.empty((len(original_sizes), 4), dtype=np.int64)
     for i, (height, width) in enumerate(np.asarray(original_sizes, dtype=np.int64).reshape(-1, 2)):
-        resized_height, resized_width = _resized_size(int(height), int(width), resize)
+        resized_height, resized_width = stored_size(int(height), int(width), resize)
         boxes[i] = (int(round((resized_height - crop) / 2.0)), int(round((resized_width - crop) / 2.0)), crop, crop)
     return boxes
 
@@ -252,7 +246,7 @@ class CropViews:
         """float32 `[B, 4]` `(y1, x1, y2, x2)`: the centre crop of `Resize(resize) + CenterCrop(image_size)` in the
         stored pixels (whole numbers when the store holds `Resize(resize)`)."""
         original_sizes = np.asarray(original_sizes, dtype=np.int64).reshape(-1, 2)
-        resized = np.array([_resized_size(int(h), int(w), self.resize) for h, w in original_sizes], dtype=np.int64)
+        resized = np.array([stored_size(int(h), int(w), self.resize) for h, w in original_sizes], dtype=np.int64)
         boxes = centre_crop_boxes(original_sizes, self.resize, self.image_size)
         return torch.from_numpy(map_boxes(boxes, resized.reshape(-1, 2), stored_sizes)).to(torch.float32)
 
