@@ -47,6 +47,10 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
     over_budget = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True,
                                 decode_budget_gib=1e-6)
     assert over_budget.views_on == "loader" and "budget" in over_budget.description
+    over_budget = prepare_views(train, None, TransformSpec("imagenet", 16), "image", "label", True,
+                                decode_budget_gib=1e-6)
+    assert over_budget.views_on == "loader"
+    assert re.search(r"the decoded images need 0\.0+\d+ GiB, more than the budget of 1e-06 GiB", over_budget.description)
     asked = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, views_on="loader")
     assert asked.views_on == "loader" and "as asked" in asked.description
     with pytest.raises(ValueError, match="`views_on` 'device' does not apply here: the data is a list"):

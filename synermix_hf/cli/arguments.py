@@ -187,7 +187,7 @@ class DataTrainingArguments:
     decode_budget_gib: float | None = field(
         default=None,
         metadata={"help": "Largest decoded size (GiB, train + eval images) that --views_on device (or auto) takes. "
-                  "Default: half the free space of the disk the decoded images go to (next to the dataset's cache)."},
+                  "Default: four fifths of the free space of the disk the decoded images go to (next to the dataset's cache), counting what is not decoded yet."},
     )
     decode_short_side: int | None = field(
         default=None,

@@ -31,14 +31,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_BUDGET_GIB", "decoded_cache_path", "decoded_images", "decoded_images_and_failures",
-           "decoded_nbytes"]
+__all__ = ["decoded_cache_path", "decoded_images", "decoded_images_and_failures", "decoded_nbytes"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BUDGET_GIB = 4.0
-"""Largest decoded size (GiB) the device path takes by default: CIFAR-100 (train + test) needs 0.17, mini-ImageNet at
-84 px 1.18."""
 
 # Bump when the decoding rule changes, so that old caches are not reused.
 _FORMAT_VERSION = 1

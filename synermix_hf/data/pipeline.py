@@ -221,8 +221,9 @@ class PreparedViews:
 
 
 def default_budget_gib(folder: str | None) -> float:
-    """The budget when none is given: half the free space of the disk that holds `folder` (where the store goes),
-    or half the available memory when the store is built in memory (`folder` None)."""
+    """The budget when none is given: four fifths of the free space of the disk that holds `folder` (where the store
+    goes; the rest is left for checkpoints), or half the available memory when the store is built in memory
+    (`folder` None)."""
     if folder is None:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     else:
@@ -230,7 +231,7 @@ def default_budget_gib(folder: str | None) -> float:
         while not os.path.exists(existing):
             existing = os.path.dirname(existing)
         free = shutil.disk_usage(existing).free
-    return free / 2 / 2**30
+    return (free / 2 if folder is None else free * 0.8) / 2**30
 
 
 def _store_sizes(datasets_: Sequence[Any], spec: TransformSpec, image_column: str, short_side: int,
@@ -269,8 +270,8 @@ def device_path_obstacle(
         datasets_: The datasets (None entries are ignored).
         spec: The recipe.
         image_column: Their image column.
-        budget_gib: Largest size (GiB) of the decoded images; None: half the free space of the disk they go to
-            (`default_budget_gib`), counting only what is not built yet.
+        budget_gib: Largest size (GiB) of the decoded images; None: `default_budget_gib` (four fifths of the free
+            space of the disk they go to), counting only what is not built yet.
         decode_short_side: The `imagenet` family's stored shorter side (see `prepare_views`).
         cache_dir: Where the stores go (see `prepare_views`).
     """
@@ -295,7 +296,8 @@ def device_path_obstacle(
     default = default_budget_gib(folder if use_cache else None)
     if new > default * 2**30:
         where = f"the free disk space of {folder}" if use_cache else "the available memory"
-        return (f"the decoded images need {new / 2**30:.2f} GiB, more than half {where} ({default:.2f} GiB; set "
+        share = "four fifths of" if use_cache else "half"
+        return (f"the decoded images need {new / 2**30:.2f} GiB, more than {share} {where} ({default:.2f} GiB; set "
                 "`decode_budget_gib` to allow more)")
     return None
 
@@ -327,9 +329,9 @@ def prepare_views(
         two_views: The training set also gives the original view (needed when beta > 0).
         views_on: `auto` (`device` where it applies, else `loader`), `device` (raise ValueError naming the obstacle
             where it does not apply) or `loader`.
-        decode_budget_gib: Largest decoded size (GiB, train + eval) the device path takes; None (default): half the
-            free space of the disk the decoded images go to (of the available memory when `datasets` caching is off),
-            counting only what is not decoded yet.
+        decode_budget_gib: Largest decoded size (GiB, train + eval) the device path takes; None (default): four
+            fifths of the free space of the disk the decoded images go to (half the available memory when `datasets`
+            caching is off), counting only what is not decoded yet.
         train_labels: Labels of `train`, if already read.
         cache_dir: Where to keep the decoded arrays (default: next to the datasets' cache).
         bad_image_policy: On the device path, images that cannot be decoded are found up front: a training image is
