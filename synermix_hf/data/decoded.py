@@ -53,6 +53,40 @@ def decoded_nbytes(num_images: int, image_size: int) -> int:
     return int(num_images) * 3 * int(image_size) ** 2
 
 
+def _decode_failure(row: int, value: Any, error: BaseException) -> DecodeFailure:
+    """The failure record of `row`, whose undecoded `value` (`{"bytes", "path"}`) raised `error`."""
+    path = value.get("path") if isinstance(value, dict) else None
+    return (row, f"file {path}" if path else f"row {row}", f"{type(error).__name__}: {error}".strip())
+
+
+def _failure_error(failures: list[DecodeFailure]) -> ValueError:
+    """The error that stops a build which does not tolerate failures: it names the first failed file (or row)."""
+    row, source, error = failures[0]
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return ValueError(f"Cannot decode the image in {source}: {error}{more}.")
+
+
+def _undecoded_column(dataset: Any, image_column: str) -> Any:
+    """`dataset`'s image column undecoded (`{"bytes", "path"}` per row), as plain Python values, for threads to
+    decode their own rows."""
+    import datasets
+
+    raw = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+    return raw.with_format(None)
+
+
+def _write_failures(file: str, failures: list[DecodeFailure]) -> None:
+    with open(file, "w", encoding="utf-8") as handle:
+        json.dump(failures, handle)
+
+
+def _load_failures(file: str) -> list[DecodeFailure]:
+    if not os.path.exists(file):
+        return []  # no file: every row decoded (a build with failures writes it before the pixels)
+    with open(file, encoding="utf-8") as handle:
+        return [(int(row), str(source), str(error)) for row, source, error in json.load(handle)]
+
+
 def _decoding_rule(image_column: str, image_size: int) -> str:
     import PIL
 
@@ -102,10 +136,9 @@ def _decode_rows(
         try:
             image = resize(as_rgb(feature.decode_example(value)))
         except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, zlib.error, ...
-            path = value.get("path") if isinstance(value, dict) else None
-            failure = (row, f"file {path}" if path else f"row {row}", f"{type(error).__name__}: {error}".strip())
+            failure = _decode_failure(row, value, error)
             if not tolerate:
-                raise ValueError(f"Cannot decode the image in {failure[1]}: {failure[2]}.") from error
+                raise _failure_error([failure]) from error
             out[row] = 0
             failures.append(failure)
             continue
@@ -118,20 +151,14 @@ def _failures_path(path: str) -> str:
 
 
 def _read_failures(path: str) -> list[DecodeFailure]:
-    if not os.path.exists(_failures_path(path)):
-        return []  # no file: every row decoded (a build with failures writes it before the array)
-    with open(_failures_path(path), encoding="utf-8") as handle:
-        return [(int(row), str(source), str(error)) for row, source, error in json.load(handle)]
+    return _load_failures(_failures_path(path))
 
 
 def _build(dataset: Any, image_column: str, image_size: int, path: str | None, num_threads: int,
            tolerate: bool) -> tuple[np.ndarray, list[DecodeFailure]]:
-    import datasets
     from tqdm.auto import tqdm
 
-    # Read the undecoded column (bytes or path per row); each thread decodes its own rows.
-    raw = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
-    raw = raw.with_format(None)
+    raw = _undecoded_column(dataset, image_column)
     feature = dataset.features[image_column]
     shape = (len(dataset), 3, image_size, image_size)
     if path is None:
@@ -162,8 +189,7 @@ def _build(dataset: Any, image_column: str, image_size: int, path: str | None, n
         del out
         # The failures first, then the array: an array in place always has its failures beside it.
         if failures:
-            with open(_failures_path(path), "w", encoding="utf-8") as handle:
-                json.dump(failures, handle)
+            _write_failures(_failures_path(path), failures)
         elif os.path.exists(_failures_path(path)):
             os.remove(_failures_path(path))
         os.replace(temporary, path)  # atomic: readers see no file or the whole file
@@ -191,9 +217,7 @@ def decoded_images(
     """
     images, failures = _decoded(dataset, image_column, image_size, cache_dir, num_threads, use_cache, tolerate=False)
     if failures:  # a cache built by `decoded_images_and_failures`
-        row, source, error = failures[0]
-        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        raise ValueError(f"Cannot decode the image in {source}: {error}{more}.")
+        raise _failure_error(failures)
     return images
 
 

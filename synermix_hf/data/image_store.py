@@ -1,0 +1,568 @@
+"""Decode a dataset's images once, their shorter side resized to S, into one flat uint8 array of rows of varying size.
+
+The `imagenet` transform family starts both views of an image from the whole decoded image: RandomResizedCrop for the
+augmented view, Resize(S) + CenterCrop for the original view. The store keeps every image as the per-image path has it
+before `ToTensor`, at a bounded resolution: `T.Resize(S)` of the RGB image (the shorter side S, the longer side
+`int(S * long / short)`, smaller images upsampled as the per-image path does), or the full image with S = 0. With
+S = 256 the original view (a centre 224 crop of Resize(256)) is therefore exactly the per-image one, and the loader's
+work per example is a copy of stored rows; the views are made on the training device.
+
+Layout: `pixels` is one flat uint8 array, the images' RGB rows in HWC order one after the other; `index` is int64
+`[N, 5]`, per image `offset, height, width, original_height, original_width` (the stored size, and the size
+`datasets.Image` decodes, after its EXIF transpose). Raw rows cost about 20x less loader CPU than re-encoded JPEG, which
+would have to be decoded again every epoch; they take `3 * h * w` bytes an image (196,608 for a 4:3 image at S = 256).
+
+The store is a folder next to the dataset's cache files (or in `HF_DATASETS_CACHE` for an in-memory dataset), named by
+the dataset's fingerprint, the column, S, the interpolation and the decoding rule, holding `pixels.npy`, `index.npy`
+and, when some images failed, `bad.json`; it is read back memory-mapped, so later runs and every process of a
+distributed run share one copy. The build reads every image's size from its header (pass 1, no decoding), lays the
+rows out, then decodes and resizes in threads straight into each row's place (pass 2; PIL releases the GIL), in a
+temporary sibling folder renamed into place at the end: an interrupted build never leaves a partial store. In a
+distributed run the local main process builds it while the others wait.
+
+An image that cannot be read or decoded (a truncated file, not an image, ...) stops `stored_images` with an error naming
+it. `stored_images_and_failures` instead stores it black (an unreadable header as a 1x1 image) and returns it with the
+others as `(row, source, error)`, so that the caller decides (`synermix_hf.data.bad_images`).
+
+    store = stored_images(dataset, "image", 256)        # ImageStore: store.image(r) -> uint8 [h, w, 3]
+    frames, sizes = store.padded_batch([4, 1, 7])        # uint8 [3, Hmax, Wmax, 3], int32 [3, 2]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from .decoded import (
+    DecodeFailure,
+    _cache_folder,
+    _decode_failure,
+    _failure_error,
+    _load_failures,
+    _undecoded_column,
+    _write_failures,
+)
+
+__all__ = [
+    "STORE_FORMAT_VERSION",
+    "ImageStore",
+    "estimated_store_nbytes",
+    "existing_store_nbytes",
+    "store_path",
+    "stored_images",
+    "stored_images_and_failures",
+    "stored_size",
+]
+
+logger = logging.getLogger(__name__)
+
+STORE_FORMAT_VERSION = 1
+"""Bumped when the layout or the decoding rule changes, so that old stores are not reused."""
+
+_CHUNK_ROWS = 64  # rows per thread task: ~0.3 s of decoding at 224 px, fine enough for the progress bar
+_PROGRESS_MIN_ROWS = 1000
+_INDEX_COLUMNS = 5  # offset, height, width, original_height, original_width
+_PIXELS_FILE, _INDEX_FILE, _FAILURES_FILE = "pixels.npy", "index.npy", "bad.json"
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that `ImageOps.exif_transpose` turns by 90 degrees
+
+
+def stored_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """`(height, width)` of an image of that size after `torchvision.transforms.Resize(short_side)`: the shorter side
+    `short_side`, the longer `int(short_side * long / short)` (torchvision's `_compute_resized_output_size`). With
+    `short_side` 0, the size itself (the store keeps full resolution)."""
+    if short_side == 0:
+        return int(height), int(width)
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = int(short_side), int(short_side * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def _resize_label(short_side: int) -> str:
+    return f"s{short_side}" if short_side else "full"
+
+
+class ImageStore:
+    """The stored images of a dataset: rows of varying size in one flat uint8 array, and their index.
+
+    Args:
+        pixels: Flat uint8 array, the images' RGB rows (HWC) one after the other (a read-only memory map when cached).
+        index: int64 `[N, 5]`: `offset, height, width, original_height, original_width` per image.
+        short_side: S, the stored shorter side (0: full resolution).
+        interpolation: The resize's filter, one of `synermix_hf.data.transforms.INTERPOLATIONS`.
+        path: The store's folder, or None for a store built in memory. A store with a folder pickles without its
+            arrays and reopens them from the folder (DataLoader workers started by spawn map the same file).
+    """
+
+    def __init__(self, pixels: np.ndarray, index: np.ndarray, short_side: int, interpolation: str,
+                 path: str | None = None):
+        self.pixels = pixels
+        self.index = index
+        self.short_side = short_side
+        self.interpolation = interpolation
+        self.path = path
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def image(self, row: int) -> np.ndarray:
+        """Image `row` as uint8 `[h, w, 3]`, a view of the store (no copy)."""
+        offset, height, width = (int(value) for value in self.index[row, :3])
+        return self.pixels[offset : offset + height * width * 3].reshape(height, width, 3)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """int64 `[N, 2]`: each stored image's `(height, width)`."""
+        return self.index[:, 1:3]
+
+    @property
+    def original_sizes(self) -> np.ndarray:
+        """int64 `[N, 2]`: each image's `(height, width)` as `datasets.Image` decodes it (after its EXIF transpose)."""
+        return self.index[:, 3:5]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the pixels."""
+        return int(self.pixels.nbytes)
+
+    def padded_batch(self, rows: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images of `rows` in one frame: uint8 `[B, Hmax, Wmax, 3]` (HWC, the largest stored height and width of
+        the batch) and their stored sizes, int32 `[B, 2]` `(h, w)`.
+
+        Each image sits at the top-left of its frame. Where it is smaller than the frame, its last row is repeated once
+        below it and its last column once to its right (the corner too), so that bilinear sampling at the image's edge
+        reads the edge (`roi_align` clamps only at the frame's border). The rest of the padding is uninitialised
+        memory (`torch.empty`): use only `[:h + 1, :w + 1]` of each frame.
+        """
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        entries = np.asarray(self.index[rows])
+        sizes = torch.from_numpy(entries[:, 1:3].astype(np.int32))
+        if len(rows) == 0:
+            return torch.empty((0, 0, 0, 3), dtype=torch.uint8), sizes
+        max_height, max_width = int(entries[:, 1].max()), int(entries[:, 2].max())
+        batch = torch.empty((len(rows), max_height, max_width, 3), dtype=torch.uint8)
+        frames = batch.numpy()
+        for frame, (offset, height, width) in zip(frames, entries[:, :3].tolist()):
+            frame[:height, :width] = self.pixels[offset : offset + height * width * 3].reshape(height, width, 3)
+            if height < max_height:
+                frame[height, :width] = frame[height - 1, :width]
+            if width < max_width:  # the column, and the corner when a row was added
+                frame[: height + (height < max_height), width] = frame[: height + (height < max_height), width - 1]
+        return batch, sizes
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.path is not None:  # reopened from the folder, not pickled
+            state["pixels"] = state["index"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.path is not None and self.pixels is None:
+            self.pixels, self.index = _open_arrays(self.path)
+
+    def __repr__(self) -> str:
+        where = self.path or "in memory"
+        return (f"{type(self).__name__}({len(self)} images, shorter side {_resize_label(self.short_side)}, "
+                f"{self.interpolation}, {self.nbytes / 2**30:.2f} GiB, {where})")
+
+
+# ----------------------------------------------------------------------------------------------------------- naming
+
+
+def _decoding_rule(image_column: str, short_side: int, interpolation: str) -> str:
+    import PIL
+
+    # The per-image path's pixels before ToTensor: `T.Resize(S, interpolation)(as_rgb(decode_example(value)))`, with the
+    # Pillow version whose resampling produced them.
+    return (f"store-v{STORE_FORMAT_VERSION}|column={image_column}|rgb|resize-shorter={short_side}|"
+            f"interpolation={interpolation}|pillow={PIL.__version__}")
+
+
+def store_path(dataset: Any, image_column: str, short_side: int, interpolation: str,
+               cache_dir: str | None = None) -> str:
+    """The folder where `stored_images` keeps the store of `dataset` (a `datasets.Dataset`).
+
+    The name holds the dataset's fingerprint (which `datasets` changes with every `select`, `shuffle`, split, cast,
+    ...), S, the interpolation and a hash of the decoding rule (column, format version, Pillow version).
+    """
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if not fingerprint:
+        raise ValueError(f"{type(dataset).__name__} has no fingerprint; stored_images needs a datasets.Dataset.")
+    rule = hashlib.sha256(_decoding_rule(image_column, short_side, interpolation).encode()).hexdigest()[:12]
+    name = f"synermix-store-{fingerprint}-{_resize_label(short_side)}-{interpolation}-{rule}"
+    return os.path.join(cache_dir or _cache_folder(dataset), name)
+
+
+# ----------------------------------------------------------------------------------------------------- reading back
+
+
+class _BrokenStore(Exception):
+    pass
+
+
+def _open_arrays(folder: str) -> tuple[np.ndarray, np.ndarray]:
+    """The store's pixels and index, memory-mapped; `_BrokenStore` if they are missing or disagree."""
+    try:
+        pixels = np.load(os.path.join(folder, _PIXELS_FILE), mmap_mode="r")
+        index = np.load(os.path.join(folder, _INDEX_FILE), mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise _BrokenStore(f"{type(error).__name__}: {error}") from error
+    if pixels.dtype != np.uint8 or pixels.ndim != 1:
+        raise _BrokenStore(f"pixels are {pixels.dtype} {pixels.shape}, not flat uint8")
+    if index.dtype != np.int64 or index.ndim != 2 or index.shape[1] != _INDEX_COLUMNS:
+        raise _BrokenStore(f"index is {index.dtype} {index.shape}, not int64 [N, {_INDEX_COLUMNS}]")
+    index = np.array(index)  # 40 bytes an image: in memory, so that batches index it without page faults
+    ends = index[:, 0] + index[:, 1] * index[:, 2] * 3
+    starts_ok = len(index) == 0 or (index[0, 0] == 0 and np.array_equal(index[1:, 0], ends[:-1]))
+    total = int(ends[-1]) if len(index) else 0
+    if not starts_ok or total != pixels.size or (len(index) and index[:, 1:].min() < 1):
+        raise _BrokenStore(f"the index describes {total} bytes of pixels in order, the pixels hold {pixels.size}")
+    return pixels, index
+
+
+def existing_store_nbytes(path: str) -> int | None:
+    """Bytes (pixels and index) of the complete store at `path` (see `store_path`), None if there is none."""
+    if not os.path.isdir(path):
+        return None
+    try:
+        pixels, index = _open_arrays(path)
+    except _BrokenStore:
+        return None
+    return int(pixels.nbytes + index.nbytes)
+
+
+# --------------------------------------------------------------------------------------------------------- building
+
+
+def _header_size(feature: Any, value: Any) -> tuple[int, int]:
+    """`(height, width)` of the image `feature.decode_example(value)` would return, read from the file's header only.
+
+    PIL's `Image.open` reads the header and defers decoding. `datasets.Image` applies the EXIF orientation
+    (`ImageOps.exif_transpose`), which swaps height and width for orientations 5-8.
+    """
+    from datasets.utils.file_utils import is_local_path
+    from PIL import ExifTags, Image
+
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an undecoded image ({{'bytes', 'path'}}), got {type(value).__name__}")
+    path, data = value.get("path"), value.get("bytes")
+    if data is None and path is not None and not is_local_path(path):  # a remote file: `datasets` fetches it
+        width, height = feature.decode_example(value).size
+        return height, width
+    if data is None and path is None:
+        raise ValueError("An image should have one of 'path' or 'bytes', both are None")
+    with Image.open(io.BytesIO(data) if data is not None else path) as image:
+        width, height = image.size
+        # The base class's getexif reads the EXIF and XMP the header carried; PNG's would decode the whole image to
+        # look for an eXIf chunk after the pixels (pass 2 accepts such an image turned by 90 degrees).
+        orientation = Image.Image.getexif(image).get(ExifTags.Base.Orientation)
+    return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
+
+
+def _header_sizes(raw: Any, feature: Any, image_column: str, start: int, stop: int,
+                  tolerate: bool) -> tuple[np.ndarray, list[DecodeFailure]]:
+    """Original `(height, width)` of rows `[start, stop)` from their headers; a row whose header cannot be read is
+    a failure, sized 1x1."""
+    values = raw[start:stop][image_column]
+    sizes = np.ones((len(values), 2), dtype=np.int64)
+    failures = []
+    for offset, value in enumerate(values):
+        try:
+            sizes[offset] = _header_size(feature, value)
+        except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+            failure = _decode_failure(start + offset, value, error)
+            if not tolerate:
+                raise _failure_error([failure]) from error
+            failures.append(failure)
+    return sizes, failures
+
+
+def _decode_into(raw: Any, feature: Any, image_column: str, resize: Any, pixels: np.ndarray, index: np.ndarray,
+                 skip: set[int], start: int, stop: int, tolerate: bool) -> tuple[int, list[DecodeFailure]]:
+    """Decode rows `[start, stop)` as the per-image path does before ToTensor (`feature.decode_example`, RGB,
+    `T.Resize(S)`) into their places in `pixels`. A row that fails, or whose decoded size disagrees with its header's
+    (the place is sized from it), is stored black and returned with `tolerate`, and raises naming it otherwise."""
+    from .transforms import as_rgb
+
+    values = raw[start:stop][image_column]
+    failures = []
+    for row, value in enumerate(values, start):
+        offset, height, width = (int(entry) for entry in index[row, :3])
+        place = pixels[offset : offset + height * width * 3]
+        if row in skip:  # its header could not be read: already a failure
+            place[:] = 0
+            continue
+        try:
+            image = feature.decode_example(value)
+            original = (image.height, image.width)
+            image = as_rgb(image)
+            if resize is not None:
+                image = resize(image)
+            array = np.asarray(image, dtype=np.uint8)
+            if array.shape[:2] == (width, height) != (height, width):
+                # Turned by 90 degrees: an orientation the header did not show (a PNG's eXIf after the pixels).
+                # Same number of bytes, so the image keeps its place, with its true size in the index.
+                index[row, 1:3] = (width, height)
+            elif array.shape[:2] != (height, width):
+                raise ValueError(f"decoded at {array.shape[0]}x{array.shape[1]}, its header said {height}x{width}")
+            place[:] = array.reshape(-1)
+            index[row, 3:5] = original
+        except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, zlib.error, ...
+            failure = _decode_failure(row, value, error)
+            if not tolerate:
+                raise _failure_error([failure]) from error
+            place[:] = 0
+            failures.append(failure)
+    return stop - start, failures
+
+
+def _run_chunks(pool: ThreadPoolExecutor, task: Any, num_rows: int, description: str) -> list[Any]:
+    """`task(start, stop)` over the rows in chunks, in the threads of `pool`, in order, with a progress bar. The first
+    error cancels the chunks not started yet and propagates."""
+    from tqdm.auto import tqdm
+
+    chunks = [(start, min(start + _CHUNK_ROWS, num_rows)) for start in range(0, num_rows, _CHUNK_ROWS)]
+    jobs = [pool.submit(task, start, stop) for start, stop in chunks]
+    results = []
+    try:
+        with tqdm(total=num_rows, desc=description, unit="img", disable=num_rows < _PROGRESS_MIN_ROWS) as bar:
+            for (start, stop), job in zip(chunks, jobs):
+                results.append(job.result())
+                bar.update(stop - start)
+    except BaseException:
+        for job in jobs:
+            job.cancel()
+        raise
+    return results
+
+
+def _temporary_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}.{socket.gethostname()}."
+
+
+def _remove_abandoned_builds(path: str) -> None:
+    """Remove the temporary folders of builds of `path` on this host whose process is gone (killed mid-build)."""
+    parent, prefix = os.path.dirname(path), _temporary_prefix(path)
+    for name in os.listdir(parent):
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix) :].split(".", 1)[0]
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (or the pid was reused): leave it
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError, OSError):
+            continue
+        logger.warning("Image store: removing %s, left by an interrupted build.", os.path.join(parent, name))
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def _build(dataset: Any, image_column: str, short_side: int, interpolation: str, path: str | None, num_threads: int,
+           tolerate: bool) -> tuple[ImageStore, list[DecodeFailure]]:
+    import torchvision.transforms as T
+
+    raw = _undecoded_column(dataset, image_column)
+    feature = dataset.features[image_column]
+    num_rows = len(dataset)
+    resize = (T.Resize(short_side, interpolation=T.InterpolationMode(interpolation)) if short_side else None)
+    temporary = None
+    try:
+        with ThreadPoolExecutor(max_workers=num_threads) as pool:
+            # Pass 1: the sizes, from the headers; they lay out the rows.
+            results = _run_chunks(pool, lambda a, b: _header_sizes(raw, feature, image_column, a, b, tolerate),
+                                  num_rows, "Reading image sizes")
+            originals = np.concatenate([sizes for sizes, _ in results]) if results else np.ones((0, 2), np.int64)
+            failures = [failure for _, failed in results for failure in failed]
+            index = np.empty((num_rows, _INDEX_COLUMNS), dtype=np.int64)
+            index[:, 3:5] = originals
+            index[:, 1:3] = [stored_size(height, width, short_side) for height, width in originals.tolist()]
+            nbytes = index[:, 1] * index[:, 2] * 3
+            index[:, 0] = np.cumsum(nbytes) - nbytes
+            total = int(nbytes.sum())
+            if path is None:
+                pixels = np.empty(total, dtype=np.uint8)
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                _remove_abandoned_builds(path)
+                temporary = tempfile.mkdtemp(prefix=f"{_temporary_prefix(path)}{os.getpid()}.", suffix=".tmp",
+                                             dir=os.path.dirname(path))
+                pixels = np.lib.format.open_memmap(os.path.join(temporary, _PIXELS_FILE), mode="w+",
+                                                   dtype=np.uint8, shape=(total,))
+            # Pass 2: decode and resize each image into its place.
+            skip = {row for row, _, _ in failures}
+            results = _run_chunks(
+                pool, lambda a, b: _decode_into(raw, feature, image_column, resize, pixels, index, skip, a, b,
+                                                tolerate),
+                num_rows, f"Decoding images once (shorter side {short_side}px)" if short_side
+                else "Decoding images once (full resolution)",
+            )  # fmt: skip
+        failures = sorted(failures + [failure for _, failed in results for failure in failed])
+        if path is None:
+            return ImageStore(pixels, index, short_side, interpolation), failures
+        pixels.flush()
+        del pixels
+        np.save(os.path.join(temporary, _INDEX_FILE), index)
+        if failures:
+            _write_failures(os.path.join(temporary, _FAILURES_FILE), failures)
+        try:
+            os.replace(temporary, path)  # atomic: readers see no store or the whole store
+        except OSError:
+            if existing_store_nbytes(path) is None:  # not another build's complete store
+                raise
+            logger.info("Image store: %s was built meanwhile by another process; using it.", path)
+            shutil.rmtree(temporary, ignore_errors=True)
+            failures = _load_failures(os.path.join(path, _FAILURES_FILE))
+        temporary = None
+    except BaseException:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    pixels, index = _open_arrays(path)
+    return ImageStore(pixels, index, short_side, interpolation, path), failures
+
+
+# ------------------------------------------------------------------------------------------------------ public API
+
+
+def _check(dataset: Any, image_column: str, short_side: int, interpolation: str | None = None) -> None:
+    import datasets
+
+    from .transforms import INTERPOLATIONS
+
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(f"The image store needs a datasets.Dataset, got {type(dataset).__name__}.")
+    if image_column not in dataset.column_names:
+        raise ValueError(f"`image_column` {image_column!r} is not a column of the dataset ({dataset.column_names}).")
+    if not isinstance(dataset.features[image_column], datasets.Image):
+        raise ValueError(
+            f"`image_column` {image_column!r} holds {type(dataset.features[image_column]).__name__}, not "
+            "datasets.Image; only Image columns can be decoded once."
+        )
+    if isinstance(short_side, bool) or not isinstance(short_side, (int, np.integer)) or short_side < 0:
+        raise ValueError(f"`short_side` must be an integer >= 0 (0: full resolution), got {short_side!r}.")
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise ValueError(f"`interpolation` {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}.")
+
+
+def estimated_store_nbytes(dataset: Any, image_column: str, short_side: int, sample: int = 256, seed: int = 0) -> int:
+    """Bytes (pixels and index) the store of `dataset` will take, estimated from the headers of up to `sample` evenly
+    spaced rows (from a phase drawn with `seed`) without decoding anything; exact when the dataset has at most
+    `sample` rows. An unreadable header counts as a 1x1 image, as the store keeps it."""
+    _check(dataset, image_column, short_side)
+    if sample < 1:
+        raise ValueError(f"`sample` must be >= 1, got {sample}.")
+    num_rows = len(dataset)
+    if num_rows == 0:
+        return 0
+    if num_rows <= sample:
+        rows = np.arange(num_rows)
+    else:
+        stride = num_rows / sample
+        rows = (np.random.default_rng(seed).random() * stride + stride * np.arange(sample)).astype(np.int64)
+    raw = _undecoded_column(dataset, image_column)
+    feature = dataset.features[image_column]
+    image_bytes = []
+    for value in raw[rows.tolist()][image_column]:
+        try:
+            height, width = _header_size(feature, value)
+        except Exception:
+            height, width = 1, 1
+        stored_height, stored_width = stored_size(height, width, short_side)
+        image_bytes.append(stored_height * stored_width * 3)
+    pixels = sum(image_bytes) if num_rows <= sample else round(np.mean(image_bytes) * num_rows)
+    return int(pixels) + num_rows * _INDEX_COLUMNS * 8
+
+
+def stored_images(
+    dataset: Any,
+    image_column: str,
+    short_side: int,
+    interpolation: str = "bilinear",
+    cache_dir: str | None = None,
+    num_threads: int | None = None,
+    use_cache: bool | None = None,
+) -> ImageStore:
+    """The images of `dataset`, their shorter side resized to `short_side`, decoded at most once.
+
+    Arguments as for `stored_images_and_failures`.
+
+    Raises:
+        ValueError: an image cannot be decoded; the message names its file (or row).
+    """
+    store, failures = _stored(dataset, image_column, short_side, interpolation, cache_dir, num_threads, use_cache,
+                              tolerate=False)
+    if failures:  # a store built by `stored_images_and_failures`
+        raise _failure_error(failures)
+    return store
+
+
+def stored_images_and_failures(
+    dataset: Any,
+    image_column: str,
+    short_side: int,
+    interpolation: str = "bilinear",
+    cache_dir: str | None = None,
+    num_threads: int | None = None,
+    use_cache: bool | None = None,
+) -> tuple[ImageStore, list[DecodeFailure]]:
+    """The images of `dataset`, their shorter side resized to `short_side`, decoded at most once, and the rows that
+    could not be decoded (stored black), as `(row, source, error)`.
+
+    Args:
+        dataset: A `datasets.Dataset` whose `image_column` is a `datasets.Image` feature.
+        image_column: The image column.
+        short_side: S: each image is stored as `T.Resize(S)` makes it (shorter side S); 0 keeps full resolution.
+        interpolation: The resize's filter, one of `synermix_hf.data.transforms.INTERPOLATIONS`.
+        cache_dir: Folder of the store's folder (default: next to the dataset's cache files, or `HF_DATASETS_CACHE`).
+        num_threads: Decoding threads (default: the CPU count).
+        use_cache: Keep the store on disk and memory-map it (default: when `datasets` caching is enabled). Without it
+            the store is built in memory.
+
+    Returns:
+        `(store, failures)`: the `ImageStore` and the rows that could not be decoded.
+    """
+    return _stored(dataset, image_column, short_side, interpolation, cache_dir, num_threads, use_cache,
+                   tolerate=True)
+
+
+def _stored(dataset: Any, image_column: str, short_side: int, interpolation: str, cache_dir: str | None,
+            num_threads: int | None, use_cache: bool | None, tolerate: bool) -> tuple[ImageStore, list[DecodeFailure]]:
+    import datasets
+
+    _check(dataset, image_column, short_side, interpolation)
+    short_side = int(short_side)
+    threads = num_threads or os.cpu_count() or 1
+    use_cache = datasets.is_caching_enabled() if use_cache is None else use_cache
+    if not use_cache:
+        return _build(dataset, image_column, short_side, interpolation, None, threads, tolerate)
+
+    from accelerate import PartialState
+
+    path = store_path(dataset, image_column, short_side, interpolation, cache_dir)
+    with PartialState().local_main_process_first():
+        if os.path.exists(path):
+            try:
+                pixels, index = _open_arrays(path)
+                if len(index) != len(dataset):
+                    raise _BrokenStore(f"it holds {len(index)} images, the dataset {len(dataset)}")
+            except _BrokenStore as problem:
+                logger.warning("Image store: %s is incomplete (%s); rebuilding it.", path, problem)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                logger.info("Image store: reusing %s", path)
+                failures = _load_failures(os.path.join(path, _FAILURES_FILE))
+                return ImageStore(pixels, index, short_side, interpolation, path), failures
+        logger.info("Image store: decoding %d images (shorter side %s, %s) into %s", len(dataset),
+                    f"{short_side}px" if short_side else "full resolution", interpolation, path)
+        return _build(dataset, image_column, short_side, interpolation, path, threads, tolerate)

@@ -1,0 +1,265 @@
+"""The image store of the RandomResizedCrop family: the pixels are the per-image path's `T.Resize(S)`, the store is
+keyed, reused, written atomically, keeps its failures, pads batches for edge-exact sampling and pickles lean."""
+
+import io
+import logging
+import os
+import pickle
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+from synermix_hf.data.image_store import (
+    ImageStore,
+    estimated_store_nbytes,
+    existing_store_nbytes,
+    store_path,
+    stored_images,
+    stored_images_and_failures,
+    stored_size,
+)
+from synermix_hf.testing import tiny_images
+
+FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=4)})
+
+
+def encoded(image, image_format="JPEG", **options):
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def picture(height, width, seed=0, mode="RGB"):
+    """A smooth random image (JPEG-friendly) of `height` x `width`."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    image = Image.fromarray(coarse).resize((width, height), Image.BILINEAR)
+    return image.convert(mode) if mode != "RGB" else image
+
+
+def rotated_jpeg():
+    """A JPEG stored 40 wide x 30 high whose EXIF orientation 6 says: turn it, so it is 30 wide x 40 high."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encoded(picture(30, 40, seed=9), exif=exif.tobytes())
+
+
+def mixed_values():
+    """Undecoded images of several sizes, formats and modes, as a dataset holds them."""
+    return [
+        {"bytes": encoded(picture(30, 40, seed=1)), "path": "wide.jpg"},  # 40 wide x 30 high
+        {"bytes": encoded(picture(40, 30, seed=2), "PNG"), "path": "tall.png"},
+        {"bytes": encoded(picture(32, 32, seed=3)), "path": None},
+        {"bytes": encoded(picture(50, 20, seed=4)), "path": "narrow.jpg"},
+        {"bytes": encoded(picture(24, 36, seed=5, mode="L"), "PNG"), "path": "gray.png"},
+        {"bytes": encoded(picture(36, 24, seed=6, mode="RGBA"), "PNG"), "path": "rgba.png"},
+        {"bytes": rotated_jpeg(), "path": "rotated.jpg"},
+    ]
+
+
+def saved_dataset(tmp_path, values, name="data"):
+    dataset = datasets.Dataset.from_dict({"image": values, "label": [i % 4 for i in range(len(values))]},
+                                         features=FEATURES)
+    dataset.save_to_disk(str(tmp_path / name))
+    return datasets.load_from_disk(str(tmp_path / name))
+
+
+def per_image(image, short_side, interpolation="bilinear"):
+    """What the per-image path feeds to ToTensor: T.Resize(S) of the RGB image (or the image itself at S = 0)."""
+    image = image.convert("RGB")
+    if short_side:
+        image = T.Resize(short_side, interpolation=T.InterpolationMode(interpolation))(image)
+    return np.asarray(image)
+
+
+@pytest.mark.parametrize("short_side, interpolation", [(16, "bilinear"), (30, "bilinear"), (256, "bilinear"),
+                                                       (0, "bilinear"), (16, "bicubic")])
+def test_stored_pixels_are_exactly_the_per_image_paths_resize(tmp_path, short_side, interpolation):
+    dataset = saved_dataset(tmp_path, mixed_values())
+    store = stored_images(dataset, "image", short_side, interpolation, num_threads=2)
+    assert len(store) == len(dataset) and store.pixels.dtype == np.uint8 and store.pixels.ndim == 1
+    decoded = dataset["image"]  # `datasets` decodes (EXIF transpose included)
+    for row, image in enumerate(decoded):
+        expected = per_image(image, short_side, interpolation)
+        assert np.array_equal(store.image(row), expected), row
+        assert store.sizes[row].tolist() == list(expected.shape[:2])
+        assert store.original_sizes[row].tolist() == [image.height, image.width]
+    assert store.original_sizes[6].tolist() == [40, 30]  # the rotated JPEG, as turned by its EXIF orientation
+    assert store.nbytes == sum(per_image(image, short_side, interpolation).size for image in decoded)
+
+
+def test_stored_size_is_the_size_torchvision_resize_gives():
+    for height, width in [(30, 40), (40, 30), (32, 32), (50, 20), (1, 1), (333, 500), (500, 333), (257, 256),
+                          (384, 512), (7, 1000)]:
+        image = Image.new("RGB", (width, height))
+        for short_side in (16, 224, 256):
+            resized = T.Resize(short_side)(image)
+            assert stored_size(height, width, short_side) == (resized.height, resized.width), (height, width)
+        assert stored_size(height, width, 0) == (height, width)
+
+
+def test_the_store_lives_next_to_the_dataset_is_reused_and_keyed(tmp_path):
+    dataset = saved_dataset(tmp_path, mixed_values())
+    store = stored_images(dataset, "image", 16)
+    path = store_path(dataset, "image", 16, "bilinear")
+    assert store.path == path and os.path.basename(path).startswith(f"synermix-store-{dataset._fingerprint}-s16-")
+    assert os.path.dirname(path) == os.path.dirname(dataset.cache_files[0]["filename"])
+    assert isinstance(store.pixels, np.memmap) and os.path.samefile(store.pixels.filename, f"{path}/pixels.npy")
+    assert sorted(os.listdir(path)) == ["index.npy", "pixels.npy"]  # no failures, no bad.json
+    stamp = os.stat(f"{path}/pixels.npy")
+    again = stored_images(datasets.load_from_disk(str(tmp_path / "data")), "image", 16)  # a later run
+    assert os.stat(f"{path}/pixels.npy").st_ino == stamp.st_ino
+    assert os.stat(f"{path}/pixels.npy").st_mtime_ns == stamp.st_mtime_ns
+    assert np.array_equal(again.pixels, store.pixels) and np.array_equal(again.index, store.index)
+    assert not again.pixels.flags.writeable
+    # Another S, interpolation or selection of rows is another store.
+    others = {store_path(dataset, "image", 24, "bilinear"), store_path(dataset, "image", 16, "bicubic"),
+              store_path(dataset, "image", 0, "bilinear"), store_path(dataset.select([3, 0]), "image", 16, "bilinear")}
+    assert len(others) == 4 and path not in others
+    subset = stored_images(dataset.select([3, 0]), "image", 16)
+    assert subset.path != path and np.array_equal(subset.image(0), store.image(3))
+    # Without the cache, the same store in memory and no folder.
+    in_memory = stored_images(dataset, "image", 16, cache_dir=str(tmp_path / "unused"), use_cache=False)
+    assert in_memory.path is None and not (tmp_path / "unused").exists()
+    assert np.array_equal(in_memory.pixels, store.pixels) and np.array_equal(in_memory.index, store.index)
+
+
+def test_an_interrupted_build_leaves_no_store_and_abandoned_builds_are_removed(tmp_path):
+    values = [{"bytes": encoded(picture(12 + i % 5, 10 + i % 3, seed=i)), "path": f"{i}.jpg"} for i in range(150)]
+    good = saved_dataset(tmp_path, values, "good")
+    last = values[-1]["bytes"]
+    truncated = {"bytes": last[: last.index(b"\xff\xda") + 40], "path": "last.jpg"}  # its header reads
+    bad = saved_dataset(tmp_path, values[:-1] + [truncated], "bad")
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match=r"Cannot decode the image in file last\.jpg: OSError"):
+        stored_images(bad, "image", 8, cache_dir=str(cache), num_threads=2)  # fails in pass 2, pixels allocated
+    assert os.listdir(cache) == []
+    # A build killed outright (no exception handler ran) leaves its temporary folder; the next build removes it.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path = store_path(good, "image", 8, "bilinear", cache_dir=str(cache))
+    import socket
+
+    abandoned = cache / f".{os.path.basename(path)}.{socket.gethostname()}.{int(dead.stdout)}.x1y2.tmp"
+    abandoned.mkdir()
+    (abandoned / "pixels.npy").write_bytes(b"\0" * 100)
+    store = stored_images(good, "image", 8, cache_dir=str(cache), num_threads=2)
+    assert os.listdir(cache) == [os.path.basename(store.path)]
+    assert np.array_equal(store.image(149), per_image(good[149]["image"], 8))
+
+
+def test_a_broken_store_is_rebuilt(tmp_path, caplog):
+    dataset = saved_dataset(tmp_path, mixed_values())
+    store = stored_images(dataset, "image", 16)
+    expected = np.array(store.pixels)
+    pixels = np.load(f"{store.path}/pixels.npy")
+    del store
+    np.save(f"{store_path(dataset, 'image', 16, 'bilinear')}/pixels.npy", pixels[:-10])  # a short pixels file
+    with caplog.at_level(logging.WARNING, logger="synermix_hf.data.image_store"):
+        rebuilt = stored_images(dataset, "image", 16)
+    assert "incomplete" in caplog.text and "rebuilding" in caplog.text
+    assert np.array_equal(rebuilt.pixels, expected)
+    os.remove(f"{rebuilt.path}/index.npy")  # a folder without its index
+    assert existing_store_nbytes(rebuilt.path) is None
+    assert np.array_equal(stored_images(dataset, "image", 16).pixels, expected)
+
+
+def test_images_that_cannot_be_decoded_are_listed_stored_black_and_named(tmp_path):
+    jpeg = encoded(picture(32, 40, seed=7), quality=95)
+    scan = jpeg.index(b"\xff\xda")
+    values = mixed_values()[:3] + [
+        {"bytes": jpeg[: scan + 40], "path": "truncated.jpg"},  # its header reads, its pixels do not
+        {"bytes": b"<html>404 Not Found</html>\n" * 8, "path": "not_an_image.jpg"},  # no header at all
+        {"bytes": jpeg, "path": "fine.jpg"},
+    ]
+    dataset = saved_dataset(tmp_path, values)
+    store, failures = stored_images_and_failures(dataset, "image", 16, num_threads=2)
+    assert [(row, source) for row, source, _ in failures] == [(3, "file truncated.jpg"),
+                                                              (4, "file not_an_image.jpg")]
+    assert "OSError" in failures[0][2] and "UnidentifiedImageError" in failures[1][2]
+    assert not store.image(3).any() and store.image(3).shape == (16, 20, 3)  # its size, from its header
+    assert store.original_sizes[3].tolist() == [32, 40]
+    assert not store.image(4).any() and store.original_sizes[4].tolist() == [1, 1]  # sized as a 1x1 image
+    for row in (0, 1, 2, 5):
+        assert np.array_equal(store.image(row), per_image(dataset[row]["image"], 16))
+    again, failures_again = stored_images_and_failures(dataset, "image", 16)  # reused, failures included
+    assert again.path == store.path and failures_again == failures
+    with pytest.raises(ValueError, match=r"Cannot decode the image in file truncated\.jpg: OSError.*\(and 1 more\)"):
+        stored_images(dataset, "image", 16)
+    with pytest.raises(ValueError, match=r"Cannot decode the image in file not_an_image\.jpg"):
+        stored_images(dataset.select([0, 4]), "image", 16, use_cache=False)
+
+
+def test_padded_batch_frames_each_image_with_its_edge_repeated_once(tmp_path):
+    dataset = saved_dataset(tmp_path, mixed_values())
+    store = stored_images(dataset, "image", 0, use_cache=False)
+    rows = [3, 0, 2, 6, 3]
+    frames, sizes = store.padded_batch(rows)
+    heights, widths = store.sizes[rows, 0], store.sizes[rows, 1]
+    assert frames.dtype == torch.uint8 and frames.shape == (5, heights.max(), widths.max(), 3) == (5, 50, 40, 3)
+    assert sizes.dtype == torch.int32 and sizes.tolist() == store.sizes[rows].tolist()
+    for frame, row in zip(frames.numpy(), rows):
+        image = store.image(row)
+        h, w = image.shape[:2]
+        assert np.array_equal(frame[:h, :w], image)
+        if h < frames.shape[1]:
+            assert np.array_equal(frame[h, :w], image[-1])
+        if w < frames.shape[2]:
+            assert np.array_equal(frame[:h, w], image[:, -1])
+        if h < frames.shape[1] and w < frames.shape[2]:
+            assert np.array_equal(frame[h, w], image[-1, -1])
+    single, single_sizes = store.padded_batch(np.array([1]))
+    assert np.array_equal(single[0].numpy(), store.image(1)) and single_sizes.tolist() == [[40, 30]]
+
+
+def test_a_cached_store_pickles_without_its_arrays(tmp_path):
+    dataset = saved_dataset(tmp_path, mixed_values())
+    store = stored_images(dataset, "image", 64)
+    payload = pickle.dumps(store)
+    assert len(payload) < 1000 < store.nbytes  # reopened from its folder, not copied
+    restored = pickle.loads(payload)
+    assert isinstance(restored.pixels, np.memmap) and restored.path == store.path
+    assert np.array_equal(restored.pixels, store.pixels) and np.array_equal(restored.index, store.index)
+    assert (restored.short_side, restored.interpolation) == (64, "bilinear")
+    in_memory = stored_images(dataset, "image", 64, use_cache=False)
+    assert len(pickle.dumps(in_memory)) > in_memory.nbytes  # no folder to reopen: the arrays travel
+    assert np.array_equal(pickle.loads(pickle.dumps(in_memory)).image(6), store.image(6))
+
+
+def test_estimated_size_is_exact_on_small_datasets_and_close_on_large_ones(tmp_path):
+    dataset = saved_dataset(tmp_path, mixed_values())
+    estimate = estimated_store_nbytes(dataset, "image", 256)
+    store = stored_images(dataset, "image", 256)
+    assert estimate == existing_store_nbytes(store.path) == store.nbytes + store.index.nbytes
+    assert existing_store_nbytes(store_path(dataset, "image", 128, "bilinear")) is None  # not built
+    rng = np.random.default_rng(0)
+    shapes = rng.integers(24, 64, size=(300, 2))
+    values = [{"bytes": encoded(Image.new("RGB", (int(w), int(h)), (i % 256, 90, 40)), quality=50), "path": None}
+              for i, (h, w) in enumerate(shapes)]
+    many = saved_dataset(tmp_path, values, "many")
+    estimate = estimated_store_nbytes(many, "image", 0, sample=64)
+    real = stored_images(many, "image", 0, num_threads=2)
+    assert abs(estimate / existing_store_nbytes(real.path) - 1) < 0.1
+    assert real.nbytes == int((shapes[:, 0] * shapes[:, 1] * 3).sum())
+
+
+def test_bad_input_is_named(tmp_path):
+    dataset = datasets.Dataset.from_dict({"image": tiny_images([0]), "label": [0]}, features=FEATURES)
+    with pytest.raises(ValueError, match="`image_column` 'img'"):
+        stored_images(dataset, "img", 16)
+    with pytest.raises(ValueError, match="`image_column` 'label'.*not datasets.Image"):
+        stored_images(dataset, "label", 16)
+    with pytest.raises(ValueError, match="`short_side`"):
+        stored_images(dataset, "image", -1)
+    with pytest.raises(ValueError, match="`interpolation` 'cubic'.*bicubic"):
+        stored_images(dataset, "image", 16, "cubic")
+    with pytest.raises(TypeError, match="datasets.Dataset"):
+        stored_images([np.zeros((8, 8, 3))], "image", 16)
+    with pytest.raises(ValueError, match="`short_side`"):
+        estimated_store_nbytes(dataset, "image", -5)
+    assert isinstance(stored_images(dataset, "image", 16, use_cache=False), ImageStore)
