@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
-from benchmarks import bench_memory, run_all
+from benchmarks import bench_memory, gpu_epoch, run_all
 
 
 def test_benchmarks_quick_run(tmp_path):
     threads = torch.get_num_threads()
     out = tmp_path / "results.md"
-    run_all.main(["--quick", "--threads", "1", "--only", "intra,step,data,device,gpu", "--out", str(out)])
+    run_all.main(["--quick", "--threads", "1", "--only", "intra,step,data,device,gpu,crop", "--out", str(out)])
     assert torch.get_num_threads() == threads
     text = out.read_text()
     headings = ("## 1. intra_class_mixup", "## 2. Training step time", "## 3. Data pipeline", "## 5. Device data path",
-                "## GPU check")
+                "## GPU check", "## 7. The imagenet family (224 px)")
     for heading in headings:
         assert heading in text
     assert "plain Trainer" in text and "hand: beta=0.1, MixUp" in text
@@ -23,3 +25,13 @@ def test_benchmarks_quick_run(tmp_path):
 def test_memory_child_reports_peak():
     result = bench_memory.child("SynerMix beta=0.1, MixUp", batch_size=4, threads=None)
     assert result["rss_peak_mib"] > 0 and result["rss_before_mib"] > 0
+
+
+def test_gpu_epoch_224_runs_on_cpu(tmp_path):
+    # Numbers meaningless on the CPU: this only checks that the 224 px mode (Food-101-shaped JPEGs, the store and
+    # CropViews, ResNet-18 with the ImageNet stem in channels_last) runs end to end and writes its report.
+    assert gpu_epoch.main(["--quick", "--image_size", "224", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "gpu_epoch.json").read_text())
+    assert [run["views_on"] for run in summary["runs"]] == ["loader + channels_last", "device + channels_last"]
+    assert "device: 12 images decoded once with the shorter side resized to 256px" in summary["runs"][1]["description"]
+    assert "| 224 | fp32 | device + channels_last |" in (tmp_path / "gpu_epoch.md").read_text()
