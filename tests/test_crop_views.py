@@ -160,3 +160,15 @@ def test_resized_crops_refuse_what_they_cannot_do():
         resized_crops(images.float(), torch.tensor([[0.0, 0.0, 8.0, 8.0]]), 4)
     with pytest.raises(ValueError, match="interpolation"):
         CropViews.from_spec(TransformSpec("imagenet", 224, interpolation="lanczos"), 256)
+
+
+def test_on_the_cpu_the_views_made_image_by_image_are_the_batched_ops_bit_for_bit(photos):
+    """The CPU makes the views one image at a time (cache-friendly); the batched ops define them."""
+    for short_side in (256, 0):
+        frame, original_sizes, stored_sizes = _stored_batch(photos, short_side)
+        views = CropViews.from_spec(SPEC, short_side)
+        sizes, boxes = torch.from_numpy(stored_sizes), views.original_boxes(original_sizes, stored_sizes)
+        params = views.sample(example_seeds(9, 0, np.arange(len(photos))), original_sizes, stored_sizes)
+        out = views({"images": frame, "sizes": sizes, "original_boxes": boxes, "augment": params})
+        assert torch.equal(out["pixel_values"], views.augmented(frame, sizes, params))
+        assert torch.equal(out["original_pixel_values"], views.original_view(frame, sizes, boxes))
