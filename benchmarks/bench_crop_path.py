@@ -63,8 +63,6 @@ from synermix_hf import (
     SynerMixTrainingArguments,
     prepare_views,
 )
-from synermix_hf.data.batch_transforms import normalize, to_float
-from synermix_hf.data.crop_views import centre_crops, resized_crops
 from synermix_hf.data.image_store import stored_images_and_failures, stored_size
 from synermix_hf.data.transforms import TransformSpec
 from synermix_hf.seeding import example_seeds
@@ -249,18 +247,17 @@ def measure_batches(data, cache_dir: str, tmp: str, batch_size: int, workers: in
 
 def device_profile(data, cache_dir: str, batch_size: int, rounds: int) -> dict:
     """Where one epoch of the device path's complete batches spends its CPU time, per example, in this process: the
-    loader's part, then the steps of `CropViews.augmented` and `CropViews.original_view` (as they are at this
-    commit, called one by one), and, for comparison, the centre crop as per-image slices of the channels-last frame."""
+    loader's part, then both views as `CropViews` makes them on the CPU (one image at a time), and, for comparison,
+    the same views made with the batched ops (`CropViews.augmented`, `CropViews.original_view`), which it makes on a
+    GPU."""
     stored = prepared(data, None, "device", cache_dir).train
     dataset = SeededAugmentation(stored, seed=0)
     views = stored.views
     batches = batches_of_an_epoch(data["label"], batch_size)
     examples = sum(len(batch) for batch in batches)
     names = ("loader: __getitems__ + collate (gather, crop draw, boxes)",
-             "augmented: crop + resize, uint8 -> float (resized_crops)", "augmented: flip (torch.where)",
-             "augmented: normalize", "original: centre crop (centre_crops, a gather)",
-             "original: uint8 -> float + normalize")
-    alternative = "(not in the path) centre crop as one slice per image"
+             "both views, one image at a time (CropViews on the CPU)")
+    alternative = "(not in the path) both views with the batched ops (as on a GPU)"
 
     def run() -> dict:
         spent = dict.fromkeys((*names, alternative), 0.0)
@@ -275,23 +272,13 @@ def device_profile(data, cache_dir: str, batch_size: int, rounds: int) -> dict:
 
             batch = SynerMixCollator()(dataset.__getitems__(items))
             lap(names[0])
-            images, sizes, params, boxes = batch["images"], batch["sizes"], batch["augment"], batch["original_boxes"]
-            crops = resized_crops(images, params[:, :4], views.image_size, sizes, views.method, views.interpolation)
+            made = views(batch)
             lap(names[1])
-            crops = torch.where(params[:, 4, None, None, None] > 0.5, crops.flip(-1), crops)
-            lap(names[2])
-            normalize(crops, views.mean, views.std)
-            lap(names[3])
-            centre = centre_crops(images, boxes[:, 0].round(), boxes[:, 1].round(), views.image_size)
-            lap(names[4])
-            normalize(to_float(centre), views.mean, views.std)
-            lap(names[5])
-            size = views.image_size
-            sliced = torch.empty((len(images), size, size, 3), dtype=torch.uint8)
-            for b, (top, left) in enumerate(boxes[:, :2].round().long().tolist()):
-                sliced[b] = images[b, top : top + size, left : left + size]
+            images, sizes, params, boxes = batch["images"], batch["sizes"], batch["augment"], batch["original_boxes"]
+            batched = views.augmented(images, sizes, params), views.original_view(images, sizes, boxes)
             lap(alternative)
-            assert torch.equal(sliced.permute(0, 3, 1, 2), centre)
+            assert torch.equal(made["pixel_values"], batched[0])
+            assert torch.equal(made["original_pixel_values"], batched[1])
         return {name: value / examples for name, value in spent.items()}
 
     results = [run() for _ in range(rounds)]
