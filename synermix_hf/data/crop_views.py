@@ -8,12 +8,14 @@ The batched twin of the per-image recipe `RandomResizedCrop(S) + RandomHorizonta
   *original* size, then the flip, from torch's generator seeded with the example's seed (`sample_crops`), so the
   region of the image a crop covers does not depend on how the image is stored; the box is then mapped into the
   stored image's pixels;
-* the augmented views of the whole batch are cut and resized at once (`resized_crops`): on an accelerator with
+* on an accelerator the augmented views of the whole batch are cut and resized at once (`resized_crops`) with
   `torchvision.ops.roi_align`, whose adaptive sampling (`ceil(box / output)` samples per output pixel and axis,
-  averaged) acts as the antialiasing filter when a crop shrinks; on the CPU with torch's antialiased uint8 resize, one
-  image at a time (five times faster there than `roi_align`, and the kernel torchvision's v2 transforms use);
-* the original view is the centre crop: when the store holds the images resized to R, a gather of exactly the pixels
-  the per-image path crops; otherwise the same region resized from the stored image.
+  averaged) acts as the antialiasing filter when a crop shrinks, then flipped and normalised, with no host sync;
+* on the CPU both views are made one image at a time with torch's antialiased uint8 resize (the kernel torchvision's
+  v2 transforms use, five times faster there than `roi_align`), every step on one image in cache, which halves the
+  time of the batched float passes; the crop's edges are then rounded to whole stored pixels;
+* the original view is the centre crop: when the store holds the images resized to R, exactly the pixels the
+  per-image path crops; otherwise the same region resized from the stored image.
 
 Nothing here knows about `Trainer`; `BatchViews`' interface (`__call__(batch) -> pixel_values, ...`) is kept, so the
 trainer treats both stores alike.
@@ -21,7 +23,6 @@ trainer treats both stores alike.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any

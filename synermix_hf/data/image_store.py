@@ -9,7 +9,7 @@ work per example is a copy of stored rows; the views are made on the training de
 
 Layout: `pixels` is one flat uint8 array, the images' RGB rows in HWC order one after the other; `index` is int64
 `[N, 5]`, per image `offset, height, width, original_height, original_width` (the stored size, and the size
-`datasets.Image` decodes, after its EXIF transpose). Raw rows cost about 17x less loader CPU than re-encoded JPEG (measured on AVX2), which
+`datasets.Image` decodes, after its EXIF transpose). Raw rows cost the loader over 10x less CPU than re-encoded JPEG (BENCHMARKS.md), which
 would have to be decoded again every epoch; they take `3 * h * w` bytes an image (261,888 for a 4:3 image at S = 256,
 stored 256 x 341).
 
