@@ -123,8 +123,8 @@ def test_the_bad_files_pass_the_load_time_check(folders):
 
 
 def _per_image_argv(folders, out, workers, *extra):
-    return ["--train_dir", str(folders / "train"), "--validation_dir", str(folders / "val"), *FAST,
-            "--dataloader_num_workers", str(workers), *extra, "--output_dir", str(out)]
+    return ["--train_dir", str(folders / "train"), "--validation_dir", str(folders / "val"), *FAST, "--views_on",
+            "loader", "--dataloader_num_workers", str(workers), *extra, "--output_dir", str(out)]
 
 
 @pytest.fixture(scope="module")
@@ -324,3 +324,22 @@ def test_skipped_evaluation_images_are_left_out_of_the_loss_and_the_metrics():
     labels = np.array([0, 2, IGNORE_LABEL, 0])
     metrics = ClassificationMetrics(3)(EvalPrediction(predictions=logits, label_ids=labels))
     assert metrics == {"accuracy": pytest.approx(2 / 3), "skipped_images": 1}
+
+
+def test_the_random_resized_crop_store_finds_them_up_front_too(folders, tmp_path):
+    """An image folder (files on disk, the imagenet recipe) on the device path: the store's one decode finds the bad
+    files before training, as the square path's does."""
+    out = tmp_path / "out"
+    argv = ["--train_dir", str(folders / "train"), "--validation_dir", str(folders / "val"), *FAST, "--views_on",
+            "device", "--max_bad_image_fraction", "0.2", "--do_train", "--do_eval", "--output_dir", str(out)]
+    status, stdout, err = _run(argv)
+    assert status == 0, err
+    log = (out / "training_log.txt").read_text()
+    assert re.search(r"views +: device: \d+ images decoded once with the shorter side resized to", log)
+    for name, split in (("truncated.jpg", "training"), ("not_an_image.jpg", "training"),
+                        ("truncated_val.jpg", "evaluation")):
+        assert stdout.count(name) == 1, (name, stdout)
+        assert len(re.findall(rf"^bad image: cannot decode the image in file \S+/{re.escape(name)} of the {split} set",
+                              log, re.MULTILINE)) == 1, log
+    assert log.index("not_an_image.jpg") < log.index("training: ")
+    assert json.loads((out / "all_results.json").read_text())["eval_skipped_images"] == 1
