@@ -30,7 +30,7 @@ def datasets_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
 
 
-def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere():
+def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(caplog):
     train, evaluation = color_dataset(n=16), color_dataset(n=8, seed=1)
     for family in ("cifar", "miniimagenet", "digits"):
         views = prepare_views(train, evaluation, TransformSpec(family, 16), "image", "label", two_views=True)
@@ -47,9 +47,11 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
     over_budget = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True,
                                 decode_budget_gib=1e-6)
     assert over_budget.views_on == "loader" and "budget" in over_budget.description
-    over_budget = prepare_views(train, None, TransformSpec("imagenet", 16), "image", "label", True,
-                                decode_budget_gib=1e-6)
+    with caplog.at_level("INFO", logger="synermix_hf.data.pipeline"):
+        over_budget = prepare_views(train, None, TransformSpec("imagenet", 16), "image", "label", True,
+                                    decode_budget_gib=1e-6)
     assert over_budget.views_on == "loader"
+    assert [r.getMessage() for r in caplog.records] == [f"Views: {over_budget.description}"]  # one line, the reason
     assert re.search(r"the decoded images need 0\.0+\d+ GiB, more than the budget of 1e-06 GiB", over_budget.description)
     asked = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, views_on="loader")
     assert asked.views_on == "loader" and "as asked" in asked.description

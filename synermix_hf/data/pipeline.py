@@ -371,8 +371,9 @@ def prepare_views(
         if evaluation is not None:
             evaluation = evaluation.with_transform(SingleViewTransform(eval_tf, image_column, label_column))
         why = "as asked (views_on='loader')" if views_on == "loader" else f"the device path does not apply: {obstacle}"
-        return PreparedViews(train, evaluation, "loader",
-                             f"loader: each image decoded and transformed in the DataLoader ({why})")
+        description = f"loader: each image decoded and transformed in the DataLoader ({why})"
+        logger.info("Views: %s", description)
+        return PreparedViews(train, evaluation, "loader", description)
 
     if spec.family not in SQUARE_FAMILIES:
         return _stored_views(train, evaluation, spec, image_column, label_column, two_views, train_labels, cache_dir,
