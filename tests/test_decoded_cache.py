@@ -101,7 +101,7 @@ def test_bad_input_is_named():
 
 def test_decoded_dataset_pickles_by_reopening_its_cache_file(tmp_path):
     from synermix_hf.data.batch_transforms import BatchViews
-    from synermix_hf.data.pipeline import DecodedImageDataset
+    from synermix_hf.data.device_datasets import DecodedImageDataset
 
     dataset = saved_dataset(tmp_path, mixed_images())
     images = decoded_images(dataset, "image", 8)

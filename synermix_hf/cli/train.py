@@ -22,7 +22,7 @@ from typing import Any
 
 from ..data import dataset_labels, load_image_classification_data, prepare_views
 from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
-from ..data.pipeline import StoredImageDataset
+from ..data.device_datasets import StoredImageDataset
 from ..metrics import ClassificationMetrics
 from .arguments import ScriptArgumentParser, is_builtin_default, preset_values, usage_error
 from .errors import UsageError

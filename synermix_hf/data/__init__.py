@@ -7,6 +7,7 @@
 * `crop_views`: the RandomResizedCrop recipe made on a whole batch of stored images on the training device;
 * `decoded`: images decoded once into a memory-mapped store, square (`decoded`) or of their own size (`image_store`);
 * `pipeline`: where the views are made, on the device or in the loader (`prepare_views`);
+* `device_datasets`: the device path's datasets, a batch of decoded images at a time;
 * `sampler`: class-balanced batches, and their shards under data parallelism;
 * `bad_images`: images that cannot be decoded;
 * `catalog` and `loading/`: the paper's datasets by name, and how any dataset is loaded and split.
@@ -18,7 +19,8 @@ from .crop_views import CropViews
 from .catalog import load_image_classification_data
 from .decoded import decoded_images
 from .image_store import ImageStore, stored_images
-from .pipeline import DATA_PATHS, VIEWS_ON, DecodedImageDataset, PreparedViews, StoredImageDataset, prepare_views
+from .device_datasets import DecodedImageDataset, StoredImageDataset
+from .pipeline import DATA_PATHS, VIEWS_ON, PreparedViews, prepare_views
 from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler, StepShards
 from .transforms import Cutout, TransformSpec, build_transforms
 from .views import (
