@@ -22,7 +22,8 @@ At 224 px every run is bf16 with the model in channels_last (`--precisions` appl
 
 Expected duration: 32 px with the defaults (20,000 images, 2 epochs per run, 4 runs) about 2 minutes of GPU time plus
 start-up; `--all` (32 px: fp16 and bf16 per path and the device path in channels_last; 224 px: 4,000 images, 3 epochs,
-per path; about 1 minute of it writing the JPEGs) about 5-6 minutes on an H200 with 16 cores.
+per path) estimated at 5-6 minutes on an H200 with 16 cores, not yet measured (writing the 224 px JPEGs takes about
+25 s per 1,000 images: 600 took 15.4 s on an AVX2 AMD EPYC in bench_crop_path).
 
     python -m benchmarks.gpu_epoch --all --out $OUT                           # on the GPU machine: everything
     python -m benchmarks.gpu_epoch --image_size 224 --out $OUT                # 224 px only

@@ -202,3 +202,23 @@ def test_random_resized_crop_batches_through_the_trainer_are_the_per_image_paths
         error = ((full["pixel_values"] - loader["pixel_values"]) * std).pow(2).flatten(1).mean(1)
         assert (10 * torch.log10(1 / error)).min() >= 30
         assert torch.equal(resized["original_pixel_values"], loader["original_pixel_values"])
+
+
+def test_the_default_budget_is_the_free_disk_space_and_a_built_store_needs_none(monkeypatch):
+    """Without `decode_budget_gib`, what is still to be decoded must fit in four fifths of the free space of the disk
+    the store goes to; a store already built costs nothing more."""
+    import shutil
+    from collections import namedtuple
+
+    train = shaped_dataset(n=8)
+    spec = TransformSpec("imagenet", 16)
+    built = prepare_views(train, None, spec, "image", "label", True)  # plenty of disk: built
+    assert built.views_on == "device"
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**12, 10**12 - 1000, 1000))  # a full disk
+    again = prepare_views(train, None, spec, "image", "label", True)
+    assert again.views_on == "device"  # reused: nothing new to write
+    other = prepare_views(shaped_dataset(n=8, seed=1), None, spec, "image", "label", True)
+    assert other.views_on == "loader"
+    assert re.search(r"the decoded images need [\d.]+ GiB, more than four fifths of the free disk space of \S+ "
+                     r"\(0\.00 GiB; set `decode_budget_gib` to allow more\)", other.description), other.description

@@ -260,7 +260,7 @@ class CropViews:
         original_sizes = np.asarray(original_sizes, dtype=np.int64).reshape(-1, 2)
         resized = np.array([stored_size(int(h), int(w), self.resize) for h, w in original_sizes], dtype=np.int64)
         boxes = centre_crop_boxes(original_sizes, self.resize, self.image_size)
-        return torch.from_numpy(map_boxes(boxes, resized.reshape(-1, 2), stored_sizes)).to(torch.float32)
+        return torch.from_numpy(map_boxes(boxes, resized, stored_sizes)).to(torch.float32)
 
     def sample(self, seeds: np.ndarray, original_sizes: np.ndarray, stored_sizes: np.ndarray) -> torch.Tensor:
         """float32 `[B, 5]`: each example's augmented crop `(y1, x1, y2, x2)` in stored pixels and its flip (0/1),
@@ -298,7 +298,7 @@ class CropViews:
             augmented = torch.empty((batch, 3, size, size), dtype=torch.float32)
             crops = _integer_boxes(params[:, :4], sizes)
             flips = (params[:, 4] > 0.5).tolist() if self.flip else [False] * batch
-        if params is None or self.original:
+        if params is None or self.original:  # evaluation, or the original view as well
             originals = torch.empty((batch, 3, size, size), dtype=torch.float32)
             centres = (boxes[:, :2].round().long().tolist() if self.exact_original else _integer_boxes(boxes, sizes))
         for b in range(batch):
@@ -329,19 +329,16 @@ class CropViews:
             raise ValueError(f"Expected uint8 images [B, H, W, 3], got {tuple(images.shape)}.")
         out = {k: v for k, v in batch.items() if k not in ("images", "sizes", "original_boxes", "augment", "views")}
         params = batch.get("augment")
+        wants_original = params is None or self.original
         if images.device.type == "cpu" and self.method in ("auto", "interpolate"):
             augmented, original = self._one_image_at_a_time(images, sizes, boxes, params)
-            if params is None:
-                out["pixel_values"] = original
-                return out
-            out["pixel_values"] = augmented
-            if self.original:
-                out["original_pixel_values"] = original
-            return out
+        else:
+            augmented = None if params is None else self.augmented(images, sizes, params)
+            original = self.original_view(images, sizes, boxes) if wants_original else None
         if params is None:
-            out["pixel_values"] = self.original_view(images, sizes, boxes)
+            out["pixel_values"] = original
             return out
-        out["pixel_values"] = self.augmented(images, sizes, params)
+        out["pixel_values"] = augmented
         if self.original:
-            out["original_pixel_values"] = self.original_view(images, sizes, boxes)
+            out["original_pixel_values"] = original
         return out

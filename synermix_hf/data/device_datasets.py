@@ -129,6 +129,8 @@ class StoredImageDataset(_RowsWithLabels):
         self.store = store
         self._set_labels_and_rows(labels, rows, len(store))
         self.views = views
+        # The original view's crop depends on the row alone: computed once, not per batch.
+        self._original_boxes = views.original_boxes(store.original_sizes, store.sizes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One example as a batch of one (the views need the whole batch's frame)."""
@@ -140,20 +142,19 @@ class StoredImageDataset(_RowsWithLabels):
 
     def seeded_batch(self, indices: Sequence[int], seeds: np.ndarray) -> dict[str, Any]:
         """A training batch whose example `i` is cropped and flipped as `seeds[i]` (uniform uint64) draws."""
-        batch, rows = self._batch(indices, with_rows=True)
+        batch = self._batch(indices)
+        rows = self._rows_of(np.asarray(indices, dtype=np.int64))
         batch["augment"] = self.views.sample(np.asarray(seeds, dtype=np.uint64), self.store.original_sizes[rows],
                                              self.store.sizes[rows])
         return batch
 
-    def _batch(self, indices: Sequence[int], with_rows: bool = False) -> Any:
-        indices = np.asarray(indices, dtype=np.int64)
-        rows = self._rows_of(indices)
+    def _batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        rows = self._rows_of(np.asarray(indices, dtype=np.int64))
         images, sizes = self.store.padded_batch(rows)
-        batch = {
+        return {
             "images": images,
             "sizes": sizes,
-            "original_boxes": self.views.original_boxes(self.store.original_sizes[rows], self.store.sizes[rows]),
-            "labels": torch.from_numpy(self.labels[indices]),
+            "original_boxes": self._original_boxes[rows],
+            "labels": torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)]),
             "views": self.views,
         }
-        return (batch, rows) if with_rows else batch
