@@ -24,9 +24,11 @@ import logging
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .bad_images import BadImage, BadImagePolicy, settle_decode_failures
 from .batch_transforms import BatchViews
@@ -243,19 +245,12 @@ def prepare_views(
                              bad_image_policy or BadImagePolicy(), seed,
                              spec.eval_resize if decode_short_side is None else decode_short_side)
     views = BatchViews.from_spec(spec, original=two_views)
-    policy = bad_image_policy or BadImagePolicy()
-    prepared, bad_images = [], []
-    for dataset, labels, split in ((train, train_labels, "training set"), (evaluation, None, "evaluation set")):
-        if dataset is None:
-            prepared.append(None)
-            continue
-        images, failures = decoded_images_and_failures(dataset, image_column, spec.image_size, cache_dir=cache_dir)
-        labels = labels if labels is not None else dataset_labels(dataset, label_column)
-        rows, labels, found = settle_decode_failures(failures, labels, split, seed, skip=split != "training set",
-                                                     dataset=str(dataset._fingerprint))
-        policy.check(found, complete=True)
-        bad_images += found
-        prepared.append(DecodedImageDataset(images, labels, views, getattr(images, "filename", None), rows=rows))
+    prepared, bad_images = _decoded_splits(
+        (train, evaluation), train_labels, label_column, seed, bad_image_policy or BadImagePolicy(),
+        decode=lambda dataset: decoded_images_and_failures(dataset, image_column, spec.image_size, cache_dir=cache_dir),
+        wrap=lambda images, labels, rows: DecodedImageDataset(images, labels, views, getattr(images, "filename", None),
+                                                              rows=rows),
+    )
     total = sum(len(d) for d in prepared if d is not None)
     where = {getattr(d.images, "filename", None) for d in prepared if d is not None} - {None}
     description = (f"device: {total} images decoded once at {spec.image_size}px "
@@ -266,24 +261,44 @@ def prepare_views(
     return PreparedViews(prepared[0], prepared[1], "device", description, bad_images)
 
 
-def _stored_views(train: Any, evaluation: Any, spec: TransformSpec, image_column: str, label_column: str | None,
-                  two_views: bool, train_labels: Sequence[int] | None, cache_dir: str | None, policy: BadImagePolicy,
-                  seed: int, short_side: int) -> PreparedViews:
-    """The device path of the `imagenet` family: an `ImageStore` per dataset, `StoredImageDataset`s, `CropViews`."""
-    views = CropViews.from_spec(spec, short_side, original=two_views)
+def _decoded_splits(
+    splits: tuple[Any, Any],
+    train_labels: Sequence[int] | None,
+    label_column: str | None,
+    seed: int,
+    policy: BadImagePolicy,
+    decode: Callable[[Any], tuple[Any, list]],
+    wrap: Callable[[Any, np.ndarray, np.ndarray | None], Any],
+) -> tuple[list[Any], list[BadImage]]:
+    """Decode the training and evaluation sets once each (`decode(dataset) -> (decoded, failures)`), settle the images
+    that did not decode (a training image replaced by one of its class, an evaluation image skipped; `policy` may stop
+    the run) and wrap each as a dataset (`wrap(decoded, labels, rows)`); None stays None."""
     prepared, bad_images = [], []
-    for dataset, labels, split in ((train, train_labels, "training set"), (evaluation, None, "evaluation set")):
+    for dataset, labels, split in zip(splits, (train_labels, None), ("training set", "evaluation set")):
         if dataset is None:
             prepared.append(None)
             continue
-        store, failures = stored_images_and_failures(dataset, image_column, short_side, spec.interpolation,
-                                                     cache_dir=cache_dir)
+        decoded, failures = decode(dataset)
         labels = labels if labels is not None else dataset_labels(dataset, label_column)
         rows, labels, found = settle_decode_failures(failures, labels, split, seed, skip=split != "training set",
                                                      dataset=str(dataset._fingerprint))
         policy.check(found, complete=True)
         bad_images += found
-        prepared.append(StoredImageDataset(store, labels, views, rows=rows))
+        prepared.append(wrap(decoded, labels, rows))
+    return prepared, bad_images
+
+
+def _stored_views(train: Any, evaluation: Any, spec: TransformSpec, image_column: str, label_column: str | None,
+                  two_views: bool, train_labels: Sequence[int] | None, cache_dir: str | None, policy: BadImagePolicy,
+                  seed: int, short_side: int) -> PreparedViews:
+    """The device path of the `imagenet` family: an `ImageStore` per dataset, `StoredImageDataset`s, `CropViews`."""
+    views = CropViews.from_spec(spec, short_side, original=two_views)
+    prepared, bad_images = _decoded_splits(
+        (train, evaluation), train_labels, label_column, seed, policy,
+        decode=lambda dataset: stored_images_and_failures(dataset, image_column, short_side, spec.interpolation,
+                                                          cache_dir=cache_dir),
+        wrap=lambda store, labels, rows: StoredImageDataset(store, labels, views, rows=rows),
+    )
     stores = [d.store for d in prepared if d is not None]
     where = sorted({store.path for store in stores if store.path is not None})
     resolution = "at full resolution" if short_side == 0 else f"with the shorter side resized to {short_side}px"
