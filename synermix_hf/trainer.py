@@ -26,6 +26,7 @@ from transformers.trainer_utils import has_length, seed_worker
 from .adapters import INPUT_POINT, ModelAdapter
 from .checkpoints import LegacyWeightNames, StagedCheckpoints
 from .data.bad_images import IGNORE_LABEL, BadImageLog, BadImagePolicy, tolerant_images
+from .data.device_datasets import views_of
 from .data.sampler import ClassBalancedBatchSampler, PositionedBatchSampler, StepShards
 from .data.views import SeededAugmentation, SynerMixCollator, dataset_labels, original_view
 from .distributed import StepBufferBroadcast, gather_step_batch, is_data_parallel
@@ -101,6 +102,10 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_counts: dict[str, int] = {}
         self.bad_images = BadImageLog(BadImagePolicy(self.args.max_bad_image_fraction, self.args.stop_on_bad_image))
+        # What makes the views of batches of decoded images on the device (`views_of`), for the training loader and
+        # for the evaluation or prediction loader made last.
+        self._train_views: Any = None
+        self._eval_views: Any = None
         self._set_epoch_callback = _SetEpochCallback()
         self.add_callback(self._set_epoch_callback)
         self.add_callback(FiniteLossCallback(self._finite_check))
@@ -150,6 +155,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         if labels is None and self.args.balanced_sampler:
             labels = dataset_labels(self.train_dataset)
         dataset = SeededAugmentation(tolerant_images(self.train_dataset, "training set", labels, seed), seed)
+        self._train_views = views_of(self.train_dataset)
         loader_kwargs: dict[str, Any] = {
             "collate_fn": self.data_collator,
             "num_workers": self.args.dataloader_num_workers,
@@ -194,30 +200,32 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             dataset = self.eval_dataset[eval_dataset]
         if dataset is not None and not isinstance(dataset, dict):
             dataset = tolerant_images(dataset, "evaluation set", seed=self._data_seed, skip=True)
+        self._eval_views = views_of(dataset)
         return super().get_eval_dataloader(eval_dataset if isinstance(eval_dataset, str) or dataset is None
                                            else dataset)
 
     def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
         """The Trainer's prediction loader, over a dataset in which an image that cannot be decoded is skipped."""
+        self._eval_views = views_of(test_dataset)
         return super().get_test_dataloader(tolerant_images(test_dataset, "prediction set", seed=self._data_seed,
                                                            skip=True))
 
-    def batch_on_device(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
-        """A batch from one of this trainer's loaders, moved to the device, with its views made (as evaluation and
-        `compute_loss` see it)."""
+    def batch_on_device(self, inputs: dict[str, torch.Tensor | Any], training: bool = False) -> dict[str, Any]:
+        """A batch from this trainer's training loader (`training`) or the evaluation or prediction loader made last,
+        moved to the device, with its views made (as `compute_loss` and evaluation see it)."""
         # transformers' own `prediction_step` moves the batch with the private `_prepare_inputs` too.
-        return self._with_views(self._prepare_inputs(inputs))
+        return self._with_views(self._prepare_inputs(inputs), self._train_views if training else self._eval_views)
 
-    def _with_views(self, inputs: dict[str, torch.Tensor | Any]) -> dict[str, torch.Tensor | Any]:
-        """A batch on the device with its views: a batch of decoded uint8 images gets them made here, batched.
+    def _with_views(self, inputs: dict[str, torch.Tensor | Any], views: Any) -> dict[str, torch.Tensor | Any]:
+        """A batch on the device with its views: a batch of decoded uint8 images (no `pixel_values` yet) gets them
+        made here by `views` (the dataset's `device_views`), batched.
 
         Reports of images that could not be decoded (`bad_images`) go to `self.bad_images`, which may stop the run.
         """
         reports = inputs.pop("bad_images", None)
         if reports:
             self.bad_images.record(reports)
-        views = inputs.get("views")
-        if not callable(views):
+        if "pixel_values" in inputs or views is None:
             return inputs
         with torch.autocast(inputs["images"].device.type, enabled=False):  # the recipe's own dtypes, not autocast's
             return views(inputs)
@@ -233,10 +241,11 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """SynerMix loss in training, plain cross-entropy on the original view in evaluation.
 
-        `num_items_in_batch` is accepted for API compatibility and not used: the loss is a per-micro-batch mean
-        (L_intra is a mean over classes, not over items) and the Trainer averages it over accumulation steps.
+        `inputs` holds `pixel_values`, `labels` and, when beta > 0, `original_pixel_values`: batches of decoded images
+        get their views in `training_step` and `prediction_step`, before this. `num_items_in_batch` is accepted for API
+        compatibility and not used: the loss is a per-micro-batch mean (L_intra is a mean over classes, not over
+        items) and the Trainer averages it over accumulation steps.
         """
-        inputs = self._with_views(inputs)
         labels = inputs["labels"]
         if not model.training:
             logits = self.adapter.logits(model, original_view(inputs))
@@ -273,8 +282,11 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         of the returned loss, so the device never waits between the forward and the backward pass for it.
 
         Under DDP, the buffers are broadcast once before the step's forward passes (`StepBufferBroadcast`) instead
-        of before each of them.
+        of before each of them. A batch of decoded images gets its views first, on the device (`batch_on_device`): the
+        Trainer's resume rebuilds the training loader itself (`skip_first_batches`), so the views are made here rather
+        than by a wrapper around the loader.
         """
+        inputs = self.batch_on_device(inputs, training=True)
         self._buffer_broadcast.before_step(model)
         step_loss = super().training_step(model, inputs, num_items_in_batch)
         if self._last_loss is not None:

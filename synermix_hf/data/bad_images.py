@@ -409,9 +409,18 @@ def settle_decode_failures(
     size = len(labels)
     bad = {int(row) for row, _, _ in failures}
     if skip:
+        # A decodable image stands in for each bad one (batches keep their shape), under the label the loss and the
+        # metrics leave out; it is read, never counted (images decoded at every read could not read the bad one).
         served = labels.copy()
         served[sorted(bad)] = IGNORE_LABEL
-        return None, served, [BadImage(split, int(row), source, error, None, dataset, size)
+        rows = np.arange(size, dtype=np.int64)
+        for row in bad:
+            stand_in = next((c for c in replacement_candidates(row, None, seed, size) if c not in bad), None)
+            if stand_in is None:
+                raise BadImageError(f"No image of the {split} can be decoded. Check the data (an interrupted download "
+                                    "or copy?).")
+            rows[row] = stand_in
+        return rows, served, [BadImage(split, int(row), source, error, None, dataset, size)
                               for row, source, error in failures]
     rows = np.arange(size, dtype=np.int64)
     reports = []

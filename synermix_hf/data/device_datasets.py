@@ -1,10 +1,11 @@
 """The datasets of the device data path: decoded images and their labels, served a whole batch at a time.
 
-The loader's work per batch is a gather of stored uint8 rows and the draw of each example's augmentation
-parameters from its seed; the batch carries the `views` object that `SynerMixTrainer` calls on the training device
-to make the views (`synermix_hf.data.batch_transforms.BatchViews` for square images,
-`synermix_hf.data.crop_views.CropViews` for the RandomResizedCrop recipe). `synermix_hf.data.pipeline.prepare_views`
-builds them.
+The loader's work per batch is a gather of stored uint8 rows (or the decode of the dataset's own images,
+`EncodedImages`) and the draw of each example's augmentation parameters from its seed; batches hold tensors only.
+Each dataset names the object that makes the views on the training device, `device_views`
+(`synermix_hf.data.batch_transforms.BatchViews` for square images, `synermix_hf.data.crop_views.CropViews` for the
+RandomResizedCrop recipe), which `SynerMixTrainer` calls on every batch of it once the batch is on the device
+(`views_of`). `synermix_hf.data.pipeline.prepare_views` builds them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,21 @@ from .batch_transforms import BatchViews
 from .crop_views import CropViews
 from .image_store import ImageStore
 
-__all__ = ["DecodedImageDataset", "StoredImageDataset"]
+__all__ = ["DecodedImageDataset", "StoredImageDataset", "views_of"]
+
+
+def views_of(dataset: Any) -> Any:
+    """The object that makes the views of `dataset`'s batches on the device (its `device_views`), looking through
+    the wrappers the trainer puts around datasets (`SeededAugmentation`, `TolerantImages`, `Subset`); None for a
+    dataset whose views the loader makes."""
+    seen = 0
+    while dataset is not None and seen < 8:
+        views = getattr(dataset, "device_views", None)
+        if views is not None:
+            return views
+        dataset = getattr(dataset, "dataset", None)
+        seen += 1
+    return None
 
 
 class _RowsWithLabels(torch.utils.data.Dataset):
@@ -44,9 +59,10 @@ class _RowsWithLabels(torch.utils.data.Dataset):
 class DecodedImageDataset(_RowsWithLabels):
     """Decoded uint8 images and their labels, served a batch at a time; the views are made later, on the device.
 
-    A batch (`__getitems__`, or `seeded_batch` for training) is a dict: `images` (uint8 `[B, 3, S, S]`), `labels`,
-    `views` (the `BatchViews` that `SynerMixTrainer` calls on the device) and, for training, `augment` (each
-    example's augmentation parameters, drawn from its seed). `SynerMixCollator` passes such batches through.
+    A batch (`__getitems__`, or `seeded_batch` for training) is a dict of tensors: `images` (uint8 `[B, 3, S, S]`),
+    `labels` and, for training, `augment` (each example's augmentation parameters, drawn from its seed).
+    `SynerMixCollator` passes such batches through; `device_views` (the `BatchViews`) makes their views on the
+    device.
 
     Args:
         images: uint8 `[N, 3, S, S]`, e.g. the memory map returned by `decoded_images`.
@@ -66,7 +82,7 @@ class DecodedImageDataset(_RowsWithLabels):
             raise ValueError(f"images are {images.shape[-1]}px but views expect {views.image_size}px.")
         self.images = images
         self._set_labels_and_rows(labels, rows, len(images))
-        self.views = views
+        self.device_views = views
         self.cache_path = cache_path
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -80,7 +96,7 @@ class DecodedImageDataset(_RowsWithLabels):
     def seeded_batch(self, indices: Sequence[int], seeds: np.ndarray) -> dict[str, Any]:
         """A training batch whose example `i` is augmented with parameters drawn from `seeds[i]` (uniform uint64)."""
         batch = self._batch(indices)
-        batch["augment"] = self.views.sample(np.asarray(seeds, dtype=np.uint64))
+        batch["augment"] = self.device_views.sample(np.asarray(seeds, dtype=np.uint64))
         return batch
 
     def _batch(self, indices: Sequence[int]) -> dict[str, Any]:
@@ -89,7 +105,6 @@ class DecodedImageDataset(_RowsWithLabels):
         return {
             "images": torch.from_numpy(np.ascontiguousarray(self.images[rows])),
             "labels": torch.from_numpy(self.labels[indices]),
-            "views": self.views,
         }
 
     def __getstate__(self) -> dict[str, Any]:
@@ -105,17 +120,17 @@ class DecodedImageDataset(_RowsWithLabels):
 
 
 class StoredImageDataset(_RowsWithLabels):
-    """Images of any size decoded once into an `ImageStore`, and their labels, served a batch at a time; the views
-    (RandomResizedCrop family) are made later, on the device, by `CropViews`.
+    """Images of any size, decoded once into an `ImageStore` (or at every read, `EncodedImages`), and their labels,
+    served a batch at a time; the views (RandomResizedCrop family) are made later, on the device, by `CropViews`.
 
-    A batch (`__getitems__`, or `seeded_batch` for training) is a dict: `images` (uint8 HWC `[B, H, W, 3]`, each
-    stored image at the top left, see `ImageStore.padded_batch`), `sizes` (their stored sizes), `original_boxes` (the
-    original view's crop), `labels`, `views` (the `CropViews` that `SynerMixTrainer` calls on the device) and, for
+    A batch (`__getitems__`, or `seeded_batch` for training) is a dict of tensors: `images` (uint8 `[B, M, M, 3]`,
+    each image at the top left of a square frame, see `ImageStore.padded_batch`), `sizes` (their sizes in the frame),
+    `original` (the original view's resize and centre crop, `CropViews.original_params`), `labels` and, for
     training, `augment` (each example's crop and flip, drawn from its seed on the image's original size). The
-    loader's work per example is one copy of the stored pixels and the draw of its crop.
+    loader's work per example is one copy of the stored pixels (or one decode) and the draw of its crop.
 
     Args:
-        store: The decoded images (`synermix_hf.data.image_store.stored_images`).
+        store: The images (`synermix_hf.data.image_store.stored_images`, `encoded_images_and_failures`).
         labels: The label of each example.
         views: How the trainer makes the views (`CropViews.from_spec`, with the store's shorter side).
         rows: The store row example `i` reads (default: row `i`); where an image could not be decoded, the row of the
@@ -128,9 +143,9 @@ class StoredImageDataset(_RowsWithLabels):
                              f"{views.short_side}px.")
         self.store = store
         self._set_labels_and_rows(labels, rows, len(store))
-        self.views = views
-        # The original view's crop depends on the row alone: computed once, not per batch.
-        self._original_boxes = views.original_boxes(store.original_sizes, store.sizes)
+        self.device_views = views
+        # The original view's resize and crop depend on the row alone: computed once, not per batch.
+        self._original = views.original_params(store.original_sizes, store.sizes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One example as a batch of one (the views need the whole batch's frame)."""
@@ -144,8 +159,8 @@ class StoredImageDataset(_RowsWithLabels):
         """A training batch whose example `i` is cropped and flipped as `seeds[i]` (uniform uint64) draws."""
         batch = self._batch(indices)
         rows = self._rows_of(np.asarray(indices, dtype=np.int64))
-        batch["augment"] = self.views.sample(np.asarray(seeds, dtype=np.uint64), self.store.original_sizes[rows],
-                                             self.store.sizes[rows])
+        batch["augment"] = self.device_views.sample(np.asarray(seeds, dtype=np.uint64),
+                                                    self.store.original_sizes[rows], self.store.sizes[rows])
         return batch
 
     def _batch(self, indices: Sequence[int]) -> dict[str, Any]:
@@ -154,7 +169,6 @@ class StoredImageDataset(_RowsWithLabels):
         return {
             "images": images,
             "sizes": sizes,
-            "original_boxes": self._original_boxes[rows],
+            "original": self._original[rows],
             "labels": torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)]),
-            "views": self.views,
         }

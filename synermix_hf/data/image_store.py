@@ -63,6 +63,8 @@ __all__ = [
     "stored_images",
     "stored_images_and_failures",
     "stored_size",
+    "EncodedImages",
+    "encoded_images_and_failures",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,8 +90,9 @@ def stored_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     return (new_long, new_short) if width <= height else (new_short, new_long)
 
 
-def _resize_label(short_side: int) -> str:
-    return f"s{short_side}" if short_side else "full"
+def _resize_label(short_side: int | None) -> str:
+    # None: an index without pixels (`EncodedImages`)
+    return "index" if short_side is None else f"s{short_side}" if short_side else "full"
 
 
 class ImageStore:
@@ -116,9 +119,9 @@ class ImageStore:
         return len(self.index)
 
     def image(self, row: int) -> np.ndarray:
-        """Image `row` as uint8 `[h, w, 3]`, a view of the store (no copy)."""
+        """Image `row` as uint8 `[h, w, 3]` (a view of the store, no copy)."""
         offset, height, width = (int(value) for value in self.index[row, :3])
-        return self.pixels[offset : offset + height * width * 3].reshape(height, width, 3)
+        return self._pixels_of(row, offset, height, width)
 
     @property
     def sizes(self) -> np.ndarray:
@@ -136,29 +139,24 @@ class ImageStore:
         return int(self.pixels.nbytes)
 
     def padded_batch(self, rows: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images of `rows` in one frame: uint8 `[B, Hmax, Wmax, 3]` (HWC, the largest stored height and width of
-        the batch) and their stored sizes, int32 `[B, 2]` `(h, w)`.
+        """The images of `rows` in one square frame: uint8 `[B, M, M, 3]` (HWC; M the largest stored height or width
+        of the batch), each image at the top left of its frame, and their stored sizes, int64 `[B, 2]` `(h, w)`.
 
-        Each image sits at the top-left of its frame. Where it is smaller than the frame, its last row is repeated once
-        below it and its last column once to its right (the corner too), so that bilinear sampling at the image's edge
-        reads the edge (`roi_align` clamps only at the frame's border). The rest of the padding is uninitialised
-        memory (`torch.empty`): use only `[:h + 1, :w + 1]` of each frame.
+        The rest of each frame is uninitialised memory (`torch.empty`): only `[:h, :w]` is an image. Square frames let
+        the device transpose every image alike (`synermix_hf.data.pil_resample.resized_crops`).
         """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         entries = np.asarray(self.index[rows])
-        sizes = torch.from_numpy(entries[:, 1:3].astype(np.int32))
-        if len(rows) == 0:
-            return torch.empty((0, 0, 0, 3), dtype=torch.uint8), sizes
-        max_height, max_width = int(entries[:, 1].max()), int(entries[:, 2].max())
-        batch = torch.empty((len(rows), max_height, max_width, 3), dtype=torch.uint8)
+        sizes = torch.from_numpy(np.ascontiguousarray(entries[:, 1:3]))
+        side = int(entries[:, 1:3].max()) if len(rows) else 0
+        batch = torch.empty((len(rows), side, side, 3), dtype=torch.uint8)
         frames = batch.numpy()
-        for frame, (offset, height, width) in zip(frames, entries[:, :3].tolist()):
-            frame[:height, :width] = self.pixels[offset : offset + height * width * 3].reshape(height, width, 3)
-            if height < max_height:
-                frame[height, :width] = frame[height - 1, :width]
-            if width < max_width:  # the column, and the corner when a row was added
-                frame[: height + (height < max_height), width] = frame[: height + (height < max_height), width - 1]
+        for frame, row, (offset, height, width) in zip(frames, rows.tolist(), entries[:, :3].tolist()):
+            frame[:height, :width] = self._pixels_of(row, offset, height, width)
         return batch, sizes
+
+    def _pixels_of(self, row: int, offset: int, height: int, width: int) -> np.ndarray:
+        return self.pixels[offset : offset + height * width * 3].reshape(height, width, 3)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -182,10 +180,65 @@ class ImageStore:
                 f"{self.interpolation}, {self.nbytes / 2**30:.2f} GiB, {where})")
 
 
+class EncodedImages(ImageStore):
+    """A dataset's images decoded again at every read, at full resolution: an `ImageStore`'s index without its pixels.
+
+    What a full-resolution store gives without its disk space (Food-101's would take 55-74 GB): the loader decodes
+    each image of a batch from the dataset's own encoded bytes (`datasets.Image.decode_example`, RGB), the pixels the
+    per-image path decodes. The index (sizes, and the images that cannot be decoded) comes from one checking pass
+    over the dataset (`encoded_images_and_failures`), kept next to the dataset's cache.
+
+    Args:
+        dataset: The `datasets.Dataset`.
+        image_column: Its `datasets.Image` column.
+        index: int64 `[N, 5]`, as an `ImageStore`'s (offsets 0, stored size = original size).
+        path: The index's folder, or None.
+    """
+
+    def __init__(self, dataset: Any, image_column: str, index: np.ndarray, path: str | None = None):
+        super().__init__(None, index, 0, "bilinear", path)
+        self.raw = _undecoded_column(dataset, image_column)
+        self.feature = dataset.features[image_column]
+        self.image_column = image_column
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of stored pixels: none."""
+        return 0
+
+    def _pixels_of(self, row: int, offset: int, height: int, width: int) -> np.ndarray:
+        from .transforms import as_rgb
+
+        pixels = np.asarray(as_rgb(self.feature.decode_example(self.raw[row][self.image_column])), dtype=np.uint8)
+        if pixels.shape[:2] != (height, width):
+            raise RuntimeError(f"Row {row} of the dataset decodes at {pixels.shape[0]}x{pixels.shape[1]}, its index "
+                               f"in {self.path or 'memory'} says {height}x{width}: the data changed since the index "
+                               "was made; run again to make it anew.")
+        return pixels
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.path is not None:
+            state["index"] = None  # reopened from the folder, not pickled
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.path is not None and self.index is None:
+            try:
+                _, self.index = _open_arrays(self.path, with_pixels=False)
+            except _BrokenStore as problem:
+                raise RuntimeError(f"Cannot reopen the image index {self.path} ({problem}): it was removed or changed "
+                                   "while in use; run again to make it anew.") from None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} images decoded at every read, {self.path or 'index in memory'})"
+
+
 # ----------------------------------------------------------------------------------------------------------- naming
 
 
-def _decoding_rule(image_column: str, short_side: int, interpolation: str) -> str:
+def _decoding_rule(image_column: str, short_side: int | None, interpolation: str) -> str:
     import PIL
 
     # The per-image path's pixels before ToTensor: `T.Resize(S, interpolation)(as_rgb(decode_example(value)))`, with the
@@ -194,12 +247,13 @@ def _decoding_rule(image_column: str, short_side: int, interpolation: str) -> st
             f"interpolation={interpolation}|pillow={PIL.__version__}")
 
 
-def store_path(dataset: Any, image_column: str, short_side: int, interpolation: str,
+def store_path(dataset: Any, image_column: str, short_side: int | None, interpolation: str,
                cache_dir: str | None = None) -> str:
     """The folder where `stored_images` keeps the store of `dataset` (a `datasets.Dataset`).
 
     The name holds the dataset's fingerprint (which `datasets` changes with every `select`, `shuffle`, split, cast,
-    ...), S, the interpolation and a hash of the decoding rule (column, format version, Pillow version).
+    ...), S, the interpolation and a hash of the decoding rule (column, format version, Pillow version). S None
+    names the index of an `EncodedImages`.
     """
     fingerprint = getattr(dataset, "_fingerprint", None)
     if not fingerprint:
@@ -216,35 +270,41 @@ class _BrokenStore(Exception):
     pass
 
 
-def _open_arrays(folder: str) -> tuple[np.ndarray, np.ndarray]:
-    """The store's pixels and index, memory-mapped; `_BrokenStore` if they are missing or disagree."""
+def _open_arrays(folder: str, with_pixels: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+    """The store's pixels (None without them) and index, memory-mapped; `_BrokenStore` if they are missing or
+    disagree."""
     try:
-        pixels = np.load(os.path.join(folder, _PIXELS_FILE), mmap_mode="r")
+        pixels = np.load(os.path.join(folder, _PIXELS_FILE), mmap_mode="r") if with_pixels else None
         index = np.load(os.path.join(folder, _INDEX_FILE), mmap_mode="r")
     except (OSError, ValueError) as error:
         raise _BrokenStore(f"{type(error).__name__}: {error}") from error
-    if pixels.dtype != np.uint8 or pixels.ndim != 1:
+    if pixels is not None and (pixels.dtype != np.uint8 or pixels.ndim != 1):
         raise _BrokenStore(f"pixels are {pixels.dtype} {pixels.shape}, not flat uint8")
     if index.dtype != np.int64 or index.ndim != 2 or index.shape[1] != _INDEX_COLUMNS:
         raise _BrokenStore(f"index is {index.dtype} {index.shape}, not int64 [N, {_INDEX_COLUMNS}]")
     index = np.array(index)  # 40 bytes an image: in memory, so that batches index it without page faults
+    if len(index) and index[:, 1:].min() < 1:
+        raise _BrokenStore("the index holds an image without pixels")
+    if pixels is None:
+        return None, index
     ends = index[:, 0] + index[:, 1] * index[:, 2] * 3
     starts_ok = len(index) == 0 or (index[0, 0] == 0 and np.array_equal(index[1:, 0], ends[:-1]))
     total = int(ends[-1]) if len(index) else 0
-    if not starts_ok or total != pixels.size or (len(index) and index[:, 1:].min() < 1):
+    if not starts_ok or total != pixels.size:
         raise _BrokenStore(f"the index describes {total} bytes of pixels in order, the pixels hold {pixels.size}")
     return pixels, index
 
 
-def existing_store_nbytes(path: str) -> int | None:
-    """Bytes (pixels and index) of the complete store at `path` (see `store_path`), None if there is none."""
+def existing_store_nbytes(path: str, with_pixels: bool = True) -> int | None:
+    """Bytes (pixels and index) of the complete store at `path` (see `store_path`; `with_pixels` False: an index),
+    None if there is none."""
     if not os.path.isdir(path):
         return None
     try:
-        pixels, index = _open_arrays(path)
+        pixels, index = _open_arrays(path, with_pixels)
     except _BrokenStore:
         return None
-    return int(pixels.nbytes + index.nbytes)
+    return int((0 if pixels is None else pixels.nbytes) + index.nbytes)
 
 
 # --------------------------------------------------------------------------------------------------------- building
@@ -296,15 +356,16 @@ def _header_sizes(raw: Any, feature: Any, image_column: str, start: int, stop: i
 def _decode_into(raw: Any, feature: Any, image_column: str, resize: Any, pixels: np.ndarray, index: np.ndarray,
                  skip: set[int], start: int, stop: int, tolerate: bool) -> tuple[int, list[DecodeFailure]]:
     """Decode rows `[start, stop)` as the per-image path does before ToTensor (`feature.decode_example`, RGB,
-    `T.Resize(S)`) into their places in `pixels`. A row that fails, or whose decoded size disagrees with its header's
-    (the place is sized from it), is stored black and returned with `tolerate`, and raises naming it otherwise."""
+    `T.Resize(S)`) into their places in `pixels` (None: decode only, to check them and read their true sizes). A row
+    that fails, or whose decoded size disagrees with its header's (the place is sized from it), is stored black and
+    returned with `tolerate`, and raises naming it otherwise."""
     from .transforms import as_rgb
 
     values = raw[start:stop][image_column]
     failures = []
     for row, value in enumerate(values, start):
         offset, height, width = (int(entry) for entry in index[row, :3])
-        place = pixels[offset : offset + height * width * 3]
+        place = pixels[offset : offset + height * width * 3] if pixels is not None else np.empty(0, np.uint8)
         if row in skip:  # its header could not be read: already a failure
             place[:] = 0
             continue
@@ -321,7 +382,8 @@ def _decode_into(raw: Any, feature: Any, image_column: str, resize: Any, pixels:
                 index[row, 1:3] = (width, height)
             elif array.shape[:2] != (height, width):
                 raise ValueError(f"decoded at {array.shape[0]}x{array.shape[1]}, its header said {height}x{width}")
-            place[:] = array.reshape(-1)
+            if pixels is not None:
+                place[:] = array.reshape(-1)
             index[row, 3:5] = original
         except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, zlib.error, ...
             failure = _decode_failure(row, value, error)
@@ -374,10 +436,13 @@ def _remove_abandoned_builds(path: str) -> None:
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
-def _build(dataset: Any, image_column: str, short_side: int, interpolation: str, path: str | None, num_threads: int,
-           tolerate: bool) -> tuple[ImageStore, list[DecodeFailure]]:
+def _build(dataset: Any, image_column: str, short_side: int | None, interpolation: str, path: str | None,
+           num_threads: int, tolerate: bool) -> tuple[ImageStore, list[DecodeFailure]]:
+    """Build the store (`short_side` None: only the index of an `EncodedImages`, every image decoded once to check
+    it and read its size)."""
     import torchvision.transforms as T
 
+    keep_pixels = short_side is not None
     raw = _undecoded_column(dataset, image_column)
     feature = dataset.features[image_column]
     num_rows = len(dataset)
@@ -392,40 +457,43 @@ def _build(dataset: Any, image_column: str, short_side: int, interpolation: str,
             failures = [failure for _, failed in results for failure in failed]
             index = np.empty((num_rows, _INDEX_COLUMNS), dtype=np.int64)
             index[:, 3:5] = originals
-            index[:, 1:3] = np.array([stored_size(height, width, short_side) for height, width in originals.tolist()],
-                                     dtype=np.int64).reshape(-1, 2)
+            index[:, 1:3] = np.array([stored_size(height, width, short_side or 0)
+                                      for height, width in originals.tolist()], dtype=np.int64).reshape(-1, 2)
             nbytes = index[:, 1] * index[:, 2] * 3
             index[:, 0] = np.cumsum(nbytes) - nbytes
             total = int(nbytes.sum())
-            if path is None:
-                pixels = np.empty(total, dtype=np.uint8)
-            else:
+            pixels = None
+            if path is not None:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 _remove_abandoned_builds(path)
                 temporary = tempfile.mkdtemp(prefix=f"{_temporary_prefix(path)}{os.getpid()}.", suffix=".tmp",
                                              dir=os.path.dirname(path))
-                pixels = np.lib.format.open_memmap(os.path.join(temporary, _PIXELS_FILE), mode="w+",
-                                                   dtype=np.uint8, shape=(total,))
-            # Pass 2: decode and resize each image into its place.
+            if keep_pixels:
+                pixels = (np.empty(total, dtype=np.uint8) if path is None else np.lib.format.open_memmap(
+                    os.path.join(temporary, _PIXELS_FILE), mode="w+", dtype=np.uint8, shape=(total,)))
+            # Pass 2: decode (and resize) each image into its place, or only check that it decodes.
             skip = {row for row, _, _ in failures}
+            what = ("Checking images (decoded at every read)" if not keep_pixels else
+                    f"Decoding images once (shorter side {short_side}px)" if short_side else
+                    "Decoding images once (full resolution)")
             results = _run_chunks(
                 pool, lambda a, b: _decode_into(raw, feature, image_column, resize, pixels, index, skip, a, b,
                                                 tolerate),
-                num_rows, f"Decoding images once (shorter side {short_side}px)" if short_side
-                else "Decoding images once (full resolution)",
+                num_rows, what,
             )  # fmt: skip
         failures = sorted(failures + [failure for _, failed in results for failure in failed])
         if path is None:
-            return ImageStore(pixels, index, short_side, interpolation), failures
-        pixels.flush()
-        del pixels
+            return _made(dataset, image_column, pixels, index, short_side, interpolation, None), failures
+        if pixels is not None:
+            pixels.flush()
+            del pixels
         np.save(os.path.join(temporary, _INDEX_FILE), index)
         if failures:
             _write_failures(os.path.join(temporary, _FAILURES_FILE), failures)
         try:
             os.replace(temporary, path)  # atomic: readers see no store or the whole store
         except OSError:
-            if existing_store_nbytes(path) is None:  # not another build's complete store
+            if existing_store_nbytes(path, keep_pixels) is None:  # not another build's complete store
                 raise
             logger.info("Image store: %s was built meanwhile by another process; using it.", path)
             shutil.rmtree(temporary, ignore_errors=True)
@@ -435,8 +503,15 @@ def _build(dataset: Any, image_column: str, short_side: int, interpolation: str,
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
         raise
-    pixels, index = _open_arrays(path)
-    return ImageStore(pixels, index, short_side, interpolation, path), failures
+    pixels, index = _open_arrays(path, keep_pixels)
+    return _made(dataset, image_column, pixels, index, short_side, interpolation, path), failures
+
+
+def _made(dataset: Any, image_column: str, pixels: np.ndarray | None, index: np.ndarray, short_side: int | None,
+          interpolation: str, path: str | None) -> ImageStore:
+    if short_side is None:
+        return EncodedImages(dataset, image_column, index, path)
+    return ImageStore(pixels, index, short_side, interpolation, path)
 
 
 # ------------------------------------------------------------------------------------------------------ public API
@@ -543,12 +618,26 @@ def stored_images_and_failures(
                    tolerate=True)
 
 
-def _stored(dataset: Any, image_column: str, short_side: int, interpolation: str, cache_dir: str | None,
+def encoded_images_and_failures(
+    dataset: Any,
+    image_column: str,
+    cache_dir: str | None = None,
+    num_threads: int | None = None,
+    use_cache: bool | None = None,
+) -> tuple[EncodedImages, list[DecodeFailure]]:
+    """The images of `dataset`, to be decoded at every read (`EncodedImages`), after one pass that decodes each to
+    check it, and the rows that could not be decoded, as `(row, source, error)`. The index is kept as a store is
+    (`stored_images_and_failures`, whose arguments these are), so later runs skip the pass."""
+    return _stored(dataset, image_column, None, "bilinear", cache_dir, num_threads, use_cache, tolerate=True)
+
+
+def _stored(dataset: Any, image_column: str, short_side: int | None, interpolation: str, cache_dir: str | None,
             num_threads: int | None, use_cache: bool | None, tolerate: bool) -> tuple[ImageStore, list[DecodeFailure]]:
     import datasets
 
-    _check(dataset, image_column, short_side, interpolation)
-    short_side = int(short_side)
+    _check(dataset, image_column, 0 if short_side is None else short_side, interpolation)
+    short_side = None if short_side is None else int(short_side)
+    keep_pixels = short_side is not None
     threads = num_threads or os.cpu_count() or 1
     use_cache = datasets.is_caching_enabled() if use_cache is None else use_cache
     if not use_cache:
@@ -560,7 +649,7 @@ def _stored(dataset: Any, image_column: str, short_side: int, interpolation: str
     with PartialState().local_main_process_first():
         if os.path.exists(path):
             try:
-                pixels, index = _open_arrays(path)
+                pixels, index = _open_arrays(path, keep_pixels)
                 if len(index) != len(dataset):
                     raise _BrokenStore(f"it holds {len(index)} images, the dataset {len(dataset)}")
             except _BrokenStore as problem:
@@ -569,7 +658,9 @@ def _stored(dataset: Any, image_column: str, short_side: int, interpolation: str
             else:
                 logger.info("Image store: reusing %s", path)
                 failures = _load_failures(os.path.join(path, _FAILURES_FILE))
-                return ImageStore(pixels, index, short_side, interpolation, path), failures
-        logger.info("Image store: decoding %d images (shorter side %s, %s) into %s", len(dataset),
-                    f"{short_side}px" if short_side else "full resolution", interpolation, path)
+                return _made(dataset, image_column, pixels, index, short_side, interpolation, path), failures
+        what = ("checking %d images (to be decoded at every read), their index into %s" if not keep_pixels else
+                f"decoding %d images (shorter side {short_side}px, {interpolation}) into %s" if short_side else
+                f"decoding %d images (full resolution) into %s")
+        logger.info("Image store: " + what, len(dataset), path)
         return _build(dataset, image_column, short_side, interpolation, path, threads, tolerate)

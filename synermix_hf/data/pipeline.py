@@ -33,9 +33,16 @@ import numpy as np
 from .bad_images import BadImage, BadImagePolicy, settle_decode_failures
 from .batch_transforms import BatchViews
 from .crop_views import CropViews
+from .pil_resample import RESAMPLE_INTERPOLATIONS
 from .decoded import decoded_cache_path, decoded_images_and_failures, decoded_nbytes
 from .device_datasets import DecodedImageDataset, StoredImageDataset
-from .image_store import estimated_store_nbytes, existing_store_nbytes, store_path, stored_images_and_failures
+from .image_store import (
+    encoded_images_and_failures,
+    estimated_store_nbytes,
+    existing_store_nbytes,
+    store_path,
+    stored_images_and_failures,
+)
 from .transforms import SQUARE_FAMILIES, TransformSpec, build_transforms
 from .views import SingleViewTransform, TwoViewTransform, dataset_labels
 
@@ -99,26 +106,30 @@ def default_budget_gib(folder: str | None) -> float:
     return (free / 2 if folder is None else free * 0.8) / 2**30
 
 
-def _store_sizes(datasets_: Sequence[Any], spec: TransformSpec, image_column: str, short_side: int,
-                 cache_dir: str | None, use_cache: bool) -> tuple[int, int, str | None]:
-    """`(total, new, folder)`: bytes of the stores of `datasets_` (reused ones at their real size), bytes still to be
-    written, and the folder the first one goes to (None in memory)."""
+def _square_store_sizes(datasets_: Sequence[Any], spec: TransformSpec, image_column: str, cache_dir: str | None,
+                        use_cache: bool) -> tuple[int, int, str | None]:
+    """`(total, new, folder)`: bytes of the square stores of `datasets_` (reused ones too), bytes still to be written,
+    and the folder the first one goes to (None in memory)."""
     total = new = 0
     folder = None
     for dataset in datasets_:
-        if spec.family in SQUARE_FAMILIES:
-            path = decoded_cache_path(dataset, image_column, spec.image_size, cache_dir) if use_cache else None
-            size = decoded_nbytes(len(dataset), spec.image_size)
-            built = path is not None and os.path.exists(path)
-        else:
-            path = store_path(dataset, image_column, short_side, spec.interpolation, cache_dir) if use_cache else None
-            existing = existing_store_nbytes(path) if path is not None else None
-            built = existing is not None
-            size = existing if built else estimated_store_nbytes(dataset, image_column, short_side)
+        path = decoded_cache_path(dataset, image_column, spec.image_size, cache_dir) if use_cache else None
+        size = decoded_nbytes(len(dataset), spec.image_size)
+        built = path is not None and os.path.exists(path)
         total += size
         new += 0 if built else size
         folder = folder or (os.path.dirname(path) if path is not None else None)
     return total, new, folder
+
+
+def _store_need(dataset: Any, image_column: str, short_side: int, interpolation: str, cache_dir: str | None,
+                use_cache: bool) -> tuple[int, int, str | None]:
+    """`(size, new, folder)` of the store of `dataset` at `short_side`: its bytes (real when built, estimated from
+    the headers otherwise), the bytes still to write, and its folder (None in memory)."""
+    path = store_path(dataset, image_column, short_side, interpolation, cache_dir) if use_cache else None
+    existing = existing_store_nbytes(path) if path is not None else None
+    size = existing if existing is not None else estimated_store_nbytes(dataset, image_column, short_side)
+    return size, 0 if existing is not None else size, os.path.dirname(path) if path is not None else None
 
 
 def device_path_obstacle(
@@ -126,10 +137,12 @@ def device_path_obstacle(
     spec: TransformSpec,
     image_column: str,
     budget_gib: float | None = None,
-    decode_short_side: int | None = None,
     cache_dir: str | None = None,
 ) -> str | None:
     """Why the device path cannot serve these datasets with `spec`, or None when it can.
+
+    The square families need their decoded images within the budget; the `imagenet` family always fits (images
+    that no store holds are decoded at every read, see `prepare_views`).
 
     Args:
         datasets_: The datasets (None entries are ignored).
@@ -137,7 +150,6 @@ def device_path_obstacle(
         image_column: Their image column.
         budget_gib: Largest size (GiB) of the decoded images; None: `default_budget_gib` (four fifths of the free
             space of the disk they go to), counting only what is not built yet.
-        decode_short_side: The `imagenet` family's stored shorter side (see `prepare_views`).
         cache_dir: Where the stores go (see `prepare_views`).
     """
     import datasets
@@ -148,11 +160,13 @@ def device_path_obstacle(
             return f"the data is a {type(dataset).__name__}, not a datasets.Dataset"
         if not isinstance(dataset.features.get(image_column), datasets.Image):
             return f"the column {image_column!r} is not a datasets.Image feature"
-    if spec.family not in SQUARE_FAMILIES and spec.interpolation not in ("bilinear", "bicubic"):
-        return f"the recipe resamples with {spec.interpolation!r}; the device path resamples bilinear or bicubic"
-    short_side = spec.eval_resize if decode_short_side is None else decode_short_side
+    if spec.family not in SQUARE_FAMILIES:
+        if spec.interpolation not in RESAMPLE_INTERPOLATIONS:
+            return (f"the recipe resamples with {spec.interpolation!r}; the device path resamples "
+                    f"{' or '.join(RESAMPLE_INTERPOLATIONS)}")
+        return None
     use_cache = datasets.is_caching_enabled()
-    total, new, folder = _store_sizes(given, spec, image_column, short_side, cache_dir, use_cache)
+    total, new, folder = _square_store_sizes(given, spec, image_column, cache_dir, use_cache)
     if budget_gib is not None:
         if total > budget_gib * 2**30:
             return (f"the decoded images need {total / 2**30:.2f} GiB, more than the budget of {budget_gib:g} GiB "
@@ -204,10 +218,12 @@ def prepare_views(
             this policy (default: `BadImagePolicy()`) raises `BadImageError` when there are too many. (The per-image
             path finds them as it reads them: `SynerMixTrainer`.)
         seed: Seeds the choice of the replacements (the run's data seed, as for the per-image path).
-        decode_short_side: The `imagenet` family (RandomResizedCrop) on the device path keeps each image with its
-            shorter side resized to this (the per-image path's resize), or at full resolution with 0. Default: the
-            evaluation resize (256 at 224 px), which makes the original view exactly the per-image path's; the
-            augmented view's crops are then cut from that resolution (see `CropViews`).
+        decode_short_side: The `imagenet` family (RandomResizedCrop) on the device path. Default (None): both views
+            exactly the per-image path's: the training images at full resolution (a store where it fits the budget,
+            else decoded from the dataset's files at every read), the evaluation images resized as the evaluation
+            resizes them. S > 0 (opt-in): both kept with the shorter side resized to S, which cuts the augmented
+            view's crops from fewer pixels (softer; the README states by how much); 0: a full-resolution store for
+            both.
         data_path, budget_gib: Deprecated names of `views_on` (`per_image` for `loader`) and `decode_budget_gib`.
     """
     if data_path is not None:
@@ -224,7 +240,7 @@ def prepare_views(
     if decode_short_side is not None and decode_short_side < 0:
         raise ValueError(f"`decode_short_side` must be >= 0 (0: full resolution), got {decode_short_side}.")
     obstacle = None if views_on == "loader" else device_path_obstacle(
-        [train, evaluation], spec, image_column, decode_budget_gib, decode_short_side, cache_dir)
+        [train, evaluation], spec, image_column, decode_budget_gib, cache_dir)
     if views_on == "device" and obstacle is not None:
         raise ValueError(f"`views_on` 'device' does not apply here: {obstacle}. Use 'auto' or 'loader'.")
     if views_on == "loader" or obstacle is not None:
@@ -242,12 +258,12 @@ def prepare_views(
 
     if spec.family not in SQUARE_FAMILIES:
         return _stored_views(train, evaluation, spec, image_column, label_column, two_views, train_labels, cache_dir,
-                             bad_image_policy or BadImagePolicy(), seed,
-                             spec.eval_resize if decode_short_side is None else decode_short_side)
+                             bad_image_policy or BadImagePolicy(), seed, decode_short_side, decode_budget_gib)
     views = BatchViews.from_spec(spec, original=two_views)
     prepared, bad_images = _decoded_splits(
         (train, evaluation), train_labels, label_column, seed, bad_image_policy or BadImagePolicy(),
-        decode=lambda dataset: decoded_images_and_failures(dataset, image_column, spec.image_size, cache_dir=cache_dir),
+        decode=lambda dataset, _: decoded_images_and_failures(dataset, image_column, spec.image_size,
+                                                              cache_dir=cache_dir),
         wrap=lambda images, labels, rows: DecodedImageDataset(images, labels, views, getattr(images, "filename", None),
                                                               rows=rows),
     )
@@ -267,18 +283,20 @@ def _decoded_splits(
     label_column: str | None,
     seed: int,
     policy: BadImagePolicy,
-    decode: Callable[[Any], tuple[Any, list]],
+    decode: Callable[[Any, int], tuple[Any, list]],
     wrap: Callable[[Any, np.ndarray, np.ndarray | None], Any],
 ) -> tuple[list[Any], list[BadImage]]:
-    """Decode the training and evaluation sets once each (`decode(dataset) -> (decoded, failures)`), settle the images
+    """Decode the training and evaluation sets once each (`decode(dataset, position) -> (decoded, failures)`, position
+    0 for the training set, 1 for the evaluation set), settle the images
     that did not decode (a training image replaced by one of its class, an evaluation image skipped; `policy` may stop
     the run) and wrap each as a dataset (`wrap(decoded, labels, rows)`); None stays None."""
     prepared, bad_images = [], []
-    for dataset, labels, split in zip(splits, (train_labels, None), ("training set", "evaluation set")):
+    for position, (dataset, labels, split) in enumerate(zip(splits, (train_labels, None),
+                                                             ("training set", "evaluation set"))):
         if dataset is None:
             prepared.append(None)
             continue
-        decoded, failures = decode(dataset)
+        decoded, failures = decode(dataset, position)
         labels = labels if labels is not None else dataset_labels(dataset, label_column)
         rows, labels, found = settle_decode_failures(failures, labels, split, seed, skip=split != "training set",
                                                      dataset=str(dataset._fingerprint))
@@ -290,21 +308,87 @@ def _decoded_splits(
 
 def _stored_views(train: Any, evaluation: Any, spec: TransformSpec, image_column: str, label_column: str | None,
                   two_views: bool, train_labels: Sequence[int] | None, cache_dir: str | None, policy: BadImagePolicy,
-                  seed: int, short_side: int) -> PreparedViews:
-    """The device path of the `imagenet` family: an `ImageStore` per dataset, `StoredImageDataset`s, `CropViews`."""
-    views = CropViews.from_spec(spec, short_side, original=two_views)
-    prepared, bad_images = _decoded_splits(
-        (train, evaluation), train_labels, label_column, seed, policy,
-        decode=lambda dataset: stored_images_and_failures(dataset, image_column, short_side, spec.interpolation,
-                                                          cache_dir=cache_dir),
-        wrap=lambda store, labels, rows: StoredImageDataset(store, labels, views, rows=rows),
-    )
-    stores = [d.store for d in prepared if d is not None]
-    where = sorted({store.path for store in stores if store.path is not None})
-    resolution = "at full resolution" if short_side == 0 else f"with the shorter side resized to {short_side}px"
-    description = (f"device: {sum(len(store) for store in stores)} images decoded once {resolution} "
-                   f"({sum(store.nbytes for store in stores) / 2**30:.2f} GiB"
-                   + (f", in {', '.join(where)}" if where else ", in memory")
-                   + "); crops and both views made batched on the training device")
+                  seed: int, short_side: int | None, budget_gib: float | None) -> PreparedViews:
+    """The device path of the `imagenet` family: where each split's images come from (`_choose_sources`), a
+    `StoredImageDataset` per split, `CropViews`."""
+    import datasets
+
+    sources = _choose_sources(train, evaluation, spec, image_column, short_side, budget_gib, cache_dir,
+                              datasets.is_caching_enabled())
+    views = {side: CropViews.from_spec(spec, side, original=two_views) for side, _ in sources if side is not None}
+
+    def decode(dataset: Any, position: int) -> tuple[Any, list]:
+        side, _ = sources[position]
+        if side is None:
+            return encoded_images_and_failures(dataset, image_column, cache_dir=cache_dir)
+        return stored_images_and_failures(dataset, image_column, side, spec.interpolation, cache_dir=cache_dir)
+
+    def wrap(store: Any, labels: np.ndarray, rows: np.ndarray | None) -> StoredImageDataset:
+        side = store.short_side if store.pixels is not None else 0
+        crop_views = views.get(side) or CropViews.from_spec(spec, side, original=two_views)
+        return StoredImageDataset(store, labels, crop_views, rows=rows)
+
+    prepared, bad_images = _decoded_splits((train, evaluation), train_labels, label_column, seed, policy, decode, wrap)
+    parts = [f"{split} ({len(dataset.store)} images): {_describe_source(dataset.store, why)}"
+             for split, dataset, (_, why) in zip(("training set", "evaluation set"), prepared, sources)
+             if dataset is not None]
+    exact = all(d.device_views.exact or (split == "evaluation set" and d.store.short_side == spec.eval_resize)
+                for split, d in zip(("training set", "evaluation set"), prepared) if d is not None)
+    description = (f"device: {'; '.join(parts)}. Crops, flips and both views made batched on the training device "
+                   + ("with Pillow's resampling: the per-image path's pixels exactly" if exact else
+                      "from reduced images: the augmented view is softer than the per-image path's (opt-in)"))
     logger.info("Views: %s", description)
     return PreparedViews(prepared[0], prepared[1], "device", description, bad_images)
+
+
+def _describe_source(store: Any, why: str) -> str:
+    if store.pixels is None:
+        return f"decoded from the dataset's own files at every read ({why})"
+    where = f"in {store.path}" if store.path is not None else "in memory"
+    resolution = ("at full resolution" if store.short_side == 0 else
+                  f"with the shorter side resized to {store.short_side}px")
+    return f"decoded once {resolution}, {store.nbytes / 2**30:.2f} GiB {where} ({why})"
+
+
+def _choose_sources(train: Any, evaluation: Any, spec: TransformSpec, image_column: str, short_side: int | None,
+                    budget_gib: float | None, cache_dir: str | None, use_cache: bool) -> list[tuple[int | None, str]]:
+    """For the training and evaluation sets, where their images come from, `(short_side, why)`: a store at that
+    shorter side (0: full resolution) or, with None, the dataset's own files decoded at every read.
+
+    Without `short_side` (the default), every view stays the per-image path's: the evaluation set is stored as
+    `Resize(R)` makes it (its only view is a centre crop of that) and the training set at full resolution (its crops
+    are cut from the whole image), each where it fits the budget (the evaluation set first: it is the smaller), else
+    decoded at every read. A `short_side` stores both at that size (opt-in; S > 0 makes the augmented view softer),
+    where it fits.
+    """
+    folder = None
+    needs = []
+    for dataset, default in ((evaluation, spec.eval_resize), (train, 0)):
+        side = default if short_side is None else short_side
+        need = _store_need(dataset, image_column, side, spec.interpolation, cache_dir, use_cache) if dataset else None
+        needs.append((side, need))
+        if need is not None:
+            folder = folder or need[2]
+    if budget_gib is not None:
+        left, counted, what = budget_gib * 2**30, 0, f"the budget of {budget_gib:g} GiB (`decode_budget_gib`)"
+    else:
+        default = default_budget_gib(folder if use_cache else None)
+        left, counted = default * 2**30, 1
+        where = f"four fifths of the free disk space of {folder}" if use_cache else "half the available memory"
+        what = f"{where} ({default:.2f} GiB; `decode_budget_gib` sets another budget)"
+    chosen = []
+    for (side, need), split in zip(needs, ("evaluation", "training")):
+        if need is None:
+            chosen.append((None, ""))
+            continue
+        size, new, _ = need
+        cost = new if counted else size
+        label = "full-resolution store" if side == 0 else f"store at {side}px"
+        if cost <= left:
+            left -= cost
+            reason = ("the fastest exact source, within " if side == 0 and short_side is None else
+                      "exactly the evaluation's Resize, within " if short_side is None else "as asked, within ")
+            chosen.append((side, reason + what.split(" (")[0]))
+        else:
+            chosen.append((None, f"its {label} would need {size / 2**30:.2f} GiB, more than what is left of {what}"))
+    return chosen[::-1]
