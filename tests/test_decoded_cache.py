@@ -51,11 +51,12 @@ def test_the_cache_lives_next_to_the_dataset_is_reused_and_keyed_by_fingerprint_
     dataset = saved_dataset(tmp_path, mixed_images())
     first = decoded_images(dataset, "image", 8)
     path = decoded_cache_path(dataset, "image", 8)
-    assert isinstance(first, np.memmap) and os.path.samefile(first.filename, path)
+    pixels = os.path.join(path, "pixels.npy")
+    assert isinstance(first, np.memmap) and os.path.samefile(first.filename, pixels)
     assert os.path.dirname(path) == os.path.dirname(dataset.cache_files[0]["filename"])
-    stamp = os.stat(path).st_mtime_ns
+    stamp = os.stat(pixels).st_mtime_ns
     again = decoded_images(datasets.load_from_disk(str(tmp_path / "data")), "image", 8)  # a later run
-    assert os.path.samefile(again.filename, path) and os.stat(path).st_mtime_ns == stamp
+    assert os.path.samefile(again.filename, pixels) and os.stat(pixels).st_mtime_ns == stamp
     assert np.array_equal(again, first)
     assert not again.flags.writeable
     # Another size or another selection of rows is another cache file.
@@ -78,40 +79,41 @@ def test_in_memory_datasets_are_cached_in_the_datasets_cache(tmp_path, monkeypat
 def test_an_interrupted_build_leaves_no_cache_file(tmp_path):
     images = tiny_images([i % 4 for i in range(700)], size=4)
     values = [image for image in images]
-    values[650] = {"bytes": b"not an image", "path": None}  # decoding fails in the second chunk of 512 rows
+    values[650] = {"bytes": b"not an image", "path": None}  # decoding fails in a late chunk of rows
     dataset = datasets.Dataset.from_dict({"image": values, "label": [0] * 700}, features=FEATURES)
     with pytest.raises(Exception, match="cannot identify image"):
         decoded_images(dataset, "image", 4, cache_dir=str(tmp_path / "cache"))
     assert os.listdir(tmp_path / "cache") == []
     ok = datasets.Dataset.from_dict({"image": images, "label": [0] * 700}, features=FEATURES)
-    built = decoded_images(ok, "image", 4, cache_dir=str(tmp_path / "cache"), num_threads=2)
-    assert os.listdir(tmp_path / "cache") == [os.path.basename(built.filename)]
+    decoded_images(ok, "image", 4, cache_dir=str(tmp_path / "cache"), num_threads=2)
+    assert os.listdir(tmp_path / "cache") == [os.path.basename(decoded_cache_path(ok, "image", 4, str(tmp_path / "cache")))]
 
 
 def test_bad_input_is_named():
     dataset = datasets.Dataset.from_dict({"image": tiny_images([0]), "label": [0]}, features=FEATURES)
-    with pytest.raises(ValueError, match="image_column='img'"):
+    with pytest.raises(ValueError, match="`image_column` 'img' is not a column"):
         decoded_images(dataset, "img", 8)
-    with pytest.raises(ValueError, match="image_column='label'"):
+    with pytest.raises(ValueError, match="`image_column` 'label' holds ClassLabel"):
         decoded_images(dataset, "label", 8)
     with pytest.raises(TypeError, match="datasets.Dataset"):
         decoded_images([np.zeros((8, 8, 3))], "image", 8)
-    assert decoded_nbytes(50_000, 32) == 153_600_000  # CIFAR-100's training set
+    assert decoded_nbytes(50_000, 32) == 50_000 * (3 * 32 * 32 + 40)  # CIFAR-100's training set: pixels and index
 
 
 def test_decoded_dataset_pickles_by_reopening_its_cache_file(tmp_path):
     from synermix_hf.data.batch_transforms import BatchViews
-    from synermix_hf.data.device_datasets import DecodedImageDataset
+    from synermix_hf.data.decoded import decoded_images_and_failures
+    from synermix_hf.data.device_datasets import StoredImageDataset
 
     dataset = saved_dataset(tmp_path, mixed_images())
-    images = decoded_images(dataset, "image", 8)
-    decoded = DecodedImageDataset(images, dataset["label"], BatchViews.from_spec(TransformSpec("cifar", 8)),
-                                  images.filename)  # fmt: skip
+    store, _ = decoded_images_and_failures(dataset, "image", 8)
+    decoded = StoredImageDataset(store, dataset["label"], BatchViews.from_spec(TransformSpec("cifar", 8)))
     payload = pickle.dumps(decoded)
-    assert len(payload) < images.nbytes  # the array itself is not pickled
+    assert len(payload) < store.nbytes  # the array itself is not pickled
     restored = pickle.loads(payload)
     batch = restored.__getitems__([3, 1])
-    assert torch.equal(batch["images"], torch.from_numpy(np.asarray(images)[[3, 1]]))
+    images = decoded_images(dataset, "image", 8)
+    assert torch.equal(batch["images"], torch.from_numpy(np.asarray(images)[[3, 1]]).permute(0, 2, 3, 1))
     assert batch["labels"].tolist() == [3, 1] and "augment" not in batch
     seeded = restored.seeded_batch([3, 1], np.array([1, 2**63 + 5], dtype=np.uint64))
     assert seeded["augment"].shape == (2, 5) and seeded["augment"].dtype == torch.int32

@@ -19,7 +19,7 @@ from .crop_views import CropViews
 from .catalog import load_image_classification_data
 from .decoded import decoded_images
 from .image_store import ImageStore, stored_images
-from .device_datasets import DecodedImageDataset, StoredImageDataset
+from .device_datasets import StoredImageDataset, views_of
 from .pipeline import DATA_PATHS, VIEWS_ON, PreparedViews, prepare_views
 from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler, StepShards
 from .transforms import Cutout, TransformSpec, build_transforms
@@ -41,7 +41,6 @@ __all__ = [
     "ClassBalancedBatchSampler",
     "CropViews",
     "Cutout",
-    "DecodedImageDataset",
     "ImageStore",
     "PositionedBatchSampler",
     "PreparedViews",

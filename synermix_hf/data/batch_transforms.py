@@ -2,7 +2,7 @@
 
 The batched twin of `synermix_hf.data.transforms.build_transforms` for the square families (`cifar`, `miniimagenet`,
 `digits`), whose views both start from the image resized to SxS. Given that SxS uint8 batch (see
-`synermix_hf.data.decoded`):
+`synermix_hf.data.decoded`; the loader serves it HWC, `[B, S, S, 3]`, as every image store does):
 
 * original view: ToTensor (`x / 255`) and Normalize, as the evaluation transform;
 * augmented view: zero-pad and crop at a per-example offset, mirror per example, ToTensor, Cutout at a per-example
@@ -178,13 +178,24 @@ class BatchViews:
             )
         return cls(spec.image_size, square_augmentation(spec), tuple(spec.mean), tuple(spec.std), original)
 
-    def sample(self, seeds: np.ndarray) -> torch.Tensor:
+    def sample(self, seeds: np.ndarray, original_sizes: Any = None, stored_sizes: Any = None) -> torch.Tensor:
         """Augmentation parameters for one batch from one uniform 64-bit seed per example, packed as an int32 tensor
         `[B, 5]` with the columns `PARAM_NAMES` (zero where the recipe has no such step): one host to device copy
-        per batch instead of one per parameter."""
+        per batch instead of one per parameter. (The sizes, which the RandomResizedCrop recipe draws on, play no
+        part: every image is S x S.)"""
         params = sample_square_params(seeds, self.image_size, self.recipe)
         zeros = torch.zeros(len(seeds), dtype=torch.int64)
         return torch.stack([params.get(name, zeros) for name in PARAM_NAMES], dim=1).to(torch.int32)
+
+    def original_params(self, original_sizes: Any, stored_sizes: Any) -> None:
+        """None: the original view is the whole S x S image (see `CropViews.original_params`)."""
+        return None
+
+    def store_problem(self, store: Any) -> str | None:
+        """Why these views cannot be made from `store`'s images, or None."""
+        if not getattr(store, "square", False) or store.short_side != self.image_size:
+            return f"the views expect {self.image_size}x{self.image_size}px images, the store holds {store!r}"
+        return None
 
     def augmented(self, images: torch.Tensor, params: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """The training view of uint8 images: ToTensor, pad + crop, flip, Cutout, Normalize.
@@ -208,15 +219,18 @@ class BatchViews:
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """`{"pixel_values", ["original_pixel_values"], "labels", ...}` from `{"images", ["augment"], "labels"}`.
 
-        `augment` is the packed tensor of `sample` or a mapping of `sample_square_params`'s parameters.
+        `images` is uint8 HWC `[B, S, S, 3]` (a store's batch, see `StoredImageDataset`); `augment` the packed tensor
+        of `sample` or a mapping of `sample_square_params`'s parameters.
 
         With `augment`, `pixel_values` is the augmented view (and `original_pixel_values` the original one when
         `original` is set); without it (evaluation), `pixel_values` is the original view.
         """
         images = batch["images"]
-        if images.dim() != 4 or images.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"Expected uint8 images [B, C, {self.image_size}, {self.image_size}], got {tuple(images.shape)}.")
-        out = {k: v for k, v in batch.items() if k not in ("images", "augment", "views")}
+        if images.dim() != 4 or tuple(images.shape[1:]) != (self.image_size, self.image_size, 3):
+            raise ValueError(f"Expected uint8 images [B, {self.image_size}, {self.image_size}, 3], got "
+                             f"{tuple(images.shape)}.")
+        images = images.permute(0, 3, 1, 2)
+        out = {k: v for k, v in batch.items() if k not in ("images", "augment", "sizes", "original")}
         params = batch.get("augment")
         if params is None:
             out["pixel_values"] = self.original_view(images)

@@ -164,6 +164,13 @@ class CropViews:
         """Whether both views are the per-image path's pixels (full-resolution images)."""
         return self.short_side == 0
 
+    def store_problem(self, store: Any) -> str | None:
+        """Why these views cannot be made from `store`'s images, or None."""
+        side = 0 if store.pixels is None else store.short_side  # `EncodedImages`: full resolution
+        if getattr(store, "square", False) or side != self.short_side:
+            return f"the views expect images with the shorter side {self.short_side}px (0: full), the store holds {store!r}"
+        return None
+
     # ---- in the loader ----
 
     def sample(self, seeds: np.ndarray, original_sizes: np.ndarray, stored_sizes: np.ndarray) -> torch.Tensor:

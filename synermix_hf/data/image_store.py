@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -44,17 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .decoded import (
-    DecodeFailure,
-    _cache_folder,
-    _decode_failure,
-    _failure_error,
-    _load_failures,
-    _undecoded_column,
-    _write_failures,
-)
-
 __all__ = [
+    "DecodeFailure",
     "STORE_FORMAT_VERSION",
     "ImageStore",
     "estimated_store_nbytes",
@@ -79,6 +71,54 @@ _PIXELS_FILE, _INDEX_FILE, _FAILURES_FILE = "pixels.npy", "index.npy", "bad.json
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that `ImageOps.exif_transpose` turns by 90 degrees
 
 
+DecodeFailure = tuple[int, str, str]
+"""A row that could not be decoded: `(row, source, error)`, the source `file <path>` or `row <row>`."""
+
+
+def _decode_failure(row: int, value: Any, error: BaseException) -> DecodeFailure:
+    """The failure record of `row`, whose undecoded `value` (`{"bytes", "path"}`) raised `error`."""
+    path = value.get("path") if isinstance(value, dict) else None
+    return (row, f"file {path}" if path else f"row {row}", f"{type(error).__name__}: {error}".strip())
+
+
+def _failure_error(failures: list[DecodeFailure]) -> ValueError:
+    """The error that stops a build which does not tolerate failures: it names the first failed file (or row)."""
+    row, source, error = failures[0]
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return ValueError(f"Cannot decode the image in {source}: {error}{more}.")
+
+
+def _undecoded_column(dataset: Any, image_column: str) -> Any:
+    """`dataset`'s image column undecoded (`{"bytes", "path"}` per row), as plain Python values, for threads to
+    decode their own rows."""
+    import datasets
+
+    raw = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+    return raw.with_format(None)
+
+
+def _write_failures(file: str, failures: list[DecodeFailure]) -> None:
+    with open(file, "w", encoding="utf-8") as handle:
+        json.dump(failures, handle)
+
+
+def _load_failures(file: str) -> list[DecodeFailure]:
+    if not os.path.exists(file):
+        return []  # no file: every row decoded (a build with failures writes it before the pixels)
+    with open(file, encoding="utf-8") as handle:
+        return [(int(row), str(source), str(error)) for row, source, error in json.load(handle)]
+
+
+def _cache_folder(dataset: Any) -> str:
+    import datasets
+
+    for cache_file in getattr(dataset, "cache_files", None) or []:
+        folder = os.path.dirname(os.path.abspath(cache_file["filename"]))
+        if os.access(folder, os.W_OK):
+            return folder
+    return os.path.join(str(datasets.config.HF_DATASETS_CACHE), "synermix_decoded")
+
+
 def stored_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     """`(height, width)` of an image of that size after `torchvision.transforms.Resize(short_side)`: the shorter side
     `short_side`, the longer `int(short_side * long / short)` (torchvision's `_compute_resized_output_size`). With
@@ -90,9 +130,15 @@ def stored_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     return (new_long, new_short) if width <= height else (new_short, new_long)
 
 
-def _resize_label(short_side: int | None) -> str:
-    # None: an index without pixels (`EncodedImages`)
+def _resize_label(short_side: int | None, square: bool = False) -> str:
+    # None: an index without pixels (`EncodedImages`); square: every image resized to S x S
+    if square:
+        return f"sq{short_side}"
     return "index" if short_side is None else f"s{short_side}" if short_side else "full"
+
+
+def _stored_size(height: int, width: int, short_side: int | None, square: bool) -> tuple[int, int]:
+    return (int(short_side), int(short_side)) if square else stored_size(height, width, short_side or 0)
 
 
 class ImageStore:
@@ -101,19 +147,21 @@ class ImageStore:
     Args:
         pixels: Flat uint8 array, the images' RGB rows (HWC) one after the other (a read-only memory map when cached).
         index: int64 `[N, 5]`: `offset, height, width, original_height, original_width` per image.
-        short_side: S, the stored shorter side (0: full resolution).
+        short_side: S, the stored shorter side (0: full resolution), or with `square` the stored side.
         interpolation: The resize's filter, one of `synermix_hf.data.transforms.INTERPOLATIONS`.
         path: The store's folder, or None for a store built in memory. A store with a folder pickles without its
             arrays and reopens them from the folder (DataLoader workers started by spawn map the same file).
+        square: Every image was resized to S x S (the square recipes' `ResizeIfNeeded`), not by its shorter side.
     """
 
     def __init__(self, pixels: np.ndarray, index: np.ndarray, short_side: int, interpolation: str,
-                 path: str | None = None):
+                 path: str | None = None, square: bool = False):
         self.pixels = pixels
         self.index = index
         self.short_side = short_side
         self.interpolation = interpolation
         self.path = path
+        self.square = square
 
     def __len__(self) -> int:
         return len(self.index)
@@ -148,6 +196,9 @@ class ImageStore:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         entries = np.asarray(self.index[rows])
         sizes = torch.from_numpy(np.ascontiguousarray(entries[:, 1:3]))
+        if self.square and self.pixels is not None:  # every row S x S: one gather
+            side = int(self.short_side)
+            return torch.from_numpy(self.pixels.reshape(len(self), side, side, 3)[rows]), sizes
         side = int(entries[:, 1:3].max()) if len(rows) else 0
         batch = torch.empty((len(rows), side, side, 3), dtype=torch.uint8)
         frames = batch.numpy()
@@ -175,7 +226,8 @@ class ImageStore:
 
     def __repr__(self) -> str:
         where = self.path or "in memory"
-        size = f"shorter side {self.short_side}px" if self.short_side else "full resolution"
+        size = (f"{self.short_side}x{self.short_side}px" if self.square else
+                f"shorter side {self.short_side}px" if self.short_side else "full resolution")
         return (f"{type(self).__name__}({len(self)} images, {size}, "
                 f"{self.interpolation}, {self.nbytes / 2**30:.2f} GiB, {where})")
 
@@ -238,17 +290,19 @@ class EncodedImages(ImageStore):
 # ----------------------------------------------------------------------------------------------------------- naming
 
 
-def _decoding_rule(image_column: str, short_side: int | None, interpolation: str) -> str:
+def _decoding_rule(image_column: str, short_side: int | None, interpolation: str, square: bool = False) -> str:
     import PIL
 
     # The per-image path's pixels before ToTensor: `T.Resize(S, interpolation)(as_rgb(decode_example(value)))`, with the
     # Pillow version whose resampling produced them.
-    return (f"store-v{STORE_FORMAT_VERSION}|column={image_column}|rgb|resize-shorter={short_side}|"
+    # A square store: `ResizeIfNeeded(S)(as_rgb(...))`, bilinear to S x S unless the image is S x S already.
+    resize = f"resize-square-if-needed={short_side}" if square else f"resize-shorter={short_side}"
+    return (f"store-v{STORE_FORMAT_VERSION}|column={image_column}|rgb|{resize}|"
             f"interpolation={interpolation}|pillow={PIL.__version__}")
 
 
 def store_path(dataset: Any, image_column: str, short_side: int | None, interpolation: str,
-               cache_dir: str | None = None) -> str:
+               cache_dir: str | None = None, square: bool = False) -> str:
     """The folder where `stored_images` keeps the store of `dataset` (a `datasets.Dataset`).
 
     The name holds the dataset's fingerprint (which `datasets` changes with every `select`, `shuffle`, split, cast,
@@ -258,8 +312,8 @@ def store_path(dataset: Any, image_column: str, short_side: int | None, interpol
     fingerprint = getattr(dataset, "_fingerprint", None)
     if not fingerprint:
         raise ValueError(f"{type(dataset).__name__} has no fingerprint; stored_images needs a datasets.Dataset.")
-    rule = hashlib.sha256(_decoding_rule(image_column, short_side, interpolation).encode()).hexdigest()[:12]
-    name = f"synermix-store-{fingerprint}-{_resize_label(short_side)}-{interpolation}-{rule}"
+    rule = hashlib.sha256(_decoding_rule(image_column, short_side, interpolation, square).encode()).hexdigest()[:12]
+    name = f"synermix-store-{fingerprint}-{_resize_label(short_side, square)}-{interpolation}-{rule}"
     return os.path.join(cache_dir or _cache_folder(dataset), name)
 
 
@@ -437,7 +491,7 @@ def _remove_abandoned_builds(path: str) -> None:
 
 
 def _build(dataset: Any, image_column: str, short_side: int | None, interpolation: str, path: str | None,
-           num_threads: int, tolerate: bool) -> tuple[ImageStore, list[DecodeFailure]]:
+           num_threads: int, tolerate: bool, square: bool = False) -> tuple[ImageStore, list[DecodeFailure]]:
     """Build the store (`short_side` None: only the index of an `EncodedImages`, every image decoded once to check
     it and read its size)."""
     import torchvision.transforms as T
@@ -446,7 +500,12 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
     raw = _undecoded_column(dataset, image_column)
     feature = dataset.features[image_column]
     num_rows = len(dataset)
-    resize = (T.Resize(short_side, interpolation=T.InterpolationMode(interpolation)) if short_side else None)
+    if square:
+        from .transforms import ResizeIfNeeded
+
+        resize = ResizeIfNeeded(short_side)
+    else:
+        resize = (T.Resize(short_side, interpolation=T.InterpolationMode(interpolation)) if short_side else None)
     temporary = None
     try:
         with ThreadPoolExecutor(max_workers=num_threads) as pool:
@@ -457,7 +516,7 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
             failures = [failure for _, failed in results for failure in failed]
             index = np.empty((num_rows, _INDEX_COLUMNS), dtype=np.int64)
             index[:, 3:5] = originals
-            index[:, 1:3] = np.array([stored_size(height, width, short_side or 0)
+            index[:, 1:3] = np.array([_stored_size(height, width, short_side, square)
                                       for height, width in originals.tolist()], dtype=np.int64).reshape(-1, 2)
             nbytes = index[:, 1] * index[:, 2] * 3
             index[:, 0] = np.cumsum(nbytes) - nbytes
@@ -474,6 +533,7 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
             # Pass 2: decode (and resize) each image into its place, or only check that it decodes.
             skip = {row for row, _, _ in failures}
             what = ("Checking images (decoded at every read)" if not keep_pixels else
+                    f"Decoding images once at {short_side}px" if square else
                     f"Decoding images once (shorter side {short_side}px)" if short_side else
                     "Decoding images once (full resolution)")
             results = _run_chunks(
@@ -483,7 +543,7 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
             )  # fmt: skip
         failures = sorted(failures + [failure for _, failed in results for failure in failed])
         if path is None:
-            return _made(dataset, image_column, pixels, index, short_side, interpolation, None), failures
+            return _made(dataset, image_column, pixels, index, short_side, interpolation, None, square), failures
         if pixels is not None:
             pixels.flush()
             del pixels
@@ -504,14 +564,14 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
             shutil.rmtree(temporary, ignore_errors=True)
         raise
     pixels, index = _open_arrays(path, keep_pixels)
-    return _made(dataset, image_column, pixels, index, short_side, interpolation, path), failures
+    return _made(dataset, image_column, pixels, index, short_side, interpolation, path, square), failures
 
 
 def _made(dataset: Any, image_column: str, pixels: np.ndarray | None, index: np.ndarray, short_side: int | None,
-          interpolation: str, path: str | None) -> ImageStore:
+          interpolation: str, path: str | None, square: bool = False) -> ImageStore:
     if short_side is None:
         return EncodedImages(dataset, image_column, index, path)
-    return ImageStore(pixels, index, short_side, interpolation, path)
+    return ImageStore(pixels, index, short_side, interpolation, path, square)
 
 
 # ------------------------------------------------------------------------------------------------------ public API
@@ -597,6 +657,7 @@ def stored_images_and_failures(
     cache_dir: str | None = None,
     num_threads: int | None = None,
     use_cache: bool | None = None,
+    square: bool = False,
 ) -> tuple[ImageStore, list[DecodeFailure]]:
     """The images of `dataset`, their shorter side resized to `short_side`, decoded at most once, and the rows that
     could not be decoded (stored black), as `(row, source, error)`.
@@ -610,12 +671,14 @@ def stored_images_and_failures(
         num_threads: Decoding threads (default: the CPU count).
         use_cache: Keep the store on disk and memory-map it (default: when `datasets` caching is enabled). Without it
             the store is built in memory.
+        square: Resize every image to `short_side` x `short_side` instead (the square recipes' `ResizeIfNeeded`,
+            bilinear, only where the image is not that size already).
 
     Returns:
         `(store, failures)`: the `ImageStore` and the rows that could not be decoded.
     """
     return _stored(dataset, image_column, short_side, interpolation, cache_dir, num_threads, use_cache,
-                   tolerate=True)
+                   tolerate=True, square=square)
 
 
 def encoded_images_and_failures(
@@ -632,7 +695,8 @@ def encoded_images_and_failures(
 
 
 def _stored(dataset: Any, image_column: str, short_side: int | None, interpolation: str, cache_dir: str | None,
-            num_threads: int | None, use_cache: bool | None, tolerate: bool) -> tuple[ImageStore, list[DecodeFailure]]:
+            num_threads: int | None, use_cache: bool | None, tolerate: bool,
+            square: bool = False) -> tuple[ImageStore, list[DecodeFailure]]:
     import datasets
 
     _check(dataset, image_column, 0 if short_side is None else short_side, interpolation)
@@ -641,11 +705,11 @@ def _stored(dataset: Any, image_column: str, short_side: int | None, interpolati
     threads = num_threads or os.cpu_count() or 1
     use_cache = datasets.is_caching_enabled() if use_cache is None else use_cache
     if not use_cache:
-        return _build(dataset, image_column, short_side, interpolation, None, threads, tolerate)
+        return _build(dataset, image_column, short_side, interpolation, None, threads, tolerate, square)
 
     from accelerate import PartialState
 
-    path = store_path(dataset, image_column, short_side, interpolation, cache_dir)
+    path = store_path(dataset, image_column, short_side, interpolation, cache_dir, square)
     with PartialState().local_main_process_first():
         if os.path.exists(path):
             try:
@@ -658,9 +722,10 @@ def _stored(dataset: Any, image_column: str, short_side: int | None, interpolati
             else:
                 logger.info("Image store: reusing %s", path)
                 failures = _load_failures(os.path.join(path, _FAILURES_FILE))
-                return _made(dataset, image_column, pixels, index, short_side, interpolation, path), failures
+                return _made(dataset, image_column, pixels, index, short_side, interpolation, path, square), failures
         what = ("checking %d images (to be decoded at every read), their index into %s" if not keep_pixels else
+                f"decoding %d images at {short_side}x{short_side}px into %s" if square else
                 f"decoding %d images (shorter side {short_side}px, {interpolation}) into %s" if short_side else
                 f"decoding %d images (full resolution) into %s")
         logger.info("Image store: " + what, len(dataset), path)
-        return _build(dataset, image_column, short_side, interpolation, path, threads, tolerate)
+        return _build(dataset, image_column, short_side, interpolation, path, threads, tolerate, square)

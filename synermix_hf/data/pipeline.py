@@ -35,7 +35,7 @@ from .batch_transforms import BatchViews
 from .crop_views import CropViews
 from .pil_resample import RESAMPLE_INTERPOLATIONS
 from .decoded import decoded_cache_path, decoded_images_and_failures, decoded_nbytes
-from .device_datasets import DecodedImageDataset, StoredImageDataset
+from .device_datasets import StoredImageDataset
 from .image_store import (
     encoded_images_and_failures,
     estimated_store_nbytes,
@@ -264,11 +264,10 @@ def prepare_views(
         (train, evaluation), train_labels, label_column, seed, bad_image_policy or BadImagePolicy(),
         decode=lambda dataset, _: decoded_images_and_failures(dataset, image_column, spec.image_size,
                                                               cache_dir=cache_dir),
-        wrap=lambda images, labels, rows: DecodedImageDataset(images, labels, views, getattr(images, "filename", None),
-                                                              rows=rows),
+        wrap=lambda store, labels, rows: StoredImageDataset(store, labels, views, rows=rows),
     )
     total = sum(len(d) for d in prepared if d is not None)
-    where = {getattr(d.images, "filename", None) for d in prepared if d is not None} - {None}
+    where = {d.store.path for d in prepared if d is not None} - {None}
     description = (f"device: {total} images decoded once at {spec.image_size}px "
                    f"({decoded_nbytes(total, spec.image_size) / 2**20:.1f} MiB"
                    + (f", cached in {', '.join(sorted(where))}" if where else ", in memory")

@@ -104,14 +104,14 @@ class SynerMixCollator:
 
     Accepts the dicts made by the view transforms (also with `label` instead of `labels`) and `(image, label)` or
     `(original, augmented, label)` tuples like those of torchvision datasets and the reference code. A batch that a
-    dataset's `__getitems__` already made (a mapping, as `DecodedImageDataset` returns) passes through. The reports
+    dataset's `__getitems__` already made (a mapping, as `StoredImageDataset` returns) passes through. The reports
     of examples that stand in for images that could not be decoded (`bad_images`, see `synermix_hf.data.bad_images`) are
     kept, as one list under `bad_images`.
     """
 
     def __call__(self, examples: Sequence[Any] | Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(examples, Mapping):
-            return dict(examples)  # a batch the dataset already made (`DecodedImageDataset.__getitems__`)
+            return dict(examples)  # a batch the dataset already made (`StoredImageDataset.__getitems__`)
         if not examples:
             raise ValueError("Cannot collate an empty batch.")
         first = examples[0]
@@ -182,7 +182,7 @@ class SeededAugmentation(torch.utils.data.Dataset):
                  for item in items]
         seeds = example_seeds(self.seed, self.epoch, [position for _, position in pairs])
         if hasattr(self.dataset, "seeded_batch"):
-            # A dataset that draws a whole batch's augmentation from these seeds at once (`DecodedImageDataset`).
+            # A dataset that draws a whole batch's augmentation from these seeds at once (`StoredImageDataset`).
             return self.dataset.seeded_batch([index for index, _ in pairs], seeds)
         examples = []
         # Seed only the CPU generator that the transforms draw from. `torch.manual_seed` would also seed every CUDA
