@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from synermix_hf.data.crop_views import CropViews, centre_crop_boxes, map_boxes, resized_crops, sample_crops
+from synermix_hf.data.crop_views import CropViews, centre_crop_boxes, map_boxes, sample_crops
 from synermix_hf.data.transforms import TransformSpec, build_transforms
 from synermix_hf.seeding import example_seeds
 
@@ -40,11 +40,11 @@ def _per_image_views(photos, seeds, spec=SPEC):
 
 
 def _stored_batch(photos, short_side, spec=SPEC):
-    """The photos as a store keeps them (shorter side resized with the per-image path's resize, or as they are), in
-    one frame, each at the top left; and their original and stored sizes."""
+    """The photos as a store keeps them (shorter side resized with the per-image path's resize, or as they are), each
+    at the top left of a square frame; and their original and stored sizes."""
     stored = [np.asarray(p if short_side == 0 else T.Resize(short_side, spec.interpolation_mode)(p)) for p in photos]
-    height, width = max(s.shape[0] for s in stored), max(s.shape[1] for s in stored)
-    frame = torch.zeros((len(stored), height, width, 3), dtype=torch.uint8)
+    side = max(max(s.shape[:2]) for s in stored)
+    frame = torch.zeros((len(stored), side, side, 3), dtype=torch.uint8)
     for i, pixels in enumerate(stored):
         frame[i, : pixels.shape[0], : pixels.shape[1]] = torch.from_numpy(pixels.copy())
     original_sizes = np.array([(p.height, p.width) for p in photos])
@@ -52,14 +52,14 @@ def _stored_batch(photos, short_side, spec=SPEC):
     return frame, original_sizes, stored_sizes
 
 
-def _device_views(photos, seeds, short_side, method, spec=SPEC):
+def _device_views(photos, seeds, short_side, method, spec=SPEC, original=True):
     frame, original_sizes, stored_sizes = _stored_batch(photos, short_side, spec)
-    views = CropViews.from_spec(spec, short_side, method=method)
+    views = CropViews.from_spec(spec, short_side, original=original, method=method)
     batch = {"images": frame, "sizes": torch.from_numpy(stored_sizes),
-             "original_boxes": views.original_boxes(original_sizes, stored_sizes),
+             "original": views.original_params(original_sizes, stored_sizes),
              "augment": views.sample(seeds, original_sizes, stored_sizes), "labels": torch.zeros(len(photos))}
     out = views(batch)
-    return out["pixel_values"], out["original_pixel_values"]
+    return out["pixel_values"], out.get("original_pixel_values")
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor, spec=SPEC) -> torch.Tensor:
@@ -99,46 +99,51 @@ def test_the_region_a_crop_covers_does_not_depend_on_the_stored_size():
         np.testing.assert_allclose(back, np.c_[boxes[:, :2], boxes[:, :2] + boxes[:, 2:]])
 
 
-@pytest.mark.parametrize("method", ["interpolate", "roi_align"])
-def test_at_full_resolution_the_augmented_view_agrees_with_the_per_image_path(photos, method):
-    """The same crops, only the resampling kernel differs: at least 30 dB on every image."""
+@pytest.mark.parametrize("method", ["pillow", "batched"])
+def test_at_full_resolution_both_views_are_the_per_image_paths_exactly(photos, method):
+    """The default: the images at full resolution, the crops resized with Pillow's filter, by Pillow itself on the CPU
+    (`pillow`) or by its port that runs batched on accelerators (`batched`, here on the CPU): the per-image path's
+    pixels, bit for bit, the flips on the same examples."""
     seeds = example_seeds(5, 0, np.arange(len(photos)))
     expected_augmented, expected_original = _per_image_views(photos, seeds)
     augmented, original = _device_views(photos, seeds, 0, method)
     assert augmented.shape == expected_augmented.shape == (len(photos), 3, 224, 224)
-    assert _psnr(augmented, expected_augmented).min() >= 30, _psnr(augmented, expected_augmented)
-    assert _psnr(original, expected_original).min() >= 30, _psnr(original, expected_original)
-    # the flips are those of the same examples: the mirrored view is far from the per-image one
-    assert _psnr(augmented.flip(-1), expected_augmented).max() < _psnr(augmented, expected_augmented).min() - 5
+    assert torch.equal(augmented, expected_augmented)
+    assert torch.equal(original, expected_original)
 
 
-@pytest.mark.parametrize("method", ["interpolate", "roi_align"])
-def test_at_the_evaluation_resize_the_original_view_is_the_per_image_one_exactly(photos, method):
+@pytest.mark.parametrize("method", ["pillow", "batched"])
+def test_a_timm_recipe_is_exact_too_bicubic_with_its_own_crop_fraction(photos, method):
+    """Bicubic, crop fraction 0.9 (Resize(248) + CenterCrop(224)), as a timm checkpoint asks."""
+    spec = TransformSpec("imagenet", 224, interpolation="bicubic", crop_pct=0.9)
+    seeds = example_seeds(2, 0, np.arange(len(photos)))
+    expected_augmented, expected_original = _per_image_views(photos, seeds, spec)
+    augmented, original = _device_views(photos, seeds, 0, method, spec)
+    assert spec.eval_resize == 248
+    assert torch.equal(augmented, expected_augmented) and torch.equal(original, expected_original)
+
+
+def test_an_evaluation_batch_gets_the_original_view_as_pixel_values(photos):
+    for short_side in (0, SPEC.eval_resize):  # the training store, and the evaluation set's own (Resize(256))
+        frame, original_sizes, stored_sizes = _stored_batch(photos, short_side)
+        views = CropViews.from_spec(SPEC, short_side)
+        out = views({"images": frame, "sizes": torch.from_numpy(stored_sizes), "labels": torch.arange(len(photos)),
+                     "original": views.original_params(original_sizes, stored_sizes)})
+        assert set(out) == {"pixel_values", "labels"}
+        assert torch.equal(out["pixel_values"], _per_image_views(photos, example_seeds(0, 0, np.arange(5)))[1])
+
+
+@pytest.mark.parametrize("method", ["pillow", "batched"])
+def test_a_store_of_reduced_images_keeps_the_original_view_and_softens_the_crops(photos, method):
+    """The opt-in store at the evaluation resize: the original view is still exact (a centre crop of what it stores);
+    the augmented view is cut from 256 px instead of up to 700 px, the same region: close, not equal (a misplaced
+    crop scores ~15 dB)."""
     seeds = example_seeds(5, 1, np.arange(len(photos)))
     expected_augmented, expected_original = _per_image_views(photos, seeds)
     augmented, original = _device_views(photos, seeds, SPEC.eval_resize, method)
     assert torch.equal(original, expected_original)
-    # The augmented view is cut from 256 px instead of up to 700 px: close, not equal (a misplaced crop is ~15 dB).
-    assert _psnr(augmented, expected_augmented).min() >= 25, _psnr(augmented, expected_augmented)
-
-
-def test_an_evaluation_batch_gets_the_original_view_as_pixel_values(photos):
-    frame, original_sizes, stored_sizes = _stored_batch(photos, 256)
-    views = CropViews.from_spec(SPEC, 256)
-    out = views({"images": frame, "sizes": torch.from_numpy(stored_sizes), "labels": torch.arange(len(photos)),
-                 "original_boxes": views.original_boxes(original_sizes, stored_sizes)})
-    assert set(out) == {"pixel_values", "labels"}
-    assert torch.equal(out["pixel_values"], _per_image_views(photos, example_seeds(0, 0, np.arange(5)))[1])
-
-
-def test_a_timm_recipe_crops_with_its_own_resize_and_interpolation(photos):
-    """Bicubic, crop fraction 0.9 (Resize(248) + CenterCrop(224)): the store at 248 gives the exact original view."""
-    spec = TransformSpec("imagenet", 224, interpolation="bicubic", crop_pct=0.9)
-    seeds = example_seeds(2, 0, np.arange(len(photos)))
-    expected_augmented, expected_original = _per_image_views(photos, seeds, spec)
-    augmented, original = _device_views(photos, seeds, spec.eval_resize, "interpolate", spec)
-    assert spec.eval_resize == 248 and torch.equal(original, expected_original)
-    assert _psnr(augmented, expected_augmented, spec).min() >= 25
+    psnr = _psnr(augmented, expected_augmented)
+    assert psnr.min() >= 20 and not torch.equal(augmented, expected_augmented), psnr
 
 
 def test_centre_crop_boxes_follow_torchvision_rounding():
@@ -152,23 +157,11 @@ def test_centre_crop_boxes_follow_torchvision_rounding():
         assert np.asarray(T.CenterCrop(224)(Image.fromarray(marker))).sum() == 224 * 224
 
 
-def test_resized_crops_refuse_what_they_cannot_do():
-    images = torch.zeros((1, 8, 8, 3), dtype=torch.uint8)
-    with pytest.raises(ValueError, match="method"):
-        resized_crops(images, torch.tensor([[0.0, 0.0, 8.0, 8.0]]), 4, method="nearest")
-    with pytest.raises(ValueError, match="uint8"):
-        resized_crops(images.float(), torch.tensor([[0.0, 0.0, 8.0, 8.0]]), 4)
+def test_views_refuse_what_they_cannot_do():
+    with pytest.raises(ValueError, match="`method` 'roi_align'"):
+        CropViews.from_spec(SPEC, 0, method="roi_align")
     with pytest.raises(ValueError, match="interpolation"):
-        CropViews.from_spec(TransformSpec("imagenet", 224, interpolation="lanczos"), 256)
-
-
-def test_on_the_cpu_the_views_made_image_by_image_are_the_batched_ops_bit_for_bit(photos):
-    """The CPU makes the views one image at a time (cache-friendly); the batched ops define them."""
-    for short_side in (256, 0):
-        frame, original_sizes, stored_sizes = _stored_batch(photos, short_side)
-        views = CropViews.from_spec(SPEC, short_side)
-        sizes, boxes = torch.from_numpy(stored_sizes), views.original_boxes(original_sizes, stored_sizes)
-        params = views.sample(example_seeds(9, 0, np.arange(len(photos))), original_sizes, stored_sizes)
-        out = views({"images": frame, "sizes": sizes, "original_boxes": boxes, "augment": params})
-        assert torch.equal(out["pixel_values"], views.augmented(frame, sizes, params))
-        assert torch.equal(out["original_pixel_values"], views.original_view(frame, sizes, boxes))
+        CropViews.from_spec(TransformSpec("imagenet", 224, interpolation="lanczos"), 0)
+    with pytest.raises(ValueError, match=r"uint8 images \[B, M, M, 3\]"):
+        CropViews.from_spec(SPEC, 0)({"images": torch.zeros((1, 3, 8, 8)), "sizes": torch.tensor([[8, 8]]),
+                                      "original": torch.tensor([[8, 8, 0, 0]])})

@@ -35,7 +35,12 @@ from .image_store import stored_size
 from .pil_resample import RESAMPLE_INTERPOLATIONS, pil_resized_crop, resized_crops
 from .transforms import TransformSpec
 
-__all__ = ["CropViews", "centre_crop_boxes", "map_boxes", "sample_crops"]
+__all__ = ["CROP_METHODS", "CropViews", "centre_crop_boxes", "map_boxes", "sample_crops"]
+
+CROP_METHODS = ("auto", "pillow", "batched")
+"""How `CropViews` resizes: `pillow` (Pillow itself, image by image, in threads), `batched`
+(`synermix_hf.data.pil_resample.resized_crops`, the whole batch at once on its device) or `auto` (`pillow` on the
+CPU, `batched` elsewhere). Both give the same pixels."""
 
 _SHAPE = torch.zeros(())  # expanded to an image's shape for `get_params`, which reads nothing else
 
@@ -128,6 +133,7 @@ class CropViews:
         mean, std: Normalisation.
         interpolation: The recipe's resampling (`bilinear` or `bicubic`).
         original: Also make the original view (`original_pixel_values`; needed when beta > 0).
+        method: How the crops are resized (`CROP_METHODS`); the pixels are the same either way.
     """
 
     image_size: int
@@ -140,9 +146,15 @@ class CropViews:
     std: tuple[float, ...]
     interpolation: str = "bilinear"
     original: bool = True
+    method: str = "auto"
+
+    def __post_init__(self):
+        if self.method not in CROP_METHODS:
+            raise ValueError(f"`method` {self.method!r} is not one of {', '.join(CROP_METHODS)}.")
 
     @classmethod
-    def from_spec(cls, spec: TransformSpec, short_side: int = 0, original: bool = True) -> CropViews:
+    def from_spec(cls, spec: TransformSpec, short_side: int = 0, original: bool = True,
+                  method: str = "auto") -> CropViews:
         """The views of `spec` (the `imagenet` family) from images whose shorter side is `short_side` (0: full
         resolution); the crop ranges are read from the per-image recipe itself (`build_transforms`), so the two paths
         cannot drift."""
@@ -157,7 +169,7 @@ class CropViews:
         crop = next(step for step in train.transforms if isinstance(step, T.RandomResizedCrop))
         flip = any(isinstance(step, T.RandomHorizontalFlip) for step in train.transforms)
         return cls(spec.image_size, spec.eval_resize, short_side, tuple(crop.scale), tuple(crop.ratio), flip,
-                   tuple(spec.mean), tuple(spec.std), spec.interpolation, original)
+                   tuple(spec.mean), tuple(spec.std), spec.interpolation, original, method)
 
     @property
     def exact(self) -> bool:
@@ -205,7 +217,8 @@ class CropViews:
         out = {k: v for k, v in batch.items() if k not in ("images", "sizes", "original", "augment")}
         params = batch.get("augment")
         want_original = params is None or self.original
-        if images.device.type == "cpu":
+        by_pillow = self.method == "pillow" or (self.method == "auto" and images.device.type == "cpu")
+        if by_pillow:
             augmented, original_view = self._by_pillow(images, sizes, original, params, want_original)
         else:
             augmented = None if params is None else self._augmented(images, params)
@@ -243,10 +256,10 @@ class CropViews:
                    params: torch.Tensor | None, want_original: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Both views on the CPU by Pillow itself, image by image, in threads (Pillow releases the GIL while it
         resamples), each written into its slot of the batch."""
-        batch, size = images.shape[0], self.image_size
+        batch, size, device = images.shape[0], self.image_size, images.device
         augmented = None if params is None else torch.empty((batch, 3, size, size), dtype=torch.float32)
         originals = torch.empty((batch, 3, size, size), dtype=torch.float32) if want_original else None
-        frames, sizes, original = images.numpy(), sizes.tolist(), original.tolist()
+        frames, sizes, original = images.cpu().numpy(), sizes.tolist(), original.tolist()
         params = None if params is None else params.tolist()
 
         def one(b: int) -> None:
@@ -271,4 +284,4 @@ class CropViews:
         else:
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(one, range(batch)))
-        return augmented, originals
+        return tuple(None if view is None else view.to(device) for view in (augmented, originals))
