@@ -17,8 +17,7 @@ from synermix_hf import SynerMixTrainer, SynerMixTrainingArguments
 
 class RecordingTrainer(SynerMixTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training:
-            inputs = self.batch_on_device(inputs)  # the views, as compute_loss makes them
+        if model.training:  # the views, as `training_step` made them on the device
             torch.save({k: v.cpu() for k, v in inputs.items()}, out / f"batch_rank{self.args.process_index}.pt")
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from synermix_hf import ClassBalancedBatchSampler, SeededAugmentation, SynerMixCollator, dataset_labels, step_generators
 from synermix_hf.checkpoints import checkpoint_problem
+from synermix_hf.data.device_datasets import views_of
 from synermix_hf.data.sampler import PositionedBatchSampler
 
 from test_trainer import (device_view_set, hand_intra_loss_of_features, hand_mixed_ce, resnet, resnet_features,
@@ -60,7 +61,7 @@ def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path, 
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(os.listdir(run_dir / "checkpoint-1"))
 
     if views_on == "device":
-        assert len(os.listdir(tmp_path / "hf_cache" / "synermix_decoded")) == 1  # one cache file, no leftovers
+        assert len(os.listdir(tmp_path / "hf_cache" / "synermix_decoded")) == 1  # one store, no leftovers
     check_one_ddp_step(tmp_path, views_on)
 
 
@@ -77,7 +78,7 @@ def check_one_ddp_step(out: Path, views_on: str) -> None:
     for rows, batch in zip(shards, batches, strict=True):
         expected = SynerMixCollator()(seeded.__getitems__([batch_positions[row] for row in rows]))
         if views_on == "device":
-            expected = expected["views"](expected)  # what the trainer does on the device
+            expected = views_of(train)(expected)  # what the trainer does on the device
         for key in ("pixel_values", "original_pixel_values", "labels"):
             torch.testing.assert_close(batch[key], expected[key])
     labels = torch.cat([batch["labels"] for batch in batches])

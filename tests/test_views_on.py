@@ -12,7 +12,6 @@ from torchvision.transforms import functional as F
 
 from synermix_hf import (
     ClassBalancedBatchSampler,
-    DecodedImageDataset,
     PositionedBatchSampler,
     StoredImageDataset,
     SynerMixTrainer,
@@ -34,11 +33,13 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
     train, evaluation = color_dataset(n=16), color_dataset(n=8, seed=1)
     for family in ("cifar", "miniimagenet", "digits"):
         views = prepare_views(train, evaluation, TransformSpec(family, 16), "image", "label", two_views=True)
-        assert views.views_on == "device" and isinstance(views.train, DecodedImageDataset)
+        assert views.views_on == "device" and isinstance(views.train, StoredImageDataset)
         assert views.description.startswith("device: 24 images decoded once at 16px")
     views = prepare_views(train, evaluation, TransformSpec("imagenet", 16), "image", "label", two_views=True)
     assert views.views_on == "device" and isinstance(views.train, StoredImageDataset)
-    assert views.description.startswith("device: 24 images decoded once with the shorter side resized to 18px")
+    assert views.description.startswith("device: training set (16 images): decoded once at full resolution")
+    assert "evaluation set (8 images): decoded once with the shorter side resized to 18px" in views.description
+    assert views.description.endswith("with Pillow's resampling: the per-image path's pixels exactly")
     views = prepare_views(train, evaluation, TransformSpec("imagenet", 16, interpolation="lanczos"), "image", "label",
                           two_views=True)
     assert views.views_on == "loader" and "resamples with 'lanczos'" in views.description
@@ -47,12 +48,16 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
     over_budget = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True,
                                 decode_budget_gib=1e-6)
     assert over_budget.views_on == "loader" and "budget" in over_budget.description
+    assert [r.getMessage() for r in caplog.records if r.name == "synermix_hf.data.pipeline"] == []
     with caplog.at_level("INFO", logger="synermix_hf.data.pipeline"):
         over_budget = prepare_views(train, None, TransformSpec("imagenet", 16), "image", "label", True,
                                     decode_budget_gib=1e-6)
-    assert over_budget.views_on == "loader"
-    assert [r.getMessage() for r in caplog.records] == [f"Views: {over_budget.description}"]  # one line, the reason
-    assert re.search(r"the decoded images need 0\.0+\d+ GiB, more than the budget of 1e-06 GiB", over_budget.description)
+    # No store fits: the images are decoded at every read, still exact; one line says so and why.
+    assert over_budget.views_on == "device"
+    assert [r.getMessage() for r in caplog.records] == [f"Views: {over_budget.description}"]
+    assert re.search(r"training set \(16 images\): decoded from the dataset's own files at every read \(its "
+                     r"full-resolution store would need 0\.0+\d+ GiB, more than what is left of the budget of 1e-06 "
+                     r"GiB \(`decode_budget_gib`\)\)", over_budget.description), over_budget.description
     asked = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, views_on="loader")
     assert asked.views_on == "loader" and "as asked" in asked.description
     with pytest.raises(ValueError, match="`views_on` 'device' does not apply here: the data is a list"):
@@ -128,10 +133,10 @@ def test_training_batches_are_the_rows_augmented_by_their_appearance_seeds(tmp_p
     args = arguments(tmp_path, beta=0.3, balanced_sampler=True, per_device_train_batch_size=6, seed=11,
                      dataloader_num_workers=workers)  # fmt: skip
     trainer = SynerMixTrainer(model=resnet(), args=args, train_dataset=views.train)
-    batches = [trainer.batch_on_device(batch) for batch in trainer.get_train_dataloader()]
+    batches = [trainer.batch_on_device(batch, training=True) for batch in trainer.get_train_dataloader()]
 
     _, eval_tf = build_transforms(spec)
-    rows = np.asarray(views.train.images)
+    rows = views.train.store.pixels.reshape(-1, 16, 16, 3).transpose(0, 3, 1, 2)  # the store's rows, CHW
     sampler = PositionedBatchSampler(ClassBalancedBatchSampler(train["label"], batch_size=6, seed=11))
     seen = {}
     for batch, pairs in zip(batches, sampler, strict=True):
@@ -183,42 +188,52 @@ def shaped_dataset(n=24, seed=0):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_random_resized_crop_batches_through_the_trainer_are_the_per_image_paths(tmp_path, workers):
-    """The same examples in the same batches, each cropped and flipped as the per-image path crops it (the resize
-    kernel differs: >= 30 dB at full resolution), and the original view exactly the per-image one (store at the
-    evaluation resize)."""
+    """The same examples in the same batches, and by default (a full-resolution store) or with no store at all (the
+    images decoded at every read) the per-image path's views bit for bit; the opt-in store at the evaluation resize
+    keeps the original view exact and softens the crops."""
     spec = TransformSpec("imagenet", 16)
     train = shaped_dataset()
     args = arguments(tmp_path, beta=0.3, balanced_sampler=True, per_device_train_batch_size=8, seed=3,
                      dataloader_num_workers=workers)  # fmt: skip
     batches = {}
-    for name, kwargs in (("loader", {"views_on": "loader"}), ("full", {"decode_short_side": 0}), ("resized", {})):
+    variants = (("loader", {"views_on": "loader"}), ("default", {}), ("every read", {"decode_budget_gib": 0}),
+                ("reduced", {"decode_short_side": spec.eval_resize}))
+    for name, kwargs in variants:
         views = prepare_views(train, None, spec, "image", "label", two_views=True, **kwargs)
         assert views.views_on == ("loader" if name == "loader" else "device")
         trainer = SynerMixTrainer(model=resnet(), args=args, train_dataset=views.train)
-        batches[name] = [trainer.batch_on_device(batch) for batch in trainer.get_train_dataloader()]
+        batches[name] = [trainer.batch_on_device(batch, training=True) for batch in trainer.get_train_dataloader()]
     std = torch.tensor(spec.std).view(1, 3, 1, 1)
-    for loader, full, resized in zip(batches["loader"], batches["full"], batches["resized"], strict=True):
-        assert torch.equal(loader["labels"], full["labels"]) and torch.equal(loader["labels"], resized["labels"])
-        error = ((full["pixel_values"] - loader["pixel_values"]) * std).pow(2).flatten(1).mean(1)
-        assert (10 * torch.log10(1 / error)).min() >= 30
-        assert torch.equal(resized["original_pixel_values"], loader["original_pixel_values"])
+    for loader, *others, reduced in zip(*batches.values(), strict=True):
+        for other in (*others, reduced):
+            assert torch.equal(loader["labels"], other["labels"])
+            assert torch.equal(other["original_pixel_values"], loader["original_pixel_values"])
+        for other in others:
+            assert torch.equal(other["pixel_values"], loader["pixel_values"])
+        error = ((reduced["pixel_values"] - loader["pixel_values"]) * std).pow(2).flatten(1).mean(1)
+        assert (10 * torch.log10(1 / error)).min() >= 15
 
 
 def test_the_default_budget_is_the_free_disk_space_and_a_built_store_needs_none(monkeypatch):
-    """Without `decode_budget_gib`, what is still to be decoded must fit in four fifths of the free space of the disk
-    the store goes to; a store already built costs nothing more."""
+    """Without `decode_budget_gib`, what is still to be stored must fit in four fifths of the free space of the disk
+    the store goes to; a store already built costs nothing more; what does not fit is decoded at every read."""
     import shutil
     from collections import namedtuple
 
     train = shaped_dataset(n=8)
     spec = TransformSpec("imagenet", 16)
     built = prepare_views(train, None, spec, "image", "label", True)  # plenty of disk: built
-    assert built.views_on == "device"
+    assert "decoded once at full resolution" in built.description
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**12, 10**12 - 1000, 1000))  # a full disk
     again = prepare_views(train, None, spec, "image", "label", True)
-    assert again.views_on == "device"  # reused: nothing new to write
+    assert "decoded once at full resolution" in again.description  # reused: nothing new to write
     other = prepare_views(shaped_dataset(n=8, seed=1), None, spec, "image", "label", True)
-    assert other.views_on == "loader"
+    assert other.views_on == "device"
+    assert re.search(r"decoded from the dataset's own files at every read \(its full-resolution store would need "
+                     r"[\d.]+ GiB, more than what is left of four fifths of the free disk space of \S+ \(0\.00 GiB; "
+                     r"`decode_budget_gib` sets another budget\)\)", other.description), other.description
+    square = prepare_views(color_dataset(n=8, seed=3), None, TransformSpec("cifar", 16), "image", "label", True)
+    assert square.views_on == "loader"  # the square recipes take the loader when their store does not fit
     assert re.search(r"the decoded images need [\d.]+ GiB, more than four fifths of the free disk space of \S+ "
-                     r"\(0\.00 GiB; set `decode_budget_gib` to allow more\)", other.description), other.description
+                     r"\(0\.00 GiB; set `decode_budget_gib` to allow more\)", square.description), square.description

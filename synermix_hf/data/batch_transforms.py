@@ -229,7 +229,7 @@ class BatchViews:
         if images.dim() != 4 or tuple(images.shape[1:]) != (self.image_size, self.image_size, 3):
             raise ValueError(f"Expected uint8 images [B, {self.image_size}, {self.image_size}, 3], got "
                              f"{tuple(images.shape)}.")
-        images = images.permute(0, 3, 1, 2)
+        images = images.permute(0, 3, 1, 2).contiguous()  # NCHW in memory too, as the per-image path's batches
         out = {k: v for k, v in batch.items() if k not in ("images", "augment", "sizes", "original")}
         params = batch.get("augment")
         if params is None:

@@ -232,8 +232,9 @@ class CropViews:
         return out
 
     def _pixels(self, views: torch.Tensor) -> torch.Tensor:
-        """uint8 HWC `[B, S, S, 3]` -> ToTensor + Normalize `[B, 3, S, S]`."""
-        return normalize(to_float(views.permute(0, 3, 1, 2)), self.mean, self.std)
+        """uint8 HWC `[B, S, S, 3]` -> ToTensor + Normalize `[B, 3, S, S]` (NCHW in memory too, as the per-image path's
+        batches)."""
+        return normalize(to_float(views.permute(0, 3, 1, 2).contiguous()), self.mean, self.std)
 
     def _augmented(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         size = self.image_size
