@@ -38,7 +38,7 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
     views = prepare_views(train, evaluation, TransformSpec("imagenet", 16), "image", "label", two_views=True)
     assert views.views_on == "device" and isinstance(views.train, StoredImageDataset)
     assert views.description.startswith("device: training set (16 images): decoded once at full resolution")
-    assert "evaluation set (8 images): decoded once with the shorter side resized to 18px" in views.description
+    assert "evaluation set (8 images): its evaluation views (Resize + CenterCrop) made once" in views.description
     assert views.description.endswith("with Pillow's resampling: the per-image path's pixels exactly")
     views = prepare_views(train, evaluation, TransformSpec("imagenet", 16, interpolation="lanczos"), "image", "label",
                           two_views=True)

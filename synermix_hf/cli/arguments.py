@@ -177,24 +177,27 @@ class DataTrainingArguments:
         default="auto",
         metadata={
             "choices": list(VIEWS_ON),
-            "help": "Where the two views of each image are made. device: decode the images once and make the views "
-            "batched on the training device (every recipe, for a dataset with an Image column, within "
-            "--decode_budget_gib; the imagenet recipe's images are kept with the shorter side at --decode_short_side); "
-            "loader: decode and transform each image in the DataLoader (always possible, any image source); auto: "
-            "device where it applies, else loader. The run log says which and why.",
+            "help": "Where the two views of each image are made. device: batched on the training device from decoded "
+            "images, the per-image path's pixels (the square recipes decode each image once, within "
+            "--decode_budget_gib; the imagenet recipe keeps its images at full resolution in a store where it fits "
+            "and otherwise decodes them at every read); loader: decode and transform each image in the DataLoader "
+            "(any image source); auto: device where it applies, else loader. The run log says which and why.",
         },
     )
     decode_budget_gib: float | None = field(
         default=None,
-        metadata={"help": "Largest decoded size (GiB, train + eval images) that --views_on device (or auto) takes. "
-                  "Default: four fifths of the free space of the disk the decoded images go to (next to the dataset's cache), counting what is not decoded yet."},
+        metadata={"help": "Largest size (GiB, train + eval) of the stores of decoded images that --views_on device (or "
+                  "auto) writes. Default: four fifths of the free space of the disk they go to (next to the dataset's "
+                  "cache), counting what is not stored yet. The imagenet recipe's images that do not fit are decoded at "
+                  "every read instead (0: no store at all)."},
     )
     decode_short_side: int | None = field(
         default=None,
-        metadata={"help": "The imagenet recipe (RandomResizedCrop) on the device path: the shorter side (px) each image "
-                  "is decoded to once (the per-image path's resize). Default: the evaluation resize (256 at 224 px), "
-                  "which keeps the original view exactly the per-image one and takes ~256 KB an image; 0: full "
-                  "resolution, the closest augmented view to the per-image path's, at the images' own size on disk."},
+        metadata={"help": "The imagenet recipe (RandomResizedCrop) on the device path, opt-in: keep the images with the "
+                  "shorter side resized to this (px) and cut the random crops from that: a smaller store (~256 KB an "
+                  "image at 256), but the crops come from fewer pixels than the reference's and are softer (README, "
+                  "'Data paths'). 0: a full-resolution store for both splits. Default: the reference's pixels (training "
+                  "images at full resolution, evaluation images as Resize makes them)."},
     )
     data_path: str | None = field(
         default=None,

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..data import dataset_labels, load_image_classification_data, prepare_views
 from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
-from ..data.device_datasets import StoredImageDataset
+from ..data.image_store import EncodedImages
 from ..metrics import ClassificationMetrics
 from .arguments import ScriptArgumentParser, is_builtin_default, preset_values, usage_error
 from .errors import UsageError
@@ -137,14 +137,23 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
         raise usage_error(error) from error
     if (views.views_on == "device" and "dataloader_num_workers" not in explicit
             and not training_args.dataloader_persistent_workers and training_args.dataloader_prefetch_factor is None):
-        if isinstance(views.train, StoredImageDataset) and training_args.device.type != "cpu":
+        store = getattr(views.train, "store", None)
+        if training_args.device.type == "cpu":
+            training_args.choose("dataloader_num_workers", 0, "views made on the device, here the CPU, whose cores "
+                                 "they use; worker processes would add copies between processes and compete with "
+                                 "training for the cores")
+        elif isinstance(store, EncodedImages):
+            workers = max(1, (os.cpu_count() or 2) // max(1, training_args.world_size) - 1)
+            training_args.choose("dataloader_num_workers", min(workers, 16), "images decoded at every read: the "
+                                 "loader decodes each JPEG, the slowest part of a step, so every core but the main "
+                                 "process's decodes")
+        elif store is not None and not getattr(store, "square", False):
             workers = max(1, min(4, (os.cpu_count() or 2) // (2 * max(1, training_args.world_size))))
-            training_args.choose("dataloader_num_workers", workers, "views made on the device from images of their "
-                                 "own size: the loader copies each stored image and draws its crop (about 0.23 ms an "
-                                 "image on one core, ~30 ms a batch of 128), which workers overlap with the step")
+            training_args.choose("dataloader_num_workers", workers, "images of their own size in a store: the "
+                                 "loader copies each one and draws its crop, which workers overlap with the step")
         else:
             training_args.choose("dataloader_num_workers", 0, "views made on the device: the loader only gathers "
-                                 "decoded rows and draws their augmentation, and worker processes would add copies "
+                                 "stored rows and draws their augmentation, and worker processes would add copies "
                                  "between processes and compete with training for the cores")
 
     # 7. Metrics.

@@ -191,8 +191,10 @@ class BatchViews:
         """None: the original view is the whole S x S image (see `CropViews.original_params`)."""
         return None
 
-    def store_problem(self, store: Any) -> str | None:
+    def store_problem(self, store: Any, originals: bool = False) -> str | None:
         """Why these views cannot be made from `store`'s images, or None."""
+        if originals:
+            return "the square recipes make their original view from the images themselves"
         if not getattr(store, "square", False) or store.short_side != self.image_size:
             return f"the views expect {self.image_size}x{self.image_size}px images, the store holds {store!r}"
         return None

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
+from .batch_transforms import _channel_constants as _constants_on
 from .batch_transforms import normalize, to_float
 from .image_store import stored_size
 from .pil_resample import RESAMPLE_INTERPOLATIONS, pil_resized_crop, resized_crops
@@ -43,6 +44,10 @@ CROP_METHODS = ("auto", "pillow", "batched")
 CPU, `batched` elsewhere). Both give the same pixels."""
 
 _SHAPE = torch.zeros(())  # expanded to an image's shape for `get_params`, which reads nothing else
+
+
+def _channel_constants(values: tuple[float, ...], dtype: torch.dtype) -> torch.Tensor:
+    return _constants_on(tuple(float(v) for v in values), torch.device("cpu"), dtype)
 
 
 def sample_crops(
@@ -176,8 +181,13 @@ class CropViews:
         """Whether both views are the per-image path's pixels (full-resolution images)."""
         return self.short_side == 0
 
-    def store_problem(self, store: Any) -> str | None:
-        """Why these views cannot be made from `store`'s images, or None."""
+    def store_problem(self, store: Any, originals: bool = False) -> str | None:
+        """Why these views cannot be made from `store`'s images (with `originals`: read as the original views), or
+        None."""
+        if originals:
+            if not getattr(store, "square", False) or store.short_side != self.image_size:
+                return f"the original views are {self.image_size}x{self.image_size}px, the store holds {store!r}"
+            return None
         side = 0 if store.pixels is None else store.short_side  # `EncodedImages`: full resolution
         if getattr(store, "square", False) or side != self.short_side:
             return f"the views expect images with the shorter side {self.short_side}px (0: full), the store holds {store!r}"
@@ -206,23 +216,27 @@ class CropViews:
     # ---- on the device ----
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        """`{"pixel_values", ["original_pixel_values"], "labels", ...}` from a `DeviceImageDataset` batch.
+        """`{"pixel_values", ["original_pixel_values"], "labels", ...}` from a `StoredImageDataset` batch.
 
         With `augment`, `pixel_values` is the augmented view (and `original_pixel_values` the original one when
         `original` is set); without it (evaluation), `pixel_values` is the original view.
         """
-        images, sizes, original = batch["images"], batch["sizes"], batch["original"]
-        if images.dim() != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
+        images, params = batch.get("images"), batch.get("augment")
+        if images is not None and (images.dim() != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8):
             raise ValueError(f"Expected uint8 images [B, M, M, 3], got {images.dtype} {tuple(images.shape)}.")
-        out = {k: v for k, v in batch.items() if k not in ("images", "sizes", "original", "augment")}
-        params = batch.get("augment")
+        out = {k: v for k, v in batch.items()
+               if k not in ("images", "sizes", "original", "augment", "original_images")}
         want_original = params is None or self.original
-        by_pillow = self.method == "pillow" or (self.method == "auto" and images.device.type == "cpu")
-        if by_pillow:
-            augmented, original_view = self._by_pillow(images, sizes, original, params, want_original)
+        stored = batch.get("original_images") if want_original else None  # made once by the per-image transforms
+        make_original = want_original and stored is None
+        if self.method == "pillow" or (self.method == "auto" and (images if images is not None else stored).device.type
+                                       == "cpu"):
+            augmented, original_view = self._by_pillow(images, batch.get("sizes"), batch.get("original"), params,
+                                                       make_original, stored)
         else:
             augmented = None if params is None else self._augmented(images, params)
-            original_view = self._original(images, sizes, original) if want_original else None
+            original_view = (self._original(images, batch["sizes"], batch["original"]) if make_original else
+                             self._pixels(stored) if stored is not None else None)
         if params is None:
             out["pixel_values"] = original_view
             return out
@@ -235,6 +249,13 @@ class CropViews:
         """uint8 HWC `[B, S, S, 3]` -> ToTensor + Normalize `[B, 3, S, S]` (NCHW in memory too, as the per-image path's
         batches)."""
         return normalize(to_float(views.permute(0, 3, 1, 2).contiguous()), self.mean, self.std)
+
+    def _into(self, slot: torch.Tensor, view: np.ndarray) -> None:
+        """ToTensor + Normalize of one uint8 HWC view, written into its slot `[3, S, S]` of the batch: the same
+        operations as `_pixels`, in place (no allocation per image, each step on one image in cache)."""
+        slot.copy_(torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1))))
+        slot.div_(255)
+        slot.sub_(_channel_constants(self.mean, slot.dtype)).div_(_channel_constants(self.std, slot.dtype))
 
     def _augmented(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         size = self.image_size
@@ -253,30 +274,48 @@ class CropViews:
                               min_out=min(self.resize, self.image_size))
         return self._pixels(crops)
 
-    def _by_pillow(self, images: torch.Tensor, sizes: torch.Tensor, original: torch.Tensor,
-                   params: torch.Tensor | None, want_original: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _by_pillow(self, images: torch.Tensor | None, sizes: torch.Tensor | None, original: torch.Tensor | None,
+                   params: torch.Tensor | None, make_original: bool,
+                   stored: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Both views on the CPU by Pillow itself, image by image, in threads (Pillow releases the GIL while it
-        resamples), each written into its slot of the batch."""
-        batch, size, device = images.shape[0], self.image_size, images.device
+        resamples), each written into its slot of the batch (`stored`: the original views, to be normalised only)."""
+        reference = images if images is not None else stored
+        batch, size, device = reference.shape[0], self.image_size, reference.device
         augmented = None if params is None else torch.empty((batch, 3, size, size), dtype=torch.float32)
-        originals = torch.empty((batch, 3, size, size), dtype=torch.float32) if want_original else None
-        frames, sizes, original = images.cpu().numpy(), sizes.tolist(), original.tolist()
+        originals = (torch.empty((batch, 3, size, size), dtype=torch.float32)
+                     if make_original or stored is not None else None)
+        frames = images.cpu().numpy() if images is not None else None
+        stored = stored.cpu().numpy() if stored is not None else None
+        sizes = sizes.tolist() if sizes is not None else None
+        original = original.tolist() if make_original else None
         params = None if params is None else params.tolist()
 
         def one(b: int) -> None:
+            from PIL import Image
+
+            if stored is not None:
+                self._into(originals[b], stored[b])
+            if frames is None:
+                return
             height, width = sizes[b]
-            image = frames[b, :height, :width]
+            # Only the crop is handed to Pillow when the original view is not made here: the same pixels as cropping
+            # the whole image, without converting all of it.
+            image = Image.fromarray(np.ascontiguousarray(frames[b, :height, :width])) if make_original else None
             if augmented is not None:
                 top, left, crop_height, crop_width, flip = params[b]
-                view = pil_resized_crop(image, (top, left, crop_height, crop_width), (size, size), (0, 0), size,
-                                        self.interpolation)
-                view = np.ascontiguousarray(view[:, ::-1]) if flip else view
-                augmented[b] = self._pixels(torch.from_numpy(view).unsqueeze(0))[0]
-            if originals is not None:
+                if image is None:
+                    crop = frames[b, top : top + crop_height, left : left + crop_width]
+                    view = pil_resized_crop(crop, (0, 0, crop_height, crop_width), (size, size), (0, 0), size,
+                                            self.interpolation)
+                else:
+                    view = pil_resized_crop(image, (top, left, crop_height, crop_width), (size, size), (0, 0), size,
+                                            self.interpolation)
+                self._into(augmented[b], view[:, ::-1] if flip else view)
+            if make_original:
                 out_height, out_width, window_top, window_left = original[b]
                 view = pil_resized_crop(image, (0, 0, height, width), (out_height, out_width),
                                         (window_top, window_left), size, self.interpolation)
-                originals[b] = self._pixels(torch.from_numpy(view).unsqueeze(0))[0]
+                self._into(originals[b], view)
 
         threads = max(1, min(batch, torch.get_num_threads(), os.cpu_count() or 1))
         if threads == 1:

@@ -63,31 +63,44 @@ class StoredImageDataset(_RowsWithLabels):
 
     A batch (`__getitems__`, or `seeded_batch` for training) is a dict of tensors: `images` (uint8 `[B, M, M, 3]`,
     each image at the top left of a square frame, see `ImageStore.padded_batch`; `[B, S, S, 3]` for a square store),
-    `sizes` (their sizes in the frame), for `CropViews` `original` (the original view's resize and centre crop,
-    `CropViews.original_params`), `labels` and, for training, `augment` (each example's augmentation, drawn from its
-    seed, `views.sample`). The loader's work per example is one copy of the stored pixels (or one decode) and the draw
-    of its augmentation.
+    `sizes` (their sizes in the frame), `labels`, and for training `augment` (each example's augmentation, drawn from
+    its seed, `views.sample`). For `CropViews`, also either `original_images` (uint8 `[B, S, S, 3]`, the original view
+    read from `originals`) or `original` (its resize and centre crop, `CropViews.original_params`, to make it from
+    `images`). The loader's work per example is one copy of the stored pixels (or one decode) and the draw of its
+    augmentation.
 
     Args:
         store: The images (`synermix_hf.data.decoded.decoded_images_and_failures`,
-            `synermix_hf.data.image_store.stored_images_and_failures`, `encoded_images_and_failures`).
+            `synermix_hf.data.image_store.stored_images_and_failures`, `encoded_images_and_failures`); None for a
+            set that is only evaluated, whose `originals` are all it needs.
         labels: The label of each example.
         views: How the trainer makes the views (`BatchViews.from_spec`, `CropViews.from_spec`), for the store's
             images.
         rows: The store row example `i` reads (default: row `i`); where an image could not be decoded, the row of the
             image that stands in for it (`synermix_hf.data.bad_images.settle_decode_failures`).
+        originals: The `imagenet` recipe's original views, made once by the per-image path's own `Resize` and
+            `CenterCrop` (`stored_images_and_failures(..., centre_crop_of=R)`): read instead of made per batch.
     """
 
-    def __init__(self, store: ImageStore, labels: Sequence[int], views: BatchViews | CropViews,
-                 rows: Sequence[int] | None = None):
-        problem = views.store_problem(store)
-        if problem is not None:
-            raise ValueError(f"{type(views).__name__} cannot make views of this store: {problem}.")
+    def __init__(self, store: ImageStore | None, labels: Sequence[int], views: BatchViews | CropViews,
+                 rows: Sequence[int] | None = None, originals: ImageStore | None = None):
+        if store is None and originals is None:
+            raise ValueError("StoredImageDataset needs a store of images, or of their original views.")
+        for images in (store, originals):
+            if images is None:
+                continue
+            problem = views.store_problem(images, originals=images is originals)
+            if problem is not None:
+                raise ValueError(f"{type(views).__name__} cannot make views of this store: {problem}.")
+        if store is not None and originals is not None and len(store) != len(originals):
+            raise ValueError(f"{len(store)} images but {len(originals)} original views.")
         self.store = store
-        self._set_labels_and_rows(labels, rows, len(store))
+        self.originals = originals
+        self._set_labels_and_rows(labels, rows, len(store if store is not None else originals))
         self.device_views = views
         # The original view's resize and crop depend on the row alone: computed once, not per batch.
-        self._original = views.original_params(store.original_sizes, store.sizes)
+        self._original = (views.original_params(store.original_sizes, store.sizes)
+                          if store is not None and originals is None else None)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One example as a batch of one (the views need the whole batch's frame)."""
@@ -98,7 +111,9 @@ class StoredImageDataset(_RowsWithLabels):
         return self._batch(indices)
 
     def seeded_batch(self, indices: Sequence[int], seeds: np.ndarray) -> dict[str, Any]:
-        """A training batch whose example `i` is cropped and flipped as `seeds[i]` (uniform uint64) draws."""
+        """A training batch whose example `i` is augmented as `seeds[i]` (uniform uint64) draws."""
+        if self.store is None:
+            raise ValueError("This dataset holds original views only (an evaluation set): it cannot be trained on.")
         batch = self._batch(indices)
         rows = self._rows_of(np.asarray(indices, dtype=np.int64))
         batch["augment"] = self.device_views.sample(np.asarray(seeds, dtype=np.uint64),
@@ -107,9 +122,11 @@ class StoredImageDataset(_RowsWithLabels):
 
     def _batch(self, indices: Sequence[int]) -> dict[str, Any]:
         rows = self._rows_of(np.asarray(indices, dtype=np.int64))
-        images, sizes = self.store.padded_batch(rows)
-        batch = {"images": images, "sizes": sizes,
-                 "labels": torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)])}
+        batch = {"labels": torch.from_numpy(self.labels[np.asarray(indices, dtype=np.int64)])}
+        if self.store is not None:
+            batch["images"], batch["sizes"] = self.store.padded_batch(rows)
         if self._original is not None:
             batch["original"] = self._original[rows]
+        if self.originals is not None:
+            batch["original_images"] = self.originals.padded_batch(rows)[0]
         return batch

@@ -130,8 +130,11 @@ def stored_size(height: int, width: int, short_side: int) -> tuple[int, int]:
     return (new_long, new_short) if width <= height else (new_short, new_long)
 
 
-def _resize_label(short_side: int | None, square: bool = False) -> str:
-    # None: an index without pixels (`EncodedImages`); square: every image resized to S x S
+def _resize_label(short_side: int | None, square: bool = False, centre_crop_of: int | None = None) -> str:
+    # None: an index without pixels (`EncodedImages`); square: every image resized to S x S, or the S x S centre of
+    # the image resized to `centre_crop_of` (the evaluation view)
+    if centre_crop_of is not None:
+        return f"r{centre_crop_of}c{short_side}"
     if square:
         return f"sq{short_side}"
     return "index" if short_side is None else f"s{short_side}" if short_side else "full"
@@ -290,19 +293,22 @@ class EncodedImages(ImageStore):
 # ----------------------------------------------------------------------------------------------------------- naming
 
 
-def _decoding_rule(image_column: str, short_side: int | None, interpolation: str, square: bool = False) -> str:
+def _decoding_rule(image_column: str, short_side: int | None, interpolation: str, square: bool = False,
+                   centre_crop_of: int | None = None) -> str:
     import PIL
 
     # The per-image path's pixels before ToTensor: `T.Resize(S, interpolation)(as_rgb(decode_example(value)))`, with the
     # Pillow version whose resampling produced them.
     # A square store: `ResizeIfNeeded(S)(as_rgb(...))`, bilinear to S x S unless the image is S x S already.
     resize = f"resize-square-if-needed={short_side}" if square else f"resize-shorter={short_side}"
+    if centre_crop_of is not None:  # `CenterCrop(S)(T.Resize(R)(...))`: the evaluation view's pixels
+        resize = f"resize-shorter={centre_crop_of}|centre-crop={short_side}"
     return (f"store-v{STORE_FORMAT_VERSION}|column={image_column}|rgb|{resize}|"
             f"interpolation={interpolation}|pillow={PIL.__version__}")
 
 
 def store_path(dataset: Any, image_column: str, short_side: int | None, interpolation: str,
-               cache_dir: str | None = None, square: bool = False) -> str:
+               cache_dir: str | None = None, square: bool = False, centre_crop_of: int | None = None) -> str:
     """The folder where `stored_images` keeps the store of `dataset` (a `datasets.Dataset`).
 
     The name holds the dataset's fingerprint (which `datasets` changes with every `select`, `shuffle`, split, cast,
@@ -312,8 +318,9 @@ def store_path(dataset: Any, image_column: str, short_side: int | None, interpol
     fingerprint = getattr(dataset, "_fingerprint", None)
     if not fingerprint:
         raise ValueError(f"{type(dataset).__name__} has no fingerprint; stored_images needs a datasets.Dataset.")
-    rule = hashlib.sha256(_decoding_rule(image_column, short_side, interpolation, square).encode()).hexdigest()[:12]
-    name = f"synermix-store-{fingerprint}-{_resize_label(short_side, square)}-{interpolation}-{rule}"
+    rule = _decoding_rule(image_column, short_side, interpolation, square, centre_crop_of)
+    rule = hashlib.sha256(rule.encode()).hexdigest()[:12]
+    name = f"synermix-store-{fingerprint}-{_resize_label(short_side, square, centre_crop_of)}-{interpolation}-{rule}"
     return os.path.join(cache_dir or _cache_folder(dataset), name)
 
 
@@ -491,7 +498,8 @@ def _remove_abandoned_builds(path: str) -> None:
 
 
 def _build(dataset: Any, image_column: str, short_side: int | None, interpolation: str, path: str | None,
-           num_threads: int, tolerate: bool, square: bool = False) -> tuple[ImageStore, list[DecodeFailure]]:
+           num_threads: int, tolerate: bool, square: bool = False,
+           centre_crop_of: int | None = None) -> tuple[ImageStore, list[DecodeFailure]]:
     """Build the store (`short_side` None: only the index of an `EncodedImages`, every image decoded once to check
     it and read its size)."""
     import torchvision.transforms as T
@@ -500,7 +508,10 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
     raw = _undecoded_column(dataset, image_column)
     feature = dataset.features[image_column]
     num_rows = len(dataset)
-    if square:
+    if centre_crop_of is not None:
+        resize = T.Compose([T.Resize(centre_crop_of, interpolation=T.InterpolationMode(interpolation)),
+                            T.CenterCrop(short_side)])
+    elif square:
         from .transforms import ResizeIfNeeded
 
         resize = ResizeIfNeeded(short_side)
@@ -533,6 +544,7 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
             # Pass 2: decode (and resize) each image into its place, or only check that it decodes.
             skip = {row for row, _, _ in failures}
             what = ("Checking images (decoded at every read)" if not keep_pixels else
+                    "Decoding the evaluation views once" if centre_crop_of is not None else
                     f"Decoding images once at {short_side}px" if square else
                     f"Decoding images once (shorter side {short_side}px)" if short_side else
                     "Decoding images once (full resolution)")
@@ -658,6 +670,7 @@ def stored_images_and_failures(
     num_threads: int | None = None,
     use_cache: bool | None = None,
     square: bool = False,
+    centre_crop_of: int | None = None,
 ) -> tuple[ImageStore, list[DecodeFailure]]:
     """The images of `dataset`, their shorter side resized to `short_side`, decoded at most once, and the rows that
     could not be decoded (stored black), as `(row, source, error)`.
@@ -673,12 +686,14 @@ def stored_images_and_failures(
             the store is built in memory.
         square: Resize every image to `short_side` x `short_side` instead (the square recipes' `ResizeIfNeeded`,
             bilinear, only where the image is not that size already).
+        centre_crop_of: Keep instead the `short_side` x `short_side` centre of each image resized to this shorter
+            side (`T.Resize(centre_crop_of)` + `T.CenterCrop(short_side)`: the `imagenet` recipe's evaluation view).
 
     Returns:
         `(store, failures)`: the `ImageStore` and the rows that could not be decoded.
     """
     return _stored(dataset, image_column, short_side, interpolation, cache_dir, num_threads, use_cache,
-                   tolerate=True, square=square)
+                   tolerate=True, square=square or centre_crop_of is not None, centre_crop_of=centre_crop_of)
 
 
 def encoded_images_and_failures(
@@ -696,7 +711,7 @@ def encoded_images_and_failures(
 
 def _stored(dataset: Any, image_column: str, short_side: int | None, interpolation: str, cache_dir: str | None,
             num_threads: int | None, use_cache: bool | None, tolerate: bool,
-            square: bool = False) -> tuple[ImageStore, list[DecodeFailure]]:
+            square: bool = False, centre_crop_of: int | None = None) -> tuple[ImageStore, list[DecodeFailure]]:
     import datasets
 
     _check(dataset, image_column, 0 if short_side is None else short_side, interpolation)
@@ -705,11 +720,12 @@ def _stored(dataset: Any, image_column: str, short_side: int | None, interpolati
     threads = num_threads or os.cpu_count() or 1
     use_cache = datasets.is_caching_enabled() if use_cache is None else use_cache
     if not use_cache:
-        return _build(dataset, image_column, short_side, interpolation, None, threads, tolerate, square)
+        return _build(dataset, image_column, short_side, interpolation, None, threads, tolerate, square,
+                      centre_crop_of)
 
     from accelerate import PartialState
 
-    path = store_path(dataset, image_column, short_side, interpolation, cache_dir, square)
+    path = store_path(dataset, image_column, short_side, interpolation, cache_dir, square, centre_crop_of)
     with PartialState().local_main_process_first():
         if os.path.exists(path):
             try:
@@ -728,4 +744,5 @@ def _stored(dataset: Any, image_column: str, short_side: int | None, interpolati
                 f"decoding %d images (shorter side {short_side}px, {interpolation}) into %s" if short_side else
                 f"decoding %d images (full resolution) into %s")
         logger.info("Image store: " + what, len(dataset), path)
-        return _build(dataset, image_column, short_side, interpolation, path, threads, tolerate, square)
+        return _build(dataset, image_column, short_side, interpolation, path, threads, tolerate, square,
+                      centre_crop_of)

@@ -209,16 +209,16 @@ def resized_crops(
 
 
 def pil_resized_crop(
-    image: np.ndarray, crop: tuple[int, int, int, int], out_size: tuple[int, int], window: tuple[int, int], size: int,
+    image: Any, crop: tuple[int, int, int, int], out_size: tuple[int, int], window: tuple[int, int], size: int,
     interpolation: str = "bilinear",
 ) -> np.ndarray:
-    """`resized_crops` for one uint8 HWC image, by Pillow itself: `crop`, `resize` to `out_size` `(OH, OW)`, keep the
-    `size` x `size` window at `window` `(top, left)`. Returns uint8 `[size, size, C]`."""
+    """`resized_crops` for one image (uint8 HWC array, or a PIL image), by Pillow itself: `crop`, `resize` to
+    `out_size` `(OH, OW)`, keep the `size` x `size` window at `window` `(top, left)`. Returns uint8 `[size, size, C]`."""
     from PIL import Image
 
     top, left, height, width = (int(v) for v in crop)
     resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}[interpolation]
-    picture = Image.fromarray(np.ascontiguousarray(image))
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.ascontiguousarray(image))
     if (top, left, height, width) != (0, 0, picture.height, picture.width):
         picture = picture.crop((left, top, left + width, top + height))
     picture = picture.resize((int(out_size[1]), int(out_size[0])), resample)

@@ -123,12 +123,19 @@ def _square_store_sizes(datasets_: Sequence[Any], spec: TransformSpec, image_col
 
 
 def _store_need(dataset: Any, image_column: str, short_side: int, interpolation: str, cache_dir: str | None,
-                use_cache: bool) -> tuple[int, int, str | None]:
-    """`(size, new, folder)` of the store of `dataset` at `short_side`: its bytes (real when built, estimated from
-    the headers otherwise), the bytes still to write, and its folder (None in memory)."""
-    path = store_path(dataset, image_column, short_side, interpolation, cache_dir) if use_cache else None
+                use_cache: bool, centre_crop_of: int | None = None) -> tuple[int, int, str | None]:
+    """`(size, new, folder)` of the store of `dataset` at `short_side` (with `centre_crop_of`: of its S x S evaluation
+    views): its bytes (real when built, estimated from the headers otherwise), the bytes still to write, and its
+    folder (None in memory)."""
+    path = (store_path(dataset, image_column, short_side, interpolation, cache_dir, square=centre_crop_of is not None,
+                       centre_crop_of=centre_crop_of) if use_cache else None)
     existing = existing_store_nbytes(path) if path is not None else None
-    size = existing if existing is not None else estimated_store_nbytes(dataset, image_column, short_side)
+    if existing is not None:
+        size = existing
+    elif centre_crop_of is not None:
+        size = decoded_nbytes(len(dataset), short_side)
+    else:
+        size = estimated_store_nbytes(dataset, image_column, short_side)
     return size, 0 if existing is not None else size, os.path.dirname(path) if path is not None else None
 
 
@@ -313,81 +320,117 @@ def _stored_views(train: Any, evaluation: Any, spec: TransformSpec, image_column
     import datasets
 
     sources = _choose_sources(train, evaluation, spec, image_column, short_side, budget_gib, cache_dir,
-                              datasets.is_caching_enabled())
-    views = {side: CropViews.from_spec(spec, side, original=two_views) for side, _ in sources if side is not None}
+                              datasets.is_caching_enabled(), two_views)
 
     def decode(dataset: Any, position: int) -> tuple[Any, list]:
-        side, _ = sources[position]
-        if side is None:
-            return encoded_images_and_failures(dataset, image_column, cache_dir=cache_dir)
-        return stored_images_and_failures(dataset, image_column, side, spec.interpolation, cache_dir=cache_dir)
+        kind, side, _ = sources[position]
+        if kind == "every read":
+            store, failures = encoded_images_and_failures(dataset, image_column, cache_dir=cache_dir)
+            return (store, None), failures
+        originals = None
+        if kind in ("evaluation views", "store and evaluation views"):
+            originals, failures = stored_images_and_failures(dataset, image_column, spec.image_size,
+                                                             spec.interpolation, cache_dir=cache_dir,
+                                                             centre_crop_of=spec.eval_resize)
+        if kind == "evaluation views":
+            return (None, originals), failures
+        store, failures = stored_images_and_failures(dataset, image_column, side, spec.interpolation,
+                                                     cache_dir=cache_dir)
+        return (store, originals), failures
 
-    def wrap(store: Any, labels: np.ndarray, rows: np.ndarray | None) -> StoredImageDataset:
-        side = store.short_side if store.pixels is not None else 0
-        crop_views = views.get(side) or CropViews.from_spec(spec, side, original=two_views)
-        return StoredImageDataset(store, labels, crop_views, rows=rows)
+    def wrap(stores: tuple[Any, Any], labels: np.ndarray, rows: np.ndarray | None) -> StoredImageDataset:
+        store, originals = stores
+        side = 0 if store is None or store.pixels is None else store.short_side
+        return StoredImageDataset(store, labels, CropViews.from_spec(spec, side, original=two_views), rows=rows,
+                                  originals=originals)
 
     prepared, bad_images = _decoded_splits((train, evaluation), train_labels, label_column, seed, policy, decode, wrap)
-    parts = [f"{split} ({len(dataset.store)} images): {_describe_source(dataset.store, why)}"
-             for split, dataset, (_, why) in zip(("training set", "evaluation set"), prepared, sources)
+    parts = [f"{split} ({len(dataset)} images): {_describe_source(dataset, why)}"
+             for split, dataset, (_, _, why) in zip(("training set", "evaluation set"), prepared, sources)
              if dataset is not None]
-    exact = all(d.device_views.exact or (split == "evaluation set" and d.store.short_side == spec.eval_resize)
-                for split, d in zip(("training set", "evaluation set"), prepared) if d is not None)
-    description = (f"device: {'; '.join(parts)}. Crops, flips and both views made batched on the training device "
-                   + ("with Pillow's resampling: the per-image path's pixels exactly" if exact else
-                      "from reduced images: the augmented view is softer than the per-image path's (opt-in)"))
+    reduced = prepared[0] is not None and prepared[0].store is not None and not prepared[0].device_views.exact
+    description = (f"device: {'; '.join(parts)}. Crops, flips and views made batched on the training device "
+                   + ("from reduced images (opt-in): the augmented view is cut from fewer pixels than the per-image "
+                      f"path's, softer ({REDUCED_STORE_EFFECT})" if reduced else
+                      "with Pillow's resampling: the per-image path's pixels exactly"))
     logger.info("Views: %s", description)
     return PreparedViews(prepared[0], prepared[1], "device", description, bad_images)
 
 
-def _describe_source(store: Any, why: str) -> str:
+REDUCED_STORE_EFFECT = "unmeasured"
+"""What a store at a reduced size does to the augmented view, as measured (README, 'Data paths')."""
+
+
+def _describe_source(dataset: StoredImageDataset, why: str) -> str:
+    store, originals = dataset.store, dataset.originals
+    if store is None:
+        return (f"its evaluation views (Resize + CenterCrop) made once, {originals.nbytes / 2**30:.2f} GiB in "
+                f"{originals.path or 'memory'} ({why})")
     if store.pixels is None:
         return f"decoded from the dataset's own files at every read ({why})"
     where = f"in {store.path}" if store.path is not None else "in memory"
     resolution = ("at full resolution" if store.short_side == 0 else
                   f"with the shorter side resized to {store.short_side}px")
-    return f"decoded once {resolution}, {store.nbytes / 2**30:.2f} GiB {where} ({why})"
+    nbytes = store.nbytes + (originals.nbytes if originals is not None else 0)
+    extra = ", with its original views made once" if originals is not None else ""
+    return f"decoded once {resolution}{extra}, {nbytes / 2**30:.2f} GiB {where} ({why})"
 
 
 def _choose_sources(train: Any, evaluation: Any, spec: TransformSpec, image_column: str, short_side: int | None,
-                    budget_gib: float | None, cache_dir: str | None, use_cache: bool) -> list[tuple[int | None, str]]:
-    """For the training and evaluation sets, where their images come from, `(short_side, why)`: a store at that
-    shorter side (0: full resolution) or, with None, the dataset's own files decoded at every read.
+                    budget_gib: float | None, cache_dir: str | None, use_cache: bool,
+                    two_views: bool = True) -> list[tuple[str | None, int | None, str]]:
+    """For the training and evaluation sets, where their images come from, `(kind, short_side, why)`; kind is one of
+    `store` (a store at that shorter side, 0: full resolution), `store and evaluation views` (with the original views
+    made once beside it), `evaluation views` (only those: an evaluation set), `every read` (the dataset's own files
+    decoded at every read), or None (no such set).
 
-    Without `short_side` (the default), every view stays the per-image path's: the evaluation set is stored as
-    `Resize(R)` makes it (its only view is a centre crop of that) and the training set at full resolution (its crops
-    are cut from the whole image), each where it fits the budget (the evaluation set first: it is the smaller), else
-    decoded at every read. A `short_side` stores both at that size (opt-in; S > 0 makes the augmented view softer),
-    where it fits.
+    The evaluation set needs only its evaluation views: they are made once by the per-image path's own `Resize` and
+    `CenterCrop` (S x S, the smallest store). The training set is stored at full resolution, its crops being cut from
+    the whole image, with its original views beside it when beta > 0 (`two_views`); with `short_side` (opt-in) it is
+    stored at that shorter side instead. Each where it fits the budget, the evaluation set first (the smaller), else
+    decoded at every read: every view stays the per-image path's except the opt-in's crops.
     """
-    folder = None
-    needs = []
-    for dataset, default in ((evaluation, spec.eval_resize), (train, 0)):
-        side = default if short_side is None else short_side
-        need = _store_need(dataset, image_column, side, spec.interpolation, cache_dir, use_cache) if dataset else None
-        needs.append((side, need))
-        if need is not None:
-            folder = folder or need[2]
+    wanted = []
+    if evaluation is not None:
+        wanted.append(("evaluation views", None, [(spec.image_size, spec.eval_resize)]))
+    else:
+        wanted.append((None, None, []))
+    if train is not None:
+        side = 0 if short_side is None else short_side
+        with_views = two_views and side == 0
+        parts = [(side, None)] + ([(spec.image_size, spec.eval_resize)] if with_views else [])
+        wanted.append(("store and evaluation views" if with_views else "store", side, parts))
+    else:
+        wanted.append((None, None, []))
+    needs, folder = [], None
+    for dataset, (kind, side, parts) in zip((evaluation, train), wanted):
+        size = new = 0
+        for part_side, centre_crop_of in parts:
+            part = _store_need(dataset, image_column, part_side, spec.interpolation, cache_dir, use_cache,
+                               centre_crop_of)
+            size, new, folder = size + part[0], new + part[1], folder or part[2]
+        needs.append((size, new))
     if budget_gib is not None:
-        left, counted, what = budget_gib * 2**30, 0, f"the budget of {budget_gib:g} GiB (`decode_budget_gib`)"
+        left, counted, what = budget_gib * 2**30, False, f"the budget of {budget_gib:g} GiB (`decode_budget_gib`)"
     else:
         default = default_budget_gib(folder if use_cache else None)
-        left, counted = default * 2**30, 1
+        left, counted = default * 2**30, True
         where = f"four fifths of the free disk space of {folder}" if use_cache else "half the available memory"
         what = f"{where} ({default:.2f} GiB; `decode_budget_gib` sets another budget)"
     chosen = []
-    for (side, need), split in zip(needs, ("evaluation", "training")):
-        if need is None:
-            chosen.append((None, ""))
+    for (kind, side, parts), (size, new) in zip(wanted, needs):
+        if kind is None:
+            chosen.append((None, None, ""))
             continue
-        size, new, _ = need
         cost = new if counted else size
-        label = "full-resolution store" if side == 0 else f"store at {side}px"
+        label = ("evaluation views" if kind == "evaluation views" else
+                 "full-resolution store" if side == 0 else f"store at {side}px")
         if cost <= left:
             left -= cost
-            reason = ("the fastest exact source, within " if side == 0 and short_side is None else
-                      "exactly the evaluation's Resize, within " if short_side is None else "as asked, within ")
-            chosen.append((side, reason + what.split(" (")[0]))
+            reason = ("exactly the evaluation's Resize + CenterCrop" if kind == "evaluation views" else
+                      "the fastest exact source" if short_side is None else "as asked")
+            chosen.append((kind, side, f"{reason}, within {what.split(' (')[0]}"))
         else:
-            chosen.append((None, f"its {label} would need {size / 2**30:.2f} GiB, more than what is left of {what}"))
+            chosen.append(("every read", None, f"its {label} would need {size / 2**30:.2f} GiB, more than what is "
+                                               f"left of {what}"))
     return chosen[::-1]
