@@ -261,10 +261,21 @@ class EncodedImages(ImageStore):
         """Bytes of stored pixels: none."""
         return 0
 
+    def padded_batch(self, rows: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `ImageStore.padded_batch`, each image decoded from the dataset's bytes (read for the batch at once)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        self._values = dict(zip(rows.tolist(), self.raw[rows.tolist()][self.image_column]))
+        try:
+            return super().padded_batch(rows)
+        finally:
+            self._values = None
+
     def _pixels_of(self, row: int, offset: int, height: int, width: int) -> np.ndarray:
         from .transforms import as_rgb
 
-        pixels = np.asarray(as_rgb(self.feature.decode_example(self.raw[row][self.image_column])), dtype=np.uint8)
+        values = getattr(self, "_values", None)
+        value = values[row] if values is not None and row in values else self.raw[row][self.image_column]
+        pixels = np.asarray(as_rgb(self.feature.decode_example(value)), dtype=np.uint8)
         if pixels.shape[:2] != (height, width):
             raise RuntimeError(f"Row {row} of the dataset decodes at {pixels.shape[0]}x{pixels.shape[1]}, its index "
                                f"in {self.path or 'memory'} says {height}x{width}: the data changed since the index "
