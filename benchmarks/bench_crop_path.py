@@ -140,12 +140,15 @@ def _compare(made: torch.Tensor, expected: torch.Tensor, spec: TransformSpec) ->
             "psnr": psnr.numpy(), "max": (difference.abs().flatten(1).amax(1) * 255).double().numpy()}
 
 
-def measure_fidelity(data, cache_dir: str, crops: int, batch_size: int = 32) -> dict:
-    """The views of each device variant against the per-image path's, for the same examples and seeds."""
+def measure_fidelity(data, cache_dir: str, crops: int, batch_size: int = 32, quick: bool = False) -> dict:
+    """The views of each device variant against the per-image path's, for the same examples and seeds (a smoke run:
+    the bilinear default only)."""
     seeds = example_seeds(7, 0, np.arange(crops))
     indices = [i % len(data) for i in range(crops)]  # each image cropped crops / len(data) times, each its own draw
     variants = {("bilinear", "default"): (SPEC, {}), ("bilinear", "S = 256 (opt-in)"): (SPEC, {"decode_short_side": 256}),
                 ("bicubic (timm)", "default"): (BICUBIC, {})}
+    if quick:
+        variants = {("bilinear", "default"): variants[("bilinear", "default")]}
     results = {}
     for (interpolation, path), (spec, kwargs) in variants.items():
         prepared = prepare_views(data, None, spec, "image", "label", two_views=True, cache_dir=cache_dir, **kwargs)
@@ -221,14 +224,24 @@ def baseline_worktree(commit: str, folder: Path) -> Path | None:
     return target if done.returncode == 0 else None
 
 
-def measure_epochs(folder: Path, batch_size: int, rounds: int, baseline: Path | None) -> dict:
-    variants = {name: (REPO_ROOT, extra) for name, extra in CHILD_ARGS.items()}
+def measure_epochs(folder: Path, batch_size: int, rounds: int, baseline: Path | None, quick: bool = False) -> dict:
+    names = ("default",) if quick else tuple(CHILD_ARGS)  # a smoke run starts one process, not ten
+    variants = {name: (REPO_ROOT, CHILD_ARGS[name]) for name in names}
     if baseline is not None:
         variants["baseline default"] = (baseline, ["--views_on", "auto"])
-    descriptions = {name: _child(root, folder, name, extra, batch_size, prepare_only=True)["views"]
-                    for name, (root, extra) in variants.items()}  # stores built before any timing
-    results = interleaved({name: (lambda r=root, e=extra, n=name: _child(r, folder, n, e, batch_size)["train_runtime"])
-                           for name, (root, extra) in variants.items()}, rounds)
+    descriptions = {}
+    if not quick:  # stores built before any timing
+        descriptions = {name: _child(root, folder, name, extra, batch_size, prepare_only=True)["views"]
+                        for name, (root, extra) in variants.items()}
+
+    def epoch(name: str, root: Path, extra: list[str]):
+        def run() -> float:
+            result = _child(root, folder, name, extra, batch_size)
+            descriptions.setdefault(name, result["views"])
+            return result["train_runtime"]
+        return run
+
+    results = interleaved({name: epoch(name, root, extra) for name, (root, extra) in variants.items()}, rounds)
     return {**{name: median(values) for name, values in results.items()}, "rounds": results, "views": descriptions}
 
 
@@ -319,25 +332,27 @@ def report(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(cli: argparse.Namespace, argv: list[str]) -> dict:
-    num_images = cli.num_images or (60 if cli.quick else 300)
-    crops = cli.crops or (64 if cli.quick else 600)
-    rounds = cli.rounds or (1 if cli.quick else 3)
+def run(quick: bool = False, num_images: int | None = None, crops: int | None = None, rounds: int | None = None,
+        batch_size: int | None = None, baseline: str | None = None, argv: list[str] | None = None) -> dict:
+    num_images = num_images or (32 if quick else 300)
+    crops = crops or (8 if quick else 600)
+    rounds = rounds or (1 if quick else 3)
+    batch_size = batch_size or (16 if quick else 64)
     res = {"load_start": load_average(), "crops": crops,
-           "cli": {"quick": cli.quick, "num_images": num_images, "batch_size": cli.batch_size, "argv": argv,
-                   "baseline": cli.baseline}}
+           "cli": {"quick": quick, "num_images": num_images, "batch_size": batch_size, "argv": argv or [],
+                   "baseline": baseline}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = write_data(folder, num_images)
         cache = str(folder / "cache")
-        res["fidelity"] = measure_fidelity(data, cache, crops)
-        res["loader"] = measure_loader_cpu(data, cache, cli.batch_size, rounds)
-        baseline = baseline_worktree(cli.baseline, folder) if cli.baseline else None
+        res["fidelity"] = measure_fidelity(data, cache, crops, quick=quick)
+        res["loader"] = measure_loader_cpu(data, cache, batch_size, rounds)
+        worktree = baseline_worktree(baseline, folder) if baseline else None
         try:
-            res["epochs"] = measure_epochs(folder, cli.batch_size, rounds, baseline)
+            res["epochs"] = measure_epochs(folder, batch_size, rounds, worktree, quick)
         finally:
-            if baseline is not None:
-                subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(baseline)],
+            if worktree is not None:
+                subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(worktree)],
                                capture_output=True, check=False)
         res["stores"] = measure_stores(data, folder)
     return res
@@ -350,11 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_images", type=int, default=None)
     parser.add_argument("--crops", type=int, default=None, help="crops compared in part a (default 600)")
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=None, help="default 64")
     parser.add_argument("--baseline", default=None, help="a commit whose default path part c times beside (git)")
     parser.add_argument("--out", default=None, help="write the report here (markdown)")
     cli = parser.parse_args(argv)
-    text = report(run(cli, argv))
+    text = report(run(cli.quick, cli.num_images, cli.crops, cli.rounds, cli.batch_size, cli.baseline, argv))
     if cli.out:
         Path(cli.out).write_text(text)
     print(text)

@@ -53,6 +53,7 @@ from synermix_hf import (
     SynerMixTrainer,
     SynerMixTrainingArguments,
     prepare_views,
+    views_of,
 )
 from synermix_hf.data.transforms import TransformSpec
 
@@ -74,10 +75,10 @@ def loaders(data: datasets.Dataset, batch_size: int, workers: int, cache_dir: st
     return named
 
 
-def finish(batch: dict) -> dict:
-    """What the trainer does with a batch after moving it to the device (the device path makes its views here)."""
-    views = batch.get("views")
-    return views(batch) if callable(views) else batch
+def finish(batch: dict, views=None) -> dict:
+    """What the trainer does with a batch after moving it to the device (the device path makes its views here, with
+    the dataset's `device_views`)."""
+    return views(batch) if views is not None and "pixel_values" not in batch else batch
 
 
 def measure_data(data: datasets.Dataset, batch_size: int, workers: int, rounds: int, cache_dir: str) -> dict:
@@ -90,7 +91,7 @@ def measure_data(data: datasets.Dataset, batch_size: int, workers: int, rounds: 
         for name in order:
             count, start, start_cpu = 0, time.perf_counter(), time.process_time()
             for batch in named[name]:
-                batch = finish(batch)
+                batch = finish(batch, views_of(named[name].dataset))
                 count += len(batch["labels"])
                 assert batch["pixel_values"].shape[1:] == (3, 32, 32) and "original_pixel_values" in batch
             if workers == 0 or round_index > 0:  # with workers the first epoch starts them

@@ -8,8 +8,10 @@ One script, no network, a few minutes on one H100/H200 with 16 CPU cores:
    classes, as CIFAR-100; at 224 px (`--image_size 224`) JPEGs (quality 90) of 512x384, 384x512 and 512x512 in turn
    with 101 classes (each with its own mean colour, so that the loss falls), as Food-101;
 2. for each precision and data path (`loader`: decode and transform in `--workers` loader processes; `device`:
-   decoded once, views made batched on the GPU: at 32 px SxS images and `BatchViews`, at 224 px the `ImageStore`
-   at S = 256, built with one thread per core and timed, and `CropViews`), trains resnet18 (the CIFAR stem at 32 px,
+   views made batched on the GPU: at 32 px SxS images decoded once and `BatchViews`; at 224 px `CropViews`
+   (Pillow's resampling, batched) from the default's full-resolution store (`device`), from the images decoded at
+   every read by the loader workers (`device, every read`) and from the opt-in store at S = 256 (`device, S = 256`),
+   each store built with one thread per core and timed), trains resnet18 (the CIFAR stem at 32 px,
    the ImageNet stem at 224 px), batch 128, SynerMix w-RA&ER(MM) (beta 0.1, Manifold MixUp, alpha 1) through
    `RecipeTrainer` (the paper's SGD recipe) for `--epochs` epochs and times each epoch (CUDA-synchronised at both
    ends); the first epoch starts workers and autotunes cuDNN, so the summary uses the epochs after it;
@@ -134,11 +136,22 @@ class SyncCounter(TrainerCallback):
         return {"syncs_per_step": total / self.steps if self.steps else None, "sync_locations": dict(top)}
 
 
-def device_workers(cli: argparse.Namespace, image_size: int) -> int:
+DEVICE_PATHS_224 = {  # name: prepare_views keyword arguments of the 224 px device runs
+    "device": {"views_on": "device"},
+    "device, every read": {"views_on": "device", "decode_budget_gib": 0.0},
+    "device, S = 256": {"views_on": "device", "decode_short_side": 256},
+}
+
+
+def device_workers(cli: argparse.Namespace, image_size: int, path: str = "device") -> int:
     """The device path's loader workers: `--device_workers`, else what the script chooses on a GPU."""
     if cli.device_workers is not None:
         return cli.device_workers
-    return 0 if image_size == 32 else max(1, min(4, (os.cpu_count() or 2) // 2))
+    if image_size == 32:
+        return 0
+    if path == "device, every read":  # the loader decodes every image: every core but the main process's
+        return max(1, min(16, (os.cpu_count() or 2) - 1))
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def write_data(tmp: Path, image_size: int, num_images: int):
@@ -152,8 +165,9 @@ def train_once(data, image_size: int, path: str, precision: str, cli: argparse.N
                sampler: UtilisationSampler, channels_last: bool = False) -> dict:  # fmt: skip
     spec = TransformSpec("cifar", 32) if image_size == 32 else TransformSpec("imagenet", image_size)
     start = time.time()
-    views = prepare_views(data, None, spec, "image", "label", two_views=True, views_on=path,
-                          cache_dir=str(tmp / "decoded"))  # fmt: skip
+    kwargs = DEVICE_PATHS_224.get(path, {"views_on": path}) if image_size == 224 else {"views_on": path}
+    views = prepare_views(data, None, spec, "image", "label", two_views=True, cache_dir=str(tmp / "decoded"),
+                          **kwargs)  # fmt: skip
     prepare_s = time.time() - start  # device path: the cold build of the decoded images (the first run at a size)
     torch.manual_seed(0)
     num_classes = NUM_CLASSES[image_size]
@@ -163,7 +177,7 @@ def train_once(data, image_size: int, path: str, precision: str, cli: argparse.N
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     on_cpu = not torch.cuda.is_available()
-    workers = cli.workers if path == "loader" else device_workers(cli, image_size)
+    workers = cli.workers if path == "loader" else device_workers(cli, image_size, path)
     args = RecipeTrainingArguments(
         output_dir=str(tmp / f"run-{image_size}-{path}-{precision}"), report_to=[], save_strategy="no",
         eval_strategy="no", do_eval=False, disable_tqdm=True, logging_strategy="epoch",
@@ -203,13 +217,15 @@ def markdown(summary: dict) -> str:
         "",
         f"{summary['device']}; {summary['cpu_count']} CPU cores; torch {summary['torch']}; resnet18, w-RA&ER(MM) "
         f"(beta 0.1, Manifold MixUp), RecipeTrainer; per-image path with {summary['workers']} loader workers, device "
-        f"path with {summary['device_workers']['32']} (32 px) / {summary['device_workers']['224']} (224 px); total {summary['total_s']:.0f} s.",
+        f"paths with {', '.join(f'{n} {k}' for k, n in summary['device_workers'].items())} (loader workers); total "
+        f"{summary['total_s']:.0f} s.",
         "",
     ]
     for size, data in summary["data"].items():
         what = ("CIFAR-shaped PNG images (32x32, 100 classes), CIFAR stem, cifar recipe" if int(size) == 32 else
                 "Food-101-shaped JPEG images (512x384, 384x512, 512x512; 101 classes), ImageNet stem, imagenet recipe "
-                "at 224 px (device path: store at S = 256, CropViews)")
+                "at 224 px (device paths: CropViews, Pillow's resampling batched, from the full-resolution store, from "
+                "images decoded at every read, and from the opt-in store at S = 256)")
         lines.append(f"- {size} px: {data['num_images']} {what}; batch {summary['batch_size'][size]}; "
                      f"{data['epochs']} epoch(s) per run, those after the first timed (all of one); dataset written "
                      f"in {data['write_s']:.1f} s.")
@@ -243,7 +259,7 @@ def plan(cli: argparse.Namespace) -> list[tuple[int, str, str, bool]]:
         if cli.channels_last:
             runs.append((32, "device", "bf16" if not cli.quick else "fp32", True))
     if 224 in cli.sizes:
-        runs += [(224, path, "bf16" if not cli.quick else "fp32", True) for path in ("loader", "device")]
+        runs += [(224, path, "bf16" if not cli.quick else "fp32", True) for path in ("loader", *DEVICE_PATHS_224)]
     return runs
 
 
@@ -265,8 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="loader workers of the per-image path")  # fmt: skip
     parser.add_argument("--device_workers", type=int, default=None,
                         help="loader workers of the device path (default: what the script chooses on a GPU: 0 at "
-                        "32 px, whose loader only gathers rows; min(4, cores / 2) at 224 px, whose loader copies "
-                        "~256 KB and draws a crop an image)")  # fmt: skip
+                        "32 px, whose loader only gathers rows; at 224 px min(4, cores / 2) from a store, whose "
+                        "loader copies an image and draws its crop, and every core but one when the loader decodes "
+                        "every image)")  # fmt: skip
     parser.add_argument("--precisions", nargs="+", default=["fp16", "bf16"], choices=["fp16", "bf16", "fp32"],
                         help="precisions at 32 px (224 px runs bf16)")
     parser.add_argument("--channels_last", action="store_true",
@@ -311,14 +328,19 @@ def main(argv: list[str] | None = None) -> int:
         for precision in {r["precision"] for r in runs if r["image_size"] == size}:
             for layout in ("", " + channels_last"):
                 by_path = {r["views_on"]: r for r in runs if r["image_size"] == size and r["precision"] == precision}
-                if "loader" + layout in by_path and "device" + layout in by_path:
-                    speedups[f"{size} px {precision}{layout}"] = (by_path["loader" + layout]["timed_epoch_s"]
-                                                                  / by_path["device" + layout]["timed_epoch_s"])
+                for device in ("device", *DEVICE_PATHS_224) if size == 224 else ("device",):
+                    if "loader" + layout not in by_path or device + layout not in by_path:
+                        continue
+                    name = f"{size} px {precision}{layout}" + ("" if device == "device" else f" ({device})")
+                    speedups[name] = (by_path["loader" + layout]["timed_epoch_s"]
+                                      / by_path[device + layout]["timed_epoch_s"])
     summary = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (smoke run)",
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "data": data_info,
         "batch_size": {size: cli.batch_size[size] for size in cli.sizes},
-        "workers": cli.workers, "device_workers": {str(size): device_workers(cli, size) for size in (32, 224)},
+        "workers": cli.workers, "device_workers": {"32 px": device_workers(cli, 32),
+                                                   **{f"224 px {path}": device_workers(cli, 224, path)
+                                                      for path in DEVICE_PATHS_224}},
         "total_s": time.time() - started,
         "nvidia_smi": sampler.available, "runs": runs, "speedups": speedups,
     }  # fmt: skip

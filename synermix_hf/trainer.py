@@ -227,7 +227,8 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             self.bad_images.record(reports)
         if "pixel_values" in inputs or views is None:
             return inputs
-        with torch.autocast(inputs["images"].device.type, enabled=False):  # the recipe's own dtypes, not autocast's
+        device = next(value.device for value in inputs.values() if isinstance(value, torch.Tensor))
+        with torch.autocast(device.type, enabled=False):  # the recipe's own dtypes, not autocast's
             return views(inputs)
 
     # ---- loss ----

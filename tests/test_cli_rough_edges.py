@@ -302,4 +302,4 @@ def test_decode_short_side_reaches_the_store_and_a_negative_one_names_the_flag(h
     assert main([*food, *FAST, "--decode_short_side", "0", "--output_dir", str(out)]) == 0
     log = (out / "training_log.txt").read_text()
     assert re.search(r"\n  views +: device: training set \(\d+ images\): decoded once at full resolution", log), log
-    assert re.search(r"evaluation set \(\d+ images\): decoded once at full resolution", log), log
+    assert re.search(r"evaluation set \(\d+ images\): its evaluation views \(Resize \+ CenterCrop\) made once", log), log

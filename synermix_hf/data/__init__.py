@@ -3,11 +3,14 @@
 * `views`: the two views of every image (`TwoViewTransform`, `SingleViewTransform`), the collator, each example
   appearance's augmentation seed (`SeededAugmentation`) and the labels the sampler needs;
 * `transforms`: the paper's recipes (`TransformSpec`) as per-image torchvision transforms;
-* `batch_transforms`: the same recipes made on a whole batch on the training device;
-* `crop_views`: the RandomResizedCrop recipe made on a whole batch of stored images on the training device;
-* `decoded`: images decoded once into a memory-mapped store, square (`decoded`) or of their own size (`image_store`);
-* `pipeline`: where the views are made, on the device or in the loader (`prepare_views`);
-* `device_datasets`: the device path's datasets, a batch of decoded images at a time;
+* `pipeline`: where the views are made, on the device or in the loader, and from which images (`prepare_views`);
+* `image_store`: images decoded once into a memory-mapped store (one format for every recipe: uint8 rows and their
+  index), or an index alone for images decoded at every read (`EncodedImages`); `decoded`: the square recipes' store;
+* `device_datasets`: the device path's dataset (`StoredImageDataset`), a batch of decoded images at a time, and the
+  object that makes its views on the device (`views_of`);
+* `batch_transforms`: the square recipes made on a whole batch on the training device (`BatchViews`);
+* `crop_views`: the RandomResizedCrop recipe made on a whole batch on the training device (`CropViews`);
+* `pil_resample`: Pillow's resampling, batched in torch, bit for bit (what `CropViews` uses on accelerators);
 * `sampler`: class-balanced batches, and their shards under data parallelism;
 * `bad_images`: images that cannot be decoded;
 * `catalog` and `loading/`: the paper's datasets by name, and how any dataset is loaded and split.
@@ -18,7 +21,7 @@ from .batch_transforms import BatchViews
 from .crop_views import CropViews
 from .catalog import load_image_classification_data
 from .decoded import decoded_images
-from .image_store import ImageStore, stored_images
+from .image_store import EncodedImages, ImageStore, stored_images
 from .device_datasets import StoredImageDataset, views_of
 from .pipeline import DATA_PATHS, VIEWS_ON, PreparedViews, prepare_views
 from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler, StepShards
@@ -41,6 +44,7 @@ __all__ = [
     "ClassBalancedBatchSampler",
     "CropViews",
     "Cutout",
+    "EncodedImages",
     "ImageStore",
     "PositionedBatchSampler",
     "PreparedViews",

@@ -1,18 +1,21 @@
 """Where the views of the images are made: batched on the training device, or one image at a time in the loader.
 
-Both ways make the same two views (see `synermix_hf.data.views`):
+Both ways make the same two views (see `synermix_hf.data.views`), to the pixel:
 
-* `device`: the images are decoded and resized once; the loader only gathers uint8 rows and draws each example's
-  augmentation parameters, and the trainer makes both views of the whole batch on the training device. The square
-  families (`cifar`, `miniimagenet`, `digits`) keep SxS images (`synermix_hf.data.decoded`, views by
-  `synermix_hf.data.batch_transforms`); the `imagenet` family (RandomResizedCrop) keeps each image with its shorter
-  side resized to the evaluation resize, or at full resolution (`synermix_hf.data.image_store`, views by
-  `synermix_hf.data.crop_views`). For `datasets.Dataset`s with an `Image` column whose decoded size fits a budget.
+* `device`: the loader only copies decoded uint8 pixels (or decodes the dataset's own files) and draws each example's
+  augmentation parameters from its seed; the trainer makes both views of the whole batch on the training device
+  (`StoredImageDataset`, whose `device_views` it calls). The square families (`cifar`, `miniimagenet`, `digits`)
+  decode SxS images once (`synermix_hf.data.decoded`, views by `synermix_hf.data.batch_transforms`). The `imagenet`
+  family (RandomResizedCrop) keeps its training images at full resolution in a store, with their original views made
+  once beside them, where that fits the budget, and otherwise decodes them at every read; its evaluation images are
+  stored as the evaluation transform makes them (`synermix_hf.data.image_store`, views by
+  `synermix_hf.data.crop_views` with Pillow's resampling). For `datasets.Dataset`s with an `Image` column.
 * `loader`: `TwoViewTransform` / `SingleViewTransform` decode and transform each image in the DataLoader, with any
   torchvision transforms. Always available.
 
 `prepare_views` chooses (`views_on="auto"` takes `device` where it applies) and returns the training and evaluation
-datasets ready for `SynerMixTrainer`, with a line for the run log that says where the views are made and why:
+datasets ready for `SynerMixTrainer`, with a line for the run log that says where the views are made, from what, and
+why:
 
     views = prepare_views(train, evaluation, TransformSpec("cifar", 32), "img", "fine_label", two_views=True)
     trainer = SynerMixTrainer(..., train_dataset=views.train, eval_dataset=views.eval)
