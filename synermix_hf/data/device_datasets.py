@@ -111,13 +111,29 @@ class StoredImageDataset(_RowsWithLabels):
         return self._batch(indices)
 
     def seeded_batch(self, indices: Sequence[int], seeds: np.ndarray) -> dict[str, Any]:
-        """A training batch whose example `i` is augmented as `seeds[i]` (uniform uint64) draws."""
+        """A training batch whose example `i` is augmented as `seeds[i]` (uniform uint64) draws.
+
+        Where the original view is not made from the frames (it is stored, or not wanted), a RandomResizedCrop batch
+        holds each example's crop only: its frame is the crop, its box `(0, 0, h, w)` (less to copy, to move to the
+        device, and to resample)."""
         if self.store is None:
             raise ValueError("This dataset holds original views only (an evaluation set): it cannot be trained on.")
-        batch = self._batch(indices)
-        rows = self._rows_of(np.asarray(indices, dtype=np.int64))
-        batch["augment"] = self.device_views.sample(np.asarray(seeds, dtype=np.uint64),
-                                                    self.store.original_sizes[rows], self.store.sizes[rows])
+        indices = np.asarray(indices, dtype=np.int64)
+        rows = self._rows_of(indices)
+        params = self.device_views.sample(np.asarray(seeds, dtype=np.uint64), self.store.original_sizes[rows],
+                                          self.store.sizes[rows])
+        crops_only = isinstance(self.device_views, CropViews) and (
+            self.originals is not None or not self.device_views.original)
+        if not crops_only:
+            batch = self._batch(indices)
+            batch["augment"] = params
+            return batch
+        boxes = params[:, :4].numpy()
+        batch = {"labels": torch.from_numpy(self.labels[indices])}
+        batch["images"], batch["sizes"] = self.store.padded_batch(rows, boxes)
+        batch["augment"] = torch.cat([torch.zeros_like(params[:, :2]), params[:, 2:]], dim=1)
+        if self.originals is not None:
+            batch["original_images"] = self.originals.padded_batch(rows)[0]
         return batch
 
     def _batch(self, indices: Sequence[int]) -> dict[str, Any]:

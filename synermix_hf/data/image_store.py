@@ -189,25 +189,31 @@ class ImageStore:
         """Bytes of the pixels."""
         return int(self.pixels.nbytes)
 
-    def padded_batch(self, rows: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def padded_batch(self, rows: Any, boxes: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The images of `rows` in one square frame: uint8 `[B, M, M, 3]` (HWC; M the largest stored height or width
         of the batch), each image at the top left of its frame, and their stored sizes, int64 `[B, 2]` `(h, w)`.
 
-        The rest of each frame is uninitialised memory (`torch.empty`): only `[:h, :w]` is an image. Square frames let
-        the device transpose every image alike (`synermix_hf.data.pil_resample.resized_crops`).
+        With `boxes` (int `[B, 4]`, `(top, left, height, width)` in each image), only that region of each image is
+        copied, to the top left of its frame, and the sizes are the boxes'. The rest of each frame is uninitialised
+        memory (`torch.empty`). Square frames let the device transpose every image alike
+        (`synermix_hf.data.pil_resample.resized_crops`).
         """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         entries = np.asarray(self.index[rows])
-        sizes = torch.from_numpy(np.ascontiguousarray(entries[:, 1:3]))
-        if self.square and self.pixels is not None:  # every row S x S: one gather
+        if boxes is None and self.square and self.pixels is not None:  # every row S x S: one gather
             side = int(self.short_side)
+            sizes = torch.from_numpy(np.ascontiguousarray(entries[:, 1:3]))
             return torch.from_numpy(self.pixels.reshape(len(self), side, side, 3)[rows]), sizes
-        side = int(entries[:, 1:3].max()) if len(rows) else 0
+        regions = (np.concatenate([np.zeros((len(rows), 2), np.int64), entries[:, 1:3]], axis=1) if boxes is None
+                   else np.asarray(boxes, dtype=np.int64).reshape(-1, 4))
+        side = int(regions[:, 2:].max()) if len(rows) else 0
         batch = torch.empty((len(rows), side, side, 3), dtype=torch.uint8)
         frames = batch.numpy()
-        for frame, row, (offset, height, width) in zip(frames, rows.tolist(), entries[:, :3].tolist()):
-            frame[:height, :width] = self._pixels_of(row, offset, height, width)
-        return batch, sizes
+        for frame, row, (offset, height, width), (top, left, box_height, box_width) in zip(
+                frames, rows.tolist(), entries[:, :3].tolist(), regions.tolist()):
+            image = self._pixels_of(row, offset, height, width)
+            frame[:box_height, :box_width] = image[top : top + box_height, left : left + box_width]
+        return batch, torch.from_numpy(np.ascontiguousarray(regions[:, 2:]))
 
     def _pixels_of(self, row: int, offset: int, height: int, width: int) -> np.ndarray:
         return self.pixels[offset : offset + height * width * 3].reshape(height, width, 3)
@@ -261,12 +267,12 @@ class EncodedImages(ImageStore):
         """Bytes of stored pixels: none."""
         return 0
 
-    def padded_batch(self, rows: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def padded_batch(self, rows: Any, boxes: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """As `ImageStore.padded_batch`, each image decoded from the dataset's bytes (read for the batch at once)."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         self._values = dict(zip(rows.tolist(), self.raw[rows.tolist()][self.image_column]))
         try:
-            return super().padded_batch(rows)
+            return super().padded_batch(rows, boxes)
         finally:
             self._values = None
 
