@@ -122,11 +122,13 @@ def centre_crop_boxes(original_sizes: np.ndarray, resize: int, crop: int) -> np.
 class CropViews:
     """Turn a loader batch of decoded uint8 images into the `imagenet` family's views, on the batch's device.
 
-    A `synermix_hf.data.device_datasets.DeviceImageDataset` serves batches of `images` (uint8 `[B, M, M, 3]`, each
-    image at the top left of the frame), `sizes` (int `[B, 2]`, the images' sizes in the frame), `original` (int
-    `[B, 4]`: the original view's resized size and the top left of its centre crop, `original_params`), `labels` and,
-    for training, `augment` (int `[B, 5]`: the augmented view's crop `(top, left, height, width)` in the frame's
-    pixels and the flip, `sample`). `SynerMixTrainer` calls this object on each batch once it is on the device.
+    A `synermix_hf.data.device_datasets.StoredImageDataset` serves batches of `images` (uint8 `[B, M, M, 3]`, each
+    image, or for training only its crop, at the top left of the frame), `sizes` (int `[B, 2]`, their sizes in the
+    frame), `labels`, for training `augment` (int `[B, 5]`: the crop `(top, left, height, width)` in the frame's image
+    and the flip, `sample`), and for the original view either `original_images` (uint8 `[B, S, S, 3]`, made once by
+    the per-image path's own transforms) or `original` (int `[B, 4]`: the resized size and the top left of the centre
+    crop, `original_params`, to make it from `images`). `SynerMixTrainer` calls this object on each batch once it is
+    on the device.
 
     Args:
         image_size: S, the side of both views.
