@@ -43,7 +43,7 @@ from .seeding import example_seeds, step_generators
 from .trainer import SynerMixTrainer
 from .training_args import INTER_MIXUP_CHOICES, SynerMixTrainingArguments, normalise_inter_mixup
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "DATA_PATHS",
