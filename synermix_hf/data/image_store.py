@@ -39,6 +39,7 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -171,8 +172,7 @@ class ImageStore:
 
     def image(self, row: int) -> np.ndarray:
         """Image `row` as uint8 `[h, w, 3]` (a view of the store, no copy)."""
-        offset, height, width = (int(value) for value in self.index[row, :3])
-        return self._pixels_of(row, offset, height, width)
+        return next(self._images(np.array([row], dtype=np.int64), np.asarray(self.index[[row]])))
 
     @property
     def sizes(self) -> np.ndarray:
@@ -209,14 +209,15 @@ class ImageStore:
         side = int(regions[:, 2:].max()) if len(rows) else 0
         batch = torch.empty((len(rows), side, side, 3), dtype=torch.uint8)
         frames = batch.numpy()
-        for frame, row, (offset, height, width), (top, left, box_height, box_width) in zip(
-                frames, rows.tolist(), entries[:, :3].tolist(), regions.tolist()):
-            image = self._pixels_of(row, offset, height, width)
+        for frame, image, (top, left, box_height, box_width) in zip(frames, self._images(rows, entries),
+                                                                     regions.tolist()):
             frame[:box_height, :box_width] = image[top : top + box_height, left : left + box_width]
         return batch, torch.from_numpy(np.ascontiguousarray(regions[:, 2:]))
 
-    def _pixels_of(self, row: int, offset: int, height: int, width: int) -> np.ndarray:
-        return self.pixels[offset : offset + height * width * 3].reshape(height, width, 3)
+    def _images(self, rows: np.ndarray, entries: np.ndarray) -> Iterator[np.ndarray]:
+        """Each of `rows` as uint8 `[h, w, 3]` (views of the store), `entries` their index rows."""
+        for offset, height, width in entries[:, :3].tolist():
+            yield self.pixels[offset : offset + height * width * 3].reshape(height, width, 3)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -244,7 +245,7 @@ class ImageStore:
 class EncodedImages(ImageStore):
     """A dataset's images decoded again at every read, at full resolution: an `ImageStore`'s index without its pixels.
 
-    What a full-resolution store gives without its disk space (Food-101's would take 55-74 GB): the loader decodes
+    What a full-resolution store gives without its disk space (Food-101's takes 55-74 GiB): the loader decodes
     each image of a batch from the dataset's own encoded bytes (`datasets.Image.decode_example`, RGB), the pixels the
     per-image path decodes. The index (sizes, and the images that cannot be decoded) comes from one checking pass
     over the dataset (`encoded_images_and_failures`), kept next to the dataset's cache.
@@ -267,26 +268,19 @@ class EncodedImages(ImageStore):
         """Bytes of stored pixels: none."""
         return 0
 
-    def padded_batch(self, rows: Any, boxes: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """As `ImageStore.padded_batch`, each image decoded from the dataset's bytes (read for the batch at once)."""
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        self._values = dict(zip(rows.tolist(), self.raw[rows.tolist()][self.image_column]))
-        try:
-            return super().padded_batch(rows, boxes)
-        finally:
-            self._values = None
-
-    def _pixels_of(self, row: int, offset: int, height: int, width: int) -> np.ndarray:
+    def _images(self, rows: np.ndarray, entries: np.ndarray) -> Iterator[np.ndarray]:
+        """Each of `rows` decoded from the dataset's bytes (read for all of them in one access), as the per-image path
+        decodes it (`decode_example`, RGB)."""
         from .transforms import as_rgb
 
-        values = getattr(self, "_values", None)
-        value = values[row] if values is not None and row in values else self.raw[row][self.image_column]
-        pixels = np.asarray(as_rgb(self.feature.decode_example(value)), dtype=np.uint8)
-        if pixels.shape[:2] != (height, width):
-            raise RuntimeError(f"Row {row} of the dataset decodes at {pixels.shape[0]}x{pixels.shape[1]}, its index "
-                               f"in {self.path or 'memory'} says {height}x{width}: the data changed since the index "
-                               "was made; run again to make it anew.")
-        return pixels
+        values = self.raw[rows.tolist()][self.image_column]
+        for row, value, (height, width) in zip(rows.tolist(), values, entries[:, 1:3].tolist()):
+            pixels = np.asarray(as_rgb(self.feature.decode_example(value)), dtype=np.uint8)
+            if pixels.shape[:2] != (height, width):
+                raise RuntimeError(f"Row {row} of the dataset decodes at {pixels.shape[0]}x{pixels.shape[1]}, its "
+                                   f"index in {self.path or 'memory'} says {height}x{width}: the data changed since "
+                                   "the index was made; run again to make it anew.")
+            yield pixels
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
