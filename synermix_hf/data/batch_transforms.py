@@ -34,6 +34,7 @@ __all__ = [
     "crop_flip",
     "cutout",
     "normalize",
+    "normalize_",
     "sample_square_params",
     "to_float",
     "uniform_digits",
@@ -146,6 +147,13 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     mean_ = _channel_constants(tuple(float(m) for m in mean), images.device, images.dtype)
     std_ = _channel_constants(tuple(float(s) for s in std), images.device, images.dtype)
     return images.sub(mean_).div_(std_)
+
+
+def normalize_(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """`normalize` in place (the same two ops, the same bits): for a batch slot being filled image by image."""
+    mean_ = _channel_constants(tuple(float(m) for m in mean), images.device, images.dtype)
+    std_ = _channel_constants(tuple(float(s) for s in std), images.device, images.dtype)
+    return images.sub_(mean_).div_(std_)
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,7 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
-from .batch_transforms import _channel_constants as _constants_on
-from .batch_transforms import normalize, to_float
+from .batch_transforms import normalize, normalize_, to_float
 from .image_store import stored_size
 from .pil_resample import RESAMPLE_INTERPOLATIONS, pil_resized_crop, resized_crops
 from .transforms import TransformSpec
@@ -44,10 +43,6 @@ CROP_METHODS = ("auto", "pillow", "batched")
 CPU, `batched` elsewhere). Both give the same pixels."""
 
 _SHAPE = torch.zeros(())  # expanded to an image's shape for `get_params`, which reads nothing else
-
-
-def _channel_constants(values: tuple[float, ...], dtype: torch.dtype) -> torch.Tensor:
-    return _constants_on(tuple(float(v) for v in values), torch.device("cpu"), dtype)
 
 
 def sample_crops(
@@ -231,8 +226,8 @@ class CropViews:
         want_original = params is None or self.original
         stored = batch.get("original_images") if want_original else None  # made once by the per-image transforms
         make_original = want_original and stored is None
-        if self.method == "pillow" or (self.method == "auto" and (images if images is not None else stored).device.type
-                                       == "cpu"):
+        device = (images if images is not None else stored).device
+        if self.method == "pillow" or (self.method == "auto" and device.type == "cpu"):
             augmented, original_view = self._by_pillow(images, batch.get("sizes"), batch.get("original"), params,
                                                        make_original, stored)
         else:
@@ -256,8 +251,7 @@ class CropViews:
         """ToTensor + Normalize of one uint8 HWC view, written into its slot `[3, S, S]` of the batch: the same
         operations as `_pixels`, in place (no allocation per image, each step on one image in cache)."""
         slot.copy_(torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1))))
-        slot.div_(255)
-        slot.sub_(_channel_constants(self.mean, slot.dtype)).div_(_channel_constants(self.std, slot.dtype))
+        normalize_(slot.div_(255), self.mean, self.std)
 
     def _augmented(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         size = self.image_size
@@ -292,9 +286,9 @@ class CropViews:
         original = original.tolist() if make_original else None
         params = None if params is None else params.tolist()
 
-        def one(b: int) -> None:
-            from PIL import Image
+        from PIL import Image
 
+        def one(b: int) -> None:
             if stored is not None:
                 self._into(originals[b], stored[b])
             if frames is None:
