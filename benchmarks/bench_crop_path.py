@@ -145,7 +145,8 @@ def measure_fidelity(data, cache_dir: str, crops: int, batch_size: int = 32, qui
     the bilinear default only)."""
     seeds = example_seeds(7, 0, np.arange(crops))
     indices = [i % len(data) for i in range(crops)]  # each image cropped crops / len(data) times, each its own draw
-    variants = {("bilinear", "default"): (SPEC, {}), ("bilinear", "S = 256 (opt-in)"): (SPEC, {"decode_short_side": 256}),
+    variants = {("bilinear", "default"): (SPEC, {}),
+                ("bilinear", "S = 256 (opt-in)"): (SPEC, {"decode_short_side": 256}),
                 ("bicubic (timm)", "default"): (BICUBIC, {})}
     if quick:
         variants = {("bilinear", "default"): variants[("bilinear", "default")]}

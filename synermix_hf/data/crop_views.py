@@ -187,7 +187,8 @@ class CropViews:
             return None
         side = 0 if store.pixels is None else store.short_side  # `EncodedImages`: full resolution
         if getattr(store, "square", False) or side != self.short_side:
-            return f"the views expect images with the shorter side {self.short_side}px (0: full), the store holds {store!r}"
+            return (f"the views expect images with the shorter side {self.short_side}px (0: full), the store holds "
+                    f"{store!r}")
         return None
 
     # ---- in the loader ----

@@ -213,7 +213,11 @@ def pil_resized_crop(
     interpolation: str = "bilinear",
 ) -> np.ndarray:
     """`resized_crops` for one image (uint8 HWC array, or a PIL image), by Pillow itself: `crop`, `resize` to
-    `out_size` `(OH, OW)`, keep the `size` x `size` window at `window` `(top, left)`. Returns uint8 `[size, size, C]`."""
+    `out_size` `(OH, OW)`, keep the `size` x `size` window at `window` `(top, left)`.
+
+    Returns:
+        uint8 `[size, size, C]`.
+    """
     from PIL import Image
 
     top, left, height, width = (int(v) for v in crop)

@@ -37,7 +37,7 @@ from .bad_images import BadImage, BadImagePolicy, settle_decode_failures
 from .batch_transforms import BatchViews
 from .crop_views import CropViews
 from .pil_resample import RESAMPLE_INTERPOLATIONS
-from .decoded import decoded_cache_path, decoded_images_and_failures, decoded_nbytes
+from .decoded import decoded_images_and_failures, decoded_nbytes
 from .device_datasets import StoredImageDataset
 from .image_store import (
     encoded_images_and_failures,
@@ -109,33 +109,19 @@ def default_budget_gib(folder: str | None) -> float:
     return (free / 2 if folder is None else free * 0.8) / 2**30
 
 
-def _square_store_sizes(datasets_: Sequence[Any], spec: TransformSpec, image_column: str, cache_dir: str | None,
-                        use_cache: bool) -> tuple[int, int, str | None]:
-    """`(total, new, folder)`: bytes of the square stores of `datasets_` (reused ones too), bytes still to be written,
-    and the folder the first one goes to (None in memory)."""
-    total = new = 0
-    folder = None
-    for dataset in datasets_:
-        path = decoded_cache_path(dataset, image_column, spec.image_size, cache_dir) if use_cache else None
-        size = decoded_nbytes(len(dataset), spec.image_size)
-        built = path is not None and os.path.exists(path)
-        total += size
-        new += 0 if built else size
-        folder = folder or (os.path.dirname(path) if path is not None else None)
-    return total, new, folder
-
-
 def _store_need(dataset: Any, image_column: str, short_side: int, interpolation: str, cache_dir: str | None,
-                use_cache: bool, centre_crop_of: int | None = None) -> tuple[int, int, str | None]:
-    """`(size, new, folder)` of the store of `dataset` at `short_side` (with `centre_crop_of`: of its S x S evaluation
-    views): its bytes (real when built, estimated from the headers otherwise), the bytes still to write, and its
-    folder (None in memory)."""
-    path = (store_path(dataset, image_column, short_side, interpolation, cache_dir, square=centre_crop_of is not None,
+                use_cache: bool, square: bool = False,
+                centre_crop_of: int | None = None) -> tuple[int, int, str | None]:
+    """`(size, new, folder)` of the store of `dataset` at `short_side` (`square`: S x S rows; `centre_crop_of`: its
+    S x S evaluation views): its bytes (real when built, exact for S x S rows, estimated from the headers otherwise),
+    the bytes still to write, and its folder (None in memory)."""
+    square = square or centre_crop_of is not None
+    path = (store_path(dataset, image_column, short_side, interpolation, cache_dir, square=square,
                        centre_crop_of=centre_crop_of) if use_cache else None)
     existing = existing_store_nbytes(path) if path is not None else None
     if existing is not None:
         size = existing
-    elif centre_crop_of is not None:
+    elif square:
         size = decoded_nbytes(len(dataset), short_side)
     else:
         size = estimated_store_nbytes(dataset, image_column, short_side)
@@ -176,7 +162,10 @@ def device_path_obstacle(
                     f"{' or '.join(RESAMPLE_INTERPOLATIONS)}")
         return None
     use_cache = datasets.is_caching_enabled()
-    total, new, folder = _square_store_sizes(given, spec, image_column, cache_dir, use_cache)
+    needs = [_store_need(dataset, image_column, spec.image_size, "bilinear", cache_dir, use_cache, square=True)
+             for dataset in given]
+    total, new = sum(n[0] for n in needs), sum(n[1] for n in needs)
+    folder = next((n[2] for n in needs if n[2] is not None), None)
     if budget_gib is not None:
         if total > budget_gib * 2**30:
             return (f"the decoded images need {total / 2**30:.2f} GiB, more than the budget of {budget_gib:g} GiB "
@@ -412,7 +401,7 @@ def _choose_sources(train: Any, evaluation: Any, spec: TransformSpec, image_colu
         size = new = 0
         for part_side, centre_crop_of in parts:
             part = _store_need(dataset, image_column, part_side, spec.interpolation, cache_dir, use_cache,
-                               centre_crop_of)
+                               centre_crop_of=centre_crop_of)
             size, new, folder = size + part[0], new + part[1], folder or part[2]
         needs.append((size, new))
     if budget_gib is not None:
