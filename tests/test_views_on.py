@@ -89,10 +89,15 @@ def test_the_former_data_path_names_still_work_for_one_release_and_say_so(hub_co
     assert re.search(r"\n  views +: loader: ", (out / "training_log.txt").read_text())
 
 
-def test_evaluation_on_the_device_path_equals_the_per_image_path(tmp_path):
-    spec = TransformSpec("cifar", 16)
-    evaluation = color_dataset(n=20, seed=2)
-    device = prepare_views(None, evaluation, spec, "image", "label", two_views=True)
+@pytest.mark.parametrize("recipe", ["cifar", "imagenet", "imagenet, every read"])
+def test_evaluation_on_the_device_path_equals_the_per_image_path(tmp_path, recipe):
+    """`evaluate` and `predict` on the device path: the same loss and logits as on the per-image path, bit for bit
+    (the square store; the RandomResizedCrop recipe's stored evaluation views; its images decoded at every read)."""
+    spec = TransformSpec(recipe.split(",")[0], 16)
+    evaluation = color_dataset(n=20, seed=2) if recipe == "cifar" else shaped_dataset(n=20, seed=2)
+    kwargs = {"decode_budget_gib": 0} if recipe.endswith("every read") else {}
+    device = prepare_views(None, evaluation, spec, "image", "label", two_views=True, **kwargs)
+    assert device.views_on == "device"
     per_image = prepare_views(None, evaluation, spec, "image", "label", two_views=True, views_on="loader")
     model = resnet()
     results = []
