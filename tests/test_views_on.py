@@ -216,7 +216,8 @@ def test_random_resized_crop_batches_through_the_trainer_are_the_per_image_paths
         for other in others:
             assert torch.equal(other["pixel_values"], loader["pixel_values"])
         error = ((reduced["pixel_values"] - loader["pixel_values"]) * std).pow(2).flatten(1).mean(1)
-        assert (10 * torch.log10(1 / error)).min() >= 15
+        # The same region, cut from fewer pixels: 32-34 dB here; a misplaced or wrongly flipped crop scores ~15 dB.
+        assert (10 * torch.log10(1 / error)).min() >= 25
 
 
 def test_the_default_budget_is_the_free_disk_space_and_a_built_store_needs_none(monkeypatch):
