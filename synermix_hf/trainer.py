@@ -39,6 +39,7 @@ from .mixup import (
     mixup_cross_entropy,
     sample_mixup_lambda,
 )
+from .preemption import PreemptionCallback
 from .seeding import step_generators
 from .training_args import SynerMixTrainingArguments
 
@@ -73,6 +74,11 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             kwargs["data_collator"] = SynerMixCollator()
         args_given = kwargs.get("args", args[1] if len(args) > 1 else None)
         smoothing = getattr(args_given, "label_smoothing_factor", 0.0)
+        # transformers' own SIGTERM handling is replaced by `PreemptionCallback` (all processes stop after one step,
+        # the checkpoint is staged, and `train` raises instead of returning as if training had finished).
+        preempt = bool(getattr(args_given, "enable_jit_checkpoint", False))
+        if preempt:
+            args_given.enable_jit_checkpoint = False
         if smoothing:
             # Trainer.__init__ reads `model.config` when label smoothing is on, which torchvision models lack. Our
             # loss applies the smoothing itself, so the Trainer's own label smoother is never needed.
@@ -82,6 +88,8 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         finally:
             if smoothing:
                 args_given.label_smoothing_factor = smoothing
+            if preempt:
+                args_given.enable_jit_checkpoint = True
         if not isinstance(self.args, SynerMixTrainingArguments):
             raise TypeError(
                 f"SynerMixTrainer needs SynerMixTrainingArguments, got {type(self.args).__name__}. Replace "
@@ -108,6 +116,10 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self._eval_views: Any = None
         self._set_epoch_callback = _SetEpochCallback()
         self.add_callback(self._set_epoch_callback)
+        # Before the finite-loss check, which settles a pending check when a stop asks for a checkpoint.
+        self._preemption = PreemptionCallback() if preempt else None
+        if self._preemption is not None:
+            self.add_callback(self._preemption)
         self.add_callback(FiniteLossCallback(self._finite_check))
         if self.model is not None:
             self.adapter  # noqa: B018 - fail at construction, before training, when the head cannot be found
@@ -363,10 +375,20 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self._finite_check.submit(self.state.global_step, loss, components)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
+        """As `Trainer.train`; with `enable_jit_checkpoint`, raises `TrainingPreempted` (naming the checkpoint it
+        saved) when SIGTERM stopped training."""
         self._finite_check.reset()
-        result = super().train(*args, **kwargs)
+        try:
+            result = super().train(*args, **kwargs)
+        except BaseException:
+            if self._preemption is not None:
+                self._preemption.close(failed=True)
+            raise
         self._finite_check.flush()
         self.bad_images.gather()
+        stopped = self._preemption.preempted(self.args.output_dir) if self._preemption is not None else None
+        if stopped is not None:
+            raise stopped
         return result
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:

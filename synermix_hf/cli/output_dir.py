@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from typing import Any
 
 from ..checkpoints import STAGING_PREFIX, checkpoint_problem, last_complete_checkpoint, remove_incomplete_checkpoints
@@ -20,13 +21,15 @@ from ..data.catalog import BUILTIN_DATASET
 from .errors import UsageError
 from .methods import method_slug
 
-__all__ = ["LOG_FILE", "RESULT_FILES", "default_output_dir", "prepare_output_dir", "slug"]
+__all__ = ["LOG_FILE", "RESULT_FILES", "RUN_FILE", "check_output_dir_writable", "check_same_run", "default_output_dir",
+           "prepare_output_dir", "run_identity", "slug", "write_run_identity"]
 
 logger = logging.getLogger(__name__)
 
 RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "trainer_state.json",
                 "model.safetensors", "config.json")
 LOG_FILE = "training_log.txt"
+RUN_FILE = "synermix_run.json"  # what identifies the run whose checkpoints the folder holds
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")
 # Arguments that do not change what a run computes: left out of the default directory's id.
 _NOT_IN_ID = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "dataloader_num_workers",
@@ -93,6 +96,8 @@ def prepare_output_dir(args: Any) -> tuple[str | None, bool, str]:
         UsageError: results would be written over, the directory holds other files, or the checkpoint is not one.
     """
     out = args.output_dir
+    if args.should_save:
+        check_output_dir_writable(out)
     resume = args.resume_from_checkpoint
     skipped: list[tuple[str, str]] = []
     if resume is not None and str(resume).strip().lower() in ("true", "last"):
@@ -121,8 +126,9 @@ def prepare_output_dir(args: Any) -> tuple[str | None, bool, str]:
         last, skipped = last_complete_checkpoint(out)
         if last is not None:
             return last, True, _skipped_text(skipped)
-        # The script's own leftovers: its log, checkpoints its interruption left incomplete, staging folders.
-        own = {LOG_FILE, *(os.path.basename(path) for path, _ in skipped)}
+        # The script's own leftovers: its log and run file, checkpoints its interruption left incomplete, staging
+        # folders.
+        own = {LOG_FILE, RUN_FILE, *(os.path.basename(path) for path, _ in skipped)}
         others = sorted(name for name in set(os.listdir(out)) - own if not name.startswith(STAGING_PREFIX))
         if others:
             raise UsageError(
@@ -135,3 +141,93 @@ def prepare_output_dir(args: Any) -> tuple[str | None, bool, str]:
         interrupted = os.path.isfile(os.path.join(out, LOG_FILE)) or bool(skipped)
         return None, interrupted, _skipped_text(skipped)
     return resume, False, _skipped_text(skipped)
+
+
+def check_output_dir_writable(out: str) -> None:
+    """Refuse an `--output_dir` that is a file or cannot be written (a read-only file system, no permission), before
+    the data is loaded and a store is built rather than at the first save.
+
+    Raises:
+        UsageError: naming the folder and the reason.
+    """
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--output_dir {out} is a file, not a folder. Choose another --output_dir.")
+    missing = []
+    folder = os.path.abspath(out)
+    while not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise UsageError(f"--output_dir {out} cannot be written: {error.strerror or error}. Choose another "
+                         "--output_dir.") from None
+    finally:
+        for created in missing:  # leave the file system as it was: the run creates the folder when it saves
+            try:
+                os.rmdir(created)
+            except OSError:
+                break
+
+
+def run_identity(model_name: str, data: Any, args: Any) -> dict[str, Any]:
+    """What identifies a training run, for `check_same_run`: the dataset (its source, the training split's
+    fingerprint, size and class names), the model, the method, the recipe and the batch of one optimizer step."""
+    total_batch = (args.per_device_train_batch_size * max(1, args.n_gpu) * args.world_size
+                   * args.gradient_accumulation_steps)
+    return {
+        "dataset": data.source,
+        "training split fingerprint": getattr(data.train, "_fingerprint", None),
+        "training examples": len(data.train) if data.train is not None else 0,
+        "class names": list(data.class_names),
+        "model": model_name,
+        "method": f"{method_slug(args.beta, args.inter_mixup)} (alpha {args.alpha:g})",
+        "recipe": args.recipe,
+        "total train batch size": total_batch,
+    }
+
+
+def write_run_identity(folder: str, identity: dict[str, Any]) -> None:
+    """Record `identity` next to the checkpoints in `folder`."""
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".{RUN_FILE}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(identity, handle, indent=1)
+    os.replace(temporary, os.path.join(folder, RUN_FILE))
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list) and len(value) > 6:
+        return f"{len(value)} classes ({', '.join(map(str, value[:3]))}, ...)"
+    if isinstance(value, list):
+        return f"{len(value)} classes ({', '.join(map(str, value))})"
+    return str(value)
+
+
+def check_same_run(checkpoint: str, identity: dict[str, Any]) -> None:
+    """Refuse to continue from `checkpoint` when the run recorded next to it (`RUN_FILE`) is another run than
+    `identity` describes; a folder without a record (written by the plain Trainer) is not checked.
+
+    Raises:
+        UsageError: naming what differs and how to start fresh.
+    """
+    folder = os.path.dirname(os.path.normpath(checkpoint)) or "."
+    try:
+        with open(os.path.join(folder, RUN_FILE), encoding="utf-8") as handle:
+            recorded = json.load(handle)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        logger.warning("%s is unreadable; continuing from %s without checking that it is the same run.",
+                       os.path.join(folder, RUN_FILE), checkpoint)
+        return
+    differences = [f"{key}: {_shown(recorded[key])} there, {_shown(value)} now" for key, value in identity.items()
+                   if key in recorded and recorded[key] != value]
+    if differences:
+        raise UsageError(
+            f"{checkpoint} belongs to another run ({'; '.join(differences)}), so this run cannot continue from it. "
+            "Start fresh with another --output_dir (or --overwrite_output_dir to replace that run), or start from "
+            f"its weights with --model_name_or_path {checkpoint}."
+        )

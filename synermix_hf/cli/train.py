@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -24,12 +25,14 @@ from ..data import dataset_labels, load_image_classification_data, prepare_views
 from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
 from ..data.image_store import EncodedImages
 from ..metrics import ClassificationMetrics
+from ..preemption import TrainingPreempted
 from .arguments import ScriptArgumentParser, is_builtin_default, preset_values, usage_error
 from .errors import UsageError
 from .methods import method_slug
 from .model import build_model, check_model_outputs, find_layout
 from .model_card import CardTrainer, check_hub_access, synermix_section
-from .output_dir import LOG_FILE, default_output_dir, prepare_output_dir
+from .output_dir import (LOG_FILE, check_same_run, default_output_dir, prepare_output_dir, run_identity,
+                         write_run_identity)
 from .predictions import PREDICTIONS_FILE, image_ids, write_predictions
 from .run_log import (RunLogCallback, append_final, append_line, chosen_settings, command_line, global_batch,
                       run_summary, write_run_header)
@@ -81,6 +84,9 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
             print(f"Continuing from {checkpoint}{skipped}", flush=True)
     if training_args.push_to_hub:
         check_hub_access(training_args, model_args.token)
+    if training_args.do_train and "enable_jit_checkpoint" not in explicit:
+        training_args.choose("enable_jit_checkpoint", True, "SIGTERM (how schedulers preempt a job) finishes the "
+                             "step, saves a checkpoint on every process and stops the run with exit status 143")
 
     # 4. Data.
     if builtin and training_args.should_log:
@@ -113,6 +119,13 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
         except (ValueError, TypeError) as error:
             raise usage_error(error) from error
     _check_data_for_the_run(training_args, data)
+    if training_args.do_train:  # a checkpoint of another run (dataset, model, method, batch) is not continued
+        identity = run_identity(model_args.model_name_or_path or model_args.model_name, data, training_args)
+        if checkpoint is not None:
+            check_same_run(checkpoint, identity)
+        if training_args.should_save and (checkpoint is None or os.path.dirname(os.path.abspath(checkpoint))
+                                          != os.path.abspath(training_args.output_dir)):
+            write_run_identity(training_args.output_dir, identity)
 
     # 5. Model and image processor, initialised from --seed (as Hugging Face's script does), so that the initial
     # weights follow the seed and do not depend on what ran before in the same process.
@@ -196,6 +209,10 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
         if training_args.should_save:
             append_line(log_path, f"stopped: {stop}")
         raise stop from None
+    except TrainingPreempted as stop:
+        if training_args.should_save:
+            append_line(log_path, f"stopped: {stop}")
+        raise
 
     # 12. Model card, and the push to the Hub (as Hugging Face's script does).
     settings = {"method": method, "beta": training_args.beta, "inter_mixup": training_args.inter_mixup,
@@ -292,12 +309,19 @@ def _check_reporting(training_args: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point: 0 on success, 2 (with one paragraph on stderr, no traceback) on bad input."""
+    """Command-line entry point: 0 on success, 2 (with one paragraph on stderr, no traceback) on bad input, 143 when
+    SIGTERM stopped training (after saving a checkpoint; one line on stderr), 130 on Ctrl-C."""
     try:
         run(argv)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
+    except TrainingPreempted as stop:
+        # Every process stopped after the same step with the checkpoint saved: they leave together.
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(stop, file=sys.stderr, flush=True)
+        _destroy_process_group()
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         # Checkpoints are complete or absent, so whatever was being written when Ctrl-C came is simply not there.
         print("Interrupted. Run the same command again to continue from the last complete checkpoint, if the run "

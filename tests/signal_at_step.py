@@ -1,0 +1,29 @@
+"""Run run_image_classification.py and send SIGTERM to one of its processes at the end of step N.
+
+    python tests/signal_at_step.py N RANK <synermix-train arguments>     # (under torchrun: every process runs it)
+
+The signal comes from a callback given to the script's own `run` (as a caller's callbacks are), at the end of step N,
+in the process of global rank RANK only; everything else is the script as users run it.
+"""
+
+import functools
+import os
+import signal
+import sys
+
+from transformers import TrainerCallback
+
+from synermix_hf.cli import train
+
+
+class SignalAtStep(TrainerCallback):
+    def __init__(self, step: int, rank: int):
+        self.step, self.rank = step, rank
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step and args.process_index == self.rank:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+train.run = functools.partial(train.run, callbacks=[SignalAtStep(int(sys.argv[1]), int(sys.argv[2]))])
+sys.exit(train.main(sys.argv[3:]))
