@@ -38,6 +38,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "INTERPOLATIONS",
+    "RGB_CONVERSION_VERSION",
     "SQUARE_FAMILIES",
     "SquareAugmentation",
     "TransformSpec",
@@ -154,13 +155,120 @@ class Cutout:
         return f"{type(self).__name__}(length={self.length}, n_holes={self.n_holes})"
 
 
+RGB_CONVERSION_VERSION = 2
+"""Version of `as_rgb`'s pixel rule, for caches of converted pixels to key on: bump it whenever the RGB pixels of some
+mode change. 2: 16-bit, 32-bit integer (`I`) and float (`F`) images are scaled to 8 bits (version 1 clipped them at
+255)."""
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_STRETCH_LOGGED: set[str] = set()
+
+
 def as_rgb(image: Any) -> Image.Image:
-    """A PIL image (or a numpy array of one) in RGB, converted if it is grayscale, RGBA, palette, ..."""
+    """A PIL image (or a numpy array of one) in RGB, with the pixels a user expects whatever its mode.
+
+    8-bit modes keep Pillow's `convert("RGB")`, pixel for pixel (stored datasets and the reference depend on it); only
+    the modes whose values do not fit in 8 bits, which Pillow clips at 255, are scaled here first to an 8-bit gray:
+
+    | mode | RGB pixels |
+    | --- | --- |
+    | `RGB` | the image itself (no copy) |
+    | `1`, `L`, `LA`, `P`, `PA`, `RGBA`, `RGBX`, `CMYK`, `YCbCr`, `LAB`, `HSV` | Pillow's `convert("RGB")` (below) |
+    | `I;16`, `I;16L`, `I;16B`, `I;16N` | gray `v >> 8` (0..65535 -> 0..255) |
+    | `I`, all values in 0..65535 | gray `v >> 8`, as 16-bit |
+    | `I`, some value outside 0..65535 | gray: the image's own range stretched to 0..255 (rounded) |
+    | `F`, finite values in [0, 1] | gray `round(v * 255)` |
+    | `F`, finite values in [0, 255], some > 1 | gray `round(v)` |
+    | `F`, finite values outside [0, 255] | gray: the image's own finite range stretched to 0..255 (rounded) |
+
+    Pillow's conversion drops alpha (`LA`, `PA`, `RGBA`, a palette's transparency) rather than compositing it,
+    looks a palette up, maps `1` to 0 / 255, converts `CMYK`, `YCbCr` and `HSV` by its formulas and `LAB` through
+    LittleCMS to sRGB.
+
+    16 to 8 bits keeps the high byte (`v >> 8`) rather than rounding `v * 255 / 65535`: it is how Pillow itself reads
+    16-bit RGB and gray+alpha PNGs, so a 16-bit picture gives the same 8-bit pixels whether it was saved as gray or as
+    RGB, every 8-bit level stands for exactly 256 16-bit ones, and it undoes the usual 8 -> 16 widening `v * 257`.
+
+    `I` is the mode Pillow uses for 32-bit and signed 16-bit data, and older Pillows opened 16-bit PNGs as `I`: its
+    values are read as 16-bit whenever they fit, so every image of such a dataset shares one scale (8-bit data kept
+    in mode `I` therefore comes out dark: keep it in `L`). Values outside 0..65535 have no usual scale, and clipping
+    them would lose the picture, so such an image is stretched linearly from its own minimum to 0 and its maximum to
+    255 (a warning is logged once per mode); a constant one is black if negative, white if above the range.
+
+    `F` follows the same rule with the two usual float scales, [0, 1] and 8-bit levels [0, 255] (an image on the
+    8-bit scale whose values are all <= 1 reads as [0, 1]); NaN is black, -inf and +inf saturate to 0 and 255, and
+    only finite values set the range. Halves round up.
+
+    Args:
+        image: A PIL image of any mode, or a numpy array that `PIL.Image.fromarray` takes.
+
+    Returns:
+        The image in mode RGB, with the size of `image`.
+
+    Raises:
+        TypeError: `image` is neither a PIL image nor a numpy array.
+    """
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
         raise TypeError(f"Expected a PIL image or a numpy array, got {type(image).__name__}.")
-    return image if image.mode == "RGB" else image.convert("RGB")
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT_MODES:
+        # `>>` on the numpy view reads big-endian `I;16B` by value, so every variant needs only this.
+        gray = (np.asarray(image) >> 8).astype(np.uint8)
+    elif mode == "I":
+        gray = _integers_to_8_bits(np.asarray(image))
+    elif mode == "F":
+        gray = _floats_to_8_bits(np.asarray(image, dtype=np.float64))
+    else:
+        return image.convert("RGB")
+    return Image.fromarray(gray).convert("RGB")
+
+
+def _integers_to_8_bits(values: np.ndarray) -> np.ndarray:
+    """Mode `I` values as 8-bit gray (see `as_rgb`)."""
+    if values.size == 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    low, high = int(values.min()), int(values.max())
+    if low >= 0 and high <= 65535:
+        return (values >> 8).astype(np.uint8)
+    _log_stretch("I", low, high, "0..65535")
+    if high == low:
+        return np.full(values.shape, 0 if low < 0 else 255, dtype=np.uint8)
+    return _round_to_8_bits((values.astype(np.float64) - low) * 255 / (high - low))
+
+
+def _floats_to_8_bits(values: np.ndarray) -> np.ndarray:
+    """Mode `F` values (as float64) as 8-bit gray (see `as_rgb`)."""
+    finite = np.isfinite(values)
+    low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 0.0)
+    if low >= 0 and high <= 1:
+        scaled = values * 255
+    elif low >= 0 and high <= 255:
+        scaled = values
+    else:
+        _log_stretch("F", low, high, "[0, 1] or [0, 255]")
+        if high > low:
+            scaled = (values - low) * 255 / (high - low)
+        else:  # constant: saturate, keeping the infinities' own ends
+            scaled = np.where(finite, 0.0 if low < 0 else 255.0, values)
+    return _round_to_8_bits(np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0))
+
+
+def _round_to_8_bits(scaled: np.ndarray) -> np.ndarray:
+    """Nearest 8-bit level of each value, halves up; values beyond 0..255 saturate."""
+    return np.floor(np.clip(scaled, 0.0, 255.0) + 0.5).astype(np.uint8)
+
+
+def _log_stretch(mode: str, low: float, high: float, usual: str) -> None:
+    # Once per mode and process: a dataset of such images would otherwise log every row.
+    if mode in _STRETCH_LOGGED:
+        return
+    _STRETCH_LOGGED.add(mode)
+    logger.warning("A mode-%s image holds values from %g to %g, beyond the usual %s: as_rgb maps each such image's "
+                   "own range to 0..255 (see its docstring; logged once).", mode, low, high, usual)
 
 
 class ResizeIfNeeded:
