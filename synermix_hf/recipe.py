@@ -167,8 +167,11 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
         default="paper",
         metadata={
             "choices": list(RECIPES),
-            "help": "paper: SGD + StepLR per epoch (--momentum, --nesterov, --lr_step_size, --lr_gamma); trainer: the "
-            "Trainer's --optim and --lr_scheduler_type.",
+            "help": "paper: the reference's SGD + StepLR per epoch (--learning_rate, --momentum, --nesterov, "
+            "--weight_decay, --lr_step_size, --lr_gamma); it replaces the Trainer's --optim, --optim_args, "
+            "--adam_*, --lr_scheduler_type, --lr_scheduler_kwargs and --warmup_steps, which it refuses. trainer: the "
+            "Trainer's --optim and --lr_scheduler_type (with this script's --learning_rate, --weight_decay and "
+            "--max_grad_norm defaults unless given).",
         },
     )
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})

@@ -68,6 +68,18 @@ HELP: dict[str, str] = {
     "checked before training).",
 }
 
+# TrainingArguments flags that the paper recipe replaces with the reference's SGD and per-epoch StepLR: giving one
+# without `--recipe trainer` is refused rather than ignored.
+PAPER_RECIPE_REPLACES = ("optim", "optim_args", "optim_target_modules", "adam_beta1", "adam_beta2", "adam_epsilon",
+                         "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps")
+for _name in PAPER_RECIPE_REPLACES:
+    HELP[_name] = "Only with --recipe trainer (the paper recipe uses SGD and a per-epoch StepLR instead)."
+# An interval's steps act only with its strategy at `steps`, which is the Trainer's default for logging and saving but
+# not the recipe's (per epoch, as the reference): a given `--logging_steps` implies `--logging_strategy steps`.
+STEPS_IMPLY_STRATEGY = {"logging_steps": "logging_strategy", "save_steps": "save_strategy", "eval_steps": "eval_strategy"}
+for _steps, _strategy in STEPS_IMPLY_STRATEGY.items():
+    HELP[_steps] = f"Every this many optimizer steps; giving it implies --{_strategy} steps unless that is given too."
+
 # The built-in default run: scikit-learn's digits with SynerMix, sized to finish in about a minute on a 2-core CPU.
 # Like the paper's recipe it does not clip gradients: five epochs at learning rate 0.05, multiplied by 0.6 after each
 # epoch. Without clipping, learning rate 0.1 is unstable in the first epochs from the CIFAR stem's default
@@ -366,6 +378,18 @@ class ScriptArgumentParser:
             values, explicit = self.values_from_command_line(argv)
         if is_builtin_default(values):
             values.update(preset_values(explicit))
+        replaced = [name for name in PAPER_RECIPE_REPLACES if name in explicit]
+        if replaced and values.get("recipe", "paper") == "paper":
+            flags = ", ".join(f"--{name}" for name in replaced)
+            raise UsageError(
+                f"{flags}: the paper recipe (--recipe paper, the default) trains with the reference's SGD and per-epoch "
+                "StepLR (--learning_rate, --momentum, --nesterov, --weight_decay, --lr_step_size, --lr_gamma) and would "
+                f"ignore {'it' if len(replaced) == 1 else 'them'}. Add --recipe trainer to use the Trainer's optimizer "
+                f"and schedule, or leave out {flags}."
+            )
+        for steps, strategy in STEPS_IMPLY_STRATEGY.items():
+            if steps in explicit and strategy not in explicit:
+                values[strategy] = "steps"
         if "use_cpu" in explicit and not values.get("use_cpu") and launched_processes() > 1 \
                 and not accelerator_available():
             raise UsageError(
