@@ -1,6 +1,7 @@
 """Decode once: the cached pixels are the per-image path's, the cache is keyed, reused, written atomically."""
 
 import io
+import logging
 import os
 import pickle
 
@@ -89,7 +90,8 @@ def test_an_interrupted_build_leaves_no_cache_file(tmp_path):
     assert os.listdir(tmp_path / "cache") == []
     ok = datasets.Dataset.from_dict({"image": images, "label": [0] * 700}, features=FEATURES)
     decoded_images(ok, "image", 4, cache_dir=str(tmp_path / "cache"), num_threads=2)
-    assert os.listdir(tmp_path / "cache") == [os.path.basename(decoded_cache_path(ok, "image", 4, str(tmp_path / "cache")))]
+    assert os.listdir(tmp_path / "cache") == [os.path.basename(decoded_cache_path(ok, "image", 4,
+                                                                                 str(tmp_path / "cache")))]
 
 
 def test_bad_input_is_named():
@@ -120,3 +122,24 @@ def test_decoded_dataset_pickles_by_reopening_its_cache_file(tmp_path):
     assert batch["labels"].tolist() == [3, 1] and "augment" not in batch
     seeded = restored.seeded_batch([3, 1], np.array([1, 2**63 + 5], dtype=np.uint64))
     assert seeded["augment"].shape == (2, 5) and seeded["augment"].dtype == torch.int32
+
+
+def test_the_former_square_caches_temporary_files_are_removed_once_a_day_old(tmp_path, caplog):
+    # The square cache used to be one `.npy` file, built as `<name>.npy.<random>.tmp` beside it: a build killed then
+    # left that file, which nothing of the present format would ever remove.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old, fresh = (cache / f"synermix-decoded-0123abcd-8px-4567ef.npy.{tag}.tmp" for tag in ("x1y2z3", "a4b5c6"))
+    for leftover in (old, fresh):
+        leftover.write_bytes(b"\0" * 128)
+    two_days_ago = os.stat(old).st_mtime - 2 * 24 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    dataset = datasets.Dataset.from_dict({"image": mixed_images()[:3], "label": [0] * 3}, features=FEATURES)
+    with caplog.at_level(logging.WARNING, logger="synermix_hf.data.image_store"):
+        decoded_images(dataset, "image", 8, cache_dir=str(cache))
+    assert not old.exists() and fresh.exists()  # a fresh one may be a build of the former version still running
+    assert [record.getMessage() for record in caplog.records] == [
+        f"Image store: removed {old}, a temporary file of the former square cache, left by a build interrupted over "
+        "a day ago."]
+    assert sorted(os.listdir(cache)) == sorted([fresh.name, os.path.basename(decoded_cache_path(dataset, "image", 8,
+                                                                                                 str(cache)))])

@@ -2,6 +2,7 @@
 keyed, reused, written atomically, keeps its failures, pads batches for edge-exact sampling and pickles lean."""
 
 import io
+import json
 import logging
 import os
 import pickle
@@ -112,7 +113,8 @@ def test_the_store_lives_next_to_the_dataset_is_reused_and_keyed(tmp_path):
     assert store.path == path and os.path.basename(path).startswith(f"synermix-store-{dataset._fingerprint}-s16-")
     assert os.path.dirname(path) == os.path.dirname(dataset.cache_files[0]["filename"])
     assert isinstance(store.pixels, np.memmap) and os.path.samefile(store.pixels.filename, f"{path}/pixels.npy")
-    assert sorted(os.listdir(path)) == ["index.npy", "pixels.npy"]  # no failures, no bad.json
+    assert sorted(os.listdir(path)) == ["bad.json", "index.npy", "pixels.npy", "store.json"]  # no build.lock
+    assert json.loads((tmp_path / "data" / os.path.basename(path) / "bad.json").read_text()) == []  # always there
     stamp = os.stat(f"{path}/pixels.npy")
     again = stored_images(datasets.load_from_disk(str(tmp_path / "data")), "image", 16)  # a later run
     assert os.stat(f"{path}/pixels.npy").st_ino == stamp.st_ino
@@ -161,7 +163,10 @@ def test_a_broken_store_is_rebuilt(tmp_path, caplog):
     np.save(f"{store_path(dataset, 'image', 16, 'bilinear')}/pixels.npy", pixels[:-10])  # a short pixels file
     with caplog.at_level(logging.WARNING, logger="synermix_hf.data.image_store"):
         rebuilt = stored_images(dataset, "image", 16)
-    assert "incomplete" in caplog.text and "rebuilding" in caplog.text
+    assert [record.getMessage() for record in caplog.records] == [
+        f"Image store: {rebuilt.path}/pixels.npy is damaged ({os.path.getsize(f'{rebuilt.path}/pixels.npy') - 10} "
+        f"bytes, the store recorded {os.path.getsize(f'{rebuilt.path}/pixels.npy')}); removing the store "
+        f"{rebuilt.path} and building it again."]
     assert np.array_equal(rebuilt.pixels, expected)
     os.remove(f"{rebuilt.path}/index.npy")  # a folder without its index
     assert existing_store_nbytes(rebuilt.path) is None

@@ -7,11 +7,15 @@ per-image path feeds to `ToTensor`.
 
 They are kept as every device-path image is (`synermix_hf.data.image_store.ImageStore`: rows of uint8 HWC pixels and
 their index, in a folder next to the dataset's cache, memory-mapped, built once by threads in a temporary folder
-renamed into place, by the local main process while the others wait), here with every row S x S.
+renamed into place, by the local main process while the others wait), here with every row S x S. The store's rules
+for a full disk, permissions, damage and leftovers are this cache's (`image_store`, "When things go wrong"); it has no
+temporary file of its own (the former format's `<name>.npy.<random>.tmp` files, left by builds killed over a day ago,
+are removed by the next build in their folder).
 
 An image that cannot be decoded (a truncated file, ...) stops `decoded_images` with an error naming it.
 `decoded_images_and_failures` instead leaves its row black and returns it with the others, so that the caller decides
-(`synermix_hf.data.bad_images`); the failures are kept in the store's folder (`bad.json`) for later runs.
+(`synermix_hf.data.bad_images`); the failures are kept in the store's folder (`bad.json`, checked against the store's
+manifest at every reuse: a store without them is rebuilt, never read as if every image had decoded) for later runs.
 
     store, failures = decoded_images_and_failures(dataset, "img", 32)   # store.padded_batch(rows): [B, 32, 32, 3]
     images = decoded_images(dataset, "img", 32)                         # uint8 [N, 3, 32, 32], a view of the store
@@ -61,6 +65,10 @@ def decoded_images_and_failures(
         num_threads: Decoding threads (default: the CPU count).
         use_cache: Keep the store on disk and memory-map it (default: when `datasets` caching is enabled). Without
             it the images are decoded into memory.
+
+    Raises:
+        StoreSpaceError: no room on the disk for the store (the partial build is removed).
+        StoreAccessError: the store cannot be read by this user, or a new or damaged one cannot be written.
     """
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}.")

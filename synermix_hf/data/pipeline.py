@@ -15,7 +15,15 @@ Both ways make the same two views (see `synermix_hf.data.views`), to the pixel:
 
 `prepare_views` chooses (`views_on="auto"` takes `device` where it applies) and returns the training and evaluation
 datasets ready for `SynerMixTrainer`, with a line for the run log that says where the views are made, from what, and
-why:
+why.
+
+A store that runs out of room while it is built (a full disk, a quota: `image_store.StoreSpaceError`, its partial
+build removed) does not stop the run: the split falls back to what the budget check chooses when there is no room for
+it, its images decoded at every read (the `imagenet` family; their index in memory if even that cannot be written) or
+the `loader` path (the square families), with exactly the same pixels. The error's one line (the store's folder, the
+bytes it needs and the bytes free) is logged as a warning and is part of the description, so that the console and
+the run log show it. Only `views_on="device"` with a square recipe, which has no other device source, stops with a
+`ValueError` saying so.
 
     views = prepare_views(train, evaluation, TransformSpec("cifar", 32), "img", "fine_label", two_views=True)
     trainer = SynerMixTrainer(..., train_dataset=views.train, eval_dataset=views.eval)
@@ -40,6 +48,7 @@ from .pil_resample import RESAMPLE_INTERPOLATIONS
 from .decoded import decoded_images_and_failures, decoded_nbytes
 from .device_datasets import StoredImageDataset
 from .image_store import (
+    StoreSpaceError,
     encoded_images_and_failures,
     estimated_store_nbytes,
     existing_store_nbytes,
@@ -243,28 +252,30 @@ def prepare_views(
     if views_on == "device" and obstacle is not None:
         raise ValueError(f"`views_on` 'device' does not apply here: {obstacle}. Use 'auto' or 'loader'.")
     if views_on == "loader" or obstacle is not None:
-        train_tf, eval_tf = build_transforms(spec)
-        if train is not None:
-            view = (TwoViewTransform(train_tf, eval_tf, image_column, label_column) if two_views
-                    else SingleViewTransform(train_tf, image_column, label_column))
-            train = train.with_transform(view)
-        if evaluation is not None:
-            evaluation = evaluation.with_transform(SingleViewTransform(eval_tf, image_column, label_column))
         why = "as asked (views_on='loader')" if views_on == "loader" else f"the device path does not apply: {obstacle}"
-        description = f"loader: each image decoded and transformed in the DataLoader ({why})"
-        logger.info("Views: %s", description)
-        return PreparedViews(train, evaluation, "loader", description)
+        return _loader_views(train, evaluation, spec, image_column, label_column, two_views, why)
 
     if spec.family not in SQUARE_FAMILIES:
         return _stored_views(train, evaluation, spec, image_column, label_column, two_views, train_labels, cache_dir,
                              bad_image_policy or BadImagePolicy(), seed, decode_short_side, decode_budget_gib)
     views = BatchViews.from_spec(spec, original=two_views)
-    prepared, bad_images = _decoded_splits(
-        (train, evaluation), train_labels, label_column, seed, bad_image_policy or BadImagePolicy(),
-        decode=lambda dataset, _: decoded_images_and_failures(dataset, image_column, spec.image_size,
-                                                              cache_dir=cache_dir),
-        wrap=lambda store, labels, rows: StoredImageDataset(store, labels, views, rows=rows),
-    )
+    try:
+        prepared, bad_images = _decoded_splits(
+            (train, evaluation), train_labels, label_column, seed, bad_image_policy or BadImagePolicy(),
+            decode=lambda dataset, _: decoded_images_and_failures(dataset, image_column, spec.image_size,
+                                                                  cache_dir=cache_dir),
+            wrap=lambda store, labels, rows: StoredImageDataset(store, labels, views, rows=rows),
+        )
+    except StoreSpaceError as error:
+        # The budget check saw room that the build did not find (another writer, a quota, a file-size limit): what
+        # it chooses when there is no room, the same pixels made in the DataLoader.
+        if views_on == "device":
+            raise ValueError(f"`views_on` 'device' does not apply here: {error}. Use 'auto' or 'loader'.") from error
+        logger.warning("%s; the views are made in the DataLoader instead (the same pixels, decoded at every read). "
+                       "Free space there, or set cache_dir / HF_DATASETS_CACHE to a disk with room, to store them.",
+                       error)
+        return _loader_views(train, evaluation, spec, image_column, label_column, two_views,
+                             f"the device path does not apply: {error}")
     total = sum(len(d) for d in prepared if d is not None)
     where = {d.store.path for d in prepared if d is not None} - {None}
     description = (f"device: {total} images decoded once at {spec.image_size}px "
@@ -273,6 +284,21 @@ def prepare_views(
                    + "); views made batched on the training device")
     logger.info("Views: %s", description)
     return PreparedViews(prepared[0], prepared[1], "device", description, bad_images)
+
+
+def _loader_views(train: Any, evaluation: Any, spec: TransformSpec, image_column: str, label_column: str | None,
+                  two_views: bool, why: str) -> PreparedViews:
+    """The `loader` path: the recipe's transforms attached to each dataset; `why` goes in the description."""
+    train_tf, eval_tf = build_transforms(spec)
+    if train is not None:
+        view = (TwoViewTransform(train_tf, eval_tf, image_column, label_column) if two_views
+                else SingleViewTransform(train_tf, image_column, label_column))
+        train = train.with_transform(view)
+    if evaluation is not None:
+        evaluation = evaluation.with_transform(SingleViewTransform(eval_tf, image_column, label_column))
+    description = f"loader: each image decoded and transformed in the DataLoader ({why})"
+    logger.info("Views: %s", description)
+    return PreparedViews(train, evaluation, "loader", description)
 
 
 def _decoded_splits(
@@ -314,11 +340,7 @@ def _stored_views(train: Any, evaluation: Any, spec: TransformSpec, image_column
     sources = _choose_sources(train, evaluation, spec, image_column, short_side, budget_gib, cache_dir,
                               datasets.is_caching_enabled(), two_views)
 
-    def decode(dataset: Any, position: int) -> tuple[Any, list]:
-        kind, side, _ = sources[position]
-        if kind == "every read":
-            store, failures = encoded_images_and_failures(dataset, image_column, cache_dir=cache_dir)
-            return (store, None), failures
+    def stored(dataset: Any, kind: str, side: int | None) -> tuple[Any, list]:
         originals = None
         if kind in ("evaluation views", "store and evaluation views"):
             originals, failures = stored_images_and_failures(dataset, image_column, spec.image_size,
@@ -329,6 +351,27 @@ def _stored_views(train: Any, evaluation: Any, spec: TransformSpec, image_column
         store, failures = stored_images_and_failures(dataset, image_column, side, spec.interpolation,
                                                      cache_dir=cache_dir)
         return (store, originals), failures
+
+    def decode(dataset: Any, position: int) -> tuple[Any, list]:
+        kind, side, _ = sources[position]
+        split = ("training set", "evaluation set")[position]
+        if kind != "every read":
+            try:
+                return stored(dataset, kind, side)
+            except StoreSpaceError as error:
+                # The budget saw room that the build did not find (another writer, a quota, a file-size limit):
+                # what the budget chooses when there is no room, the same pixels decoded at every read.
+                logger.warning("%s; the %s's images are decoded at every read instead (the same pixels, slower). "
+                               "Free space there, or set cache_dir / HF_DATASETS_CACHE to a disk with room, to store "
+                               "them.", error, split)
+                sources[position] = ("every read", None, str(error))
+        try:
+            store, failures = encoded_images_and_failures(dataset, image_column, cache_dir=cache_dir)
+        except StoreSpaceError as error:
+            logger.warning("%s; the %s's index is kept in memory instead (made again by every run).", error, split)
+            sources[position] = ("every read", None, f"{sources[position][2]}; its index kept in memory: {error}")
+            store, failures = encoded_images_and_failures(dataset, image_column, use_cache=False)
+        return (store, None), failures
 
     def wrap(stores: tuple[Any, Any], labels: np.ndarray, rows: np.ndarray | None) -> StoredImageDataset:
         store, originals = stores
