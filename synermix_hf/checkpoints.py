@@ -6,43 +6,67 @@ tests/test_checkpoints.py checks their signatures against the installed transfor
 
 The Trainer writes a checkpoint's files one after another into `checkpoint-N`: a run stopped during a save (Ctrl-C,
 SIGKILL, a preempted node) leaves a folder with some files and no `trainer_state.json`, which the next run takes for
-the latest checkpoint and fails on. Here:
+the latest checkpoint and fails on; a save that fills the disk fails with a traceback from deep inside `torch.save`
+that never says "disk", and leaves the folder behind. Here:
 
-* `StagedCheckpoints` (a `Trainer` mixin) writes each checkpoint into `tmp-checkpoint-N/checkpoint-N` and renames it
-  to `checkpoint-N` once every process has written its files. The rename is the commit point: `checkpoint-N` is
-  complete or absent. Older checkpoints are rotated out (`save_total_limit`) only after that.
+* `StagedCheckpoints` (a `Trainer` mixin) writes each checkpoint into `tmp-checkpoint-N/checkpoint-N`, and once
+  every process has written its files, writes `checkpoint_complete.json` (`COMPLETE_MARKER`: every file of the
+  checkpoint with its size) and renames the folder to `checkpoint-N`. The rename is the commit point: `checkpoint-N`
+  is complete or absent. Older checkpoints are rotated out (`save_total_limit`) only after that.
+* A save that fails on any process (a full disk, a quota, a file-size limit, or anything else) fails on every process
+  together, without a process left waiting at the next barrier, and the staging folder is removed: the previous
+  checkpoints stay as they were. A full disk raises `CheckpointSaveError`, whose message is one line that says so,
+  with the free space left and what to do; any other error is raised as it was by the process it happened on (the
+  others raise `CheckpointSaveError` naming that process).
 * `LegacyWeightNames` (a `Trainer` mixin) loads checkpoints that transformers 5 saved under the legacy weight names
   of some models (ViT among them), which the Trainer's own resume would leave untrained.
-* `checkpoint_problem` tells why a folder is not a checkpoint a run can continue from (no or unreadable
-  `trainer_state.json`, a weights or optimizer file cut short), for checkpoints written by anything else, and
-  `last_complete_checkpoint` skips those.
+* `checkpoint_problem` tells why a folder is not a checkpoint a run can continue from, and `last_complete_checkpoint`
+  skips those. With a `checkpoint_complete.json`, every file it lists must be there with its size. Without one (a
+  checkpoint of the plain Trainer or of an older synermix-hf), `trainer_state.json` must parse, the weights and
+  archives must be whole, and the files a resume loads must be there: the model's weights, and the optimizer's and
+  the scheduler's state unless the run saved only the model (`save_only_model`). The Trainer itself would fail on a
+  checkpoint without weights and, worse, continue silently with a fresh optimizer from one without its state.
 
 transformers staged checkpoints in `tmp-checkpoint-*` folders twice (4.36, 4.48) and took it out twice: every process
 wrote into its own randomly named folder or several processes renamed the same folder, which failed on multi-node
 jobs with a shared file system. Here the staging folder's name is the same on every process (the step), each process
-writes into it, and after a barrier only process 0 renames it; a node whose file system does not see process 0's
-folder (`save_on_each_node`) renames its own copy after a second barrier, so no two processes ever rename one folder.
+writes into it, and after the processes agree that all have written, only process 0 completes and renames it; a node
+whose file system does not see process 0's folder (`save_on_each_node`) completes and renames its own copy (listing
+what that node wrote) after the next agreement, so no two processes ever rename one folder.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import pickletools
 import re
 import shutil
 import struct
 import zipfile
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.trainer import FSDP_MODEL_NAME, OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+from transformers.utils import (
+    ADAPTER_SAFE_WEIGHTS_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    SAFE_WEIGHTS_INDEX_NAME,
+    SAFE_WEIGHTS_NAME,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+)
 
 __all__ = [
+    "COMPLETE_MARKER",
     "STAGING_PREFIX",
+    "CheckpointSaveError",
     "LegacyWeightNames",
     "StagedCheckpoints",
     "checkpoint_problem",
@@ -53,16 +77,131 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = f"tmp-{PREFIX_CHECKPOINT_DIR}-"  # not matched by `checkpoint-*`: never resumed from nor rotated
+COMPLETE_MARKER = "checkpoint_complete.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+_WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME,
+                 ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME)  # fmt: skip
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be saved, most often because its disk is full; nothing of it was kept.
+
+    Raised on every process of the run together. The message is one line: the checkpoint, the cause, the free space
+    left on its disk and what to do. The checkpoints saved before are untouched, and the run continues from the last
+    complete one when it is started again.
+
+    Attributes:
+        checkpoint: The folder the checkpoint was to become (`.../checkpoint-N`).
+        free_bytes: Free space on that folder's disk after the failed save, None when unknown.
+        last_complete: The last complete checkpoint beside it (where a run started again continues), or None.
+    """
+
+    def __init__(self, message: str, checkpoint: str | None = None, free_bytes: int | None = None,
+                 last_complete: str | None = None) -> None:  # fmt: skip
+        super().__init__(message)
+        self.checkpoint, self.free_bytes, self.last_complete = checkpoint, free_bytes, last_complete
+
+    def __reduce__(self) -> tuple[Any, ...]:  # kept whole across processes (pickle passes only `args` otherwise)
+        return type(self), (str(self), self.checkpoint, self.free_bytes, self.last_complete)
+
+
+# What a failed write says when the disk (or the quota, or a file-size limit) is full, by errno.
+_DISK_FULL_CAUSES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EFBIG: "a file grew past the largest size the file system or a limit (ulimit -f) allows",
+    **({errno.EDQUOT: "the disk quota is used up"} if hasattr(errno, "EDQUOT") else {}),
+}
+# torch.save's zip writer turns a failed write into a RuntimeError without the errno.
+_TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "iostream error")
+_TORCH_WRITE_CAUSE = "writing a file failed, as it does when the disk is full"
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # safetensors' errors are Rust's `io::Error`s, errno in the text
+# Outcome codes the processes exchange after a save: 0 saved, one per disk-full cause, then any other failure.
+_CAUSE_CODES = [*_DISK_FULL_CAUSES.values(), _TORCH_WRITE_CAUSE]
+_OTHER_FAILURE = len(_CAUSE_CODES) + 1
+
+
+def _disk_full_cause(error: BaseException) -> str | None:
+    """Why `error` (or an exception it was raised from or during) is a full disk, in a few words; None when it is not.
+
+    Recognised anywhere in the chain: an `OSError` with errno ENOSPC, EDQUOT or EFBIG; a safetensors error that quotes
+    one of them (`(os error 28)`); torch.save's zip writer failing to write (`unexpected pos`, `file write failed`,
+    `iostream error`).
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_CAUSES:
+            return _DISK_FULL_CAUSES[current.errno]
+        text = str(current)
+        rust = _RUST_OS_ERROR.search(text)
+        if rust and int(rust.group(1)) in _DISK_FULL_CAUSES:
+            return _DISK_FULL_CAUSES[int(rust.group(1))]
+        if isinstance(current, RuntimeError) and any(marker in text for marker in _TORCH_WRITE_FAILURES):
+            return _TORCH_WRITE_CAUSE
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        grouped = getattr(current, "exceptions", None)  # an ExceptionGroup (Python >= 3.11)
+        if isinstance(grouped, (list, tuple)):
+            pending.extend(e for e in grouped if isinstance(e, BaseException))
+    return None
+
+
+def _free_bytes(path: str) -> int | None:
+    """Free space on the disk of `path`, or of its nearest existing parent folder; None when it cannot be told."""
+    folder = os.path.abspath(path)
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _size_text(size: int) -> str:
+    value, unit = float(size), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+
+
+def _save_error(checkpoint: str, cause: str | None, failed_process: int | None) -> CheckpointSaveError:
+    """The one-line `CheckpointSaveError` for a failed save of `checkpoint`.
+
+    Args:
+        checkpoint: The `checkpoint-N` folder the save was to create.
+        cause: What filled up (`_disk_full_cause`), or None when the failure was something else.
+        failed_process: The process that failed when it was another one than this, else None.
+    """
+    free = _free_bytes(checkpoint)
+    last, _ = last_complete_checkpoint(os.path.dirname(checkpoint))
+    again = (f"run the same command again: it continues from {os.path.basename(last)}, the last complete checkpoint"
+             if last else "run the same command again: it starts from the beginning, as no checkpoint is complete")
+    where = f" on process {failed_process}" if failed_process is not None else ""
+    if cause is None:  # only another process reports this: its own error says what happened
+        message = (f"Could not save checkpoint {checkpoint}: saving it failed{where} (its error says why); nothing "
+                   f"of it was kept. Once that is fixed, {again}.")
+    else:
+        space = f" ({_size_text(free)} free on its disk)" if free is not None else ""
+        message = (f"Could not save checkpoint {checkpoint}{where}: {cause}{space}; nothing of it was kept. Free "
+                   "some space, or keep fewer checkpoints (--save_total_limit) or choose another --output_dir, then "
+                   f"{again}.")
+    return CheckpointSaveError(message, checkpoint, free, last)
 
 
 def checkpoint_problem(path: str) -> str | None:
     """Why `path` is not a complete checkpoint, in a few words; None when a run can continue from it.
 
-    Complete means: a `trainer_state.json` that parses (the Trainer writes it after every other file), and every
-    `.safetensors` file and every `torch.save` archive (`optimizer.pt`, `scheduler.pt`, `rng_state*.pth`, ...) whole.
-    Only the files' headers and directories are read, not the weights.
+    Complete means: a `trainer_state.json` that parses (the Trainer writes it after every other file); with a
+    `checkpoint_complete.json` (written last, by `StagedCheckpoints`), every file it lists there with its size;
+    every `.safetensors` file and every `torch.save` archive (`optimizer.pt`, `scheduler.pt`, `rng_state*.pth`, ...)
+    whole; and, without `checkpoint_complete.json`, the files a resume loads (`_missing_resume_file`). Only the files'
+    sizes, headers and directories are read, not the weights.
     """
     if not os.path.isdir(path):
         return "it is not a directory"
@@ -76,14 +215,135 @@ def checkpoint_problem(path: str) -> str | None:
                 json.load(handle)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return f"its {TRAINER_STATE_NAME} is cut short"
+        if COMPLETE_MARKER in names:
+            problem = _listed_file_problem(path)
+            if problem is not None:
+                return problem
         for name in sorted(names):
             file = os.path.join(path, name)
             if name.endswith(".safetensors") and not _safetensors_is_whole(file):
                 return f"{name} is cut short"
             if name.endswith((".pt", ".pth", ".bin")) and os.path.isfile(file) and not _torch_archive_is_whole(file):
                 return f"{name} is cut short"
+        if COMPLETE_MARKER not in names:
+            return _missing_resume_file(path, names)
     except FileNotFoundError:
         return "it disappeared while it was read"
+    return None
+
+
+def _listed_files(folder: str) -> dict[str, int]:
+    """Every file under `folder` (the Trainer may write subfolders), by its `/`-separated relative path, with its size;
+    the marker itself left out."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            relative = os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+            if relative != COMPLETE_MARKER:
+                files[relative] = os.path.getsize(os.path.join(root, name))
+    return dict(sorted(files.items()))
+
+
+def _write_complete_marker(folder: str) -> None:
+    """Write `checkpoint_complete.json` into a staged checkpoint whose files are all written.
+
+    It needs no atomic write: the checkpoint becomes `checkpoint-N` only by the rename after it, and a marker cut short
+    before that goes with its staging folder.
+    """
+    record = {"format": 1, "files": _listed_files(folder)}
+    with open(os.path.join(folder, COMPLETE_MARKER), "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1)
+
+
+def _listed_file_problem(path: str) -> str | None:
+    """The first file `checkpoint_complete.json` lists that is not there with the size it was saved with."""
+    try:
+        with open(os.path.join(path, COMPLETE_MARKER), encoding="utf-8") as handle:
+            files = json.load(handle)["files"]
+        listed = [(str(name), int(size)) for name, size in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError):  # ValueError covers JSON and Unicode decoding
+        return f"its {COMPLETE_MARKER} is unreadable"
+    for name, size in sorted(listed):
+        file = os.path.join(path, *name.split("/"))
+        if not os.path.isfile(file):
+            return f"{name} is missing ({COMPLETE_MARKER} lists it)"
+        actual = os.path.getsize(file)
+        if actual < size:
+            return f"{name} is cut short ({actual} of its {size} bytes)"
+        if actual != size:
+            return f"{name} has changed since it was saved ({actual} bytes, not {size})"
+    return None
+
+
+def _missing_resume_file(path: str, names: list[str]) -> str | None:
+    """For a checkpoint without `checkpoint_complete.json`: the file a resume loads that it lacks, in a few words.
+
+    The weights in any form `Trainer._load_from_checkpoint` accepts (a single file, an index with all its shards,
+    adapters, an FSDP or a DeepSpeed folder); then, unless the run saved only the model, the optimizer's state and the
+    scheduler's, which the Trainer loads only when both are there and otherwise replaces by fresh ones without a word.
+    """
+    folders = {name for name in names if os.path.isdir(os.path.join(path, name))}
+    files = set(names) - folders
+    deepspeed = any(name.startswith("global_step") for name in folders)  # DeepSpeed's own folder, optimizer inside
+    fsdp = f"{FSDP_MODEL_NAME}.bin" in files or any(FSDP_MODEL_NAME in name for name in folders)
+    adapters = any(os.path.isfile(os.path.join(path, folder, adapter))
+                   for folder in folders for adapter in (ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME))  # fmt: skip
+    if not (files.intersection(_WEIGHT_FILES) or deepspeed or fsdp or adapters):
+        return f"it has no model weights ({SAFE_WEIGHTS_NAME} or another weights file)"
+    for single, index in ((SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME), (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)):
+        if index in files and single not in files:
+            try:
+                with open(os.path.join(path, index), encoding="utf-8") as handle:
+                    shards = sorted(set(json.load(handle)["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return f"its {index} is unreadable"
+            missing = [shard for shard in shards if not os.path.isfile(os.path.join(path, shard))]
+            if missing:
+                return f"{missing[0]} is missing ({index} lists it)"
+    if deepspeed or _saved_only_the_model(path, files):
+        return None
+    optimizer = (OPTIMIZER_NAME in files or OPTIMIZER_NAME_BIN in files
+                 or any(name.startswith(f"{OPTIMIZER_NAME}_") or name.endswith(f"-{OPTIMIZER_NAME}") for name in files)
+                 or any(OPTIMIZER_NAME_BIN.split(".")[0] in name for name in folders))  # fmt: skip
+    if not optimizer:
+        return f"it has no {OPTIMIZER_NAME} (the optimizer's state)"
+    if SCHEDULER_NAME not in files:
+        return f"it has no {SCHEDULER_NAME} (the learning rate schedule's state)"
+    return None
+
+
+def _saved_only_the_model(path: str, files: set[str]) -> bool:
+    """Whether the run that saved the checkpoint had `save_only_model` (no optimizer, scheduler or RNG state saved).
+
+    Read from its `training_args.bin`; when that cannot be read, a checkpoint with neither optimizer, scheduler nor
+    RNG state is taken for one.
+    """
+    saved = _pickled_flag(os.path.join(path, TRAINING_ARGS_NAME), "save_only_model")
+    if saved is not None:
+        return saved
+    return not any(name.startswith(("optimizer", "rng_state")) or name == SCHEDULER_NAME for name in files)
+
+
+def _pickled_flag(path: str, name: str) -> bool | None:
+    """The boolean field `name` of the object `torch.save` wrote to `path` (the `TrainingArguments`), None if unknown.
+
+    The pickle's opcodes are read, never run: loading it would import and execute whatever the file names.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [entry for entry in archive.namelist() if entry.endswith("/data.pkl") or entry == "data.pkl"]
+            if not pickles:
+                return None
+            data = archive.read(pickles[0])
+        after_key = False
+        for opcode, argument, _ in pickletools.genops(data):
+            if after_key and opcode.name in ("BINPUT", "LONG_BINPUT", "PUT", "MEMOIZE"):
+                continue  # the key's memo entry comes between the key and its value
+            if after_key and opcode.name in ("NEWTRUE", "NEWFALSE"):
+                return opcode.name == "NEWTRUE"
+            after_key = argument == name and "UNICODE" in opcode.name
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError):
+        return None
     return None
 
 
@@ -168,8 +428,13 @@ def remove_incomplete_checkpoints(folder: str) -> list[tuple[str, str]]:
 class StagedCheckpoints:
     """`transformers.Trainer` mixin: checkpoints are complete or absent, and a run continues from a complete one.
 
-    * Saving: each checkpoint is written into a staging folder (`tmp-checkpoint-N/`) and renamed to `checkpoint-N`
-      when all processes have written their files; `save_total_limit` rotates older checkpoints out only then.
+    * Saving: each checkpoint is written into a staging folder (`tmp-checkpoint-N/`); when all processes have written
+      their files it gets its `checkpoint_complete.json` and is renamed to `checkpoint-N`; `save_total_limit` rotates
+      older checkpoints out only then.
+    * A save that fails on one process fails on every process at once (they agree where the Trainer would wait at a
+      barrier), and the staging folder is removed. A full disk (or quota, or file-size limit) raises
+      `CheckpointSaveError` on every process, with a one-line message; any other error is raised as it was by the
+      process it happened on, and as `CheckpointSaveError` naming that process by the others.
     * `train(resume_from_checkpoint=True)` continues from the last *complete* checkpoint, naming each newer
       incomplete one it skips; a path to an incomplete checkpoint is refused with a `ValueError` saying why. When a
       run continues from a checkpoint of its own `output_dir`, the incomplete checkpoints and staging folders left
@@ -177,16 +442,30 @@ class StagedCheckpoints:
       otherwise be rotated in place of a complete one.
 
     The private `Trainer` methods it overrides are `_save_checkpoint`, `_get_output_dir` and `_push_from_checkpoint`
-    (tests/test_checkpoints.py checks their signatures against the installed transformers).
+    (tests/test_checkpoints.py checks their signatures against the installed transformers); during a save, the public
+    `save_model` holds back its failure until every process has reached the end of the Trainer's save.
     """
 
     _staging_dir: str | None = None
     _push_deferred: bool = False
+    _weights_save_failure: Exception | None = None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
             resume_from_checkpoint = self._complete_checkpoint_to_resume(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`; while a checkpoint is saved, a failure is held back for `_settle_save`."""
+        if self._staging_dir is None or not _internal_call:
+            super().save_model(output_dir, _internal_call)
+            return
+        try:
+            super().save_model(output_dir, _internal_call)
+        except Exception as failure:  # settled once every process has written (`_settle_save`)
+            # The Trainer waits for every process right after the weights when it tracks the best checkpoint: a
+            # process that failed to write them must reach that barrier too, or the others would wait there forever.
+            self._weights_save_failure = failure
 
     def _complete_checkpoint_to_resume(self, resume_from_checkpoint: str | bool) -> str:
         output_dir = self.args.output_dir
@@ -202,7 +481,9 @@ class StagedCheckpoints:
             if problem is not None:
                 latest, _ = last_complete_checkpoint(os.path.dirname(os.path.normpath(checkpoint)) or ".")
                 hint = f" The latest complete checkpoint next to it is {latest}." if latest else ""
-                raise ValueError(f"`resume_from_checkpoint` {checkpoint} is not a complete checkpoint: {problem}.{hint}")
+                raise ValueError(
+                    f"`resume_from_checkpoint` {checkpoint} is not a complete checkpoint: {problem}.{hint}"
+                )
         same_folder = os.path.dirname(os.path.abspath(checkpoint)) == os.path.abspath(output_dir)
         if same_folder and self.args.should_save:
             for path, problem in remove_incomplete_checkpoints(output_dir):
@@ -227,39 +508,83 @@ class StagedCheckpoints:
         run_dir = super()._get_output_dir(trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging = os.path.join(run_dir, f"{STAGING_PREFIX}{self.state.global_step}")
+        staged, final = os.path.join(staging, name), os.path.join(run_dir, name)
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)  # left by a save of this step that was interrupted
         self.accelerator.wait_for_everyone()  # no process writes into the staging folder before it is emptied
-        self._staging_dir, self._push_deferred = staging, False
+        self._staging_dir, self._push_deferred, self._weights_save_failure = staging, False, None
+        failure = None
         try:
             super()._save_checkpoint(model, trial, *args, **kwargs)
+        except Exception as raised:  # settled below, once every process is done writing
+            failure = raised
         finally:
             self._staging_dir = None
-        staged, final = os.path.join(staging, name), os.path.join(run_dir, name)
+        # The first failure counts: what the Trainer wrote after it into a full disk failed the same way.
+        failure, self._weights_save_failure = self._weights_save_failure or failure, None
         if self.state.best_model_checkpoint == staged:
             self.state.best_model_checkpoint = final
+        self._settle_save(failure, staging, final)  # every process has written its files
 
-        self.accelerator.wait_for_everyone()  # every process has written its files
-        if self.args.process_index == 0:
-            self._publish(staged, final, run_dir)
-        self.accelerator.wait_for_everyone()
+        failure = self._publish_or_failure(staged, final, run_dir) if self.args.process_index == 0 else None
+        self._settle_save(failure, staging, final)
+        failure = None
         if self.args.should_save and self.args.process_index != 0 and os.path.isdir(staged):
-            self._publish(staged, final, run_dir)  # a node whose file system does not see process 0's
+            # A node whose file system does not see process 0's folder completes and renames its own copy.
+            failure = self._publish_or_failure(staged, final, run_dir)
         elif os.path.isdir(staging) and self.args.local_process_index == 0:
             shutil.rmtree(staging, ignore_errors=True)  # another node's files (RNG states) of a checkpoint kept there
-        self.accelerator.wait_for_everyone()
+        self._settle_save(failure, staging, final)
         if self._push_deferred:
             self._push_deferred = False
             super()._push_from_checkpoint(final)
 
+    def _settle_save(self, failure: Exception | None, staging: str, final: str) -> None:
+        """Where the processes would wait for each other during a save, they also tell each other how it went.
+
+        A process that raised alone would leave the others waiting at the next barrier forever; here, when any process
+        failed, every process stops: the staging folder goes (all are done writing into it), and each raises, the
+        process that failed its own error (`CheckpointSaveError` from it when the disk was full), the others a
+        `CheckpointSaveError` naming that process.
+        """
+        cause = _disk_full_cause(failure) if failure is not None else None
+        code = 0 if failure is None else (_CAUSE_CODES.index(cause) + 1 if cause is not None else _OTHER_FAILURE)
+        outcome = torch.tensor([[code, self.args.process_index]], device=self.accelerator.device)
+        outcomes = self.accelerator.gather(outcome).tolist()  # the same on every process: [[code, process], ...]
+        failed = sorted((c == _OTHER_FAILURE, process, c) for c, process in outcomes if c != 0)
+        if not failed:
+            return
+        if self.args.should_save or self.args.local_process_index == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+        if failure is not None and cause is None:
+            raise failure
+        if failure is not None:
+            raise _save_error(final, cause, None) from failure
+        _, process, c = failed[0]  # a full disk first: it says what to do
+        raise _save_error(final, _CAUSE_CODES[c - 1] if c != _OTHER_FAILURE else None, process)
+
+    def _publish_or_failure(self, staged: str, final: str, run_dir: str) -> Exception | None:
+        try:
+            self._publish(staged, final, run_dir)
+        except Exception as failure:  # raised by `_settle_save` on every process together
+            return failure
+        return None
+
     def _publish(self, staged: str, final: str, run_dir: str) -> None:
-        """Rename the staged checkpoint into place (the commit point), then rotate older checkpoints out."""
+        """Complete the staged checkpoint and rename it into place (the commit point), then rotate older ones out."""
         if self.args.should_save:  # the Trainer wrote the state before the best checkpoint's path was corrected
             self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+        _write_complete_marker(staged)  # after every process wrote its files, and after the state above
         staging = os.path.dirname(staged)
+        replaced = os.path.join(staging, "replaced")
         if os.path.isdir(final):  # the same step saved again (or a stale folder): swap, never leave neither
-            os.rename(final, os.path.join(staging, "replaced"))
-        os.rename(staged, final)
+            os.rename(final, replaced)
+        try:
+            os.rename(staged, final)
+        except OSError:
+            if os.path.isdir(replaced) and not os.path.exists(final):
+                os.rename(replaced, final)
+            raise
         shutil.rmtree(staging, ignore_errors=True)
         if self.args.should_save:
             self._rotate_checkpoints_in(run_dir)

@@ -1,5 +1,6 @@
 """Checkpoints are complete or absent: a run interrupted while it saves continues from its last complete checkpoint
-and ends with the weights of an uninterrupted run; `save_total_limit` never leaves only an incomplete checkpoint."""
+and ends with the weights of an uninterrupted run; `save_total_limit` never leaves only an incomplete checkpoint; a
+checkpoint that lost a file afterwards (or, written by another writer, lacks one a resume loads) is skipped by name."""
 
 import inspect
 import json
@@ -16,9 +17,11 @@ import torch
 import transformers
 from safetensors.torch import load_file
 from torch import nn
+from transformers import ViTImageProcessor
 
 from synermix_hf import SynerMixTrainer, SynerMixTrainingArguments
-from synermix_hf.checkpoints import STAGING_PREFIX, StagedCheckpoints, checkpoint_problem, last_complete_checkpoint
+from synermix_hf.checkpoints import (COMPLETE_MARKER, STAGING_PREFIX, StagedCheckpoints, checkpoint_problem,
+                                     last_complete_checkpoint)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +46,7 @@ def _dataset(n=24):
     }).with_format("torch")  # fmt: skip
 
 
-def _trainer(output_dir, save_total_limit=None, trainer_class=SynerMixTrainer):
+def _trainer(output_dir, save_total_limit=None, trainer_class=SynerMixTrainer, processing_class=None):
     # 24 examples, batch 4: 6 steps an epoch, 2 epochs; checkpoints every 3 steps. SGD with momentum and a linear
     # schedule, so the optimizer's and the scheduler's state matter on resume; beta > 0 with MixUp draws every step.
     args = SynerMixTrainingArguments(
@@ -53,14 +56,22 @@ def _trainer(output_dir, save_total_limit=None, trainer_class=SynerMixTrainer):
         save_total_limit=save_total_limit, logging_steps=100,
     )  # fmt: skip
     torch.manual_seed(0)
-    return trainer_class(model=TinyNet(), args=args, train_dataset=_dataset())
+    return trainer_class(model=TinyNet(), args=args, train_dataset=_dataset(), processing_class=processing_class)
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    trainer = _trainer(tmp_path_factory.mktemp("uninterrupted"))
+def finished_run(tmp_path_factory):
+    """An uninterrupted run's folder, with checkpoints 3, 6, 9 and 12, and its final weights. The checkpoints hold the
+    image processor's `preprocessor_config.json` too: a file whose own format no check reads."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    trainer = _trainer(out, processing_class=ViTImageProcessor())
     trainer.train()
-    return {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    return out, {name: value.clone() for name, value in trainer.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(finished_run):
+    return finished_run[1]
 
 
 def _assert_same_weights(model, expected):
@@ -127,6 +138,7 @@ def test_a_run_interrupted_during_a_save_continues_to_the_uninterrupted_weights(
 
 def _incomplete_copy(complete: Path, target: Path, damage: str) -> Path:
     shutil.copytree(complete, target)
+    (target / COMPLETE_MARKER).unlink(missing_ok=True)  # written by another writer, which writes no marker
     if damage == "no trainer_state.json":
         (target / "trainer_state.json").unlink()
     elif damage == "trainer_state.json cut short":
@@ -141,6 +153,88 @@ def _incomplete_copy(complete: Path, target: Path, damage: str) -> Path:
         with open(optimizer, "r+b") as handle:
             handle.truncate(optimizer.stat().st_size // 2)
     return target
+
+
+def test_a_checkpoint_lists_every_file_with_its_size_once_all_are_written(finished_run):
+    out, _ = finished_run
+    for checkpoint in sorted(out.glob("checkpoint-*")):
+        files = {path.relative_to(checkpoint).as_posix(): path.stat().st_size for path in checkpoint.rglob("*")
+                 if path.is_file() and path.name != COMPLETE_MARKER}  # fmt: skip
+        assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin",
+                "preprocessor_config.json", "trainer_state.json"} <= set(files)  # fmt: skip
+        # Every file, with its size after the last write (trainer_state.json is written again before the rename).
+        assert json.loads((checkpoint / COMPLETE_MARKER).read_text())["files"] == files
+        assert checkpoint_problem(str(checkpoint)) is None
+
+
+@pytest.mark.parametrize("damage", ["model.safetensors missing", "optimizer.pt missing",
+                                    "preprocessor_config.json cut short"])  # fmt: skip
+def test_a_checkpoint_that_lost_a_file_is_skipped_naming_it_and_the_run_continues_from_the_one_before(
+    tmp_path, finished_run, damage, caplog
+):
+    # Without its weights the Trainer fails on it at every run ("Can't find a valid checkpoint"), without its
+    # optimizer it continues with a fresh one without a word; no check of the file's own format sees the third.
+    source, weights = finished_run
+    out = tmp_path / "run"
+    for name in ("checkpoint-9", "checkpoint-12"):
+        shutil.copytree(source / name, out / name)
+    newest, file_name = out / "checkpoint-12", damage.split()[0]
+    if damage.endswith("missing"):
+        (newest / file_name).unlink()
+    else:
+        with open(newest / file_name, "r+b") as handle:
+            handle.truncate((newest / file_name).stat().st_size - 10)
+    problem = checkpoint_problem(str(newest))
+    assert problem is not None and problem.startswith(file_name), problem
+    assert last_complete_checkpoint(str(out)) == (str(out / "checkpoint-9"), [(str(newest), problem)])
+
+    resumed = _trainer(out, processing_class=ViTImageProcessor())
+    with caplog.at_level("WARNING", logger="synermix_hf.checkpoints"):
+        resumed.train(resume_from_checkpoint=True)
+    skips = [r.getMessage() for r in caplog.records if "Skipping" in r.getMessage()]
+    assert skips == [f"Skipping {newest}: {problem}. Continuing from {out / 'checkpoint-9'}."]
+    _assert_same_weights(resumed.model, weights)  # 3 steps on from checkpoint-9, the optimizer's state included
+    assert checkpoint_problem(str(newest)) is None  # saved again, whole
+
+
+@pytest.mark.parametrize(
+    "removed, problem",
+    [
+        ((), None),
+        (("model.safetensors",), "it has no model weights (model.safetensors or another weights file)"),
+        (("optimizer.pt",), "it has no optimizer.pt (the optimizer's state)"),
+        (("scheduler.pt",), "it has no scheduler.pt (the learning rate schedule's state)"),
+        (("optimizer.pt", "scheduler.pt", "rng_state.pth"), "it has no optimizer.pt (the optimizer's state)"),
+    ],
+)  # fmt: skip
+def test_a_checkpoint_of_another_writer_needs_the_files_a_resume_loads(tmp_path, finished_run, removed, problem):
+    # No marker (the plain Trainer, an older synermix-hf): the run's arguments say whether it saved the optimizer.
+    checkpoint = _incomplete_copy(finished_run[0] / "checkpoint-12", tmp_path / "checkpoint-12", "")
+    for name in removed:
+        (checkpoint / name).unlink()
+    assert checkpoint_problem(str(checkpoint)) == problem
+
+
+def test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer(tmp_path, finished_run):
+    checkpoint = _incomplete_copy(finished_run[0] / "checkpoint-12", tmp_path / "checkpoint-12", "")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):  # what `save_only_model` leaves out
+        (checkpoint / name).unlink()
+    args = torch.load(checkpoint / "training_args.bin", weights_only=False)
+    args.save_only_model = True
+    torch.save(args, checkpoint / "training_args.bin")
+    assert checkpoint_problem(str(checkpoint)) is None
+    (checkpoint / "training_args.bin").unlink()  # unknown: with neither optimizer, scheduler nor RNG state, the same
+    assert checkpoint_problem(str(checkpoint)) is None
+
+
+def test_a_checkpoint_of_another_writer_needs_every_shard_its_index_lists(tmp_path, finished_run):
+    checkpoint = _incomplete_copy(finished_run[0] / "checkpoint-12", tmp_path / "checkpoint-12", "")
+    names = list(load_file(checkpoint / "model.safetensors"))
+    shards = {name: f"model-0000{1 + i % 2}-of-00002.safetensors" for i, name in enumerate(names)}
+    (checkpoint / "model.safetensors").rename(checkpoint / "model-00001-of-00002.safetensors")
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": shards}))
+    assert checkpoint_problem(str(checkpoint)) == ("model-00002-of-00002.safetensors is missing "
+                                                   "(model.safetensors.index.json lists it)")  # fmt: skip
 
 
 @pytest.mark.parametrize(
