@@ -195,3 +195,31 @@ def _during(outer, inner):
 def test_a_full_disk_is_told_by_any_error_in_the_chain(error, cause):
     found = checkpoints._disk_full_cause(error)
     assert (found is None) if cause is None else (cause in found), found
+
+
+def _script_on_a_full_disk(argv, out, limit):
+    """The command line's `main(argv)` with files past `limit` bytes unwritable; its status and the run log."""
+    import resource
+    import signal
+
+    from synermix_hf.cli import train
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    status = train.main(argv)
+    return status, (out / "training_log.txt").read_text(), sorted(p.name for p in out.iterdir())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or torch.cuda.is_initialized(), reason="a forked child, Unix only")
+def test_the_script_stops_on_a_full_disk_with_one_line_and_status_1(tmp_path, hub_copies):
+    out = tmp_path / "run"
+    argv = ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--image_size", "16", "-mn",
+            "resnet18", "-bs", "4", "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1",
+            "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--do_eval", "false", "--output_dir", str(out)]
+    # 1 MB: the run log, the stores of 16 px images and the run file fit; the weights (44 MB) do not.
+    status, log, names = _in_a_forked_child(_script_on_a_full_disk, argv, out, 1_000_000)
+    assert status == 1
+    (stopped,) = [line for line in log.splitlines() if line.startswith("stopped: ")]
+    assert stopped.startswith(f"stopped: Could not save checkpoint {out / 'checkpoint-1'}: a file grew past the largest size")
+    assert not any(name.startswith(("tmp-checkpoint", "checkpoint")) for name in names), names
+    assert "model.safetensors" not in names

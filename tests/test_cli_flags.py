@@ -49,3 +49,17 @@ def test_giving_an_intervals_steps_implies_its_steps_strategy(steps, strategy):
     assert getattr(args, strategy) == "epoch"
     _, _, args, _ = parse()
     assert getattr(args, strategy) in ("epoch", "no")  # the recipe's per-epoch default stays without it
+
+
+def test_the_method_line_names_each_configuration_and_how_to_turn_synermix_on():
+    from synermix_hf.cli.methods import METHODS, describe_method
+
+    texts = {m.name: describe_method(m.beta, m.inter_mixup, 1.0) for m in METHODS}
+    for name, text in texts.items():
+        assert f"(the paper's {name})" in text
+    assert texts["w-RA&ER(MM)"].startswith("SynerMix (the paper's w-RA&ER(MM)): 0.1 x intra-class mixup")
+    assert "0.9 x Manifold MixUp of the augmented view (alpha 1)" in texts["w-RA&ER(MM)"]
+    assert "0.5 x cross-entropy of the augmented view" in texts["w-RA"]
+    assert "SynerMix off" in texts["wo-RA&ER"] and "Add --beta 0.1" in texts["wo-RA&ER"]
+    assert "Add --beta 0.1 to combine it" in texts["w-ER(M)"]
+    assert describe_method(0.0, "cutmix", 1.0).startswith("CutMix only (alpha 1), SynerMix off")

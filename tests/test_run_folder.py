@@ -80,4 +80,10 @@ def test_a_run_does_not_continue_from_another_runs_checkpoints(hub_copies, tmp_p
     assert json.loads((out / RUN_FILE).read_text()) == recorded
 
     assert train.main(first) == 0  # the same run continues
-    assert f"Continuing the interrupted run from {out / 'checkpoint-1'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"Continuing the interrupted run from {out / 'checkpoint-1'}" in printed
+    # The console says what the run trains, and how to turn SynerMix on when it is off.
+    assert "Method : the plain baseline (cross-entropy of the augmented view) (the paper's wo-RA&ER), SynerMix off" \
+        in printed and "Add --beta 0.1 --inter_mixup manifold_mixup for SynerMix" in printed
+    assert "Recipe : paper: SGD (lr 0.1, momentum 0.9, nesterov False, weight decay 0.0005)" in printed
+    assert "Views  : " in printed

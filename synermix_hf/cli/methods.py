@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .errors import UsageError
 
-__all__ = ["BASELINE", "METHODS", "METHODS_BY_NAME", "Method", "method_slug", "resolve_methods"]
+__all__ = ["BASELINE", "METHODS", "METHODS_BY_NAME", "Method", "describe_method", "method_slug", "resolve_methods"]
 
 
 def method_slug(beta: float, inter_mixup: str) -> str:
@@ -34,6 +34,28 @@ def method_slug(beta: float, inter_mixup: str) -> str:
     if beta > 0:
         return f"synermix-b{beta:g}" + ("" if inter_mixup == "none" else f"-{inter_mixup}")
     return "baseline" if inter_mixup == "none" else inter_mixup
+
+
+_INTER_LABELS = {"none": "", "mixup": "MixUp", "manifold_mixup": "Manifold MixUp", "cutmix": "CutMix"}
+
+
+def describe_method(beta: float, inter_mixup: str, alpha: float) -> str:
+    """What a run trains, in one sentence for the console: the loss, the paper's name of the configuration when it is
+    one, and, when SynerMix is off, how to turn it on."""
+    inter = _INTER_LABELS.get(inter_mixup, inter_mixup)
+    paper = next((m.name for m in METHODS if m.beta == beta and m.inter_mixup == inter_mixup), None)
+    named = f" (the paper's {paper})" if paper else ""
+    if beta > 0:
+        inter_part = (f"{1 - beta:g} x {inter} of the augmented view (alpha {alpha:g})" if inter else
+                      f"{1 - beta:g} x cross-entropy of the augmented view")
+        return (f"SynerMix{named}: {beta:g} x intra-class mixup of the unaugmented images' penultimate features + "
+                f"{inter_part}.")
+    if inter:
+        return (f"{inter} only (alpha {alpha:g}){named}, SynerMix off (--beta 0). Add --beta 0.1 to combine it with "
+                "SynerMix's intra-class mixup.")
+    return ("the plain baseline (cross-entropy of the augmented view)" + named + ", SynerMix off: --beta 0 and "
+            "--inter_mixup none are the authors' defaults. Add --beta 0.1 --inter_mixup manifold_mixup for SynerMix "
+            "(w-RA&ER(MM)).")
 
 
 @dataclass(frozen=True)

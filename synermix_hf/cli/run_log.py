@@ -21,7 +21,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 __all__ = ["RunLogCallback", "append_final", "append_line", "chosen_settings", "command_line", "global_batch",
-           "run_summary", "write_run_header"]
+           "recipe_text", "run_summary", "write_run_header"]
 
 _TRAIN_KEYS = ("loss", "loss_intra", "loss_inter", "learning_rate", "grad_norm")
 _SHORT = {"learning_rate": "lr"}
@@ -121,11 +121,6 @@ def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args:
 
     recipe_keys = ("learning_rate", "weight_decay", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                    "per_device_eval_batch_size", "gradient_accumulation_steps", "seed", "amp", "fp16", "bf16")
-    if training_args.recipe == "paper":
-        optimizer = (f"SGD (momentum {training_args.momentum}, nesterov {training_args.nesterov}), StepLR every "
-                     f"{training_args.lr_step_size} epochs x {training_args.lr_gamma}")
-    else:
-        optimizer = f"Trainer: {training_args.optim.value}, {training_args.lr_scheduler_type.value} schedule"
     method_keys = ("beta", "inter_mixup", "alpha", "balanced_sampler", "label_smoothing_factor")
     values = dataclasses.asdict(training_args)
     parameters = sum(p.numel() for p in model.parameters())
@@ -151,7 +146,7 @@ def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args:
                if layout is not None else {}),
         },
         "method": {"method": method, **{k: values[k] for k in method_keys}},
-        "recipe": {"recipe": f"{training_args.recipe}: {optimizer}", **{k: str(values[k]) for k in recipe_keys},
+        "recipe": {"recipe": recipe_text(training_args), **{k: str(values[k]) for k in recipe_keys},
                    "processes": training_args.world_size,
                    "total train batch size": global_batch(training_args)},
         "output": {"output_dir": os.path.abspath(training_args.output_dir)},
@@ -162,6 +157,20 @@ def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args:
             "training": json.loads(training_args.to_json_string()),
         },
     }
+
+
+def recipe_text(training_args: Any) -> str:
+    """The optimizer and schedule of a run in one line, e.g. `paper: SGD (lr 0.1, momentum 0.9, nesterov False,
+    weight decay 0.0005), StepLR every 10 epochs x 0.5, 120 epochs`."""
+    args = training_args
+    length = f"{args.max_steps} steps" if args.max_steps and args.max_steps > 0 else f"{args.num_train_epochs:g} epochs"
+    if args.recipe == "paper":
+        return (f"paper: SGD (lr {args.learning_rate:g}, momentum {args.momentum:g}, nesterov {args.nesterov}, weight "
+                f"decay {args.weight_decay:g}), StepLR every {args.lr_step_size} epochs x {args.lr_gamma:g}, {length}")
+    optim = getattr(args.optim, "value", args.optim)
+    schedule = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    return (f"trainer: {optim} (lr {args.learning_rate:g}, weight decay {args.weight_decay:g}), {schedule} schedule, "
+            f"warmup {args.warmup_steps:g} steps, {length}")
 
 
 def chosen_settings(training_args: Any) -> dict[str, str]:

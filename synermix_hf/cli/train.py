@@ -21,6 +21,7 @@ import signal
 import sys
 from typing import Any
 
+from ..checkpoints import CheckpointSaveError
 from ..data import dataset_labels, load_image_classification_data, prepare_views
 from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
 from ..data.image_store import EncodedImages
@@ -28,14 +29,14 @@ from ..metrics import ClassificationMetrics
 from ..preemption import TrainingPreempted
 from .arguments import ScriptArgumentParser, is_builtin_default, preset_values, usage_error
 from .errors import UsageError
-from .methods import method_slug
+from .methods import describe_method, method_slug
 from .model import build_model, check_model_outputs, find_layout
 from .model_card import CardTrainer, check_hub_access, synermix_section
 from .output_dir import (LOG_FILE, check_same_run, default_output_dir, prepare_output_dir, run_identity,
                          write_run_identity)
 from .predictions import PREDICTIONS_FILE, image_ids, write_predictions
 from .run_log import (RunLogCallback, append_final, append_line, chosen_settings, command_line, global_batch,
-                      run_summary, write_run_header)
+                      recipe_text, run_summary, write_run_header)
 
 __all__ = ["main", "run"]
 
@@ -91,10 +92,11 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     # 4. Data.
     if builtin and training_args.should_log:
         preset = ", ".join(f"{k}={v}" for k, v in preset_values(explicit).items())
+        which = ("--dataset_name digits" if data_args.dataset_name else "No dataset given (--dataset_name, --train_dir "
+                 "or --validation_dir), so this run uses the built-in default")
         print(
-            "No dataset given (--dataset_name, --train_dir or --validation_dir), so this run uses the built-in "
-            "default: scikit-learn's digits (1,797 8x8 grayscale images of 10 digits, shipped with scikit-learn, no "
-            f"download), trained with SynerMix. Settings for the built-in run: {preset or 'as given'}.",
+            f"{which}: scikit-learn's digits (1,797 8x8 grayscale images of 10 digits, shipped with scikit-learn, no "
+            f"download). Settings for the built-in run: {preset or 'as given'}.",
             flush=True,
         )
     with training_args.main_process_first(desc="loading the dataset"):
@@ -169,6 +171,10 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
                                  "stored rows and draws their augmentation, and worker processes would add copies "
                                  "between processes and compete with training for the cores")
 
+    if training_args.should_log:  # what this run trains, where the user looks first
+        print(f"Method : {describe_method(training_args.beta, training_args.inter_mixup, training_args.alpha)}\n"
+              f"Recipe : {recipe_text(training_args)}\nViews  : {views.description}", flush=True)
+
     # 7. Metrics.
     compute_metrics = ClassificationMetrics(data.num_labels)
 
@@ -209,7 +215,7 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
         if training_args.should_save:
             append_line(log_path, f"stopped: {stop}")
         raise stop from None
-    except TrainingPreempted as stop:
+    except (TrainingPreempted, CheckpointSaveError) as stop:
         if training_args.should_save:
             append_line(log_path, f"stopped: {stop}")
         raise
@@ -310,7 +316,8 @@ def _check_reporting(training_args: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: 0 on success, 2 (with one paragraph on stderr, no traceback) on bad input, 143 when
-    SIGTERM stopped training (after saving a checkpoint; one line on stderr), 130 on Ctrl-C."""
+    SIGTERM stopped training (after saving a checkpoint; one line on stderr), 1 when a checkpoint could not be saved
+    (a full disk; one line), 130 on Ctrl-C."""
     try:
         run(argv)
     except UsageError as error:
@@ -322,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
             print(stop, file=sys.stderr, flush=True)
         _destroy_process_group()
         return 128 + signal.SIGTERM
+    except CheckpointSaveError as error:  # a full disk: every process stopped together, the staging folder removed
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         # Checkpoints are complete or absent, so whatever was being written when Ctrl-C came is simply not there.
         print("Interrupted. Run the same command again to continue from the last complete checkpoint, if the run "
