@@ -39,3 +39,23 @@ def test_recipe_snippet_output_loads_in_a_pipeline(tmp_path, monkeypatch):
     prediction = namespace["classify"](tiny_images([1], size=32)[0])
     assert prediction[0]["label"] in {"a", "b", "c"}
     assert (tmp_path / "out" / "preprocessor_config.json").is_file()
+
+
+def test_metrics_snippet_runs_from_any_directory(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)  # not the repository root: the shipped modules are found by the package
+    rng = np.random.default_rng(0)
+    features, labels = rng.normal(size=(12, 4)), np.repeat(np.arange(3), 4)
+    namespace = {"features": features, "labels": labels}
+    exec(_snippet("They ship as `evaluate` modules"), namespace)
+    cohesion = namespace["cohesion"].compute(features=features, references=labels)["cohesion"]
+    separability = namespace["separability"].compute(features=features, references=labels)["separability"]
+    # Independent computation: mean cosine similarity of each feature to its class mean; tr(S_B) / tr(S_W).
+    means = {c: features[labels == c].mean(0) for c in range(3)}
+    cosines = [f @ means[c] / np.linalg.norm(f) / np.linalg.norm(means[c]) for f, c in zip(features, labels)]
+    assert np.isclose(cohesion, np.mean(cosines))
+    overall = features.mean(0)
+    between = sum((labels == c).sum() * np.sum((means[c] - overall) ** 2) for c in range(3))
+    within = sum(np.sum((f - means[c]) ** 2) for f, c in zip(features, labels))
+    assert np.isclose(separability, between / within)
