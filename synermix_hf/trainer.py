@@ -12,6 +12,7 @@ Evaluation and `predict()` are plain: cross-entropy and logits on the original v
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -272,10 +273,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         logits = None
         if beta > 0:
             if "original_pixel_values" not in inputs:
-                raise ValueError(
-                    "beta > 0 needs the original (unaugmented) view of each image under 'original_pixel_values'. "
-                    "Build the training set with TwoViewTransform (or return it from your dataset)."
-                )
+                raise ValueError(self._missing_original_view(inputs))
             components["intra"] = self._intra_loss(model, inputs["original_pixel_values"], labels, generator)
         if beta < 1:
             components["inter"], logits = self._inter_loss(model, pixel_values, labels, generator, rng)
@@ -285,6 +283,22 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self._last_loss = (loss.detach(), {name: value.detach() for name, value in components.items()})
         self._record_components(components)
         return (loss, logits) if return_outputs else loss
+
+    def _missing_original_view(self, inputs: dict[str, Any]) -> str:
+        """Why a training batch lacks `original_pixel_values`: the collator dropped it, or the dataset has none."""
+        collator = getattr(self.data_collator, "__qualname__", None) or type(self.data_collator).__name__
+        start = (f"beta > 0 needs the original (unaugmented) view of each image under 'original_pixel_values', and the "
+                 f"batch has only {sorted(inputs)}.")
+        try:
+            example = self.train_dataset[0]
+        except Exception:  # noqa: BLE001 - only to word the error better
+            example = None
+        if isinstance(example, Mapping) and "original_pixel_values" in example:
+            return (f"{start} The training set has it: the data collator ({collator}) dropped it. Leave out "
+                    "data_collator (SynerMixCollator, the default, keeps it) or stack 'original_pixel_values' in "
+                    "yours.")
+        return (f"{start} Build the training set with TwoViewTransform (or return it from your dataset), and use a "
+                f"data collator that keeps it (this run's: {collator}; SynerMixCollator, the default, does).")
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: Any = None

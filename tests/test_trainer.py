@@ -444,3 +444,19 @@ def test_torch_compile_trains_exactly_like_eager_with_the_synermix_hooks(tmp_pat
         losses[compiled] = [(e["loss_intra"], e["loss_inter"]) for e in trainer.state.log_history if "loss" in e]
     assert len(losses[True]) == 4
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+
+
+def test_a_collator_that_drops_the_original_view_is_named_in_the_error(tmp_path):
+    # Hugging Face's example script's collate_fn stacks pixel_values and labels only.
+    def collate_fn(examples):
+        return {"pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+                "labels": torch.tensor([e["labels"] for e in examples])}
+
+    batch = tensor_batch()
+    dataset = [{name: batch[name][i] for name in ("pixel_values", "original_pixel_values", "labels")}
+               for i in range(len(batch["labels"]))]
+    model = resnet()
+    trainer = SynerMixTrainer(model=model, args=arguments(tmp_path, beta=0.1), train_dataset=dataset,
+                              data_collator=collate_fn)
+    with pytest.raises(ValueError, match=r"The training set has it: the data collator \(.*collate_fn\) dropped it"):
+        trainer.compute_loss(model.train(), collate_fn(dataset))
