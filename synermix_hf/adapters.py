@@ -141,9 +141,11 @@ def find_mixing_points(model: nn.Module, manifold_mixup_modules: Sequence[str] |
     if lists:
         name = (named_like_blocks or lists)[0]
         return (INPUT_POINT,) + tuple(f"{name}.{i}" for i in range(1, min(len(names[name]), 3)))
+    candidates = [name for name, module in names.items() if name and "." not in name and any(module.children())]
     raise ValueError(
         f"Could not find Manifold MixUp points in {type(model).__name__} (no list of stages or blocks). Set "
-        "`manifold_mixup_modules` to 'input' and/or module names whose input to mix."
+        "`manifold_mixup_modules` to 'input' and/or module names whose input to mix; its top-level blocks are "
+        f"{candidates[:12] or list(names)[1:13]} (model.named_modules() lists all)."
     )
 
 

@@ -55,6 +55,13 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
     `labels` and, when `beta > 0`, `original_pixel_values` (see `TwoViewTransform`). Works with torchvision and Hugging
     Face image classifiers alike; the head and the Manifold MixUp points are found by `ModelAdapter`.
 
+    Training minimises `beta * L_intra + (1 - beta) * L_inter` and logs `loss` with its parts `loss_intra` and
+    `loss_inter` (means since the last log, over all processes). Evaluation and `predict()` are plain: the model's
+    logits of the original (unaugmented) view and their cross-entropy (`eval_loss`), with no mixup.
+
+    With `enable_jit_checkpoint`, SIGTERM finishes the step, saves a checkpoint on every process and `train()` raises
+    `TrainingPreempted` naming it (`synermix_hf.preemption`).
+
     Images that cannot be decoded (a truncated file, ...) of a `datasets.Dataset` are replaced in training by another
     image of their class and skipped in evaluation (their label becomes -100, which the loss ignores and
     `ClassificationMetrics` counts as `skipped_images`); each is named once in a warning and kept in `bad_images` (a

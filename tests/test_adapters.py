@@ -234,3 +234,19 @@ def test_a_compiled_model_applies_the_replacement_armed_in_each_call():
     with adapter.head_input_replaced(lambda features: replacement):
         torch.testing.assert_close(adapter.logits(compiled, x), model.fc(replacement))
     torch.testing.assert_close(compiled(x), model(x))  # nothing armed after the blocks
+
+
+def test_a_model_without_manifold_mixup_points_is_told_its_top_level_blocks():
+    from torch import nn
+
+    from synermix_hf.adapters import find_mixing_points
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(nn.Conv2d(3, 4, 3))  # one block only: no list of stages
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(4, 2)
+
+    with pytest.raises(ValueError, match=r"its top-level blocks are \['encoder'\]"):
+        find_mixing_points(Plain())

@@ -46,8 +46,10 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"labels must be one label per example, got shape {self.labels.shape}.")
         if len(self.labels) < batch_size and drop_last:
             raise ValueError(
-                f"The dataset has {len(self.labels)} examples, fewer than one batch of {batch_size}; lower the batch "
-                "size."
+                f"The training set has {len(self.labels)} examples, fewer than one batch of {batch_size}, and the "
+                "class-balanced sampler drops incomplete batches: lower the batch of each process "
+                "(`per_device_train_batch_size`, or the total `total_train_batch_size`), or set `balanced_sampler` "
+                "False."
             )
         self.batch_size = batch_size
         self.seed = seed
