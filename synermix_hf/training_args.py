@@ -64,6 +64,21 @@ def accelerator_available() -> bool:
     return any(getattr(hf_utils, name)() for name in checks if hasattr(hf_utils, name))
 
 
+def _sharded_training(args: Any) -> str | None:
+    """The FSDP or DeepSpeed setting that asks for sharded training, from the arguments or `accelerate launch`'s
+    environment; None when there is none."""
+    if args.fsdp:
+        return "`fsdp`"
+    if args.fsdp_config:
+        return "`fsdp_config`"
+    if args.deepspeed:
+        return "`deepspeed`"
+    for variable in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        if os.environ.get(variable, "false").strip().lower() in ("1", "true", "yes"):
+            return f"{variable}={os.environ[variable]} (an accelerate config with {variable.split('_')[-1]})"
+    return None
+
+
 @dataclass
 class SynerMixTrainingArguments(TrainingArguments):
     """`TrainingArguments` for `SynerMixTrainer`.
@@ -211,6 +226,14 @@ class SynerMixTrainingArguments(TrainingArguments):
             self.choose("use_cpu", True, f"{processes} processes launched without a GPU: only with use_cpu do they "
                         "train one model together (gloo) instead of one copy each")
             logger.info("%d processes launched and no GPU: they train one model on the CPUs (use_cpu set).", processes)
+        sharded = _sharded_training(self)
+        if sharded:
+            raise ValueError(
+                f"{sharded}: SynerMix runs two forward passes of the model before one backward pass (the original "
+                "view's features, then the augmented view), which FSDP and DeepSpeed ZeRO do not support as DDP does, "
+                "and which this project has not tested with them. Train with DDP (`torchrun`, or `accelerate launch` "
+                "with a multi-GPU config without FSDP or DeepSpeed)."
+            )
         accelerator_config_given = self.accelerator_config is not None
         super().__post_init__()
         if not accelerator_config_given and self.dataloader_pin_memory:

@@ -63,3 +63,68 @@ def test_the_method_line_names_each_configuration_and_how_to_turn_synermix_on():
     assert "SynerMix off" in texts["wo-RA&ER"] and "Add --beta 0.1" in texts["wo-RA&ER"]
     assert "Add --beta 0.1 to combine it" in texts["w-ER(M)"]
     assert describe_method(0.0, "cutmix", 1.0).startswith("CutMix only (alpha 1), SynerMix off")
+
+
+# The flags of Hugging Face's examples/pytorch/image-classification/run_image_classification.py (transformers 5),
+# besides TrainingArguments': each works here as there, or is refused with the reason.
+HF_EXAMPLE_FLAGS = {
+    "dataset_name": "works", "dataset_config_name": "works", "train_dir": "works", "validation_dir": "works",
+    "train_val_split": "works", "max_train_samples": "works", "max_eval_samples": "works",
+    "image_column_name": "works", "label_column_name": "works", "model_name_or_path": "works",
+    "config_name": "works", "cache_dir": "works", "model_revision": "works", "image_processor_name": "works",
+    "token": "works", "trust_remote_code": "works", "ignore_mismatched_sizes": "works",
+    "model_type": "refused",
+}
+EXAMPLE_VALUES = {"train_val_split": "0.2", "max_train_samples": "5", "max_eval_samples": "5",
+                  "trust_remote_code": "true", "ignore_mismatched_sizes": "true", "model_type": "vit"}
+
+
+@pytest.mark.parametrize("name", sorted(HF_EXAMPLE_FLAGS))
+def test_every_flag_of_hugging_faces_example_script_works_or_is_refused_with_the_reason(name):
+    value = EXAMPLE_VALUES.get(name, "x")
+    if HF_EXAMPLE_FLAGS[name] == "works":
+        groups = parse(f"--{name}", value)
+        parsed = next(getattr(group, name) for group in groups[:3] if hasattr(group, name))
+        assert str(parsed).lower() == value.lower() or parsed == float(value)
+    else:
+        with pytest.raises(UsageError, match=rf"--{name} 'vit': training a Hugging Face architecture from scratch"):
+            parse(f"--{name}", value)
+
+
+@pytest.mark.parametrize("flags, named", [(["--fsdp", "full_shard"], "--fsdp"),
+                                          (["--deepspeed", "ds_config.json"], "--deepspeed")])
+def test_sharded_training_is_refused_up_front_with_the_reason(flags, named):
+    with pytest.raises(UsageError) as refused:
+        parse(*flags)
+    assert str(refused.value).startswith(f"{named}: SynerMix runs two forward passes") and "DDP" in str(refused.value)
+
+
+def test_an_accelerate_config_with_fsdp_is_refused_too(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(UsageError, match=r"ACCELERATE_USE_FSDP=true \(an accelerate config with FSDP\)"):
+        parse()
+
+
+def test_sync_bn_replaces_every_batch_norm_layer_and_refuses_a_model_without_one():
+    import torch
+    from torchvision.models import resnet18
+
+    from synermix_hf.cli.train import _synchronise_batch_norm
+
+    class Names:
+        model_name_or_path, model_name = None, "resnet18"
+
+    model = resnet18(num_classes=3)
+    before = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    synced = _synchronise_batch_norm(model, Names)
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) == before == 20
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in synced.modules())
+    assert all(torch.equal(state[k], v) for k, v in synced.state_dict().items())  # same weights and statistics
+    # On one process SyncBatchNorm is batch norm: the same output as the model before.
+    x = torch.randn(4, 3, 32, 32)
+    reference = resnet18(num_classes=3)
+    reference.load_state_dict(state)
+    torch.testing.assert_close(synced.train()(x), reference.train()(x))
+    with pytest.raises(UsageError, match="--sync_bn: resnet18 has no batch-norm layers"):
+        _synchronise_batch_norm(torch.nn.Sequential(torch.nn.Linear(2, 2)), Names)

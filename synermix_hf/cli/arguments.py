@@ -133,11 +133,22 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow models with their own code on the Hub (runs that code locally)."}
     )
+    model_type: str | None = field(
+        default=None,
+        metadata={"help": "Not supported (Hugging Face's script trains such a model from scratch): use --model_name "
+                  "for a torchvision architecture from scratch, or --model_name_or_path for a Hugging Face model."},
+    )
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Load a checkpoint whose classification head has another number of classes."}
     )
 
     def __post_init__(self):
+        if self.model_type is not None:
+            raise ValueError(
+                f"`model_type` {self.model_type!r}: training a Hugging Face architecture from scratch is not supported "
+                "here. Give `model_name` (a torchvision architecture, trained from scratch) or `model_name_or_path` (a "
+                "Hugging Face checkpoint or a local model folder)."
+            )
         self.model_name = normalise_model_name(self.model_name)
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"`image_size` must be >= 1, got {self.image_size}.")
@@ -255,6 +266,13 @@ class ScriptTrainingArguments(RecipeTrainingArguments):
         metadata={"help": "Processes decoding and augmenting images (default: half the CPU cores, at most 8; 0 when "
                   "the views are made on the device, whose loader only gathers decoded rows)."},
     )
+    sync_bn: bool = field(
+        default=False,
+        metadata={"help": "Synchronised batch norm on several GPUs (torch's SyncBatchNorm): each batch-norm layer "
+                  "normalises over the whole step's batch, as the reference on its one GPU, instead of each GPU's "
+                  "share; each of SynerMix's two forward passes keeps its own statistics. Needs GPUs (refused on "
+                  "several CPU processes) and a model with batch-norm layers."},
+    )
     feature_metrics: bool = field(
         default=False,
         metadata={"help": "After the final evaluation, also report eval_cohesion and eval_separability of the "
@@ -270,6 +288,12 @@ class ScriptTrainingArguments(RecipeTrainingArguments):
             cores = os.cpu_count() or 1
             self.choose("dataloader_num_workers", min(8, cores // 2), f"half the {cores} CPU cores, at most 8")
         super().__post_init__()
+        if self.sync_bn and self.world_size > 1 and self.device.type == "cpu":
+            raise ValueError(
+                f"`sync_bn` needs GPUs: torch's SyncBatchNorm runs on CUDA (or XPU) devices only, and these "
+                f"{self.world_size} processes train on the CPU (gloo). Leave out `sync_bn` (each process then "
+                "normalises over its own share of the batch)."
+            )
 
 
 USAGE = ("%(prog)s [-ds DATASET | --train_dir DIR] [-mn MODEL | --model_name_or_path MODEL] [-beta BETA] "

@@ -133,6 +133,8 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     # weights follow the seed and do not depend on what ran before in the same process.
     transformers.set_seed(training_args.seed)
     model, image_processor, spec = build_model(model_args, data)
+    if training_args.sync_bn:
+        model = _synchronise_batch_norm(model, model_args)
     layout = find_layout(model, training_args)
     check_model_outputs(model, data.num_labels, model_args.model_name_or_path or model_args.model_name, layout.head)
 
@@ -298,6 +300,19 @@ def _check_data_for_the_run(training_args: Any, data: Any) -> None:
                              "--per_device_train_batch_size times the processes), is larger than the training set "
                              f"({len(data.train)} examples); the class-balanced sampler drops incomplete batches. "
                              "Lower the batch size.")
+
+
+def _synchronise_batch_norm(model: Any, model_args: Any) -> Any:
+    """`model` with its batch-norm layers replaced by `SyncBatchNorm` (--sync_bn); refused for a model without any."""
+    import torch
+
+    batch_norms = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if not batch_norms:
+        name = model_args.model_name_or_path or model_args.model_name
+        raise UsageError(f"--sync_bn: {name} has no batch-norm layers to synchronise. Leave out --sync_bn.")
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    logger.info("--sync_bn: %d batch-norm layers synchronised across processes.", batch_norms)
+    return model
 
 
 def _check_reporting(training_args: Any) -> None:
