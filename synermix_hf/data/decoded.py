@@ -8,7 +8,7 @@ per-image path feeds to `ToTensor`.
 They are kept as every device-path image is (`synermix_hf.data.image_store.ImageStore`: rows of uint8 HWC pixels and
 their index, in a folder next to the dataset's cache, memory-mapped, built once by threads in a temporary folder
 renamed into place, by the local main process while the others wait), here with every row S x S. The store's rules
-for a full disk, permissions, damage and leftovers are this cache's (`image_store`, "When things go wrong"); it has no
+for a full disk, permissions, damage and leftovers are this cache's (`store_folder`); it has no
 temporary file of its own (the former format's `<name>.npy.<random>.tmp` files, left by builds killed over a day ago,
 are removed by the next build in their folder).
 

@@ -14,43 +14,14 @@ Layout: `pixels` is one flat uint8 array, the images' RGB rows in HWC order one 
 4:3 image at S = 256, stored 256 x 341).
 
 The store is a folder next to the dataset's cache files (or in `HF_DATASETS_CACHE` for an in-memory dataset), named by
-the dataset's fingerprint, the column, S, the interpolation and the decoding rule, holding `pixels.npy`, `index.npy`,
-`bad.json` (the images that failed, often `[]`) and `store.json`, its manifest (format version, number of rows, each
-file's size, and the SHA-256 of the small files), written last; it is read back memory-mapped, so later runs and every
-process of a distributed run share one copy. The build reads every image's size from its header (pass 1, no
-decoding), lays the rows out, then decodes and resizes in threads straight into each row's place in the file (pass 2;
-PIL releases the GIL), in a temporary sibling folder renamed into place at the end: an interrupted build never leaves a
-partial store. In a distributed run the local main process builds it while the others wait.
-
-When things go wrong:
-
-* A full disk (or a quota, or a file-size limit): the pixels file's space is reserved (`os.posix_fallocate`) before
-  anything is decoded and the rows are written with `os.pwrite`, never through a writable memory map (a write through
-  a map into a sparse file on a full disk kills the process with SIGBUS). ENOSPC, EDQUOT or EFBIG, at the reservation
-  or at any later write, removes the partial build and raises `StoreSpaceError`, one line naming the store's folder,
-  the bytes it needs and the bytes free there. Decision: the run falls back rather than stops.
-  `synermix_hf.data.pipeline.prepare_views` logs that line as a warning and in its description, and reads the images
-  as it would have without room for them (decoded at every read, or in the DataLoader): the pixels are exactly the
-  same either way, only slower. Only `views_on="device"` with a square recipe, which has no such fallback, stops
-  with a `ValueError`. In a distributed run the other local processes, let in after the local main process's failed
-  build, find no store and fall back alike.
-* Permissions: the store's folder and files get the modes the umask gives (`0o777 & ~umask`, `0o666 & ~umask`), as
-  `datasets`' own cache files do, so that a shared `HF_DATASETS_CACHE` works. A store another user built is used as
-  it is when it can be read, even where nothing can be written (found next to the dataset's files even when this
-  user cannot write there); one that cannot be read stops with
-  `StoreAccessError` (a `PermissionError` and a `ValueError`), one line naming it and what to do; so does a folder
-  this user cannot write a new store into.
-* Damage: every reuse checks the manifest (its format, each file's size, the SHA-256 of the index and of
-  `bad.json`), then the arrays' headers and the index against the pixels; anything missing, cut short or unparsable
-  makes the store damaged: one warning naming the damaged file, the store removed and built again. A store without
-  its `bad.json` is never trusted, so an image that failed is never taken for a black training image. A damaged store
-  this user cannot remove stops with `StoreAccessError`.
-* Leftovers: a build holds an advisory lock (`fcntl.flock`) on `build.lock` in its temporary folder until the rename.
-  Every build first removes the temporary folders (of any store, from any host) whose lock it can take, their builder
-  being gone, with one warning each; where the file system has no `flock`, those of this host whose process is gone.
-  Across hosts this needs a file system whose `flock` locks are seen by every host (NFS's are; Lustre needs its
-  `flock` mount option, not `localflock`). Temporary files of the square cache's former format
-  (`synermix-decoded-*.npy.*.tmp`) older than a day are removed too.
+the dataset's fingerprint, the column, S, the interpolation and the decoding rule (`store_path`), holding `pixels.npy`,
+`index.npy`, `bad.json` (the images that failed, often `[]`) and `store.json`, its manifest; it is read back
+memory-mapped, so later runs and every process of a distributed run share one copy. The build reads every image's size
+from its header (pass 1, no decoding), lays the rows out, then decodes and resizes in threads straight into each row's
+place in the file (pass 2; PIL releases the GIL). In a distributed run the local main process builds it while the
+others wait. How the folder is built complete or not at all, shared between users, checked at every reuse, and what
+happens when things go wrong (a full disk, permissions, damage, leftovers of interrupted builds):
+`synermix_hf.data.store_folder`.
 
 An image that cannot be read or decoded (a truncated file, not an image, ...) stops `stored_images` with an error naming
 it. `stored_images_and_failures` instead stores it black (an unreadable header as a 1x1 image) and returns it with the
@@ -62,25 +33,34 @@ others as `(row, source, error)`, so that the caller decides (`synermix_hf.data.
 
 from __future__ import annotations
 
-import errno
-import fcntl
+import contextlib
 import hashlib
 import io
-import json
 import logging
 import os
-import pwd
-import secrets
-import shutil
-import socket
-import tempfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
+
+from .store_folder import (
+    FAILURES_FILE,
+    INDEX_FILE,
+    PIXELS_FILE,
+    STORE_FORMAT_VERSION,
+    STORE_PREFIX,
+    BrokenStore,
+    PixelsFile,
+    StoreAccessError,
+    StoreBuild,
+    StoreSpaceError,
+    check_manifest,
+    load_failures,
+    remove_damaged,
+    unreadable,
+)
 
 __all__ = [
     "DecodeFailure",
@@ -100,20 +80,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STORE_FORMAT_VERSION = 2
-"""Bumped when the layout or the decoding rule changes, so that old stores are not reused. 2: the manifest
-(`store.json`) and an always present `bad.json`; `as_rgb`'s conversion of 16-bit images."""
-
 _CHUNK_ROWS = 64  # rows per thread task: ~0.3 s of decoding at 224 px, fine enough for the progress bar
 _PROGRESS_MIN_ROWS = 1000
 _INDEX_COLUMNS = 5  # offset, height, width, original_height, original_width
-_PIXELS_FILE, _INDEX_FILE, _FAILURES_FILE = "pixels.npy", "index.npy", "bad.json"
-_MANIFEST_FILE, _LOCK_FILE = "store.json", "build.lock"
-_STORE_PREFIX = "synermix-store-"
-_LEGACY_TEMPORARY = ("synermix-decoded-", ".tmp")  # the square cache's former `<name>.npy.<random>.tmp` files
-_LEGACY_TEMPORARY_AGE_S = 24 * 3600
-_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-_NOT_ALLOWED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that `ImageOps.exif_transpose` turns by 90 degrees
 
 
@@ -143,56 +112,6 @@ def _undecoded_column(dataset: Any, image_column: str) -> Any:
     return raw.with_format(None)
 
 
-class StoreSpaceError(OSError):
-    """No room to build an image store (ENOSPC, EDQUOT or EFBIG: a full disk, a quota, a file-size limit). The
-    partial build was removed; the message is one line naming the store's folder, the bytes it needs and the bytes
-    free there. `errno` is the write's."""
-
-
-class StoreAccessError(PermissionError, ValueError):
-    """An image store this user cannot read, or cannot write where one must be written or replaced. The message is
-    one line naming the folder and what to do. A `ValueError` too, so that the command line reports it as a problem
-    of its settings, in one paragraph, not a traceback."""
-
-
-class _BrokenStore(Exception):
-    """A store whose `file` is missing, cut short, unparsable or disagrees with the rest (`problem` says how)."""
-
-    def __init__(self, file: str, problem: str):
-        super().__init__(f"{os.path.basename(file)}: {problem}")
-        self.file, self.problem = file, problem
-
-
-def _save_array(file: str, array: np.ndarray) -> None:
-    """`np.save`, but every failed write raises: `np.save` writes through C stdio, whose buffered writes can fail
-    unseen at close on a full disk, leaving a file cut short that the manifest would then record as complete."""
-    with open(file, "wb") as handle:
-        np.lib.format.write_array_header_1_0(handle, np.lib.format.header_data_from_array_1_0(array))
-        handle.write(memoryview(np.ascontiguousarray(array)).cast("B"))
-
-
-def _write_failures(file: str, failures: list[DecodeFailure]) -> None:
-    with open(file, "w", encoding="utf-8") as handle:
-        json.dump(failures, handle)
-
-
-def _load_failures(file: str, num_rows: int) -> list[DecodeFailure]:
-    """The failures kept in `file`; `_BrokenStore` when it is missing or not a list of `[row, source, error]` with
-    rows in range (a store without its failures would hand the failed images out as black training images)."""
-    try:
-        with open(file, encoding="utf-8") as handle:
-            failures = [(int(row), str(source), str(error)) for row, source, error in json.load(handle)]
-    except FileNotFoundError:
-        raise _BrokenStore(file, "missing") from None
-    except PermissionError:
-        raise
-    except Exception as error:  # JSONDecodeError, UnicodeDecodeError, a wrong shape (TypeError, ValueError), ...
-        raise _BrokenStore(file, f"unreadable ({type(error).__name__}: {error})") from error
-    if any(not 0 <= row < num_rows for row, _, _ in failures):
-        raise _BrokenStore(file, f"it names rows outside the {num_rows} of the store")
-    return failures
-
-
 def _dataset_folders(dataset: Any) -> list[str]:
     """The folders of `dataset`'s cache files, in order, each once."""
     folders = [os.path.dirname(os.path.abspath(cache_file["filename"]))
@@ -207,48 +126,6 @@ def _cache_folder(dataset: Any) -> str:
         if os.access(folder, os.W_OK):
             return folder
     return os.path.join(str(datasets.config.HF_DATASETS_CACHE), "synermix_decoded")
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux shows it (`os.umask` sets it to read it, which
-    another thread creating a file at that instant would see)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _owner(path: str) -> str:
-    """The user who owns `path`, by name where known."""
-    try:
-        uid = os.stat(path).st_uid
-    except OSError:
-        return "its owner"
-    try:
-        return f"user {pwd.getpwuid(uid).pw_name}"
-    except KeyError:
-        return f"user {uid}"
-
-
-def _this_user() -> str:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
-
-
-def _unreadable(path: str, error: OSError) -> StoreAccessError:
-    return StoreAccessError(
-        f"Cannot read the image store {path} ({error.strerror or error}): it belongs to {_owner(path)}, and this "
-        f"user ({_this_user()}) may not read it. Ask its owner to make it readable (chmod -R a+rX {path}), or point "
-        "HF_DATASETS_CACHE (or cache_dir) at a folder of your own."
-    )
 
 
 def stored_size(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -362,7 +239,7 @@ class ImageStore:
             try:
                 # Checked in full by the process that opened it first; a worker reopening it checks the sizes.
                 self.pixels, self.index = _open_arrays(self.path, digests=False)
-            except _BrokenStore as problem:
+            except BrokenStore as problem:
                 raise RuntimeError(f"Cannot reopen the image store {self.path} ({problem}): it was removed or changed "
                                    "while in use; run again to rebuild it.") from None
 
@@ -425,7 +302,7 @@ class EncodedImages(ImageStore):
         if self.path is not None and self.index is None:
             try:
                 _, self.index = _open_arrays(self.path, with_pixels=False, digests=False)
-            except _BrokenStore as problem:
+            except BrokenStore as problem:
                 raise RuntimeError(f"Cannot reopen the image index {self.path} ({problem}): it was removed or changed "
                                    "while in use; run again to make it anew.") from None
 
@@ -465,7 +342,7 @@ def store_path(dataset: Any, image_column: str, short_side: int | None, interpol
         raise ValueError(f"{type(dataset).__name__} has no fingerprint; stored_images needs a datasets.Dataset.")
     rule = _decoding_rule(image_column, short_side, interpolation, square, centre_crop_of)
     rule = hashlib.sha256(rule.encode()).hexdigest()[:12]
-    name = f"{_STORE_PREFIX}{fingerprint}-{_resize_label(short_side, square, centre_crop_of)}-{interpolation}-{rule}"
+    name = f"{STORE_PREFIX}{fingerprint}-{_resize_label(short_side, square, centre_crop_of)}-{interpolation}-{rule}"
     if cache_dir is None:
         for folder in _dataset_folders(dataset):
             if os.path.isdir(os.path.join(folder, name)):
@@ -476,104 +353,51 @@ def store_path(dataset: Any, image_column: str, short_side: int | None, interpol
 # ----------------------------------------------------------------------------------------------------- reading back
 
 
-def _sha256(file: str) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _store_files(with_pixels: bool) -> tuple[str, ...]:
-    return (_PIXELS_FILE, _INDEX_FILE, _FAILURES_FILE) if with_pixels else (_INDEX_FILE, _FAILURES_FILE)
-
-
-def _write_manifest(folder: str, num_rows: int, with_pixels: bool) -> None:
-    """Write `store.json`, last: what a complete store of `folder` holds. The pixels are checked by size only (hashing
-    gigabytes at every reuse would cost more than the decoding it saves), the small files by their SHA-256 too."""
-    files = {}
-    for name in _store_files(with_pixels):
-        file = os.path.join(folder, name)
-        files[name] = {"bytes": os.path.getsize(file)} | ({} if name == _PIXELS_FILE else {"sha256": _sha256(file)})
-    with open(os.path.join(folder, _MANIFEST_FILE), "w", encoding="utf-8") as handle:
-        json.dump({"format": STORE_FORMAT_VERSION, "rows": num_rows, "files": files}, handle, indent=1)
-
-
-def _check_manifest(folder: str, with_pixels: bool, digests: bool = True) -> int:
-    """The number of rows the manifest of `folder` records, after checking each file against it (its size, and with
-    `digests` the SHA-256 of the small files)."""
-    manifest_file = os.path.join(folder, _MANIFEST_FILE)
-    try:
-        with open(manifest_file, encoding="utf-8") as handle:
-            manifest = json.load(handle)
-        version, num_rows, files = manifest["format"], int(manifest["rows"]), dict(manifest["files"])
-        expected = {name: (int(files[name]["bytes"]), files[name].get("sha256")) for name in _store_files(with_pixels)}
-    except FileNotFoundError:
-        raise _BrokenStore(manifest_file, "missing") from None
-    except PermissionError:
-        raise
-    except Exception as error:  # JSONDecodeError, KeyError, TypeError, ...: cut short or not a manifest
-        raise _BrokenStore(manifest_file, f"unreadable ({type(error).__name__}: {error})") from error
-    if version != STORE_FORMAT_VERSION:
-        raise _BrokenStore(manifest_file, f"format {version!r}, this version reads {STORE_FORMAT_VERSION}")
-    for name, (nbytes, digest) in expected.items():
-        file = os.path.join(folder, name)
-        try:
-            size = os.stat(file).st_size
-        except FileNotFoundError:
-            raise _BrokenStore(file, "missing") from None
-        if size != nbytes:
-            raise _BrokenStore(file, f"{size} bytes, the store recorded {nbytes}")
-        if digests and digest is not None and _sha256(file) != digest:
-            raise _BrokenStore(file, "its contents changed since the store was written")
-    return num_rows
-
-
 def _load_array(file: str) -> np.ndarray:
-    """`np.load(file, mmap_mode="r")`; `_BrokenStore` for whatever a damaged file makes it raise."""
+    """`np.load(file, mmap_mode="r")`; `BrokenStore` for whatever a damaged file makes it raise."""
     try:
         return np.load(file, mmap_mode="r", allow_pickle=False)
     except PermissionError:
         raise
     except Exception as error:  # EOFError, ValueError (mmap length, malformed node), SyntaxError, OSError, ...
-        raise _BrokenStore(file, f"{type(error).__name__}: {error}") from error
+        raise BrokenStore(file, f"{type(error).__name__}: {error}") from error
 
 
 def _open_store(folder: str, with_pixels: bool = True,
                 digests: bool = True) -> tuple[np.ndarray | None, np.ndarray, list[DecodeFailure]]:
     """The store's pixels (None without them) memory-mapped, its index and its failures, every file checked against
-    the manifest (`digests`: the small files' SHA-256 too) and the arrays against each other: `_BrokenStore` naming
+    the manifest (`digests`: the small files' SHA-256 too) and the arrays against each other: `BrokenStore` naming
     the first damaged file, `StoreAccessError` when this user may not read them."""
     try:
         return _read_store(folder, with_pixels, digests)
     except PermissionError as error:
-        raise _unreadable(folder, error) from None
+        raise unreadable(folder, error) from None
 
 
 def _read_store(folder: str, with_pixels: bool,
                 digests: bool) -> tuple[np.ndarray | None, np.ndarray, list[DecodeFailure]]:
-    num_rows = _check_manifest(folder, with_pixels, digests)
-    pixels_file, index_file = os.path.join(folder, _PIXELS_FILE), os.path.join(folder, _INDEX_FILE)
+    num_rows = check_manifest(folder, with_pixels, digests)
+    pixels_file, index_file = os.path.join(folder, PIXELS_FILE), os.path.join(folder, INDEX_FILE)
     pixels = _load_array(pixels_file) if with_pixels else None
     index = _load_array(index_file)
     if pixels is not None and (pixels.dtype != np.uint8 or pixels.ndim != 1):
-        raise _BrokenStore(pixels_file, f"pixels are {pixels.dtype} {pixels.shape}, not flat uint8")
+        raise BrokenStore(pixels_file, f"pixels are {pixels.dtype} {pixels.shape}, not flat uint8")
     if index.dtype != np.int64 or index.ndim != 2 or index.shape[1] != _INDEX_COLUMNS:
-        raise _BrokenStore(index_file, f"index is {index.dtype} {index.shape}, not int64 [N, {_INDEX_COLUMNS}]")
+        raise BrokenStore(index_file, f"index is {index.dtype} {index.shape}, not int64 [N, {_INDEX_COLUMNS}]")
     index = np.array(index)  # 40 bytes an image: in memory, so that batches index it without page faults
     if len(index) != num_rows:
-        raise _BrokenStore(index_file, f"it holds {len(index)} rows, the manifest {num_rows}")
+        raise BrokenStore(index_file, f"it holds {len(index)} rows, the manifest {num_rows}")
     if len(index) and index[:, 1:].min() < 1:
-        raise _BrokenStore(index_file, "the index holds an image without pixels")
-    failures = _load_failures(os.path.join(folder, _FAILURES_FILE), num_rows)
+        raise BrokenStore(index_file, "the index holds an image without pixels")
+    failures = load_failures(os.path.join(folder, FAILURES_FILE), num_rows)
     if pixels is None:
         return None, index, failures
     ends = index[:, 0] + index[:, 1] * index[:, 2] * 3
     starts_ok = len(index) == 0 or (index[0, 0] == 0 and np.array_equal(index[1:, 0], ends[:-1]))
     total = int(ends[-1]) if len(index) else 0
     if not starts_ok or total != pixels.size:
-        raise _BrokenStore(pixels_file,
-                           f"the index describes {total} bytes of pixels in order, the pixels hold {pixels.size}")
+        raise BrokenStore(pixels_file,
+                          f"the index describes {total} bytes of pixels in order, the pixels hold {pixels.size}")
     return pixels, index, failures
 
 
@@ -590,7 +414,7 @@ def existing_store_nbytes(path: str, with_pixels: bool = True) -> int | None:
         return None
     try:
         pixels, index = _open_arrays(path, with_pixels)
-    except (_BrokenStore, StoreAccessError):
+    except (BrokenStore, StoreAccessError):
         return None
     return int((0 if pixels is None else pixels.nbytes) + index.nbytes)
 
@@ -641,59 +465,15 @@ def _header_sizes(raw: Any, feature: Any, image_column: str, start: int, stop: i
     return sizes, failures
 
 
-class _PixelsFile:
-    """The pixels' `.npy` file, its space reserved before anything is decoded and its rows written with `os.pwrite`.
-
-    Never through a writable memory map: the map's file would be sparse, and on a full disk a write through the map
-    into a hole kills the process with SIGBUS, leaving the temporary folder that fills the disk. A reservation or a
-    write raises OSError (ENOSPC, EDQUOT, EFBIG) instead, which the build turns into `StoreSpaceError`.
-    """
-
-    def __init__(self, file: str, total: int):
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (total,)})
-        self.start = len(header.getvalue())
-        self.fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            self._write_at(0, header.getvalue())
-            size = self.start + total
-            try:
-                os.posix_fallocate(self.fd, 0, size)  # glibc writes the blocks itself where the file system cannot
-            except OSError as error:
-                if error.errno in _NO_ROOM:
-                    raise
-                os.ftruncate(self.fd, size)  # no reservation here (EINVAL, EOPNOTSUPP): the writes still raise
-        except BaseException:
-            self.close()
-            raise
-
-    def write(self, offset: int, data: np.ndarray) -> None:
-        """Write `data` (uint8) at byte `offset` of the pixels."""
-        self._write_at(self.start + offset, memoryview(np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)))
-
-    def _write_at(self, position: int, data: Any) -> None:
-        view = memoryview(data).cast("B")
-        while view:
-            written = os.pwrite(self.fd, view, position)
-            if written <= 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            view, position = view[written:], position + written
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)  # NFS reports a write it could not make at close
-
-
-def _put(pixels: np.ndarray | _PixelsFile | None, offset: int, data: np.ndarray) -> None:
+def _put(pixels: np.ndarray | PixelsFile | None, offset: int, data: np.ndarray) -> None:
     """Write the uint8 `data` at `offset` of the pixels: an array in memory, the store's file, or nothing (None)."""
-    if isinstance(pixels, _PixelsFile):
+    if isinstance(pixels, PixelsFile):
         pixels.write(offset, data)
     elif pixels is not None:
         pixels[offset : offset + data.size] = data.reshape(-1)
 
 
-def _decode_into(raw: Any, feature: Any, image_column: str, resize: Any, pixels: np.ndarray | _PixelsFile | None,
+def _decode_into(raw: Any, feature: Any, image_column: str, resize: Any, pixels: np.ndarray | PixelsFile | None,
                  index: np.ndarray, skip: set[int], start: int, stop: int,
                  tolerate: bool) -> tuple[int, list[DecodeFailure]]:
     """Decode rows `[start, stop)` as the per-image path does before ToTensor (`feature.decode_example`, RGB,
@@ -753,181 +533,6 @@ def _run_chunks(pool: ThreadPoolExecutor, task: Any, num_rows: int, description:
     return results
 
 
-# ------------------------------------------------------------------------------------------------------ temporaries
-
-
-def _temporary_prefix(path: str) -> str:
-    return f".{os.path.basename(path)}.{socket.gethostname()}."
-
-
-def _temporary_pid(name: str) -> int | None:
-    """The pid in the name of a temporary folder made on this host (`.<store>.<host>.<pid>.<random>.tmp`), else None
-    (a host name may hold dots, a store's name and the other parts do not)."""
-    try:
-        host, pid, _, _ = name[1:].split(".", 1)[1].rsplit(".", 3)
-        return int(pid) if host == socket.gethostname() else None
-    except (IndexError, ValueError):
-        return None
-
-
-def _process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # PermissionError: alive, another user's
-        return False
-    return False  # alive (or its pid was reused): left alone
-
-
-def _discard(folder: str, why: str) -> None:
-    """Remove the abandoned temporary `folder`, with one warning line naming it."""
-    shutil.rmtree(folder, ignore_errors=True)
-    if os.path.lexists(folder):
-        logger.warning("Image store: cannot remove %s, left by a build whose process is gone (%s): this user may not; "
-                       "its owner can.", folder, why)
-    else:
-        logger.warning("Image store: removed %s, left by a build whose process is gone (%s).", folder, why)
-
-
-def _remove_if_abandoned(folder: str, name: str) -> None:
-    """Remove the temporary `folder` when the build that made it is gone: its lock is free (whatever host built it),
-    or, where there is no lock to judge by, it was made on this host by a process that is gone."""
-    lock_file = os.path.join(folder, _LOCK_FILE)
-    fd, exclusive = None, True
-    try:
-        fd = os.open(lock_file, os.O_RDWR)
-    except PermissionError:
-        try:  # another user's: a shared lock tells as well whether its builder holds it
-            fd, exclusive = os.open(lock_file, os.O_RDONLY), False
-        except OSError:
-            return  # a folder this user cannot look into, nor remove
-    except FileNotFoundError:
-        pass  # a build older than the locks, or one making its folder this instant: judged by its pid below
-    if fd is not None:
-        try:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return  # its build holds the lock: running, on this host or another
-            except OSError:
-                pass  # no flock on this file system: judged by its pid below
-            else:
-                _discard(folder, "its build lock was free")
-                return
-        finally:
-            os.close(fd)
-    pid = _temporary_pid(name)
-    if pid is not None and _process_gone(pid):
-        _discard(folder, f"process {pid} of this host is gone")
-
-
-def _remove_abandoned_builds(path: str) -> None:
-    """Remove the temporary folders of the stores in `path`'s folder (of any store, built on any host) whose build is
-    gone (killed mid-build), and the square cache's former temporary files left there for over a day."""
-    parent = os.path.dirname(path)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return  # nothing in it can be removed by this user
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return
-    legacy_prefix, legacy_suffix = _LEGACY_TEMPORARY
-    for name in names:
-        entry = os.path.join(parent, name)
-        try:
-            if name.startswith(f".{_STORE_PREFIX}") and name.endswith(".tmp"):
-                _remove_if_abandoned(entry, name)
-            elif name.startswith(legacy_prefix) and name.endswith(legacy_suffix) and ".npy." in name:
-                # No pid or lock to judge by; the former format's builds wrote them through a memory map, which
-                # keeps their time of change recent while they run.
-                if time.time() - os.stat(entry).st_mtime > _LEGACY_TEMPORARY_AGE_S:
-                    os.remove(entry)
-                    logger.warning("Image store: removed %s, a temporary file of the former square cache, left by a "
-                                   "build interrupted over a day ago.", entry)
-        except OSError as error:  # gone meanwhile, or not this user's to remove: left
-            logger.debug("Image store: leaving %s (%s).", entry, error)
-
-
-def _unwritable(path: str, folder: str, error: OSError) -> StoreAccessError:
-    existing = folder  # the folder, or where its making stopped
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    owner = f"its owner ({_owner(existing)})" if existing == folder else f"the owner of {existing} ({_owner(existing)})"
-    return StoreAccessError(
-        f"Cannot write the image store {path} ({error.strerror or error}): this user ({_this_user()}) may not "
-        f"create or write the folder {folder}. Ask {owner} for write access, or point HF_DATASETS_CACHE (or "
-        "cache_dir) at a folder of your own."
-    )
-
-
-def _new_temporary(path: str) -> tuple[str, int]:
-    """A new temporary folder for the build of `path`, with the mode the umask gives, and the descriptor of its lock
-    file, locked until the build ends (unlocked where the file system has no flock: builds of this host then judge
-    the folder by the pid in its name)."""
-    parent = os.path.dirname(path)
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as error:
-        if error.errno not in _NOT_ALLOWED:
-            raise
-        raise _unwritable(path, parent, error) from None
-    _remove_abandoned_builds(path)
-    mode = 0o777 & ~_umask()
-    for _ in range(3):
-        try:
-            temporary = tempfile.mkdtemp(prefix=f"{_temporary_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=parent)
-        except OSError as error:
-            if error.errno not in _NOT_ALLOWED:
-                raise
-            raise _unwritable(path, parent, error) from None
-        os.chmod(temporary, mode)  # mkdtemp makes it 0700, which would keep every other user out of the store
-        lock_file = os.path.join(temporary, _LOCK_FILE)
-        try:
-            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
-        except FileNotFoundError:
-            continue  # another build took the folder, still without its lock, for abandoned
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            return temporary, fd
-        try:
-            if os.fstat(fd).st_ino == os.stat(lock_file).st_ino:
-                return temporary, fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # another build took the folder for abandoned in the instant before it was locked
-    raise RuntimeError(f"Cannot start building the image store {path}: other builds removed its temporary folder "
-                       "three times over. Are several versions of synermix_hf building into that folder?")
-
-
-def _set_modes(folder: str) -> None:
-    """The store's files get the mode the umask gives, as `datasets`' own cache files do, whatever made them."""
-    mode = 0o666 & ~_umask()
-    for name in os.listdir(folder):
-        if name != _LOCK_FILE:
-            os.chmod(os.path.join(folder, name), mode)
-
-
-def _bytes_text(nbytes: int) -> str:
-    return f"{nbytes:,} bytes" + (f" ({nbytes / 2**30:.2f} GiB)" if nbytes >= 2**30 / 100 else "")
-
-
-def _no_room(path: str, needed: int | None, error: OSError) -> StoreSpaceError:
-    """The one-line error of a build of `path` that ran out of room (`error`), after its partial build is removed."""
-    try:
-        free_text = f"{_bytes_text(shutil.disk_usage(os.path.dirname(path)).free)} are free there"
-    except OSError:
-        free_text = "its free space is unknown"
-    need_text = f"it needs {_bytes_text(needed)}" if needed is not None else "it needs room"
-    code = errno.errorcode.get(error.errno, str(error.errno))
-    problem = StoreSpaceError(f"No room for the image store {path}: {need_text} and {free_text} ({code}, "
-                              f"{error.strerror or error}: a full disk, a quota or a file-size limit); the partial "
-                              "build was removed")
-    problem.errno = error.errno
-    return problem
-
-
 # -------------------------------------------------------------------------------------------------------- the build
 
 
@@ -951,9 +556,9 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
         resize = ResizeIfNeeded(short_side)
     else:
         resize = (T.Resize(short_side, interpolation=T.InterpolationMode(interpolation)) if short_side else None)
-    temporary = lock = pixels = needed = None
-    renamed = False
-    try:
+    pixels = None
+    # On disk: complete or absent, whatever stops the build; out of room, `StoreSpaceError`.
+    with StoreBuild(path) if path is not None else contextlib.nullcontext() as build:
         with ThreadPoolExecutor(max_workers=num_threads) as pool:
             # Pass 1: the sizes, from the headers; they lay out the rows.
             results = _run_chunks(pool, lambda a, b: _header_sizes(raw, feature, image_column, a, b, tolerate),
@@ -967,11 +572,10 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
             nbytes = index[:, 1] * index[:, 2] * 3
             index[:, 0] = np.cumsum(nbytes) - nbytes
             total = int(nbytes.sum()) if keep_pixels else 0
-            needed = total + index.nbytes
-            if path is not None:
-                temporary, lock = _new_temporary(path)
+            if build is not None:
+                build.start(needed=total + index.nbytes)
                 if keep_pixels:  # its space reserved now, before hours of decoding
-                    pixels = _PixelsFile(os.path.join(temporary, _PIXELS_FILE), total)
+                    pixels = build.reserve_pixels(total)
             elif keep_pixels:
                 pixels = np.empty(total, dtype=np.uint8)
             # Pass 2: decode (and resize) each image into its place, or only check that it decodes.
@@ -987,65 +591,11 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
                 num_rows, what,
             )  # fmt: skip
         failures = sorted(failures + [failure for _, failed in results for failure in failed])
-        if path is None:
+        if build is None:
             return _made(dataset, image_column, pixels, index, short_side, interpolation, None, square), failures
-        if pixels is not None:
-            pixels.close()
-        # Every file of the store, then its manifest, last: a store without a valid manifest is never used.
-        _save_array(os.path.join(temporary, _INDEX_FILE), index)
-        _write_failures(os.path.join(temporary, _FAILURES_FILE), failures)
-        _write_manifest(temporary, num_rows, keep_pixels)
-        _set_modes(temporary)
-        try:
-            os.replace(temporary, path)  # atomic: readers see no store or the whole store
-            renamed = True
-        except OSError:
-            if existing_store_nbytes(path, keep_pixels) is None:  # not another build's complete store
-                raise
-            logger.info("Image store: %s was built meanwhile by another process; using it.", path)
-            shutil.rmtree(temporary, ignore_errors=True)
-        temporary = None
-    except BaseException as error:
-        if isinstance(pixels, _PixelsFile):
-            pixels.close()
-        if temporary is not None:
-            shutil.rmtree(temporary, ignore_errors=True)
-        if (path is not None and isinstance(error, OSError) and error.errno in _NO_ROOM
-                and not isinstance(error, StoreSpaceError)):
-            raise _no_room(path, needed, error) from error
-        raise
-    finally:
-        if lock is not None:
-            if renamed:  # the lock file moved into the store with the rename; a store does not keep it
-                try:
-                    os.remove(os.path.join(path, _LOCK_FILE))
-                except OSError:
-                    pass
-            os.close(lock)
+        build.finish(index, failures, lambda: existing_store_nbytes(path, keep_pixels) is not None)
     pixels, index, failures = _open_store(path, keep_pixels)
     return _made(dataset, image_column, pixels, index, short_side, interpolation, path, square), failures
-
-
-def _remove_damaged(path: str, problem: _BrokenStore) -> None:
-    """Remove the damaged store `path`, with one warning naming the damaged file, so that it is built again;
-    `StoreAccessError` when this user may not remove it (another user's store in a folder it cannot write)."""
-    parent = os.path.dirname(path)
-    if not (os.access(parent, os.W_OK | os.X_OK) and os.access(path, os.W_OK | os.X_OK)):
-        raise StoreAccessError(
-            f"The image store {path} is damaged ({problem.file}: {problem.problem}) and this user "
-            f"({_this_user()}) may not replace it. Ask its owner ({_owner(path)}) to remove it, or point "
-            "HF_DATASETS_CACHE (or cache_dir) at a folder of your own."
-        )
-    logger.warning("Image store: %s is damaged (%s); removing the store %s and building it again.", problem.file,
-                   problem.problem, path)
-    # Renamed away first, so that no reader meets it half removed; the name of an abandoned build's folder, so that
-    # a later build removes whatever this one cannot.
-    trash = os.path.join(parent, f"{_temporary_prefix(path)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        os.rename(path, trash)
-    except FileNotFoundError:
-        return  # removed meanwhile by another process
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _made(dataset: Any, image_column: str, pixels: np.ndarray | None, index: np.ndarray, short_side: int | None,
@@ -1221,10 +771,10 @@ def _reuse_or_build(dataset: Any, image_column: str, short_side: int | None, int
         try:
             pixels, index, failures = _open_store(path, keep_pixels)
             if len(index) != len(dataset):
-                raise _BrokenStore(os.path.join(path, _INDEX_FILE),
-                                   f"it holds {len(index)} images, the dataset {len(dataset)}")
-        except _BrokenStore as problem:
-            _remove_damaged(path, problem)
+                raise BrokenStore(os.path.join(path, INDEX_FILE),
+                                  f"it holds {len(index)} images, the dataset {len(dataset)}")
+        except BrokenStore as problem:
+            remove_damaged(path, problem)
         else:
             logger.info("Image store: reusing %s", path)
             return _made(dataset, image_column, pixels, index, short_side, interpolation, path, square), failures
