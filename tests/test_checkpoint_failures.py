@@ -2,15 +2,11 @@
 and says in one line what happened and what to do, on every process together."""
 
 import errno
-import json
 import multiprocessing
 import multiprocessing.connection
 import os
 import re
-import subprocess
-import sys
 import traceback
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,26 +16,30 @@ from synermix_hf import SynerMixTrainer, checkpoints
 from synermix_hf.checkpoints import CheckpointSaveError, checkpoint_problem
 
 
+def _child(send, function, args):
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # a file-size limit would cut the files pytest captures the output in, too
+    os.dup2(devnull, 2)
+    torch.set_num_threads(1)
+    try:
+        send.send(("returned", function(*args)))
+    except BaseException:  # the test reports it
+        send.send(("raised", traceback.format_exc()))
+
+
 def _in_a_forked_child(function, *args, timeout=120):
-    """`function(*args)` in a forked child process, whose result comes back through a pipe.
+    """`function(*args)` (a module-level function) in a child process, whose result comes back through a pipe.
 
-    Forked rather than started afresh: the imports (most of a new interpreter's 10 s) are done.
+    The child is forked from a fork server that imported torch, transformers and synermix_hf once, not from this
+    process: a process whose autograd has run cannot fork a child that trains ("Unable to handle autograd's threading
+    in combination with fork-based multiprocessing"), and a fresh interpreter per test would spend ~10 s on imports.
     """
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "transformers", "synermix_hf.checkpoints", "synermix_hf.cli.train"])
     receive, send = context.Pipe(duplex=False)
-
-    def child():
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)  # a file-size limit would cut the files pytest captures the output in, too
-        os.dup2(devnull, 2)
-        torch.set_num_threads(1)  # OpenMP's thread pool does not survive fork (as in DataLoader's workers)
-        try:
-            send.send(("returned", function(*args)))
-        except BaseException:  # the test reports it
-            send.send(("raised", traceback.format_exc()))
-
-    process = context.Process(target=child, daemon=True)
+    process = context.Process(target=_child, args=(send, function, args), daemon=True)
     process.start()
+    send.close()
     try:
         ready = multiprocessing.connection.wait([receive, process.sentinel], timeout)
         assert receive in ready or receive.poll(), f"the child {'timed out' if not ready else 'died'}"
@@ -52,16 +52,11 @@ def _in_a_forked_child(function, *args, timeout=120):
             process.kill()
 
 
-def _train_until_the_disk_is_full(out, limit, fork=True):
+def _train_until_the_disk_is_full(out, limit):
     """tests/save_on_a_full_disk.py's run into `out` in a child process (the file-size limit is per process)."""
-    if fork:
-        from save_on_a_full_disk import train_until_the_disk_is_full  # imports `resource`: Unix only
+    from save_on_a_full_disk import train_until_the_disk_is_full  # imports `resource`: Unix only
 
-        return _in_a_forked_child(train_until_the_disk_is_full, out, limit)
-    done = subprocess.run([sys.executable, str(Path(__file__).with_name("save_on_a_full_disk.py")), str(out),
-                           str(limit)], capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _in_a_forked_child(train_until_the_disk_is_full, out, limit)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="RLIMIT_FSIZE and SIGXFSZ are Unix's")
@@ -70,8 +65,7 @@ def test_a_save_that_fills_the_disk_says_so_in_one_line_and_keeps_the_checkpoint
     # Files past `limit` bytes cannot be written after checkpoint-3: at 1000 the weights fail (safetensors' error),
     # at 6000 the RNG state (torch.save's zip writer: "unexpected pos"), neither of which says "disk".
     out = tmp_path / "run"
-    # A forked child cannot use CUDA once this process has initialised it (the Trainer saves its RNG state).
-    outcome = _train_until_the_disk_is_full(out, limit, fork=not torch.cuda.is_initialized())
+    outcome = _train_until_the_disk_is_full(out, limit)
     assert outcome["type"] == "synermix_hf.checkpoints.CheckpointSaveError", outcome
     message = outcome["message"]
     assert "\n" not in message
@@ -210,7 +204,7 @@ def _script_on_a_full_disk(argv, out, limit):
     return status, (out / "training_log.txt").read_text(), sorted(p.name for p in out.iterdir())
 
 
-@pytest.mark.skipif(not hasattr(os, "fork") or torch.cuda.is_initialized(), reason="a forked child, Unix only")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="RLIMIT_FSIZE and SIGXFSZ are Unix's")
 def test_the_script_stops_on_a_full_disk_with_one_line_and_status_1(tmp_path, hub_copies):
     out = tmp_path / "run"
     argv = ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--image_size", "16", "-mn",

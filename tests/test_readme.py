@@ -1,5 +1,5 @@
-"""The README's Python snippet runs as written (on a local copy, for a few steps) and its output loads in
-`pipeline("image-classification")`."""
+"""The documentation's Python snippets run as written: the recipe snippet of docs/python_api.md (on a local copy, for a
+few steps), whose output loads in `pipeline("image-classification")`, and the metrics snippet of docs/paper_recipe.md."""
 
 import re
 from pathlib import Path
@@ -8,17 +8,20 @@ import datasets
 
 from synermix_hf.testing import tiny_images, write_parquet_copy
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PYTHON_API = DOCS / "python_api.md"
+PAPER_RECIPE = DOCS / "paper_recipe.md"
 
 
-def _snippet(heading: str) -> str:
-    text = README.read_text()
+def _snippet(heading: str, page: Path) -> str:
+    """The first ```python block after `heading` in `page`."""
+    text = page.read_text()
     section = text[text.index(heading):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def test_recipe_snippet_output_loads_in_a_pipeline(tmp_path, monkeypatch):
-    code = _snippet("### The paper's recipe and data from Python")
+    code = _snippet("## The paper's recipe and data from Python", PYTHON_API)
     # The same code on a local CIFAR-100-shaped copy (32 px images), for two steps, in a temporary directory.
     labels = [y for y in range(3) for _ in range(8)]
     names = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=["a", "b", "c"])})
@@ -35,7 +38,7 @@ def test_recipe_snippet_output_loads_in_a_pipeline(tmp_path, monkeypatch):
         code = code.replace(old, new)
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - the README's own code
+    exec(compile(code, str(PYTHON_API), "exec"), namespace)  # noqa: S102 - the documentation's own code
     prediction = namespace["classify"](tiny_images([1], size=32)[0])
     assert prediction[0]["label"] in {"a", "b", "c"}
     assert (tmp_path / "out" / "preprocessor_config.json").is_file()
@@ -48,7 +51,7 @@ def test_metrics_snippet_runs_from_any_directory(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     features, labels = rng.normal(size=(12, 4)), np.repeat(np.arange(3), 4)
     namespace = {"features": features, "labels": labels}
-    exec(_snippet("They ship as `evaluate` modules"), namespace)
+    exec(_snippet("They ship as `evaluate` modules", PAPER_RECIPE), namespace)
     cohesion = namespace["cohesion"].compute(features=features, references=labels)["cohesion"]
     separability = namespace["separability"].compute(features=features, references=labels)["separability"]
     # Independent computation: mean cosine similarity of each feature to its class mean; tr(S_B) / tr(S_W).

@@ -218,9 +218,10 @@ class DataTrainingArguments:
         default=None,
         metadata={"help": "The imagenet recipe (RandomResizedCrop) on the device path, opt-in: keep the images with the "
                   "shorter side resized to this (px) and cut the random crops from that: a smaller store (~256 KB an "
-                  "image at 256), but the crops come from fewer pixels than the reference's and are softer (README, "
-                  "'Data paths'). 0: a full-resolution store for both splits. Default: the reference's pixels (training "
-                  "images at full resolution, evaluation images as Resize makes them)."},
+                  "image at 256), but the crops come from fewer pixels than the reference's and are softer "
+                  "(docs/data_paths.md, 'What the model sees, measured'). 0: a full-resolution store for both splits. "
+                  "Default: the reference's pixels (training images at full resolution, evaluation images as Resize "
+                  "makes them)."},
     )
     data_path: str | None = field(
         default=None,

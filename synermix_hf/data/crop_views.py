@@ -13,7 +13,7 @@ left of a square uint8 frame, see `synermix_hf.data.image_store.ImageStore.padde
   bilinear and bicubic recipes alike, when the images are full resolution (`short_side` 0);
 * with a store of reduced images (`short_side` S > 0, opt-in) the crop boxes are mapped into the stored pixels and
   rounded to whole pixels: the augmented view is then cut from fewer pixels than the per-image path's (softer; its
-  measured distance is in the README), while with S = R the original view is still exact (a plain centre crop).
+  measured distance is in docs/data_paths.md), while with S = R the original view is still exact (a plain centre crop).
 
 Nothing here knows about `Trainer`.
 """

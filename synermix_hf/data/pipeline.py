@@ -230,7 +230,7 @@ def prepare_views(
             exactly the per-image path's: the training images at full resolution (a store where it fits the budget,
             else decoded from the dataset's files at every read), the evaluation images resized as the evaluation
             resizes them. S > 0 (opt-in): both kept with the shorter side resized to S, which cuts the augmented
-            view's crops from fewer pixels (softer; the README states by how much); 0: a full-resolution store for
+            view's crops from fewer pixels (softer; docs/data_paths.md states by how much); 0: a full-resolution store for
             both.
         data_path, budget_gib: Deprecated names of `views_on` (`per_image` for `loader`) and `decode_budget_gib`.
     """
@@ -395,7 +395,7 @@ def _stored_views(train: Any, evaluation: Any, spec: TransformSpec, image_column
 REDUCED_STORE_EFFECT = ("at S = 256, PSNR against the per-image path's crops p5 / median 27.4 / 31.3 dB on sharp "
                         "Food-101-shaped images, never identical; its effect on accuracy is unmeasured")
 """What a store at a reduced size does to the augmented view, as measured by `benchmarks/bench_crop_path.py` (part a;
-pixels, so the same on every CPU): README, 'Feeding the GPU', and docs/data_paths.md."""
+pixels, so the same on every CPU): docs/data_paths.md."""
 
 
 def _describe_source(dataset: StoredImageDataset, why: str) -> str:
