@@ -183,8 +183,9 @@ class _OneTorchThread:
 
 
 def measure_loader_cpu(data, cache_dir: str, batch_size: int, rounds: int) -> dict:
-    datasets_ = {name: SeededAugmentation(prepare_views(data, None, SPEC, "image", "label", True, cache_dir=cache_dir,
-                                                        **kwargs).train, seed=0) for name, kwargs in PATHS.items()}
+    datasets_ = {name: SeededAugmentation(prepare_views(data, None, SPEC, "image", "label", two_views=True,
+                                                        cache_dir=cache_dir, **kwargs).train, seed=0)
+                 for name, kwargs in PATHS.items()}
     collate = SynerMixCollator()
     batches = list(PositionedBatchSampler(ClassBalancedBatchSampler(data["label"], batch_size=batch_size, seed=0)))
     examples = sum(len(batch) for batch in batches)

@@ -8,7 +8,6 @@ into them (`models`, `adapters`); the data layer (`data`); the Trainer integrati
 from . import models  # registers TorchvisionForImageClassification with the Auto classes
 from .adapters import INPUT_POINT, ModelAdapter, find_head, find_mixing_points
 from .data import (
-    DATA_PATHS,
     VIEWS_ON,
     BatchViews,
     ClassBalancedBatchSampler,
@@ -46,7 +45,6 @@ from .training_args import INTER_MIXUP_CHOICES, SynerMixTrainingArguments, norma
 __version__ = "0.4.0"
 
 __all__ = [
-    "DATA_PATHS",
     "INPUT_POINT",
     "INTER_MIXUP_CHOICES",
     "BatchViews",

@@ -38,3 +38,38 @@ def test_no_other_private_trainer_method_is_overridden():
     overridden = {name for klass in ours for name in vars(klass)
                   if name.startswith("_") and not name.startswith("__") and hasattr(transformers.Trainer, name)}
     assert overridden == set(OVERRIDDEN)
+
+
+# Private Trainer members synermix-hf reads or calls without overriding them, where no public API gives the same:
+# name -> the parameters it takes (a method) or None (an attribute the Trainer sets), and who relies on it.
+USED = {
+    "_prepare_inputs": (["self", "inputs"], "trainer.py: moves a batch to the device before its views are made"),
+    "_get_train_sampler": (["self", "train_dataset"], "trainer.py: the Trainer's sampler when the balanced one is off"),
+    "_train_batch_size": (None, "trainer.py: the per-process batch the Trainer resolved (auto_find_batch_size)"),
+    "_created_lr_scheduler": (None, "recipe.py: tells the Trainer the recipe's scheduler was built for this run"),
+    "_clip_grad_norm": (["self", "model"], "benchmarks/bench_train_step.py: times the Trainer's clipping"),
+    "_get_grad_norm": (["self", "model", "grad_norm"], "benchmarks/bench_train_step.py: times its norm"),
+}
+
+
+def test_the_private_trainer_members_used_exist_as_relied_on():
+    source = inspect.getsource(transformers.Trainer)
+    for name, (parameters, why) in USED.items():
+        if parameters is None:
+            assert f"self.{name} =" in source, f"transformers.Trainer no longer sets {name} ({why})"
+        else:
+            assert hasattr(transformers.Trainer, name), f"transformers.Trainer.{name} is gone ({why})"
+            assert list(inspect.signature(getattr(transformers.Trainer, name)).parameters) == parameters, name
+
+
+def test_old_checkpoints_are_rotated_by_one_of_the_two_apis_transformers_has_had():
+    # checkpoints.py rotates after renaming a staged checkpoint: transformers >= 5.2 has a function, earlier releases
+    # the private method `_rotate_checkpoints(use_mtime, output_dir)`.
+    try:
+        from transformers.trainer_utils import rotate_checkpoints
+    except ImportError:
+        parameters = list(inspect.signature(transformers.Trainer._rotate_checkpoints).parameters)
+        assert parameters[:3] == ["self", "use_mtime", "output_dir"]
+    else:
+        parameters = set(inspect.signature(rotate_checkpoints).parameters)
+        assert {"output_dir", "save_total_limit", "best_model_checkpoint", "use_mtime"} <= parameters

@@ -1,5 +1,5 @@
 """Views made on the device through SynerMixTrainer: where `auto` makes them, the batches it trains on, its
-evaluation, and the deprecated `data_path` names."""
+evaluation."""
 
 import re
 
@@ -45,12 +45,12 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
     assert views.views_on == "loader" and "resamples with 'lanczos'" in views.description
     assert isinstance(views.train, datasets.Dataset) and set(views.train[0]) == {
         "pixel_values", "original_pixel_values", "labels"}  # fmt: skip
-    over_budget = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True,
+    over_budget = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", two_views=True,
                                 decode_budget_gib=1e-6)
     assert over_budget.views_on == "loader" and "budget" in over_budget.description
     assert [r.getMessage() for r in caplog.records if r.name == "synermix_hf.data.pipeline"] == []
     with caplog.at_level("INFO", logger="synermix_hf.data.pipeline"):
-        over_budget = prepare_views(train, None, TransformSpec("imagenet", 16), "image", "label", True,
+        over_budget = prepare_views(train, None, TransformSpec("imagenet", 16), "image", "label", two_views=True,
                                     decode_budget_gib=1e-6)
     # No store fits: the images are decoded at every read, still exact; one line says so and why.
     assert over_budget.views_on == "device"
@@ -58,35 +58,13 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
     assert re.search(r"training set \(16 images\): decoded from the dataset's own files at every read \(its "
                      r"full-resolution store would need 0\.0+\d+ GiB, more than what is left of the budget of 1e-06 "
                      r"GiB \(`decode_budget_gib`\)\)", over_budget.description), over_budget.description
-    asked = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, views_on="loader")
+    asked = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", two_views=True, views_on="loader")
     assert asked.views_on == "loader" and "as asked" in asked.description
     with pytest.raises(ValueError, match="`views_on` 'device' does not apply here: the data is a list"):
-        prepare_views(list(train), None, TransformSpec("imagenet", 16), "image", "label", True, views_on="device")
+        prepare_views(list(train), None, TransformSpec("imagenet", 16), "image", "label", two_views=True,
+                      views_on="device")
     with pytest.raises(ValueError, match="`views_on` 'gpu' is not valid"):
-        prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, views_on="gpu")
-
-
-def test_the_former_data_path_names_still_work_for_one_release_and_say_so(hub_copies, tmp_path, caplog):
-    train = color_dataset(n=16)
-    with pytest.warns(FutureWarning, match="`data_path` is deprecated; use `views_on`"):
-        views = prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, data_path="per_image")
-    assert views.views_on == "loader"
-    with pytest.warns(FutureWarning, match="`PreparedViews.data_path` is deprecated"):
-        assert views.data_path == "per_image"
-    with pytest.warns(FutureWarning, match="`budget_gib` is deprecated"):
-        prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", True, budget_gib=1e-6)
-
-    from synermix_hf.cli.train import main
-
-    out = tmp_path / "out"
-    argv = ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--image_size", "8", "-bs", "8",
-            "--max_steps", "1", "--dataloader_num_workers", "0", "--save_strategy", "no", "--data_path", "per_image", "--output_dir",
-            str(out)]  # fmt: skip
-    with caplog.at_level("WARNING"):
-        assert main(argv) == 0
-    assert any("--data_path is deprecated and will be removed in the next release: use --views_on loader"
-               in record.getMessage() for record in caplog.records)
-    assert re.search(r"\n  views +: loader: ", (out / "training_log.txt").read_text())
+        prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", two_views=True, views_on="gpu")
 
 
 @pytest.mark.parametrize("recipe", ["cifar", "imagenet", "imagenet, every read"])
@@ -228,18 +206,19 @@ def test_the_default_budget_is_the_free_disk_space_and_a_built_store_needs_none(
 
     train = shaped_dataset(n=8)
     spec = TransformSpec("imagenet", 16)
-    built = prepare_views(train, None, spec, "image", "label", True)  # plenty of disk: built
+    built = prepare_views(train, None, spec, "image", "label", two_views=True)  # plenty of disk: built
     assert "decoded once at full resolution" in built.description
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**12, 10**12 - 1000, 1000))  # a full disk
-    again = prepare_views(train, None, spec, "image", "label", True)
+    again = prepare_views(train, None, spec, "image", "label", two_views=True)
     assert "decoded once at full resolution" in again.description  # reused: nothing new to write
-    other = prepare_views(shaped_dataset(n=8, seed=1), None, spec, "image", "label", True)
+    other = prepare_views(shaped_dataset(n=8, seed=1), None, spec, "image", "label", two_views=True)
     assert other.views_on == "device"
     assert re.search(r"decoded from the dataset's own files at every read \(its full-resolution store would need "
                      r"[\d.]+ GiB, more than what is left of four fifths of the free disk space of \S+ \(0\.00 GiB; "
                      r"`decode_budget_gib` sets another budget\)\)", other.description), other.description
-    square = prepare_views(color_dataset(n=8, seed=3), None, TransformSpec("cifar", 16), "image", "label", True)
+    square = prepare_views(color_dataset(n=8, seed=3), None, TransformSpec("cifar", 16), "image", "label",
+                           two_views=True)
     assert square.views_on == "loader"  # the square recipes take the loader when their store does not fit
     assert re.search(r"the decoded images need [\d.]+ GiB, more than four fifths of the free disk space of \S+ "
                      r"\(0\.00 GiB; set `decode_budget_gib` to allow more\)", square.description), square.description

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from transformers import HfArgumentParser
 
 from ..data.catalog import BUILTIN_DATASET, CATALOG
-from ..data.pipeline import DATA_PATHS, VIEWS_ON, views_on_from_data_path
+from ..data.pipeline import VIEWS_ON
 from ..models import MODEL_NAMES, normalise_model_name
 from ..recipe import RecipeTrainingArguments
 from ..training_args import SynerMixTrainingArguments, accelerator_available, launched_processes
@@ -223,18 +223,8 @@ class DataTrainingArguments:
                   "Default: the reference's pixels (training images at full resolution, evaluation images as Resize "
                   "makes them)."},
     )
-    data_path: str | None = field(
-        default=None,
-        metadata={"choices": list(DATA_PATHS),
-                  "help": "Deprecated, to be removed in the next release: use --views_on (per_image is loader)."},
-    )
 
     def __post_init__(self):
-        if self.data_path is not None:
-            views_on = views_on_from_data_path(self.data_path)
-            logger.warning("--data_path is deprecated and will be removed in the next release: use --views_on %s.",
-                           views_on)
-            self.views_on, self.data_path = views_on, None
         if self.decode_budget_gib is not None and not self.decode_budget_gib >= 0:
             raise ValueError(f"`decode_budget_gib` must be >= 0, got {self.decode_budget_gib}.")
         if self.decode_short_side is not None and self.decode_short_side < 0:

@@ -23,7 +23,7 @@ from .catalog import load_image_classification_data
 from .decoded import decoded_images
 from .image_store import EncodedImages, ImageStore, stored_images
 from .device_datasets import StoredImageDataset, views_of
-from .pipeline import DATA_PATHS, VIEWS_ON, PreparedViews, prepare_views
+from .pipeline import VIEWS_ON, PreparedViews, prepare_views
 from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler, StepShards
 from .transforms import Cutout, TransformSpec, build_transforms
 from .views import (
@@ -36,7 +36,6 @@ from .views import (
 )
 
 __all__ = [
-    "DATA_PATHS",
     "VIEWS_ON",
     "BadImageError",
     "BadImagePolicy",

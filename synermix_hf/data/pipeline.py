@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,25 +57,13 @@ from .image_store import (
 from .transforms import SQUARE_FAMILIES, TransformSpec, build_transforms
 from .views import SingleViewTransform, TwoViewTransform, dataset_labels
 
-__all__ = ["DATA_PATHS", "VIEWS_ON", "PreparedViews", "default_budget_gib", "device_path_obstacle", "prepare_views",
-           "views_on_from_data_path"]
+__all__ = ["VIEWS_ON", "PreparedViews", "default_budget_gib", "device_path_obstacle", "prepare_views"]
 
 logger = logging.getLogger(__name__)
 
 VIEWS_ON = ("auto", "device", "loader")
 """Where `prepare_views` makes the views: `device` (batched, on the training device), `loader` (per image, in the
 DataLoader) or `auto` (`device` where it applies)."""
-
-DATA_PATHS = ("auto", "device", "per_image")
-"""Deprecated: the values of `data_path`, the former name of `views_on` (`per_image` is `loader`)."""
-
-
-def views_on_from_data_path(data_path: str) -> str:
-    """The `views_on` value of a deprecated `data_path` value (`per_image` -> `loader`)."""
-    if data_path not in DATA_PATHS:
-        raise ValueError(f"`data_path` {data_path!r} is not valid; choose one of {', '.join(DATA_PATHS)} (or use "
-                         f"`views_on`: {', '.join(VIEWS_ON)}).")
-    return "loader" if data_path == "per_image" else data_path
 
 
 @dataclass
@@ -95,13 +82,6 @@ class PreparedViews:
     views_on: str
     description: str
     bad_images: list[BadImage] = field(default_factory=list)
-
-    @property
-    def data_path(self) -> str:
-        """Deprecated: `views_on` in the former words (`device` or `per_image`)."""
-        warnings.warn("`PreparedViews.data_path` is deprecated; use `views_on` (`loader` is the former `per_image`).",
-                      FutureWarning, stacklevel=2)
-        return "per_image" if self.views_on == "loader" else self.views_on
 
 
 def default_budget_gib(folder: str | None) -> float:
@@ -195,6 +175,7 @@ def prepare_views(
     spec: TransformSpec,
     image_column: str,
     label_column: str | None,
+    *,
     two_views: bool,
     views_on: str = "auto",
     decode_budget_gib: float | None = None,
@@ -203,9 +184,6 @@ def prepare_views(
     bad_image_policy: BadImagePolicy | None = None,
     seed: int = 0,
     decode_short_side: int | None = None,
-    *,
-    data_path: str | None = None,
-    budget_gib: float | None = None,
 ) -> PreparedViews:
     """Attach the views of `spec` to the training and evaluation `datasets.Dataset`s, made where `views_on` says.
 
@@ -230,17 +208,18 @@ def prepare_views(
             exactly the per-image path's: the training images at full resolution (a store where it fits the budget,
             else decoded from the dataset's files at every read), the evaluation images resized as the evaluation
             resizes them. S > 0 (opt-in): both kept with the shorter side resized to S, which cuts the augmented
-            view's crops from fewer pixels (softer; docs/data_paths.md states by how much); 0: a full-resolution store for
-            both.
-        data_path, budget_gib: Deprecated names of `views_on` (`per_image` for `loader`) and `decode_budget_gib`.
+            view's crops from fewer pixels (softer; docs/data_paths.md states by how much); 0: a full-resolution store
+            for both.
+
+    Returns:
+        `PreparedViews`: the datasets to give `SynerMixTrainer` (`train`, `eval`), where the views are made
+        (`views_on`), one line saying where and why (`description`, for the console and the run log), and the images
+        found undecodable up front (`bad_images`).
+
+    Raises:
+        ValueError: an argument is not valid, or `views_on` is `device` where the device path does not apply.
+        BadImageError: more images than `bad_image_policy` allows cannot be decoded (found up front).
     """
-    if data_path is not None:
-        warnings.warn("`data_path` is deprecated; use `views_on` (`loader` is the former `per_image`).", FutureWarning,
-                      stacklevel=2)
-        views_on = views_on_from_data_path(data_path)
-    if budget_gib is not None:
-        warnings.warn("`budget_gib` is deprecated; use `decode_budget_gib`.", FutureWarning, stacklevel=2)
-        decode_budget_gib = budget_gib
     if views_on not in VIEWS_ON:
         raise ValueError(f"`views_on` {views_on!r} is not valid; choose one of {', '.join(VIEWS_ON)}.")
     if decode_budget_gib is not None and not decode_budget_gib >= 0:
