@@ -42,7 +42,7 @@ from .seeding import example_seeds, step_generators
 from .trainer import SynerMixTrainer
 from .training_args import INTER_MIXUP_CHOICES, SynerMixTrainingArguments, normalise_inter_mixup
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "INPUT_POINT",
