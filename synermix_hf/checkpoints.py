@@ -21,7 +21,9 @@ that never says "disk", and leaves the folder behind. Here:
 * `LegacyWeightNames` (a `Trainer` mixin) loads checkpoints that transformers 5 saved under the legacy weight names
   of some models (ViT among them), which the Trainer's own resume would leave untrained.
 * `checkpoint_problem` tells why a folder is not a checkpoint a run can continue from, and `last_complete_checkpoint`
-  skips those. With a `checkpoint_complete.json`, every file it lists must be there with its size. Without one (a
+  skips those. `resolve_resume` is the one place that turns a `resume_from_checkpoint` (a path, or True / "last") into
+  the checkpoint to continue from, or a `ResumeError` saying why not; `StagedCheckpoints.train` and the command line
+  both call it. With a `checkpoint_complete.json`, every file it lists must be there with its size. Without one (a
   checkpoint of the plain Trainer or of an older synermix-hf), `trainer_state.json` must parse, the weights and
   archives must be whole, and the files a resume loads must be there: the model's weights, and the optimizer's and
   the scheduler's state unless the run saved only the model (`save_only_model`). The Trainer itself would fail on a
@@ -46,6 +48,7 @@ import re
 import shutil
 import struct
 import zipfile
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -68,10 +71,13 @@ __all__ = [
     "STAGING_PREFIX",
     "CheckpointSaveError",
     "LegacyWeightNames",
+    "ResumeError",
+    "ResumePlan",
     "StagedCheckpoints",
     "checkpoint_problem",
     "last_complete_checkpoint",
     "remove_incomplete_checkpoints",
+    "resolve_resume",
 ]
 
 logger = logging.getLogger(__name__)
@@ -425,6 +431,103 @@ def remove_incomplete_checkpoints(folder: str) -> list[tuple[str, str]]:
     return removed
 
 
+_LAST = ("true", "last")  # `resume_from_checkpoint` values (any case) that mean the last complete checkpoint
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where a run continues from (`resolve_resume`).
+
+    Attributes:
+        checkpoint: The complete checkpoint to continue from; None when there is none and none was required.
+        skipped: `(path, why)` of every newer incomplete checkpoint passed over to find it, newest first.
+        auto: Whether `checkpoint` was found as the last complete one of `output_dir` rather than given as a path.
+        in_output_dir: Whether `checkpoint` is in `output_dir`, the folder the run goes on saving into: then the
+            incomplete checkpoints and staging folders left there are to go (`remove_incomplete_checkpoints`) before
+            it does.
+    """
+
+    checkpoint: str | None
+    skipped: tuple[tuple[str, str], ...] = ()
+    auto: bool = False
+    in_output_dir: bool = False
+
+
+class ResumeError(ValueError):
+    """`resume_from_checkpoint` names no checkpoint a run can continue from; the message says why, and where the run
+    could continue instead.
+
+    Attributes:
+        given: What was asked for: a path, or True / "last".
+        kind: `"none complete"` (the last complete checkpoint was asked for and `output_dir` holds none), `"missing"`
+            (the path is not a directory), `"not a checkpoint"` (a directory without `trainer_state.json` that is not
+            named `checkpoint-N`) or `"incomplete"`.
+        checkpoint: The path judged; None for `"none complete"`.
+        problem: Why it is not a complete checkpoint (`checkpoint_problem`); None for `"none complete"`.
+        latest: The latest complete checkpoint next to the path, or None.
+        skipped: For `"none complete"`: `(path, why)` of every incomplete checkpoint of `output_dir`, newest first.
+    """
+
+    def __init__(self, message: str, given: str | bool | None = None, kind: str = "incomplete",
+                 checkpoint: str | None = None, problem: str | None = None, latest: str | None = None,
+                 skipped: tuple[tuple[str, str], ...] = ()) -> None:  # fmt: skip
+        super().__init__(message)
+        self.given, self.kind, self.checkpoint, self.problem = given, kind, checkpoint, problem
+        self.latest, self.skipped = latest, skipped
+
+
+def resolve_resume(output_dir: str, resume_from_checkpoint: str | bool | None, *, required: bool = True) -> ResumePlan:
+    """The checkpoint a run saving into `output_dir` continues from: the one place that resolves "last" and judges a
+    checkpoint given by path (`checkpoint_problem`). Nothing is removed here (`remove_incomplete_checkpoints`).
+
+    Args:
+        output_dir: The folder the run saves its checkpoints into.
+        resume_from_checkpoint: True, or `"last"` / `"true"` (any case): the last complete `checkpoint-N` of
+            `output_dir`, passing over newer incomplete ones. A path: that checkpoint, which must be complete. None or
+            False: no checkpoint (an empty plan).
+        required: When False, an `output_dir` without a complete checkpoint gives a plan without one (the run starts
+            from the beginning) instead of an error.
+
+    Returns:
+        The `ResumePlan`: the checkpoint, the incomplete ones skipped, whether it was found as the last one and
+        whether it is in `output_dir`.
+
+    Raises:
+        ResumeError: (a `ValueError`) `output_dir` holds no complete checkpoint, or the path is not one: the message
+            names what is missing and the latest complete checkpoint next to it.
+    """
+    if resume_from_checkpoint is None or resume_from_checkpoint is False:
+        return ResumePlan(None)
+    auto = resume_from_checkpoint is True or str(resume_from_checkpoint).strip().lower() in _LAST
+    if auto:
+        checkpoint, skipped = last_complete_checkpoint(output_dir)
+        if checkpoint is None and required:
+            passed = "; ".join(f"{os.path.basename(path)} is skipped: {why}" for path, why in skipped)
+            raise ResumeError(
+                f"`resume_from_checkpoint`: `output_dir` {output_dir} holds no complete checkpoint"
+                + (f" ({passed})." if passed else "."),
+                given=resume_from_checkpoint, kind="none complete", skipped=tuple(skipped))
+    else:
+        checkpoint, skipped = str(resume_from_checkpoint), []
+        problem = checkpoint_problem(checkpoint)
+        if problem is not None:
+            latest, _ = last_complete_checkpoint(os.path.dirname(os.path.normpath(checkpoint)) or ".")
+            if not os.path.isdir(checkpoint):
+                kind = "missing"
+            elif not (os.path.isfile(os.path.join(checkpoint, TRAINER_STATE_NAME))
+                      or _CHECKPOINT_NAME.match(os.path.basename(os.path.normpath(checkpoint)))):
+                kind = "not a checkpoint"
+            else:
+                kind = "incomplete"
+            hint = f" The latest complete checkpoint next to it is {latest}." if latest else ""
+            raise ResumeError(f"`resume_from_checkpoint` {checkpoint} is not a complete checkpoint: {problem}.{hint}",
+                              given=resume_from_checkpoint, kind=kind, checkpoint=checkpoint, problem=problem,
+                              latest=latest)
+    in_output_dir = (checkpoint is not None
+                     and os.path.dirname(os.path.abspath(checkpoint)) == os.path.abspath(output_dir))
+    return ResumePlan(checkpoint, tuple(skipped), auto, in_output_dir)
+
+
 class StagedCheckpoints:
     """`transformers.Trainer` mixin: checkpoints are complete or absent, and a run continues from a complete one.
 
@@ -435,8 +538,9 @@ class StagedCheckpoints:
       barrier), and the staging folder is removed. A full disk (or quota, or file-size limit) raises
       `CheckpointSaveError` on every process, with a one-line message; any other error is raised as it was by the
       process it happened on, and as `CheckpointSaveError` naming that process by the others.
-    * `train(resume_from_checkpoint=True)` continues from the last *complete* checkpoint, naming each newer
-      incomplete one it skips; a path to an incomplete checkpoint is refused with a `ValueError` saying why. When a
+    * `train(resume_from_checkpoint=True)` (or `"last"`) continues from the last *complete* checkpoint, naming each
+      newer incomplete one it skips; a path to an incomplete checkpoint is refused with a `ResumeError` (a
+      `ValueError`) saying why (both: `resolve_resume`). When a
       run continues from a checkpoint of its own `output_dir`, the incomplete checkpoints and staging folders left
       there by the interrupted run are removed first: they are not results, and a stale `checkpoint-N` would
       otherwise be rotated in place of a complete one.
@@ -469,27 +573,14 @@ class StagedCheckpoints:
 
     def _complete_checkpoint_to_resume(self, resume_from_checkpoint: str | bool) -> str:
         output_dir = self.args.output_dir
-        if resume_from_checkpoint is True:
-            checkpoint, skipped = last_complete_checkpoint(output_dir)
-            for path, problem in skipped:
-                logger.warning("Skipping %s: %s. Continuing from %s.", path, problem, checkpoint or "the start")
-            if checkpoint is None:
-                raise ValueError(f"`resume_from_checkpoint`: `output_dir` {output_dir} holds no complete checkpoint.")
-        else:
-            checkpoint = str(resume_from_checkpoint)
-            problem = checkpoint_problem(checkpoint)
-            if problem is not None:
-                latest, _ = last_complete_checkpoint(os.path.dirname(os.path.normpath(checkpoint)) or ".")
-                hint = f" The latest complete checkpoint next to it is {latest}." if latest else ""
-                raise ValueError(
-                    f"`resume_from_checkpoint` {checkpoint} is not a complete checkpoint: {problem}.{hint}"
-                )
-        same_folder = os.path.dirname(os.path.abspath(checkpoint)) == os.path.abspath(output_dir)
-        if same_folder and self.args.should_save:
+        plan = resolve_resume(output_dir, resume_from_checkpoint)
+        for path, problem in plan.skipped:
+            logger.warning("Skipping %s: %s. Continuing from %s.", path, problem, plan.checkpoint)
+        if plan.in_output_dir and self.args.should_save:
             for path, problem in remove_incomplete_checkpoints(output_dir):
                 logger.info("Removed %s: %s.", path, problem)
         self.accelerator.wait_for_everyone()  # no process reads the folder while it is tidied
-        return checkpoint
+        return plan.checkpoint
 
     # ---- transformers private API (signatures checked by tests/test_checkpoints.py) ----
 

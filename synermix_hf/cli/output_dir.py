@@ -12,11 +12,11 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
+from collections.abc import Iterable
 from typing import Any
 
-from ..checkpoints import STAGING_PREFIX, checkpoint_problem, last_complete_checkpoint, remove_incomplete_checkpoints
+from ..checkpoints import STAGING_PREFIX, ResumeError, remove_incomplete_checkpoints, resolve_resume
 from ..data.catalog import BUILTIN_DATASET
 from .errors import UsageError
 from .methods import method_slug
@@ -30,7 +30,6 @@ RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "
                 "model.safetensors", "config.json")
 LOG_FILE = "training_log.txt"
 RUN_FILE = "synermix_run.json"  # what identifies the run whose checkpoints the folder holds
-_CHECKPOINT_NAME = re.compile(r"^checkpoint-\d+$")
 # Arguments that do not change what a run computes: left out of the default directory's id.
 _NOT_IN_ID = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "dataloader_num_workers",
               "report_to", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "hub_strategy", "token",
@@ -62,26 +61,29 @@ def default_output_dir(model_args: Any, data_args: Any, args: Any, explicit_valu
     return os.path.join("runs", name)
 
 
-def _check_checkpoint(path: str) -> None:
-    if not os.path.isdir(path):
-        raise UsageError(f"--resume_from_checkpoint {path!r} does not exist (it must be a checkpoint-* directory).")
-    if not os.path.isfile(os.path.join(path, "trainer_state.json")) and not _CHECKPOINT_NAME.match(
-            os.path.basename(os.path.normpath(path))):
-        raise UsageError(
+def _resume_usage_error(error: ResumeError, out: str) -> UsageError:
+    """`resolve_resume`'s refusal in the command line's words: its flags, and what to give instead."""
+    if error.kind == "none complete":
+        return UsageError(f"--resume_from_checkpoint {error.given}: --output_dir {out} holds no complete checkpoint-* "
+                          "directory" + _skipped_text(error.skipped).replace("; ", " (", 1)
+                          + (")." if error.skipped else "."))
+    path = error.checkpoint
+    if error.kind == "missing":
+        return UsageError(f"--resume_from_checkpoint {path!r} does not exist (it must be a checkpoint-* directory).")
+    if error.kind == "not a checkpoint":
+        return UsageError(
             f"--resume_from_checkpoint {path!r} is not a checkpoint: it has no trainer_state.json. Checkpoints are the "
             "checkpoint-* directories in an --output_dir (or give --resume_from_checkpoint last)."
         )
-    problem = checkpoint_problem(path)
-    if problem is not None:
-        latest, _ = last_complete_checkpoint(os.path.dirname(os.path.normpath(path)) or ".")
-        raise UsageError(
-            f"--resume_from_checkpoint {path!r} is not a complete checkpoint: {problem}. "
-            + (f"Continue from {latest}, the latest complete one, or give --resume_from_checkpoint last." if latest
-               else "Its folder holds no complete checkpoint: start the run again without --resume_from_checkpoint.")
-        )
+    return UsageError(
+        f"--resume_from_checkpoint {path!r} is not a complete checkpoint: {error.problem}. "
+        + (f"Continue from {error.latest}, the latest complete one, or give --resume_from_checkpoint last."
+           if error.latest else
+           "Its folder holds no complete checkpoint: start the run again without --resume_from_checkpoint.")
+    )
 
 
-def _skipped_text(skipped: list[tuple[str, str]]) -> str:
+def _skipped_text(skipped: Iterable[tuple[str, str]]) -> str:
     return "".join(f"; {os.path.basename(path)} is skipped and removed: {problem}" for path, problem in skipped)
 
 
@@ -98,16 +100,11 @@ def prepare_output_dir(args: Any) -> tuple[str | None, bool, str]:
     out = args.output_dir
     if args.should_save:
         check_output_dir_writable(out)
-    resume = args.resume_from_checkpoint
-    skipped: list[tuple[str, str]] = []
-    if resume is not None and str(resume).strip().lower() in ("true", "last"):
-        resume, skipped = last_complete_checkpoint(out)
-        if resume is None:
-            raise UsageError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: --output_dir {out} holds no "
-                             "complete checkpoint-* directory" + _skipped_text(skipped).replace("; ", " (", 1)
-                             + (")." if skipped else "."))
-    elif resume is not None:
-        _check_checkpoint(resume)
+    try:
+        plan = resolve_resume(out, args.resume_from_checkpoint)
+    except ResumeError as error:
+        raise _resume_usage_error(error, out) from None
+    resume, skipped = plan.checkpoint, plan.skipped
     if not os.path.isdir(out):
         return resume, False, _skipped_text(skipped)
     if args.overwrite_output_dir:
@@ -123,9 +120,10 @@ def prepare_output_dir(args: Any) -> tuple[str | None, bool, str]:
             "--output_dir, or add --overwrite_output_dir to write over them."
         )
     if args.do_train and resume is None:
-        last, skipped = last_complete_checkpoint(out)
-        if last is not None:
-            return last, True, _skipped_text(skipped)
+        plan = resolve_resume(out, "last", required=False)
+        skipped = plan.skipped
+        if plan.checkpoint is not None:
+            return plan.checkpoint, True, _skipped_text(skipped)
         # The script's own leftovers: its log and run file, checkpoints its interruption left incomplete, staging
         # folders.
         own = {LOG_FILE, RUN_FILE, *(os.path.basename(path) for path, _ in skipped)}

@@ -1,0 +1,104 @@
+"""Resume has one owner: `checkpoints.resolve_resume` resolves "last" and judges a checkpoint, for the Trainer and the
+command line alike; the command line only words its refusals in its flags."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from synermix_hf.checkpoints import COMPLETE_MARKER, ResumeError, ResumePlan, resolve_resume
+from synermix_hf.cli import output_dir
+from synermix_hf.cli.errors import UsageError
+from synermix_hf.cli.output_dir import prepare_output_dir
+
+
+def _complete(folder):
+    """A checkpoint that `checkpoint_problem` passes: a state and a marker listing it."""
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text("{}")
+    (folder / COMPLETE_MARKER).write_text(json.dumps({"format": 1, "files": {"trainer_state.json": 2}}))
+    return str(folder)
+
+
+def _interrupted(folder):
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"")
+    return str(folder)
+
+
+def _args(out, resume=None, **kwargs):
+    return SimpleNamespace(output_dir=str(out), resume_from_checkpoint=resume, should_save=True,
+                           overwrite_output_dir=False, do_train=True, **kwargs)
+
+
+def test_last_is_the_newest_complete_checkpoint_passing_over_newer_incomplete_ones(tmp_path):
+    out = tmp_path / "run"
+    complete = _complete(out / "checkpoint-3")
+    newer = _interrupted(out / "checkpoint-6")
+    for given in (True, "last", "LAST", " True "):
+        plan = resolve_resume(str(out), given)
+        assert plan == ResumePlan(complete, ((newer, "it has no trainer_state.json (its save was interrupted)"),),
+                                  auto=True, in_output_dir=True)
+    assert (out / "checkpoint-6").is_dir()  # resolving removes nothing
+    assert resolve_resume(str(out), None) == resolve_resume(str(out), False) == ResumePlan(None)
+    elsewhere = resolve_resume(str(tmp_path / "other"), complete)
+    assert elsewhere.checkpoint == complete and not elsewhere.auto and not elsewhere.in_output_dir
+
+
+def test_last_without_a_complete_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    newer = _interrupted(out / "checkpoint-6")
+    with pytest.raises(ResumeError) as raised:
+        resolve_resume(str(out), "last")
+    assert raised.value.kind == "none complete" and raised.value.given == "last"
+    assert str(raised.value).startswith(f"`resume_from_checkpoint`: `output_dir` {out} holds no complete checkpoint (")
+    assert resolve_resume(str(out), "last", required=False).skipped == raised.value.skipped == (
+        (newer, "it has no trainer_state.json (its save was interrupted)"),)
+    assert resolve_resume(str(out), "last", required=False).checkpoint is None
+
+
+@pytest.mark.parametrize("kind", ["missing", "not a checkpoint", "incomplete"])
+def test_a_path_that_is_no_complete_checkpoint_is_refused_naming_the_latest_complete_one(tmp_path, kind):
+    out = tmp_path / "run"
+    latest = _complete(out / "checkpoint-3")
+    path = {"missing": lambda: str(out / "checkpoint-9"), "not a checkpoint": lambda: _interrupted(out / "other"),
+            "incomplete": lambda: _interrupted(out / "checkpoint-6")}[kind]()
+    with pytest.raises(ValueError, match=f"is not a complete checkpoint: .*The latest complete checkpoint next to it "
+                       f"is {latest}") as raised:
+        resolve_resume(str(tmp_path / "elsewhere"), path)
+    assert raised.value.kind == kind and raised.value.latest == latest and raised.value.checkpoint == path
+
+
+def test_the_command_line_words_the_resolvers_refusals_in_its_flags(tmp_path):
+    out = tmp_path / "run"
+    latest = _complete(out / "checkpoint-3")
+    incomplete = _interrupted(out / "checkpoint-6")
+    lonely = _interrupted(tmp_path / "lonely" / "checkpoint-1")
+    other = _interrupted(tmp_path / "other")
+    cases = {
+        str(tmp_path / "nowhere"): f"--resume_from_checkpoint {str(tmp_path / 'nowhere')!r} does not exist (it must be "
+                                   "a checkpoint-* directory).",
+        other: f"--resume_from_checkpoint {other!r} is not a checkpoint: it has no trainer_state.json. Checkpoints are "
+               "the checkpoint-* directories in an --output_dir (or give --resume_from_checkpoint last).",
+        incomplete: f"--resume_from_checkpoint {incomplete!r} is not a complete checkpoint: it has no "
+                    f"trainer_state.json (its save was interrupted). Continue from {latest}, the latest complete one, "
+                    "or give --resume_from_checkpoint last.",
+        lonely: f"--resume_from_checkpoint {lonely!r} is not a complete checkpoint: it has no trainer_state.json (its "
+                "save was interrupted). Its folder holds no complete checkpoint: start the run again without "
+                "--resume_from_checkpoint.",
+    }
+    for given, message in cases.items():
+        with pytest.raises(UsageError) as raised:
+            prepare_output_dir(_args(tmp_path / "fresh", given))
+        assert str(raised.value) == message
+    with pytest.raises(UsageError) as raised:
+        prepare_output_dir(_args(tmp_path / "lonely", "Last"))
+    assert str(raised.value) == (f"--resume_from_checkpoint Last: --output_dir {tmp_path / 'lonely'} holds no complete "
+                                 "checkpoint-* directory (checkpoint-1 is skipped and removed: it has no "
+                                 "trainer_state.json (its save was interrupted)).")
+    assert prepare_output_dir(_args(out)) == (latest, True, "; checkpoint-6 is skipped and removed: it has no "
+                                                             "trainer_state.json (its save was interrupted)")
+    # Nothing is resolved or judged in the command line itself.
+    assert not {"checkpoint_problem", "last_complete_checkpoint", "_check_checkpoint"} & set(vars(output_dir))
