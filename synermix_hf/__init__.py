@@ -27,6 +27,8 @@ from .data import (
     prepare_views,
 )
 from .mixup import (
+    INTER_MIXUPS,
+    InterMixup,
     cutmix_batch,
     cutmix_box,
     intra_class_loss,
@@ -45,6 +47,8 @@ from .training_args import INTER_MIXUP_CHOICES, SynerMixTrainingArguments, norma
 __version__ = "0.5.0"
 
 __all__ = [
+    "INTER_MIXUPS",
+    "InterMixup",
     "INPUT_POINT",
     "INTER_MIXUP_CHOICES",
     "BatchViews",

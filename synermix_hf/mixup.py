@@ -7,11 +7,18 @@ used on purpose:
   are reproducible and never force a host-device synchronisation;
 * scalar draws (the MixUp lambda, the CutMix box, the Manifold MixUp point) take a `numpy.random.Generator`, since
   they are needed on the host anyway and `torch` offers no seeded Beta sampler.
+
+`INTER_MIXUPS` is the table of the inter-class mixups (`inter_mixup=`): each entry says where it mixes, how it mixes a
+batch and how its loss is scored. The trainer, the arguments' validation and the command line's labels all read it,
+so a new variant is one entry there (and its test).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,6 +33,9 @@ __all__ = [
     "cutmix_box",
     "cutmix_batch",
     "mixup_cross_entropy",
+    "interpolate_batch",
+    "InterMixup",
+    "INTER_MIXUPS",
 ]
 
 
@@ -203,6 +213,72 @@ def mixup_cross_entropy(
     loss_a = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     loss_b = F.cross_entropy(logits, labels[permutation], label_smoothing=label_smoothing)
     return loss_a * lam + loss_b * (1.0 - lam)
+
+
+def interpolate_batch(
+    x: torch.Tensor, lam: float, permutation: torch.Tensor, rng: np.random.Generator | None = None
+) -> tuple[torch.Tensor, float]:
+    """`mixup_batch` in the form of `InterMixup.mix`: `(mixed, lam)`; it draws nothing from `rng`."""
+    return mixup_batch(x, lam, permutation), lam
+
+
+MixFn = Callable[[torch.Tensor, float, torch.Tensor, "np.random.Generator | None"], tuple[torch.Tensor, float]]
+ScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class InterMixup:
+    """One inter-class mixup of the augmented view: one entry of `INTER_MIXUPS`.
+
+    A training step with it draws lambda ~ Beta(alpha, alpha) (from the step's numpy generator) and a permutation of
+    the batch (from its torch generator), in that order; where `mixes` is "hidden", then the mixing point, uniformly
+    among the model's Manifold MixUp points (`ModelAdapter.mixing_points`, `"input"` among them). Then `mix` mixes the
+    images, or the hidden states entering that point, and the loss is `score(logits, labels, permutation, lam,
+    label_smoothing)` with the lambda `mix` returned.
+
+    Attributes:
+        name: The value of `inter_mixup` (lower case, `_` between words).
+        label: How people name it, for the console, run logs and reports ("MixUp").
+        mixes: "none" (plain cross-entropy, no draws), "input" (the images) or "hidden" (the images or the hidden
+            states at one of the Manifold MixUp points, which the model's adapter then has to find).
+        mix: `(x, lam, permutation, rng) -> (mixed, lam)`: mixes a batch (along dimension 0) with its permutation; the
+            returned lambda is the weight of the unpermuted labels in the loss (CutMix's is corrected to the area kept).
+            Draws further scalars only from `rng`.
+        score: `(logits, labels, permutation, lam, label_smoothing) -> loss`.
+    """
+
+    name: str
+    label: str
+    mixes: Literal["none", "input", "hidden"]
+    mix: MixFn | None = None
+    score: ScoreFn = mixup_cross_entropy
+
+    def __post_init__(self) -> None:
+        if self.mixes not in ("none", "input", "hidden"):
+            raise ValueError(f"InterMixup {self.name!r}: mixes must be 'none', 'input' or 'hidden', got {self.mixes!r}.")
+        if (self.mix is None) != (self.mixes == "none"):
+            raise ValueError(f"InterMixup {self.name!r}: a mix function is needed exactly when it mixes something.")
+
+    @property
+    def mixes_batch(self) -> bool:
+        """Whether it mixes anything (False: plain cross-entropy of the augmented view)."""
+        return self.mixes != "none"
+
+    @property
+    def needs_mixing_points(self) -> bool:
+        """Whether the model's Manifold MixUp points have to be found (it mixes hidden states)."""
+        return self.mixes == "hidden"
+
+
+INTER_MIXUPS: dict[str, InterMixup] = {
+    entry.name: entry
+    for entry in (
+        InterMixup("none", "none", "none"),
+        InterMixup("mixup", "MixUp", "input", interpolate_batch),
+        InterMixup("manifold_mixup", "Manifold MixUp", "hidden", interpolate_batch),
+        InterMixup("cutmix", "CutMix", "input", cutmix_batch),
+    )
+}
 
 
 def _check_features_and_labels(features: torch.Tensor, labels: torch.Tensor) -> None:

@@ -32,14 +32,7 @@ from .data.sampler import ClassBalancedBatchSampler, PositionedBatchSampler, Ste
 from .data.views import SeededAugmentation, SynerMixCollator, dataset_labels, original_view
 from .distributed import StepBufferBroadcast, gather_step_batch, is_data_parallel
 from .finite_loss import FiniteLossCallback, FiniteLossCheck
-from .mixup import (
-    cutmix_batch,
-    intra_class_loss,
-    intra_class_mixup_all_classes,
-    mixup_batch,
-    mixup_cross_entropy,
-    sample_mixup_lambda,
-)
+from .mixup import INTER_MIXUPS, intra_class_loss, intra_class_mixup_all_classes, sample_mixup_lambda
 from .preemption import PreemptionCallback
 from .seeding import step_generators
 from .training_args import SynerMixTrainingArguments
@@ -147,7 +140,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
                 model,
                 head_module=self.args.head_module,
                 manifold_mixup_modules=self.args.manifold_mixup_modules,
-                need_mixing_points=self.args.inter_mixup == "manifold_mixup",
+                need_mixing_points=INTER_MIXUPS[self.args.inter_mixup].needs_mixing_points,
             )
         self._adapter_for = self.model
         return self._adapter
@@ -365,26 +358,33 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         generator: torch.Generator,
         rng: np.random.Generator,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        method = self.args.inter_mixup
+        mixup = INTER_MIXUPS[self.args.inter_mixup]
         smoothing = self.args.label_smoothing_factor
-        if method == "none":
+        if not mixup.mixes_batch:
             logits = self.adapter.logits(model, pixel_values)
             return F.cross_entropy(logits.float(), labels, label_smoothing=smoothing), logits
 
+        # The draws, in this order: lambda (rng), permutation (generator), the point (rng, among the Manifold MixUp
+        # points only; mixing the input draws none), then whatever `mix` draws (rng).
         lam = sample_mixup_lambda(self.args.alpha, rng)
         permutation = torch.randperm(len(labels), generator=generator, device=labels.device)
-        if method == "cutmix":
-            mixed, lam = cutmix_batch(pixel_values, lam, permutation, rng)
-            logits = self.adapter.logits(model, mixed)
-        else:
-            points = self.adapter.mixing_points if method == "manifold_mixup" else (INPUT_POINT,)
+        point = INPUT_POINT
+        if mixup.needs_mixing_points:
+            points = self.adapter.mixing_points
             point = points[int(rng.integers(len(points)))]
-            if point == INPUT_POINT:
-                logits = self.adapter.logits(model, mixup_batch(pixel_values, lam, permutation))
-            else:
-                with self.adapter.mixing_at(point, lambda hidden: mixup_batch(hidden, lam, permutation)):
-                    logits = self.adapter.logits(model, pixel_values)
-        return mixup_cross_entropy(logits, labels, permutation, lam, smoothing), logits
+        scored_lam: list[float] = []
+
+        def mix(x: torch.Tensor) -> torch.Tensor:
+            mixed, kept = mixup.mix(x, lam, permutation, rng)
+            scored_lam.append(kept)
+            return mixed
+
+        if point == INPUT_POINT:
+            logits = self.adapter.logits(model, mix(pixel_values))
+        else:
+            with self.adapter.mixing_at(point, mix):
+                logits = self.adapter.logits(model, pixel_values)
+        return mixup.score(logits, labels, permutation, scored_lam[0], smoothing), logits
 
     def _step_random_sources(self, device: torch.device) -> tuple[torch.Generator, np.random.Generator]:
         step = self.state.global_step

@@ -11,6 +11,7 @@ import torch
 from transformers import TrainingArguments
 
 from .data.bad_images import DEFAULT_MAX_BAD_IMAGE_FRACTION
+from .mixup import INTER_MIXUPS
 
 __all__ = [
     "INTER_MIXUP_CHOICES",
@@ -22,13 +23,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-INTER_MIXUP_CHOICES = ("none", "mixup", "manifold_mixup", "cutmix")
+INTER_MIXUP_CHOICES = tuple(INTER_MIXUPS)  # the names of `mixup.INTER_MIXUPS`, kept for compatibility
 
 
 def normalise_inter_mixup(value: str | None) -> str:
     """Map any accepted spelling ("Mixup", "Manifold_Mixup", "manifold-mixup", None, ...) to a canonical choice."""
     canonical = "none" if value is None else str(value).strip().lower().replace("-", "_")
-    if canonical not in INTER_MIXUP_CHOICES:
+    if canonical not in INTER_MIXUPS:
         raise ValueError(
             f"`inter_mixup` {value!r} is not valid; choose one of {', '.join(INTER_MIXUP_CHOICES)} (case-insensitive; "
             "the paper's spellings Mixup and Manifold_Mixup work too)."
@@ -206,7 +207,7 @@ class SynerMixTrainingArguments(TrainingArguments):
         self.inter_mixup = normalise_inter_mixup(self.inter_mixup)
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"`beta` must be between 0 and 1, got {self.beta}.")
-        if self.inter_mixup != "none" and not self.alpha > 0:
+        if INTER_MIXUPS[self.inter_mixup].mixes_batch and not self.alpha > 0:
             raise ValueError(
                 f"`alpha` must be > 0 with `inter_mixup` {self.inter_mixup!r} (lambda ~ Beta(alpha, alpha)), got "
                 f"{self.alpha}."

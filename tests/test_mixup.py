@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from scipy.optimize import linprog
 
 from synermix_hf import (
+    SynerMixTrainer,
+    SynerMixTrainingArguments,
     cutmix_batch,
     cutmix_box,
     intra_class_loss,
@@ -16,6 +18,8 @@ from synermix_hf import (
     mixup_cross_entropy,
     sample_mixup_lambda,
 )
+from synermix_hf.cli.methods import describe_method
+from synermix_hf.mixup import INTER_MIXUPS
 
 
 def reference_intra_mixup(features, labels, weights):
@@ -208,3 +212,27 @@ def test_padding_rows_marked_invalid_leave_the_intra_class_mixup_unchanged():
     mixed, present = intra_class_mixup_all_classes(padded, padded_labels, 4, torch.Generator().manual_seed(3), valid)
     torch.testing.assert_close(mixed, alone)
     assert present.tolist() == present_alone.tolist() == [True, True, True, False]
+
+
+@pytest.mark.parametrize("name", list(INTER_MIXUPS))
+def test_every_inter_mixup_of_the_table_is_accepted_labelled_and_trains_a_step(tmp_path, name):
+    """A new variant is one entry of `INTER_MIXUPS`: this walks the table, so it checks the new entry too."""
+    from test_trainer import arguments, resnet, tensor_batch  # the tiny model and batch of the trainer's tests
+
+    entry = INTER_MIXUPS[name]
+    assert entry.name == name and entry.label
+    assert SynerMixTrainingArguments(output_dir=str(tmp_path / "a"), report_to=[], inter_mixup=name.upper()
+                                     ).inter_mixup == name  # fmt: skip
+    for beta in (0.0, 0.1):
+        sentence = describe_method(beta, name, 1.0)
+        assert (entry.label if entry.mixes_batch else "cross-entropy of the augmented view") in sentence, sentence
+
+    model = resnet()
+    trainer = SynerMixTrainer(model=model, args=arguments(tmp_path, beta=0.1, inter_mixup=name))
+    assert (trainer.adapter.mixing_points != ("input",)) == entry.needs_mixing_points  # resnet: input, layer2, layer3
+    model.train()
+    loss = trainer.compute_loss(model, tensor_batch())
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.conv1.weight.grad is not None and torch.isfinite(model.conv1.weight.grad).all()
+

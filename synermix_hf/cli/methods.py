@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..mixup import INTER_MIXUPS
 from .errors import UsageError
 
 __all__ = ["BASELINE", "METHODS", "METHODS_BY_NAME", "Method", "describe_method", "method_slug", "resolve_methods"]
@@ -36,7 +37,8 @@ def method_slug(beta: float, inter_mixup: str) -> str:
     return "baseline" if inter_mixup == "none" else inter_mixup
 
 
-_INTER_LABELS = {"none": "", "mixup": "MixUp", "manifold_mixup": "Manifold MixUp", "cutmix": "CutMix"}
+# The label of each inter-class mixup in a sentence ("" when there is none), from `INTER_MIXUPS`.
+_INTER_LABELS = {name: entry.label if entry.mixes_batch else "" for name, entry in INTER_MIXUPS.items()}
 
 
 def describe_method(beta: float, inter_mixup: str, alpha: float) -> str:
@@ -74,7 +76,8 @@ class Method:
 
     @property
     def inter_label(self) -> str:
-        return {"none": "none", "mixup": "MixUp", "manifold_mixup": "Manifold MixUp"}[self.inter_mixup]
+        """The inter-class mixup's label ("none", "MixUp", "Manifold MixUp", "CutMix"), from `INTER_MIXUPS`."""
+        return INTER_MIXUPS[self.inter_mixup].label
 
     def flags(self, alpha: float | None = 1.0) -> list[str]:
         flags = ["--beta", f"{self.beta:g}", "--inter_mixup", self.inter_mixup]

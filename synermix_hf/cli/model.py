@@ -10,6 +10,7 @@ from ..adapters import find_head, find_mixing_points
 from ..data.catalog import PreparedData
 from ..data.transforms import TransformSpec, image_processor_for, spec_from_image_processor
 from ..hub import hub_offline, hub_unreachable_reason, is_hub_id
+from ..mixup import INTER_MIXUPS
 from ..models import TorchvisionForImageClassification
 from .arguments import usage_error
 from .errors import UsageError
@@ -70,7 +71,7 @@ def find_layout(model: Any, training_args: Any) -> ModelLayout:
     try:
         head = find_head(model, training_args.head_module)
         points = (find_mixing_points(model, training_args.manifold_mixup_modules)
-                  if training_args.inter_mixup == "manifold_mixup" else None)
+                  if INTER_MIXUPS[training_args.inter_mixup].needs_mixing_points else None)
     except ValueError as error:
         raise usage_error(error) from error
     return ModelLayout(head=head, mixing_points=points)
