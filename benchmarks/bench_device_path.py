@@ -1,7 +1,7 @@
 """Benchmark 5: the device data path against the per-image path, side by side in one run, on this machine's CPU.
 
 Both paths make the same two views of CIFAR-shaped data (the `cifar` recipe at 32 px: RandomCrop(32, pad 4), flip,
-Cutout(16), ImageNet mean/std; the original view normalised), drawn per example appearance from
+Cutout(16), ImageNet mean/std; the original view normalized), drawn per example appearance from
 `(seed, epoch, position)`, through `SeededAugmentation` and the balanced sampler exactly as `SynerMixTrainer` loads
 them:
 

@@ -1,7 +1,7 @@
 """Benchmark 1: vectorised `intra_class_mixup` against the reference code's per-class Python loop.
 
 The baseline is written here, independently of the library, the way the reference code does it: for every
-class present, a boolean mask, one `torch.rand` per class, normalisation, a weighted sum, in a Python loop.
+class present, a boolean mask, one `torch.rand` per class, normalization, a weighted sum, in a Python loop.
 
     python -m benchmarks.bench_intra_mixup [--quick] [--device cpu|cuda]
 """

@@ -42,7 +42,7 @@ from .models import TorchvisionClassifierConfig, TorchvisionForImageClassificati
 from .recipe import RecipeTrainer, RecipeTrainingArguments
 from .seeding import example_seeds, step_generators
 from .trainer import SynerMixTrainer
-from .training_args import INTER_MIXUP_CHOICES, SynerMixTrainingArguments, normalise_inter_mixup
+from .training_args import INTER_MIXUP_CHOICES, SynerMixTrainingArguments, normalize_inter_mixup
 
 __version__ = "0.5.0"
 
@@ -85,7 +85,7 @@ __all__ = [
     "intra_class_mixup_all_classes",
     "mixup_batch",
     "mixup_cross_entropy",
-    "normalise_inter_mixup",
+    "normalize_inter_mixup",
     "prepare_views",
     "sample_mixup_lambda",
     "step_generators",

@@ -39,14 +39,14 @@ __all__ = [
 ]
 
 
-def _normalised_class_weights(
+def _normalized_class_weights(
     labels: torch.Tensor,
     num_classes: int,
     device: torch.device,
     generator: torch.Generator | None,
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Draw one Uniform(0, 1) weight per row in batch order and normalise it within its class, in fp32.
+    """Draw one Uniform(0, 1) weight per row in batch order and normalize it within its class, in fp32.
 
     With `valid`, the k-th valid row takes the k-th draw and invalid rows weigh 0, so rows of padding between the
     valid ones do not change any weight.
@@ -77,13 +77,13 @@ def intra_class_mixup(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthesize one feature per class present as a random convex combination of that class's rows.
 
-    For every class c with members I_c, draws w_i ~ Uniform(0, 1), normalises w'_i = w_i / sum_{j in I_c} w_j and
+    For every class c with members I_c, draws w_i ~ Uniform(0, 1), normalizes w'_i = w_i / sum_{j in I_c} w_j and
     returns s_c = sum_{i in I_c} w'_i h_i. The weights come from a single `torch.rand(len(labels))` in batch order,
     so a seeded generator reproduces the result. This returns only the classes present, which needs their count on
     the host; inside a training step prefer `intra_class_mixup_all_classes`, which never synchronises.
 
     Args:
-        features: Features of shape `[B, ...]`, any floating dtype (weights are normalised in fp32).
+        features: Features of shape `[B, ...]`, any floating dtype (weights are normalized in fp32).
         labels: Integer class labels of shape `[B]`.
         generator: Optional generator on `features.device` for the weights.
 
@@ -93,7 +93,7 @@ def intra_class_mixup(
     """
     _check_features_and_labels(features, labels)
     classes, row_class = torch.unique(labels, sorted=True, return_inverse=True)
-    weights = _normalised_class_weights(row_class, len(classes), features.device, generator)
+    weights = _normalized_class_weights(row_class, len(classes), features.device, generator)
     return _weighted_class_sums(features, row_class, weights, len(classes)), classes
 
 
@@ -123,7 +123,7 @@ def intra_class_mixup_all_classes(
         `present` is a boolean mask of shape `[num_classes]`.
     """
     _check_features_and_labels(features, labels)
-    weights = _normalised_class_weights(labels, num_classes, features.device, generator, valid)
+    weights = _normalized_class_weights(labels, num_classes, features.device, generator, valid)
     # index_fill_ / index_add_ rather than `present[labels] = True`: indexed assignment synchronises on CUDA.
     if valid is None:
         present = torch.zeros(num_classes, dtype=torch.bool, device=features.device).index_fill_(0, labels, True)

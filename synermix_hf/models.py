@@ -38,7 +38,7 @@ __all__ = [
     "TorchvisionClassifierConfig",
     "TorchvisionForImageClassification",
     "build_torchvision_classifier",
-    "normalise_model_name",
+    "normalize_model_name",
     "uses_cifar_stem",
 ]
 
@@ -74,7 +74,7 @@ _PRETRAINED_WEIGHTS = "IMAGENET1K_V1"
 CIFAR_STEM_MAX_SIZE = 84
 
 
-def normalise_model_name(name: str) -> str:
+def normalize_model_name(name: str) -> str:
     """Map a `model_name` spelling (case-insensitive, aliases such as `resnet-18` or `swin_t`) to its canonical name.
 
     Raises:
@@ -94,7 +94,7 @@ def normalise_model_name(name: str) -> str:
 
 def uses_cifar_stem(model_name: str, image_size: int) -> bool:
     """Whether a ResNet gets the CIFAR stem at this input size (ResNets only, images of at most 84 px)."""
-    return normalise_model_name(model_name).startswith("resnet") and image_size <= CIFAR_STEM_MAX_SIZE
+    return normalize_model_name(model_name).startswith("resnet") and image_size <= CIFAR_STEM_MAX_SIZE
 
 
 def _head_of(network: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -158,7 +158,7 @@ def build_torchvision_classifier(
         ValueError: unknown `model_name`.
         OSError: the pretrained weights could not be downloaded; the message says where from and why.
     """
-    name = normalise_model_name(model_name)
+    name = normalize_model_name(model_name)
     builder = getattr(torchvision.models, _BUILDERS[name])
     network = builder(weights=None)
     if pretrained:
@@ -209,7 +209,7 @@ class TorchvisionClassifierConfig(PreTrainedConfig):
         num_channels: int = 3,
         **kwargs: Any,
     ):
-        self.architecture = normalise_model_name(architecture)
+        self.architecture = normalize_model_name(architecture)
         self.image_size = int(image_size)
         self.cifar_stem = bool(cifar_stem)
         self.num_channels = num_channels
@@ -246,7 +246,7 @@ class TorchvisionForImageClassification(PreTrainedModel):
         cifar_stem: bool | None = None,
     ) -> TorchvisionForImageClassification:
         """Build a fresh (or ImageNet-initialised, with `pretrained`) model for the classes in `id2label`."""
-        name = normalise_model_name(model_name)
+        name = normalize_model_name(model_name)
         if cifar_stem is None:
             cifar_stem = uses_cifar_stem(name, image_size)
         config = TorchvisionClassifierConfig(

@@ -18,7 +18,7 @@ __all__ = [
     "SynerMixTrainingArguments",
     "accelerator_available",
     "launched_processes",
-    "normalise_inter_mixup",
+    "normalize_inter_mixup",
 ]
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 INTER_MIXUP_CHOICES = tuple(INTER_MIXUPS)  # the names of `mixup.INTER_MIXUPS`, kept for compatibility
 
 
-def normalise_inter_mixup(value: str | None) -> str:
+def normalize_inter_mixup(value: str | None) -> str:
     """Map any accepted spelling ("Mixup", "Manifold_Mixup", "manifold-mixup", None, ...) to a canonical choice."""
     canonical = "none" if value is None else str(value).strip().lower().replace("-", "_")
     if canonical not in INTER_MIXUPS:
@@ -204,7 +204,7 @@ class SynerMixTrainingArguments(TrainingArguments):
                 "`remove_unused_columns` must be False for SynerMix: the loss reads `original_pixel_values`, which no "
                 "model's forward takes, and datasets with an on-the-fly transform need their image and label columns."
             )
-        self.inter_mixup = normalise_inter_mixup(self.inter_mixup)
+        self.inter_mixup = normalize_inter_mixup(self.inter_mixup)
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"`beta` must be between 0 and 1, got {self.beta}.")
         if INTER_MIXUPS[self.inter_mixup].mixes_batch and not self.alpha > 0:

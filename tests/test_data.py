@@ -57,7 +57,7 @@ def test_single_view_gives_pixel_values_and_labels_and_grayscale_becomes_rgb():
         SingleViewTransform(transforms.ToTensor(), image_column="img")({"image": [gray]})
 
 
-def test_cutout_zeroes_one_clipped_square_before_normalisation():
+def test_cutout_zeroes_one_clipped_square_before_normalization():
     torch.manual_seed(0)
     for _ in range(50):
         out = Cutout(length=4)(torch.ones(3, 10, 10))

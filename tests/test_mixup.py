@@ -92,7 +92,7 @@ def test_intra_single_member_class_returns_its_own_row(batch):
     torch.testing.assert_close(synthesized[classes.tolist().index(7)], features[only_seven])
 
 
-def test_intra_gradient_reaches_every_row_with_its_normalised_weight(batch):
+def test_intra_gradient_reaches_every_row_with_its_normalized_weight(batch):
     features, labels = batch
     features = features.clone().requires_grad_(True)
     synthesized, _ = intra_class_mixup(features, labels, generator=seeded(2))

@@ -13,7 +13,7 @@ from synermix_hf.models import (
     MODEL_NAMES,
     TorchvisionForImageClassification,
     build_torchvision_classifier,
-    normalise_model_name,
+    normalize_model_name,
     uses_cifar_stem,
 )
 from synermix_hf.data.transforms import TransformSpec, build_transforms, image_processor_for
@@ -24,11 +24,11 @@ HEADS = {"resnet18": "network.fc", "resnet50": "network.fc", "mobilenet": "netwo
 
 def test_names_follow_the_reference_and_accept_its_readme_spelling():
     assert MODEL_NAMES == ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet", "tiny-swin")
-    assert normalise_model_name("resnet-18") == "resnet18"  # the authors' README writes `-mn resnet-18`
-    assert normalise_model_name("Swin_T") == "tiny-swin"
+    assert normalize_model_name("resnet-18") == "resnet18"  # the authors' README writes `-mn resnet-18`
+    assert normalize_model_name("Swin_T") == "tiny-swin"
     valid = "resnet18, resnet34, resnet50, resnet101, mobilenet, tiny-swin"
     with pytest.raises(ValueError, match=f"{valid}. Did you mean 'resnet18'"):
-        normalise_model_name("resnet19")
+        normalize_model_name("resnet19")
 
 
 def test_cifar_stem_only_for_resnets_on_small_images():

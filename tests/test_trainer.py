@@ -84,7 +84,7 @@ def hand_intra_loss(model, original, labels, generator, smoothing=0.0):
 
 
 def hand_intra_loss_of_features(model, features, labels, weights, smoothing=0.0):
-    """SynerMix-Intra by hand: per class, the members' features weighted by their normalised weights, classified."""
+    """SynerMix-Intra by hand: per class, the members' features weighted by their normalized weights, classified."""
     rows, classes = [], []
     for c in sorted(set(labels.tolist())):
         mask = labels == c
@@ -276,9 +276,9 @@ def device_view_set(size=16):
 
 
 def two_view_sets(size=16):
-    normalise = transforms.Normalize([0.5] * 3, [0.25] * 3)
-    original = transforms.Compose([transforms.ToTensor(), normalise])
-    augment = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalise])
+    normalize = transforms.Normalize([0.5] * 3, [0.25] * 3)
+    original = transforms.Compose([transforms.ToTensor(), normalize])
+    augment = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize])
     train = color_dataset(size=size).with_transform(TwoViewTransform(augment, original))
     val = color_dataset(n=24, size=size, seed=1).with_transform(SingleViewTransform(original))
     return train, val

@@ -88,7 +88,7 @@ def test_processor_converts_grayscale_to_rgb():
     assert processor(gray, return_tensors="pt")["pixel_values"].shape == (1, 3, 8, 8)
 
 
-def test_spec_from_a_hugging_face_processor_takes_its_size_and_normalisation():
+def test_spec_from_a_hugging_face_processor_takes_its_size_and_normalization():
     from transformers import ConvNextImageProcessor, ViTImageProcessor
 
     vit = spec_from_image_processor(ViTImageProcessor(size={"height": 48, "width": 48}), "cifar")

@@ -26,7 +26,7 @@ from transformers import HfArgumentParser
 
 from ..data.catalog import BUILTIN_DATASET, CATALOG
 from ..data.pipeline import VIEWS_ON
-from ..models import MODEL_NAMES, normalise_model_name
+from ..models import MODEL_NAMES, normalize_model_name
 from ..recipe import RecipeTrainingArguments
 from ..training_args import SynerMixTrainingArguments, accelerator_available, launched_processes
 from .errors import UsageError, flag_text
@@ -149,7 +149,7 @@ class ModelArguments:
                 "here. Give `model_name` (a torchvision architecture, trained from scratch) or `model_name_or_path` (a "
                 "Hugging Face checkpoint or a local model folder)."
             )
-        self.model_name = normalise_model_name(self.model_name)
+        self.model_name = normalize_model_name(self.model_name)
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(f"`image_size` must be >= 1, got {self.image_size}.")
 
@@ -260,7 +260,7 @@ class ScriptTrainingArguments(RecipeTrainingArguments):
     sync_bn: bool = field(
         default=False,
         metadata={"help": "Synchronised batch norm on several GPUs (torch's SyncBatchNorm): each batch-norm layer "
-                  "normalises over the whole step's batch, as the reference on its one GPU, instead of each GPU's "
+                  "normalizes over the whole step's batch, as the reference on its one GPU, instead of each GPU's "
                   "share; each of SynerMix's two forward passes keeps its own statistics. Needs GPUs (refused on "
                   "several CPU processes) and a model with batch-norm layers."},
     )
@@ -283,7 +283,7 @@ class ScriptTrainingArguments(RecipeTrainingArguments):
             raise ValueError(
                 f"`sync_bn` needs GPUs: torch's SyncBatchNorm runs on CUDA (or XPU) devices only, and these "
                 f"{self.world_size} processes train on the CPU (gloo). Leave out `sync_bn` (each process then "
-                "normalises over its own share of the batch)."
+                "normalizes over its own share of the batch)."
             )
 
 

@@ -167,7 +167,7 @@ class BatchViews:
     Args:
         image_size: S.
         recipe: The random steps of the family (`square_augmentation`).
-        mean, std: Normalisation.
+        mean, std: Normalization.
         original: Also make the original view (`original_pixel_values`; needed when beta > 0).
     """
 

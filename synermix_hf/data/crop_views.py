@@ -132,7 +132,7 @@ class CropViews:
             per-image path's), or the S of a store of reduced images (opt-in; the original view exact when S = R).
         scale, ratio: RandomResizedCrop's ranges.
         flip: Whether a horizontal flip follows (probability 1/2).
-        mean, std: Normalisation.
+        mean, std: Normalization.
         interpolation: The recipe's resampling (`bilinear` or `bicubic`).
         original: Also make the original view (`original_pixel_values`; needed when beta > 0).
         method: How the crops are resized (`CROP_METHODS`); the pixels are the same either way.
@@ -275,7 +275,7 @@ class CropViews:
                    params: torch.Tensor | None, make_original: bool,
                    stored: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Both views on the CPU by Pillow itself, image by image, in threads (Pillow releases the GIL while it
-        resamples), each written into its slot of the batch (`stored`: the original views, to be normalised only)."""
+        resamples), each written into its slot of the batch (`stored`: the original views, to be normalized only)."""
         reference = images if images is not None else stored
         batch, size, device = reference.shape[0], self.image_size, reference.device
         augmented = None if params is None else torch.empty((batch, 3, size, size), dtype=torch.float32)

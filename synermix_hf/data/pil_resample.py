@@ -5,7 +5,7 @@ support): that is what the reference code trains and evaluates on. `resized_crop
 a whole batch on any device, bit for bit, so that views made on an accelerator are the per-image path's:
 
 * the filter weights are Pillow's (`precompute_coeffs` in Pillow's `Resample.c`): support scaled by the reduction,
-  weights normalised per output pixel, then rounded to 22-bit fixed point; computed here in float64 with the same
+  weights normalized per output pixel, then rounded to 22-bit fixed point; computed here in float64 with the same
   operations in the same order (IEEE double on every device), so the fixed-point weights are Pillow's;
 * each pass sums `pixel * weight` in int32 from the same rounding offset and clips to uint8 as Pillow does, so the
   sums are exact on any device (no float rounding, no TF32);

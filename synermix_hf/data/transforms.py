@@ -71,12 +71,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TransformSpec:
-    """Which recipe, at which size, with which normalisation.
+    """Which recipe, at which size, with which normalization.
 
     Args:
         family: One of `FAMILIES`.
         image_size: Side S of the model input.
-        mean, std: Normalisation; defaults to the family's (see the module docstring).
+        mean, std: Normalization; defaults to the family's (see the module docstring).
         interpolation: Resampling of the `imagenet` family's resize and random resized crop, one of `INTERPOLATIONS`
             (the square families keep the reference's bilinear resize to SxS).
         crop_pct: Fraction of the resized image the `imagenet` family's evaluation keeps: Resize(floor(S / crop_pct)),
@@ -115,7 +115,7 @@ class TransformSpec:
         return T.InterpolationMode(self.interpolation)
 
     def describe(self) -> str:
-        """One line for the run log: the recipe, size, resampling and evaluation crop, normalisation."""
+        """One line for the run log: the recipe, size, resampling and evaluation crop, normalization."""
         text = f"{self.family} at {self.image_size}px"
         if self.family == "imagenet":
             crop = f"crop fraction {self.crop_pct:g}" if self.crop_pct is not None else "256/224"
@@ -317,7 +317,7 @@ def square_augmentation(spec: TransformSpec) -> SquareAugmentation:
 
 
 def build_transforms(spec: TransformSpec) -> tuple[T.Compose, T.Compose]:
-    """`(train_transform, eval_transform)`: PIL image (RGB) -> normalised `[3, S, S]` tensor."""
+    """`(train_transform, eval_transform)`: PIL image (RGB) -> normalized `[3, S, S]` tensor."""
     size = spec.image_size
     normalize = T.Normalize(spec.mean, spec.std)
     if spec.family == "imagenet":
