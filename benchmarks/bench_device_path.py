@@ -170,7 +170,8 @@ def run(quick: bool = False, rounds: int | None = None, with_default_run: bool =
         data = write_image_dataset(Path(tmp), num_images, size=32, num_classes=NUM_CLASSES, image_format="png")
         cache_dir = os.path.join(tmp, "decoded")
         start = time.perf_counter()
-        prepare_views(data, None, TransformSpec("cifar", 32), "image", "label", True, "device", cache_dir=cache_dir)
+        prepare_views(data, None, TransformSpec("cifar", 32), "image", "label", two_views=True, views_on="device",
+                      cache_dir=cache_dir)
         results["decode_once_s"] = time.perf_counter() - start
         for workers in (0,) if quick else (0, 2):
             rates = measure_data(data, batch_size, workers, rounds, cache_dir)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -145,29 +144,25 @@ def check_output_dir_writable(out: str) -> None:
     """Refuse an `--output_dir` that is a file or cannot be written (a read-only file system, no permission), before
     the data is loaded and a store is built rather than at the first save.
 
+    Nothing is created or written here: the other processes of the run look at the folder meanwhile.
+
     Raises:
         UsageError: naming the folder and the reason.
     """
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--output_dir {out} is a file, not a folder. Choose another --output_dir.")
-    missing = []
     folder = os.path.abspath(out)
-    while not os.path.exists(folder):
-        missing.append(folder)
+    while not os.path.exists(folder):  # the nearest existing folder is where the run will create it
         folder = os.path.dirname(folder)
-    try:
-        os.makedirs(out, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as error:
-        raise UsageError(f"--output_dir {out} cannot be written: {error.strerror or error}. Choose another "
-                         "--output_dir.") from None
-    finally:
-        for created in missing:  # leave the file system as it was: the run creates the folder when it saves
-            try:
-                os.rmdir(created)
-            except OSError:
-                break
+    if not os.path.isdir(folder):
+        reason = "Not a directory"
+    elif os.statvfs(folder).f_flag & os.ST_RDONLY:
+        reason = "Read-only file system"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        reason = "Permission denied"
+    else:
+        return
+    raise UsageError(f"--output_dir {out} cannot be written: {reason} ({folder}). Choose another --output_dir.")
 
 
 def run_identity(model_name: str, data: Any, args: Any) -> dict[str, Any]:
