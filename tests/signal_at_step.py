@@ -7,23 +7,11 @@ in the process of global rank RANK only; everything else is the script as users 
 """
 
 import functools
-import os
-import signal
 import sys
 
-from transformers import TrainerCallback
+from test_preemption import SignalAtStep  # this script's folder, tests/, is on its path
 
 from synermix_hf.cli import train
-
-
-class SignalAtStep(TrainerCallback):
-    def __init__(self, step: int, rank: int):
-        self.step, self.rank = step, rank
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step and args.process_index == self.rank:
-            os.kill(os.getpid(), signal.SIGTERM)
-
 
 train.run = functools.partial(train.run, callbacks=[SignalAtStep(int(sys.argv[1]), int(sys.argv[2]))])
 sys.exit(train.main(sys.argv[3:]))

@@ -19,13 +19,14 @@ HERE = Path(__file__).resolve().parent
 
 
 class SignalAtStep(TrainerCallback):
-    """Send this process SIGTERM at the end of step `step` (a real signal, to the script's real handler)."""
+    """Send this process SIGTERM at the end of step `step` (a real signal, to the script's real handler), only in the
+    process of global rank `rank` (tests/signal_at_step.py uses it under torchrun)."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int, rank: int = 0):
+        self.step, self.rank = step, rank
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
+        if state.global_step == self.step and args.process_index == self.rank:
             os.kill(os.getpid(), signal.SIGTERM)
 
 

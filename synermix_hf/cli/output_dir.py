@@ -19,6 +19,7 @@ from ..checkpoints import STAGING_PREFIX, ResumeError, remove_incomplete_checkpo
 from ..data.catalog import BUILTIN_DATASET
 from .errors import UsageError
 from .methods import method_slug
+from .run_log import total_train_batch
 
 __all__ = ["LOG_FILE", "RESULT_FILES", "RUN_FILE", "check_output_dir_writable", "check_same_run", "default_output_dir",
            "prepare_output_dir", "run_identity", "slug", "write_run_identity"]
@@ -168,8 +169,6 @@ def check_output_dir_writable(out: str) -> None:
 def run_identity(model_name: str, data: Any, args: Any) -> dict[str, Any]:
     """What identifies a training run, for `check_same_run`: the dataset (its source, the training split's
     fingerprint, size and class names), the model, the method, the recipe and the batch of one optimizer step."""
-    total_batch = (args.per_device_train_batch_size * max(1, args.n_gpu) * args.world_size
-                   * args.gradient_accumulation_steps)
     return {
         "dataset": data.source,
         "training split fingerprint": getattr(data.train, "_fingerprint", None),
@@ -178,7 +177,7 @@ def run_identity(model_name: str, data: Any, args: Any) -> dict[str, Any]:
         "model": model_name,
         "method": f"{method_slug(args.beta, args.inter_mixup)} (alpha {args.alpha:g})",
         "recipe": args.recipe,
-        "total train batch size": total_batch,
+        "total train batch size": total_train_batch(args),
     }
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 __all__ = ["RunLogCallback", "append_final", "append_line", "chosen_settings", "command_line", "global_batch",
-           "recipe_text", "run_summary", "write_run_header"]
+           "recipe_text", "run_summary", "total_train_batch", "write_run_header"]
 
 _TRAIN_KEYS = ("loss", "loss_intra", "loss_inter", "learning_rate", "grad_norm")
 _SHORT = {"learning_rate": "lr"}
@@ -180,6 +180,12 @@ def chosen_settings(training_args: Any) -> dict[str, str]:
                                                                             {}).items()}
 
 
+def total_train_batch(training_args: Any) -> int:
+    """The examples of one optimizer step over all processes, GPUs and accumulation steps."""
+    return (training_args.per_device_train_batch_size * max(1, training_args.n_gpu) * training_args.world_size
+            * training_args.gradient_accumulation_steps)
+
+
 def global_batch(training_args: Any) -> str:
     """The batch of one optimizer step and how it is made, e.g. `128 (2 processes x 64 per process x 1
     accumulation step)`."""
@@ -189,8 +195,7 @@ def global_batch(training_args: Any) -> str:
              f"{training_args.per_device_train_batch_size} per {'GPU' if gpus > 1 else 'process'}",
              f"{training_args.gradient_accumulation_steps} accumulation step"
              f"{'s' if training_args.gradient_accumulation_steps > 1 else ''}"]
-    total = (training_args.per_device_train_batch_size * gpus * training_args.world_size
-             * training_args.gradient_accumulation_steps)
+    total = total_train_batch(training_args)
     partners = ", plus the balanced sampler's partners" if training_args.balanced_sampler else ""
     return f"{total} ({' x '.join(parts)}{partners})"
 
