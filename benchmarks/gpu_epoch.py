@@ -13,7 +13,7 @@ One script, no network, a few minutes on one H100/H200 with 16 CPU cores:
    every read by the loader workers (`device, every read`) and from the opt-in store at S = 256 (`device, S = 256`),
    each store built with one thread per core and timed), trains resnet18 (the CIFAR stem at 32 px,
    the ImageNet stem at 224 px), batch 128, SynerMix w-RA&ER(MM) (beta 0.1, Manifold MixUp, alpha 1) through
-   `RecipeTrainer` (the paper's SGD recipe) for `--epochs` epochs and times each epoch (CUDA-synchronised at both
+   `SynerMixTrainer` (the paper's SGD recipe) for `--epochs` epochs and times each epoch (CUDA-synchronised at both
    ends); the first epoch starts workers and autotunes cuDNN, so the summary uses the epochs after it;
 3. samples `nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200` in the background and
    reports the mean GPU utilisation over the timed epochs, and counts the host-device synchronisations per step of
@@ -57,7 +57,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.utils import logging as hf_logging
 
-from synermix_hf import RecipeTrainer, RecipeTrainingArguments, prepare_views
+from synermix_hf import RecipeTrainingArguments, SynerMixTrainer, prepare_views
 from synermix_hf.models import TorchvisionForImageClassification
 from synermix_hf.data.transforms import TransformSpec
 
@@ -187,7 +187,7 @@ def train_once(data, image_size: int, path: str, precision: str, cli: argparse.N
         dataloader_pin_memory=not on_cpu,
     )  # fmt: skip
     timer, syncs = TrainTimer(), SyncCounter()
-    trainer = RecipeTrainer(model=model, args=args, train_dataset=views.train, callbacks=[syncs, timer])
+    trainer = SynerMixTrainer(model=model, args=args, train_dataset=views.train, callbacks=[syncs, timer])
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     timed = timer.epochs[1:] or timer.epochs  # the first epoch starts workers and autotunes cuDNN
@@ -216,7 +216,7 @@ def markdown(summary: dict) -> str:
         "## GPU epoch: per-image vs device data path",
         "",
         f"{summary['device']}; {summary['cpu_count']} CPU cores; torch {summary['torch']}; resnet18, w-RA&ER(MM) "
-        f"(beta 0.1, Manifold MixUp), RecipeTrainer; per-image path with {summary['workers']} loader workers, device "
+        f"(beta 0.1, Manifold MixUp), SynerMixTrainer with the paper recipe; per-image path with {summary['workers']} loader workers, device "
         f"paths with {', '.join(f'{n} {k}' for k, n in summary['device_workers'].items())} (loader workers); total "
         f"{summary['total_s']:.0f} s.",
         "",

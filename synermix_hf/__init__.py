@@ -1,8 +1,8 @@
 """SynerMix (arXiv:2403.14137) for Hugging Face `Trainer`: intra-class mixup of features plus inter-class mixup.
 
 The layers, from the bottom: the mixing math (`mixup`) and the seeds (`seeding`); models and where SynerMix reaches
-into them (`models`, `adapters`); the data layer (`data`); the Trainer integration (`training_args`, `trainer`,
-`recipe`, with `checkpoints`, `distributed` and `finite_loss`); the command line (`cli`) on top.
+into them (`models`, `adapters`); the data layer (`data`); the Trainer integration (`training_args`, `recipe`,
+`trainer`, with `checkpoints`, `distributed` and `finite_loss`); the command line (`cli`) on top.
 """
 
 from . import models  # registers TorchvisionForImageClassification with the Auto classes
@@ -39,12 +39,23 @@ from .mixup import (
     sample_mixup_lambda,
 )
 from .models import TorchvisionClassifierConfig, TorchvisionForImageClassification, build_torchvision_classifier
-from .recipe import RecipeTrainer, RecipeTrainingArguments
+from .recipe import RecipeTrainingArguments
 from .seeding import example_seeds, step_generators
 from .trainer import SynerMixTrainer
 from .training_args import INTER_MIXUP_CHOICES, SynerMixTrainingArguments, normalize_inter_mixup
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
+
+
+def __getattr__(name: str):
+    if name == "RecipeTrainer":  # 0.5.0's name: SynerMixTrainer builds the recipe's optimizer and schedule itself now
+        import warnings
+
+        warnings.warn("`RecipeTrainer` is `SynerMixTrainer` since synermix-hf 0.6.0 (it builds the paper recipe's "
+                      "optimizer and schedule from `RecipeTrainingArguments`); use `SynerMixTrainer`.", FutureWarning,
+                      stacklevel=2)
+        return SynerMixTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "INTER_MIXUPS",
@@ -58,7 +69,6 @@ __all__ = [
     "ModelAdapter",
     "PositionedBatchSampler",
     "PreparedViews",
-    "RecipeTrainer",
     "RecipeTrainingArguments",
     "SeededAugmentation",
     "SingleViewTransform",

@@ -22,7 +22,7 @@ that never says "disk", and leaves the folder behind. Here:
   of some models (ViT among them), which the Trainer's own resume would leave untrained.
 * `checkpoint_problem` tells why a folder is not a checkpoint a run can continue from, and `last_complete_checkpoint`
   skips those. `resolve_resume` is the one place that turns a `resume_from_checkpoint` (a path, or True / "last") into
-  the checkpoint to continue from, or a `ResumeError` saying why not; `StagedCheckpoints.train` and the command line
+  the checkpoint to continue from, or a `ResumeError` saying why not; `SynerMixTrainer.train` and the command line
   both call it. With a `checkpoint_complete.json`, every file it lists must be there with its size. Without one (a
   checkpoint of the plain Trainer or of an older synermix-hf), `trainer_state.json` must parse, the weights and
   archives must be whole, and the files a resume loads must be there: the model's weights, and the optimizer's and
@@ -538,11 +538,11 @@ class StagedCheckpoints:
       barrier), and the staging folder is removed. A full disk (or quota, or file-size limit) raises
       `CheckpointSaveError` on every process, with a one-line message; any other error is raised as it was by the
       process it happened on, and as `CheckpointSaveError` naming that process by the others.
-    * `train(resume_from_checkpoint=True)` (or `"last"`) continues from the last *complete* checkpoint, naming each
-      newer incomplete one it skips; a path to an incomplete checkpoint is refused with a `ResumeError` (a
-      `ValueError`) saying why (both: `resolve_resume`). When a
-      run continues from a checkpoint of its own `output_dir`, the incomplete checkpoints and staging folders left
-      there by the interrupted run are removed first: they are not results, and a stale `checkpoint-N` would
+    * `checkpoint_to_resume`, which `SynerMixTrainer.train` calls: `resume_from_checkpoint=True` (or `"last"`)
+      continues from the last *complete* checkpoint, naming each newer incomplete one it skips; a path to an
+      incomplete checkpoint is refused with a `ResumeError` (a `ValueError`) saying why (both: `resolve_resume`).
+      When a run continues from a checkpoint of its own `output_dir`, the incomplete checkpoints and staging folders
+      left there by the interrupted run are removed first: they are not results, and a stale `checkpoint-N` would
       otherwise be rotated in place of a complete one.
 
     The private `Trainer` methods it overrides are `_save_checkpoint`, `_get_output_dir` and `_push_from_checkpoint`
@@ -553,11 +553,6 @@ class StagedCheckpoints:
     _staging_dir: str | None = None
     _push_deferred: bool = False
     _weights_save_failure: Exception | None = None
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
-        if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
-            resume_from_checkpoint = self._complete_checkpoint_to_resume(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """`Trainer.save_model`; while a checkpoint is saved, a failure is held back for `_settle_save`."""
@@ -571,7 +566,13 @@ class StagedCheckpoints:
             # process that failed to write them must reach that barrier too, or the others would wait there forever.
             self._weights_save_failure = failure
 
-    def _complete_checkpoint_to_resume(self, resume_from_checkpoint: str | bool) -> str:
+    def checkpoint_to_resume(self, resume_from_checkpoint: str | bool) -> str:
+        """The complete checkpoint `train(resume_from_checkpoint=...)` continues from (`resolve_resume`), after
+        naming the incomplete ones skipped and, for a checkpoint of `output_dir`, removing them.
+
+        Raises:
+            ResumeError: `resume_from_checkpoint` names no complete checkpoint.
+        """
         output_dir = self.args.output_dir
         plan = resolve_resume(output_dir, resume_from_checkpoint)
         for path, problem in plan.skipped:

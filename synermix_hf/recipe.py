@@ -6,8 +6,9 @@ weight decay 5e-4, StepLR every 10 epochs by 0.5, 120 epochs, batch 128, test ba
 the class-balanced sampler for every configuration). The reference trains on one GPU, so its batch of 128 is the
 batch of one SGD step: `total_train_batch_size` (128 by default) is split over the processes, and
 `per_device_train_batch_size`, when given instead, keeps Hugging Face's meaning (the batch of each process).
-`RecipeTrainer` is a `SynerMixTrainer` that builds that optimizer and schedule. `recipe="trainer"` hands both back
-to the Trainer (`--optim`, `--lr_scheduler_type`, ...), e.g. to fine-tune a Hugging Face model with AdamW.
+`SynerMixTrainer` given these arguments builds that optimizer (`paper_optimizer`) and schedule (`epoch_step_lr`)
+through the Trainer's public `create_optimizer` / `create_scheduler` hooks. `recipe="trainer"` hands both back to the
+Trainer (`--optim`, `--lr_scheduler_type`, ...), e.g. to fine-tune a Hugging Face model with AdamW.
 
 The Trainer steps the scheduler after every optimizer update, so the per-epoch StepLR is a `LambdaLR` over update
 steps: the factor is `gamma ** (epoch // step_size)` with `epoch = step // updates_per_epoch`. Its state (the step
@@ -23,18 +24,18 @@ from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
-from transformers.trainer_utils import IntervalStrategy, has_length
+from transformers.trainer_utils import IntervalStrategy
 
-from .trainer import SynerMixTrainer
 from .training_args import SynerMixTrainingArguments
 
 __all__ = [
     "PAPER_BATCH_SIZE",
     "RECIPES",
-    "RecipeTrainer",
     "RecipeTrainingArguments",
     "cpu_has_native_bf16",
     "epoch_step_lr",
+    "paper_optimizer",
+    "uses_paper_recipe",
     "updates_per_epoch",
 ]
 
@@ -57,6 +58,24 @@ def epoch_step_lr(optimizer: torch.optim.Optimizer, updates_per_epoch: int, step
         return gamma ** ((update_step // updates_per_epoch) // step_size)
 
     return LambdaLR(optimizer, factor)
+
+
+def paper_optimizer(model: torch.nn.Module, args: RecipeTrainingArguments) -> torch.optim.SGD:
+    """The reference's optimizer: SGD over every trainable parameter, weight decay on all of them (its
+    `SGD(model.parameters(), ...)`), with `args`' learning rate, momentum, weight decay and Nesterov switch."""
+    return torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=args.learning_rate,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        nesterov=args.nesterov,
+    )
+
+
+def uses_paper_recipe(args: Any) -> bool:
+    """Whether training arguments ask for the reference's optimizer and schedule (`RecipeTrainingArguments` with
+    `recipe="paper"`, their default); any other arguments keep the Trainer's."""
+    return isinstance(args, RecipeTrainingArguments) and args.recipe == "paper"
 
 
 def updates_per_epoch(batches_per_epoch: int, gradient_accumulation_steps: int) -> int:
@@ -246,55 +265,3 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
                     f"`per_device_train_batch_size` {per_device} and `total_train_batch_size` {total} disagree: "
                     f"{per_device} per process over {split} is {per_device * shares}. Give one of them."
                 )
-
-
-class RecipeTrainer(SynerMixTrainer):
-    """`SynerMixTrainer` with the reference's optimizer and schedule when `args.recipe == "paper"`.
-
-    SGD over all trainable parameters (weight decay on all of them, as the reference's
-    `SGD(model.parameters(), ...)`), and `epoch_step_lr`. An optimizer or scheduler passed in `optimizers=` wins.
-    """
-
-    _updates_per_epoch: int | None = None
-
-    def _uses_paper_recipe(self) -> bool:
-        return getattr(self.args, "recipe", "trainer") == "paper"
-
-    def get_train_dataloader(self) -> Any:
-        # The schedule needs the optimizer updates per epoch, which the Trainer computes in a method whose signature
-        # changed between transformers releases; the loader it trains on gives the same number through public API.
-        loader = super().get_train_dataloader()
-        batches = len(loader) if has_length(loader) else None
-        self._updates_per_epoch = (
-            updates_per_epoch(batches, self.args.gradient_accumulation_steps) if batches is not None else None
-        )
-        return loader
-
-    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
-        if not self._uses_paper_recipe() or self.optimizer is not None:
-            # transformers < 5.3's create_optimizer takes no model.
-            return super().create_optimizer() if model is None else super().create_optimizer(model)
-        opt_model = self.model if model is None else model
-        self.optimizer = torch.optim.SGD(
-            [p for p in opt_model.parameters() if p.requires_grad],
-            lr=self.args.learning_rate,
-            momentum=self.args.momentum,
-            weight_decay=self.args.weight_decay,
-            nesterov=self.args.nesterov,
-        )
-        return self.optimizer
-
-    def create_scheduler(
-        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
-    ) -> torch.optim.lr_scheduler.LRScheduler:
-        if not self._uses_paper_recipe() or self.lr_scheduler is not None:
-            return super().create_scheduler(num_training_steps, optimizer)
-        updates_per_epoch = self._updates_per_epoch or max(int(num_training_steps), 1)
-        self.lr_scheduler = epoch_step_lr(
-            optimizer if optimizer is not None else self.optimizer,
-            updates_per_epoch,
-            self.args.lr_step_size,
-            self.args.lr_gamma,
-        )
-        self._created_lr_scheduler = True
-        return self.lr_scheduler

@@ -6,12 +6,16 @@
   classified by the model's own head, all inside one forward call of the (possibly distributed) model;
 * L_inter: cross-entropy on the augmented view, optionally with MixUp, Manifold MixUp or CutMix.
 
+With `RecipeTrainingArguments` (the paper's recipe) the optimizer and schedule are the reference's, built in the
+Trainer's public hooks `create_optimizer` / `create_scheduler` from `synermix_hf.recipe`.
+
 Evaluation and `predict()` are plain: cross-entropy and logits on the original view.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -34,6 +38,7 @@ from .distributed import StepBufferBroadcast, gather_step_batch, is_data_paralle
 from .finite_loss import FiniteLossCallback, FiniteLossCheck
 from .mixup import INTER_MIXUPS, intra_class_loss, intra_class_mixup_all_classes, sample_mixup_lambda
 from .preemption import PreemptionCallback
+from .recipe import epoch_step_lr, paper_optimizer, updates_per_epoch, uses_paper_recipe
 from .seeding import step_generators
 from .training_args import SynerMixTrainingArguments
 
@@ -52,6 +57,10 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
     `loss_inter` (means since the last log, over all processes). Evaluation and `predict()` are plain: the model's
     logits of the original (unaugmented) view and their cross-entropy (`eval_loss`), with no mixup.
 
+    With `RecipeTrainingArguments` and `recipe="paper"` (their default), the optimizer is the reference's SGD
+    (`paper_optimizer`) and the schedule its StepLR per epoch (`epoch_step_lr`); with any other arguments they are
+    the Trainer's. An optimizer or scheduler passed in `optimizers=` wins either way.
+
     With `enable_jit_checkpoint`, SIGTERM finishes the step, saves a checkpoint on every process and `train()` raises
     `TrainingPreempted` naming it (`synermix_hf.preemption`).
 
@@ -64,7 +73,13 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         train_labels: Optional label of every training example, for the balanced sampler. By default they are read
             from the dataset (`dataset_labels`).
         *args, **kwargs: As for `transformers.Trainer`. `data_collator` defaults to `SynerMixCollator`.
+
+    Attributes:
+        model_card_section: Markdown added at the end of every model card this trainer writes (`create_model_card`,
+            which `push_to_hub` calls too); empty by default.
     """
+
+    model_card_section: str = ""
 
     # compute_loss returns a per-micro-batch mean, so the Trainer divides it by the accumulation steps: gradient
     # accumulation then gives the mean over micro-batches, as the plain Trainer does for models without loss kwargs.
@@ -102,6 +117,9 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         if self.args.label_names is None:
             self.label_names = ["labels"]
         self.train_labels = train_labels
+        # A scheduler given in `optimizers=` is kept; one built here is built again by every `train()`.
+        self._scheduler_given = self.lr_scheduler is not None
+        self._updates_per_epoch: int | None = None
         self._adapter: ModelAdapter | None = None
         self._adapter_for: nn.Module | None = None
         self._draw_position = (-1, -1)
@@ -162,7 +180,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
         if isinstance(self.train_dataset, torch.utils.data.IterableDataset) or not has_length(self.train_dataset):
-            return super().get_train_dataloader()
+            return self._counted(super().get_train_dataloader())
         seed = self._data_seed
         labels = self.train_labels
         if labels is None and self.args.balanced_sampler:
@@ -200,6 +218,14 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             # drop them. `None` tells it batches have dynamic length, so each process takes whole batches in turn.
             shard.batch_size = None
         self._set_epoch_callback.targets = [t for t in (sampler, dataset) if t is not None]
+        return self._counted(loader)
+
+    def _counted(self, loader: DataLoader) -> DataLoader:
+        # The paper's schedule needs the optimizer updates per epoch, which the Trainer computes in a method whose
+        # signature changed between transformers releases; the loader it trains on gives the same number.
+        batches = len(loader) if has_length(loader) else None
+        self._updates_per_epoch = (None if batches is None else
+                                   updates_per_epoch(batches, self.args.gradient_accumulation_steps))
         return loader
 
     @property
@@ -243,6 +269,30 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         device = next(value.device for value in inputs.values() if isinstance(value, torch.Tensor))
         with torch.autocast(device.type, enabled=False):  # the recipe's own dtypes, not autocast's
             return views(inputs)
+
+    # ---- optimizer and schedule ----
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The reference's SGD with the paper's recipe (`paper_optimizer`), else the Trainer's optimizer."""
+        if not uses_paper_recipe(self.args) or self.optimizer is not None:
+            # transformers < 5.3's create_optimizer takes no model.
+            return super().create_optimizer() if model is None else super().create_optimizer(model)
+        self.optimizer = paper_optimizer(self.model if model is None else model, self.args)
+        return self.optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """The reference's StepLR per epoch with the paper's recipe (`epoch_step_lr`), else the Trainer's schedule."""
+        if not uses_paper_recipe(self.args) or self._scheduler_given:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = epoch_step_lr(
+            optimizer if optimizer is not None else self.optimizer,
+            self._updates_per_epoch or max(int(num_training_steps), 1),
+            self.args.lr_step_size,
+            self.args.lr_gamma,
+        )
+        return self.lr_scheduler
 
     # ---- loss ----
 
@@ -395,12 +445,19 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
     def _check_finite(self, loss: torch.Tensor, components: dict[str, torch.Tensor]) -> None:
         self._finite_check.submit(self.state.global_step, loss, components)
 
-    def train(self, *args: Any, **kwargs: Any) -> Any:
-        """As `Trainer.train`; with `enable_jit_checkpoint`, raises `TrainingPreempted` (naming the checkpoint it
-        saved) when SIGTERM stopped training."""
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """As `Trainer.train`, continuing only from a complete checkpoint.
+
+        `resume_from_checkpoint=True` (or `"last"`) continues from the last complete checkpoint of `output_dir`,
+        naming each newer incomplete one it skips; a path to an incomplete checkpoint is refused with a `ResumeError`
+        (a `ValueError`) saying why (`StagedCheckpoints.checkpoint_to_resume`). With `enable_jit_checkpoint`, raises
+        `TrainingPreempted` (naming the checkpoint it saved) when SIGTERM stopped training.
+        """
+        if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
+            resume_from_checkpoint = self.checkpoint_to_resume(resume_from_checkpoint)
         self._finite_check.reset()
         try:
-            result = super().train(*args, **kwargs)
+            result = super().train(resume_from_checkpoint, *args, **kwargs)
         except BaseException:
             if self._preemption is not None:
                 self._preemption.close(failed=True)
@@ -421,6 +478,15 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         output = super().predict(*args, **kwargs)
         self.bad_images.gather()
         return output
+
+    # ---- model card ----
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """`Trainer.create_model_card`, with `model_card_section` added at the end."""
+        super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero() and self.model_card_section:
+            with open(os.path.join(self.args.output_dir, "README.md"), "a", encoding="utf-8") as handle:
+                handle.write(self.model_card_section)
 
     # ---- logging ----
 

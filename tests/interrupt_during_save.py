@@ -15,10 +15,10 @@ import signal
 import sys
 
 from synermix_hf.cli import train
-from synermix_hf.recipe import RecipeTrainer
+from synermix_hf.trainer import SynerMixTrainer
 
 kill_signal, kill_step = getattr(signal, sys.argv[1]), int(sys.argv[2])
-save_model = RecipeTrainer.save_model
+save_model = SynerMixTrainer.save_model
 
 
 def save_model_then_die(self, output_dir=None, _internal_call=False):
@@ -30,6 +30,6 @@ def save_model_then_die(self, output_dir=None, _internal_call=False):
         os.kill(os.getpid(), kill_signal)
 
 
-RecipeTrainer.save_model = save_model_then_die
+SynerMixTrainer.save_model = save_model_then_die
 signal.signal(signal.SIGINT, signal.default_int_handler)  # what Python installs at start-up unless SIGINT is ignored
 sys.exit(train.main(sys.argv[3:]))

@@ -12,7 +12,7 @@ import sys
 from transformers import TrainerCallback
 
 from synermix_hf.cli import train
-from synermix_hf.recipe import RecipeTrainer
+from synermix_hf.trainer import SynerMixTrainer
 
 
 class KillAfterCheckpoint(TrainerCallback):
@@ -25,7 +25,7 @@ class KillAfterCheckpoint(TrainerCallback):
 
 
 kill_step = int(sys.argv[1])
-original_init = RecipeTrainer.__init__
+original_init = SynerMixTrainer.__init__
 
 
 def init_with_kill(self, *args, **kwargs):
@@ -33,5 +33,5 @@ def init_with_kill(self, *args, **kwargs):
     self.add_callback(KillAfterCheckpoint(kill_step))
 
 
-RecipeTrainer.__init__ = init_with_kill
+SynerMixTrainer.__init__ = init_with_kill
 sys.exit(train.main(sys.argv[2:]))

@@ -143,7 +143,8 @@ def test_collected_features_are_the_head_input_in_eval_mode(tmp_path):
     import copy
 
     from synermix_hf.models import TorchvisionForImageClassification
-    from synermix_hf.recipe import RecipeTrainer, RecipeTrainingArguments
+    from synermix_hf.recipe import RecipeTrainingArguments
+    from synermix_hf.trainer import SynerMixTrainer
 
     class Images(torch.utils.data.Dataset):
         def __init__(self):
@@ -163,7 +164,7 @@ def test_collected_features_are_the_head_input_in_eval_mode(tmp_path):
     data = Images()
     args = RecipeTrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, use_cpu=True,
                                    dataloader_num_workers=0, report_to="none", disable_tqdm=True)
-    trainer = RecipeTrainer(model=model, args=args, eval_dataset=data)
+    trainer = SynerMixTrainer(model=model, args=args, eval_dataset=data)
     features, labels = collect_penultimate_features(trainer)
     assert model.training  # the mode is restored
     reference = copy.deepcopy(model).eval()

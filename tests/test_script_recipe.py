@@ -9,7 +9,8 @@ from transformers import TrainerCallback
 
 from synermix_hf.cli.arguments import ScriptArgumentParser
 from synermix_hf.cli.methods import METHODS_BY_NAME
-from synermix_hf.recipe import RecipeTrainer, RecipeTrainingArguments, epoch_step_lr, updates_per_epoch
+from synermix_hf.recipe import RecipeTrainingArguments, epoch_step_lr, updates_per_epoch
+from synermix_hf.trainer import SynerMixTrainer
 
 
 class _Tiny(nn.Module):
@@ -61,7 +62,7 @@ def test_epoch_step_lr_decays_once_every_step_size_epochs():
 def test_trainer_uses_sgd_with_the_recipe_and_steps_lr_per_epoch(tmp_path):
     rates = _LearningRates()
     args = _args(tmp_path, momentum=0.8, nesterov=True, weight_decay=1e-3)
-    trainer = RecipeTrainer(model=_Tiny(), args=args, train_dataset=_data(), callbacks=[rates])
+    trainer = SynerMixTrainer(model=_Tiny(), args=args, train_dataset=_data(), callbacks=[rates])
     trainer.train()
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
     assert isinstance(optimizer, torch.optim.SGD)
@@ -75,7 +76,7 @@ def test_with_gradient_accumulation_the_lr_decays_once_per_epoch_of_updates(tmp_
     rates = _LearningRates()
     args = _args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, num_train_epochs=3,
                  balanced_sampler=False)
-    trainer = RecipeTrainer(model=_Tiny(), args=args, train_dataset=_data()[:6], callbacks=[rates])
+    trainer = SynerMixTrainer(model=_Tiny(), args=args, train_dataset=_data()[:6], callbacks=[rates])
     trainer.train()
     assert updates_per_epoch(3, 2) == 2 and trainer.state.global_step == 6
     assert rates.rates == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
@@ -84,16 +85,16 @@ def test_with_gradient_accumulation_the_lr_decays_once_per_epoch_of_updates(tmp_
 def test_resuming_from_a_checkpoint_continues_the_schedule_and_the_weights(tmp_path):
     full = _LearningRates()
     torch.manual_seed(0)
-    straight = RecipeTrainer(model=_Tiny(), args=_args(tmp_path / "a"), train_dataset=_data(), callbacks=[full])
+    straight = SynerMixTrainer(model=_Tiny(), args=_args(tmp_path / "a"), train_dataset=_data(), callbacks=[full])
     straight.train()
 
     torch.manual_seed(0)
-    first = RecipeTrainer(model=_Tiny(), args=_args(tmp_path / "b", save_strategy="epoch", num_train_epochs=4,
+    first = SynerMixTrainer(model=_Tiny(), args=_args(tmp_path / "b", save_strategy="epoch", num_train_epochs=4,
                                                      max_steps=4), train_dataset=_data())
     first.train()  # stops after epoch 2 (4 steps), checkpoint-4 saved
     resumed_rates = _LearningRates()
     torch.manual_seed(1)  # a different init: everything must come from the checkpoint
-    resumed = RecipeTrainer(model=_Tiny(), args=_args(tmp_path / "b", save_strategy="epoch"), train_dataset=_data(),
+    resumed = SynerMixTrainer(model=_Tiny(), args=_args(tmp_path / "b", save_strategy="epoch"), train_dataset=_data(),
                             callbacks=[resumed_rates])
     resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-4"))
     assert resumed_rates.rates == pytest.approx(full.rates[4:])
@@ -102,7 +103,7 @@ def test_resuming_from_a_checkpoint_continues_the_schedule_and_the_weights(tmp_p
 
 
 def test_trainer_recipe_hands_optimizer_and_schedule_back(tmp_path):
-    trainer = RecipeTrainer(model=_Tiny(), args=_args(tmp_path, recipe="trainer", learning_rate=1e-3,
+    trainer = SynerMixTrainer(model=_Tiny(), args=_args(tmp_path, recipe="trainer", learning_rate=1e-3,
                                                      num_train_epochs=1), train_dataset=_data())
     trainer.train()
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
@@ -157,7 +158,7 @@ def test_each_authors_command_runs_the_reference_recipe(tmp_path, name):
 
     # What the Trainer builds from these arguments: the optimizer, the schedule and the batches.
     args.output_dir = str(tmp_path)
-    trainer = RecipeTrainer(model=_Tiny(), args=args, train_dataset=_labelled_examples(),
+    trainer = SynerMixTrainer(model=_Tiny(), args=args, train_dataset=_labelled_examples(),
                             eval_dataset=_labelled_examples()[:4])
     optimizer = trainer.create_optimizer()
     assert type(optimizer) is torch.optim.SGD
@@ -189,7 +190,7 @@ def test_the_recipe_does_not_clip_gradients(tmp_path):
 
     args = _args(tmp_path, max_steps=1, balanced_sampler=False, weight_decay=5e-4, momentum=0.9)
     assert args.max_grad_norm == 0
-    trainer = RecipeTrainer(model=model, args=args, train_dataset=data[:4])  # one batch: these four, in any order
+    trainer = SynerMixTrainer(model=model, args=args, train_dataset=data[:4])  # one batch: these four, in any order
     trainer.train()
     for start, gradient, after in zip(before, gradients, model.parameters(), strict=True):
         # SGD's first step with momentum: the buffer is the gradient (plus weight decay), unclipped.

@@ -28,7 +28,7 @@ from ..data.catalog import BUILTIN_DATASET, CATALOG
 from ..data.pipeline import VIEWS_ON
 from ..models import MODEL_NAMES, normalize_model_name
 from ..recipe import RecipeTrainingArguments
-from ..training_args import SynerMixTrainingArguments, accelerator_available, launched_processes
+from ..training_args import accelerator_available, launched_processes
 from .errors import UsageError, flag_text
 
 logger = logging.getLogger(__name__)

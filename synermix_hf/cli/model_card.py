@@ -1,21 +1,20 @@
 """The model card (README.md of the output directory) and the Hub checks of `--push_to_hub`.
 
 The card is the Trainer's (`Trainer.create_model_card`: base model, dataset, hyperparameters, results per epoch,
-framework versions), with a SynerMix section added: the method's settings, the final metrics and the command. The
-Trainer writes the card again when it pushes, so the section is added whenever it writes one.
+framework versions), with a SynerMix section added (`SynerMixTrainer.model_card_section`): the method's settings, the
+final metrics and the command. The Trainer writes the card again when it pushes, so the section is added whenever it
+writes one.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from ..hub import hub_offline, hub_unreachable_reason
-from ..recipe import RecipeTrainer
 from .errors import UsageError
 
-__all__ = ["CardTrainer", "check_hub_access", "synermix_section"]
+__all__ = ["check_hub_access", "synermix_section"]
 
 
 def synermix_section(settings: Mapping[str, Any], metrics: Mapping[str, Any], command: str,
@@ -39,18 +38,6 @@ def synermix_section(settings: Mapping[str, Any], metrics: Mapping[str, Any], co
                   for key, value in shown.items()]
     lines += ["", "### Command", "", "```bash", command, "```", ""]
     return "\n".join(lines)
-
-
-class CardTrainer(RecipeTrainer):
-    """`RecipeTrainer` whose model cards carry `card_section` (set before the card is written)."""
-
-    card_section: str = ""
-
-    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        super().create_model_card(*args, **kwargs)
-        if self.is_world_process_zero() and self.card_section:
-            with open(os.path.join(self.args.output_dir, "README.md"), "a", encoding="utf-8") as handle:
-                handle.write(self.card_section)
 
 
 def check_hub_access(args: Any, token: str | None = None) -> None:

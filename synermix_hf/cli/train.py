@@ -27,11 +27,12 @@ from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
 from ..data.image_store import EncodedImages
 from ..metrics import ClassificationMetrics
 from ..preemption import TrainingPreempted
+from ..trainer import SynerMixTrainer
 from .arguments import ScriptArgumentParser, is_builtin_default, preset_values, usage_error
 from .errors import UsageError
 from .methods import describe_method, method_slug
 from .model import build_model, check_model_outputs, find_layout
-from .model_card import CardTrainer, check_hub_access, synermix_section
+from .model_card import check_hub_access, synermix_section
 from .output_dir import (LOG_FILE, check_same_run, default_output_dir, prepare_output_dir, run_identity,
                          write_run_identity)
 from .predictions import PREDICTIONS_FILE, image_ids, write_predictions
@@ -195,7 +196,7 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
                                             " (resumed)" if checkpoint else ""),
             append=os.path.isfile(log_path),
         )
-    trainer = CardTrainer(
+    trainer = SynerMixTrainer(
         model=model,
         args=training_args,
         train_dataset=views.train if training_args.do_train else None,
@@ -230,7 +231,7 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
                 "head": layout.head_text(model),
                 "Manifold MixUp points": layout.points_text(training_args.inter_mixup),
                 "dataset": data.source, "evaluation split": data.eval_description}
-    trainer.card_section = synermix_section(settings, all_metrics, command_line(program, argv),
+    trainer.model_card_section = synermix_section(settings, all_metrics, command_line(program, argv),
                                             chosen_settings(training_args))
     card = {"finetuned_from": model_args.model_name_or_path, "tasks": "image-classification",
             "dataset": data_args.dataset_name or data_args.train_dir or "digits",

@@ -61,4 +61,5 @@ __all__ = [
     "original_view",
     "prepare_views",
     "stored_images",
+    "views_of",
 ]

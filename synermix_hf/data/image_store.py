@@ -784,6 +784,6 @@ def _reuse_or_build(dataset: Any, image_column: str, short_side: int | None, int
     what = ("checking %d images (to be decoded at every read), their index into %s" if not keep_pixels else
             f"decoding %d images at {short_side}x{short_side}px into %s" if square else
             f"decoding %d images (shorter side {short_side}px, {interpolation}) into %s" if short_side else
-            f"decoding %d images (full resolution) into %s")
+            "decoding %d images (full resolution) into %s")
     logger.info("Image store: " + what, len(dataset), path)
     return _build(dataset, image_column, short_side, interpolation, path, threads, tolerate, square, centre_crop_of)
