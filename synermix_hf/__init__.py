@@ -2,7 +2,7 @@
 
 The layers, from the bottom: the mixing math (`mixup`) and the seeds (`seeding`); models and where SynerMix reaches
 into them (`models`, `adapters`); the data layer (`data`); the Trainer integration (`training_args`, `recipe`,
-`trainer`, with `checkpoints`, `distributed` and `finite_loss`); the command line (`cli`) on top.
+`trainer`, with `checkpoints`, `resume`, `distributed` and `finite_loss`); the command line (`cli`) on top.
 """
 
 from . import models  # registers TorchvisionForImageClassification with the Auto classes

@@ -13,7 +13,8 @@ import torch
 from test_checkpoints import _trainer
 
 from synermix_hf import SynerMixTrainer, checkpoints
-from synermix_hf.checkpoints import CheckpointSaveError, checkpoint_problem
+from synermix_hf.checkpoints import CheckpointSaveError
+from synermix_hf.resume import checkpoint_problem
 
 
 def _child(send, function, args):
@@ -93,14 +94,14 @@ def test_a_failed_save_removes_its_staging_folder_and_says_what_failed(tmp_path,
             if self.state.global_step == 6 and isinstance(error, SaveFails):
                 raise error
 
-    write_marker = checkpoints._write_complete_marker
+    write_marker = checkpoints.write_complete_marker
 
     def marker_fails_at_step_6(folder):
         if folder.endswith("checkpoint-6") and isinstance(error, OSError):
             raise error
         write_marker(folder)
 
-    monkeypatch.setattr(checkpoints, "_write_complete_marker", marker_fails_at_step_6)
+    monkeypatch.setattr(checkpoints, "write_complete_marker", marker_fails_at_step_6)
     out = tmp_path / "run"
     trainer = _trainer(out, trainer_class=FailingTrainer)
     trainer.args.max_steps = 6

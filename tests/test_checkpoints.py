@@ -20,8 +20,7 @@ from torch import nn
 from transformers import ViTImageProcessor
 
 from synermix_hf import SynerMixTrainer, SynerMixTrainingArguments
-from synermix_hf.checkpoints import (COMPLETE_MARKER, STAGING_PREFIX, StagedCheckpoints, checkpoint_problem,
-                                     last_complete_checkpoint)
+from synermix_hf.resume import COMPLETE_MARKER, STAGING_PREFIX, checkpoint_problem, last_complete_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

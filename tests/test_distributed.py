@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from synermix_hf import ClassBalancedBatchSampler, SeededAugmentation, SynerMixCollator, dataset_labels, step_generators
-from synermix_hf.checkpoints import checkpoint_problem
+from synermix_hf.resume import checkpoint_problem
 from synermix_hf.data.device_datasets import views_of
 from synermix_hf.data.sampler import PositionedBatchSampler
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from synermix_hf.checkpoints import checkpoint_problem
+from synermix_hf.resume import checkpoint_problem
 from synermix_hf.cli import train
 
 HERE = Path(__file__).resolve().parent

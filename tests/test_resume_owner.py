@@ -1,4 +1,4 @@
-"""Resume has one owner: `checkpoints.resolve_resume` resolves "last" and judges a checkpoint, for the Trainer and the
+"""Resume has one owner: `resume.resolve_resume` resolves "last" and judges a checkpoint, for the Trainer and the
 command line alike; the command line only words its refusals in its flags."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from synermix_hf.checkpoints import COMPLETE_MARKER, ResumeError, ResumePlan, resolve_resume
+from synermix_hf.resume import COMPLETE_MARKER, ResumeError, ResumePlan, resolve_resume
 from synermix_hf.cli import output_dir
 from synermix_hf.cli.errors import UsageError
 from synermix_hf.cli.output_dir import prepare_output_dir

@@ -45,7 +45,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..checkpoints import last_complete_checkpoint
+from ..resume import last_complete_checkpoint
 from . import train
 from .arguments import ScriptArgumentParser, is_builtin_default
 from .errors import UsageError

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from ..checkpoints import STAGING_PREFIX, ResumeError, remove_incomplete_checkpoints, resolve_resume
+from ..resume import STAGING_PREFIX, ResumeError, remove_incomplete_checkpoints, resolve_resume
 from ..data.catalog import BUILTIN_DATASET
 from .errors import UsageError
 from .methods import method_slug
