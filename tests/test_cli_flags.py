@@ -22,7 +22,7 @@ def test_optimizer_and_schedule_flags_are_refused_under_the_paper_recipe(flags):
 
 
 def test_under_the_trainer_recipe_they_take_effect():
-    _, _, args, _ = parse("--recipe", "trainer", "--optim", "adamw_torch", "--lr_scheduler_type", "cosine",
+    _, _, args, _, _ = parse("--recipe", "trainer", "--optim", "adamw_torch", "--lr_scheduler_type", "cosine",
                           "--warmup_steps", "2", "--learning_rate", "1e-3")
     assert (args.optim, args.lr_scheduler_type, args.warmup_steps, args.learning_rate) == \
         ("adamw_torch", "cosine", 2, 1e-3)
@@ -43,11 +43,11 @@ def test_every_flag_the_paper_recipe_replaces_is_a_trainer_flag_and_says_so_in_h
 @pytest.mark.parametrize("steps, strategy", [("logging_steps", "logging_strategy"), ("save_steps", "save_strategy"),
                                              ("eval_steps", "eval_strategy")])
 def test_giving_an_intervals_steps_implies_its_steps_strategy(steps, strategy):
-    _, _, args, _ = parse(f"--{steps}", "3")
+    _, _, args, _, _ = parse(f"--{steps}", "3")
     assert getattr(args, strategy) == "steps" and getattr(args, steps) == 3
-    _, _, args, _ = parse(f"--{steps}", "3", f"--{strategy}", "epoch")  # an explicit strategy wins
+    _, _, args, _, _ = parse(f"--{steps}", "3", f"--{strategy}", "epoch")  # an explicit strategy wins
     assert getattr(args, strategy) == "epoch"
-    _, _, args, _ = parse()
+    _, _, args, _, _ = parse()
     assert getattr(args, strategy) in ("epoch", "no")  # the recipe's per-epoch default stays without it
 
 
@@ -84,7 +84,7 @@ def test_every_flag_of_hugging_faces_example_script_works_or_is_refused_with_the
     value = EXAMPLE_VALUES.get(name, "x")
     if HF_EXAMPLE_FLAGS[name] == "works":
         groups = parse(f"--{name}", value)
-        parsed = next(getattr(group, name) for group in groups[:3] if hasattr(group, name))
+        parsed = next(getattr(group, name) for group in groups[:4] if hasattr(group, name))
         assert str(parsed).lower() == value.lower() or parsed == float(value)
     else:
         with pytest.raises(UsageError, match=rf"--{name} 'vit': training a Hugging Face architecture from scratch"):

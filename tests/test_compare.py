@@ -186,7 +186,7 @@ def test_each_method_has_one_file_name_for_a_single_run_and_the_comparison():
     expected = {"wo-RA&ER": "baseline", "w-RA": "synermix-b0.5", "w-ER(M)": "mixup", "w-ER(MM)": "manifold_mixup",
                 "w-RA&ER(M)": "synermix-b0.1-mixup", "w-RA&ER(MM)": "synermix-b0.1-manifold_mixup"}
     for method in methods.METHODS:
-        model_args, data_args, args, _ = ScriptArgumentParser().parse(["-ds", "cifar100", *method.flags()])
+        model_args, data_args, args, _, _ = ScriptArgumentParser().parse(["-ds", "cifar100", *method.flags()])
         directory = Path(default_output_dir(model_args, data_args, args, {}))
         assert directory.parent == Path("runs") and directory.name.startswith(
             f"cifar100-resnet18-{expected[method.name]}-")

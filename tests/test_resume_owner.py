@@ -29,8 +29,8 @@ def _interrupted(folder):
 
 
 def _args(out, resume=None, **kwargs):
-    return SimpleNamespace(output_dir=str(out), resume_from_checkpoint=resume, should_save=True,
-                           overwrite_output_dir=False, do_train=True, **kwargs)
+    return SimpleNamespace(output_dir=str(out), resume_from_checkpoint=resume, should_save=True, do_train=True,
+                           **kwargs)
 
 
 def test_last_is_the_newest_complete_checkpoint_passing_over_newer_incomplete_ones(tmp_path):

@@ -83,7 +83,7 @@ def test_arguments_from_a_json_file(tmp_path):
 
 
 def test_builtin_preset_fills_only_what_is_not_given():
-    model_args, _, args, _ = ScriptArgumentParser().parse(["-ep", "2", "-beta", "0.3"])
+    model_args, _, args, _, _ = ScriptArgumentParser().parse(["-ep", "2", "-beta", "0.3"])
     assert (args.num_train_epochs, args.beta) == (2, 0.3)
     assert model_args.image_size == BUILTIN_PRESET["image_size"]
     assert args.inter_mixup == BUILTIN_PRESET["inter_mixup"] and args.balanced_sampler
@@ -91,24 +91,24 @@ def test_builtin_preset_fills_only_what_is_not_given():
 
 def test_builtin_preset_keeps_the_recipes_no_clipping_rule():
     # `synermix-compare` runs the six configurations on this preset: it must not clip where the reference does not.
-    _, _, args, _ = ScriptArgumentParser().parse([])
+    _, _, args, _, _ = ScriptArgumentParser().parse([])
     assert args.max_grad_norm == 0
-    _, _, args, _ = ScriptArgumentParser().parse(["--max_grad_norm", "1"])
+    _, _, args, _, _ = ScriptArgumentParser().parse(["--max_grad_norm", "1"])
     assert args.max_grad_norm == 1
 
 
 def test_bs_is_the_batch_of_one_step_and_per_device_keeps_its_meaning():
     # -bs is the reference's batch of one SGD step: split over processes x accumulation steps (here 1 x 2; the
     # two-process split is tested in test_distributed.py and test_multinode.py).
-    _, _, args, _ = ScriptArgumentParser().parse(["-ds", "cifar100", "-bs", "8", "--gradient_accumulation_steps", "2"])
+    _, _, args, _, _ = ScriptArgumentParser().parse(["-ds", "cifar100", "-bs", "8", "--gradient_accumulation_steps", "2"])
     assert (args.per_device_train_batch_size, args.total_train_batch_size) == (4, 8)
-    _, _, args, _ = ScriptArgumentParser().parse(["-ds", "cifar100", "--per_device_train_batch_size", "8",
+    _, _, args, _, _ = ScriptArgumentParser().parse(["-ds", "cifar100", "--per_device_train_batch_size", "8",
                                                   "--gradient_accumulation_steps", "2"])
     assert (args.per_device_train_batch_size, args.total_train_batch_size) == (8, None)
-    _, _, args, _ = ScriptArgumentParser().parse(["-ds", "cifar100", "--gradient_accumulation_steps", "4"])
+    _, _, args, _, _ = ScriptArgumentParser().parse(["-ds", "cifar100", "--gradient_accumulation_steps", "4"])
     assert (args.per_device_train_batch_size, args.total_train_batch_size) == (32, 128)  # the reference's 128
     # The built-in run's batch gives way to a batch of either kind.
-    _, _, args, _ = ScriptArgumentParser().parse(["--per_device_train_batch_size", "16"])
+    _, _, args, _, _ = ScriptArgumentParser().parse(["--per_device_train_batch_size", "16"])
     assert (args.per_device_train_batch_size, args.total_train_batch_size) == (16, None)
     # --help says so.
     bs = next(a for a in ScriptArgumentParser().parser._actions if "-bs" in a.option_strings)

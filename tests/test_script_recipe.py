@@ -149,7 +149,7 @@ def _labelled_examples():
 
 @pytest.mark.parametrize("name", list(AUTHORS_COMMANDS))
 def test_each_authors_command_runs_the_reference_recipe(tmp_path, name):
-    model_args, data_args, args, _ = ScriptArgumentParser().parse(AUTHORS_COMMANDS[name].split())
+    model_args, data_args, args, _, _ = ScriptArgumentParser().parse(AUTHORS_COMMANDS[name].split())
     assert (model_args.model_name, data_args.dataset_name, data_args.phase) == ("resnet18", "cifar100", "test")
     assert {key: getattr(args, key) for key in REFERENCE_RECIPE} == REFERENCE_RECIPE
     method = METHODS_BY_NAME[name]  # the configuration as the command line's table declares it, alpha 1 (the paper's)

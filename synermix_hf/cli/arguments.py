@@ -1,12 +1,14 @@
-"""The command line's arguments: three dataclass groups parsed by `HfArgumentParser`, the authors' short flags, and
+"""The command line's arguments: four dataclass groups parsed by `HfArgumentParser`, the authors' short flags, and
 the built-in run's preset.
 
-Each argument is declared once, as a dataclass field (the library's `SynerMixTrainingArguments` and
-`RecipeTrainingArguments`, `TrainingArguments`, and the groups here). The command line adds only what belongs to it:
-the reference code's short flags (`SHORT_FLAGS`), help that says what the script does with a flag (`HELP`), and the
+One dataclass per concern, as in Hugging Face's example scripts: the model (`ModelArguments`), the data
+(`DataTrainingArguments`), training (the library's `RecipeTrainingArguments`: `TrainingArguments` with SynerMix and
+the authors' recipe) and what the script writes (`ScriptArguments`). Each argument is declared once, as a field of
+one of them. The command line adds only what belongs to it: the reference code's short flags (`SHORT_FLAGS`), help
+that says what the script does with a flag (`HELP`), the values it chooses when a flag is not given (`parse`), and the
 order of the groups in `--help` (SynerMix, data and model first). It adds them the way `HfArgumentParser` reads them:
 the parser is built from one dataclass per group of `--help` (`_argument_group_name`), whose fields are those of the
-three groups with the short flag and help in their metadata (`aliases`, `help`); the parsed values make the three.
+four groups with the short flag and help in their metadata (`aliases`, `help`); the parsed values make the four.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import typing
 from collections.abc import Sequence
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from transformers import HfArgumentParser
 
@@ -38,8 +40,9 @@ __all__ = [
     "SHORT_FLAGS",
     "DataTrainingArguments",
     "ModelArguments",
+    "ParsedArguments",
     "ScriptArgumentParser",
-    "ScriptTrainingArguments",
+    "ScriptArguments",
     "flag_names",
     "is_builtin_default",
     "preset_values",
@@ -66,6 +69,11 @@ HELP: dict[str, str] = {
     "warns).",
     "push_to_hub": "Push the model, its card and results to the Hub at the end (--hub_model_id; the access is "
     "checked before training).",
+    "output_dir": "Where to write the model, metrics and logs. Default: runs/<dataset>-<model>-<method>-<id>, the id a "
+    "hash of the arguments: the same command gets the same directory, so running it again continues an interrupted "
+    "run.",
+    "dataloader_num_workers": "Processes decoding and augmenting images (default: half the CPU cores, at most 8; 0 "
+    "when the views are made on the device, whose loader only gathers decoded rows).",
 }
 
 # TrainingArguments flags that the paper recipe replaces with the reference's SGD and per-epoch StepLR: giving one
@@ -140,6 +148,13 @@ class ModelArguments:
     )
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Load a checkpoint whose classification head has another number of classes."}
+    )
+    sync_bn: bool = field(
+        default=False,
+        metadata={"help": "Synchronised batch norm on several GPUs (torch's SyncBatchNorm): each batch-norm layer "
+                  "normalizes over the whole step's batch, as the reference on its one GPU, instead of each GPU's "
+                  "share; each of SynerMix's two forward passes keeps its own statistics. Needs GPUs (refused on "
+                  "several CPU processes) and a model with batch-norm layers."},
     )
 
     def __post_init__(self):
@@ -240,29 +255,11 @@ class DataTrainingArguments:
 
 
 @dataclass
-class ScriptTrainingArguments(RecipeTrainingArguments):
-    """`RecipeTrainingArguments` (SynerMix + the authors' recipe + TrainingArguments) with the script's outputs."""
+class ScriptArguments:
+    """What the script writes beside the model: whether it may write over a run's results, and what it reports."""
 
-    output_dir: str | None = field(
-        default=None,
-        metadata={"help": "Where to write the model, metrics and logs. Default: runs/<dataset>-<model>-<method>-<id>, "
-                  "the id a hash of the arguments: the same command gets the same directory, so running it again "
-                  "continues an interrupted run."},
-    )
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Write into an --output_dir that already holds the results of a run."}
-    )
-    dataloader_num_workers: int | None = field(
-        default=None,
-        metadata={"help": "Processes decoding and augmenting images (default: half the CPU cores, at most 8; 0 when "
-                  "the views are made on the device, whose loader only gathers decoded rows)."},
-    )
-    sync_bn: bool = field(
-        default=False,
-        metadata={"help": "Synchronised batch norm on several GPUs (torch's SyncBatchNorm): each batch-norm layer "
-                  "normalizes over the whole step's batch, as the reference on its one GPU, instead of each GPU's "
-                  "share; each of SynerMix's two forward passes keeps its own statistics. Needs GPUs (refused on "
-                  "several CPU processes) and a model with batch-norm layers."},
     )
     feature_metrics: bool = field(
         default=False,
@@ -271,20 +268,15 @@ class ScriptTrainingArguments(RecipeTrainingArguments):
                   "feature_separability)."},
     )
 
-    def __post_init__(self):
-        self.output_dir_given = self.output_dir is not None
-        if not (self.do_train or self.do_eval or self.do_predict):
-            self.do_train = self.do_eval = True
-        if self.dataloader_num_workers is None:
-            cores = os.cpu_count() or 1
-            self.choose("dataloader_num_workers", min(8, cores // 2), f"half the {cores} CPU cores, at most 8")
-        super().__post_init__()
-        if self.sync_bn and self.world_size > 1 and self.device.type == "cpu":
-            raise ValueError(
-                f"`sync_bn` needs GPUs: torch's SyncBatchNorm runs on CUDA (or XPU) devices only, and these "
-                f"{self.world_size} processes train on the CPU (gloo). Leave out `sync_bn` (each process then "
-                "normalizes over its own share of the batch)."
-            )
+
+class ParsedArguments(NamedTuple):
+    """The four groups of a command line, and the names of the arguments the user gave (on it or in its JSON file)."""
+
+    model: ModelArguments
+    data: DataTrainingArguments
+    training: RecipeTrainingArguments
+    script: ScriptArguments
+    explicit: set[str]
 
 
 USAGE = ("%(prog)s [-ds DATASET | --train_dir DIR] [-mn MODEL | --model_name_or_path MODEL] [-beta BETA] "
@@ -297,19 +289,19 @@ _RECIPE_FIELDS = ("recipe", "learning_rate", "momentum", "nesterov", "weight_dec
                   "num_train_epochs", "total_train_batch_size", "per_device_train_batch_size",
                   "per_device_eval_batch_size", "seed", "amp",
                   "output_dir", "overwrite_output_dir", "feature_metrics", "do_train", "do_eval", "do_predict")
-# Flags whose help says what happens when none of them is given: left out of the parsed values when not given, and
-# without argparse's "(default: False)" in `--help`.
-_DEFAULT_IN_HELP = ("do_train", "do_eval", "do_predict")
+# Flags whose help says what happens when they are not given: left out of the parsed values when not given (`parse`
+# chooses their values), and without argparse's "(default: ...)" in `--help`.
+_DEFAULT_IN_HELP = ("do_train", "do_eval", "do_predict", "dataloader_num_workers")
 
-DATACLASS_TYPES = (ModelArguments, DataTrainingArguments, ScriptTrainingArguments)
+DATACLASS_TYPES = (ModelArguments, DataTrainingArguments, RecipeTrainingArguments, ScriptArguments)
 
 
-def _help_group(title: str, dtype: type, names: Sequence[str] | None = None) -> type:
-    """The fields `names` of `dtype` (default: all, in their order) as a dataclass for `HfArgumentParser`: one group
+def _help_group(title: str, dtypes: Sequence[type], names: Sequence[str] | None = None) -> type:
+    """The fields `names` of `dtypes` (default: all, in their order) as a dataclass for `HfArgumentParser`: one group
     titled `title` in `--help`, each field with its short flag (`SHORT_FLAGS`) and the script's help (`HELP`) in its
-    metadata. It only declares flags: the parsed values make a `dtype`."""
-    hints = typing.get_type_hints(dtype)
-    fields = {f.name: f for f in dataclasses.fields(dtype) if f.init}
+    metadata. It only declares flags: the parsed values make the `dtypes`."""
+    hints = {name: hint for dtype in dtypes for name, hint in typing.get_type_hints(dtype).items()}
+    fields = {f.name: f for dtype in dtypes for f in dataclasses.fields(dtype) if f.init}
     flags = []
     for name in names or list(fields):
         metadata = {**fields[name].metadata,
@@ -318,17 +310,18 @@ def _help_group(title: str, dtype: type, names: Sequence[str] | None = None) -> 
         default = argparse.SUPPRESS if name in _DEFAULT_IN_HELP else fields[name].default
         flags.append((name, hints[name], field(default=default, default_factory=fields[name].default_factory,
                                                metadata=metadata)))
-    return dataclasses.make_dataclass(f"{dtype.__name__}Flags", flags, kw_only=True,
+    return dataclasses.make_dataclass(f"{dtypes[0].__name__}Flags", flags, kw_only=True,
                                       namespace={"_argument_group_name": title})
 
 
-_TRAINING_FIELDS = [f.name for f in dataclasses.fields(ScriptTrainingArguments) if f.init]
+_TRAINING_FIELDS = [f.name for f in dataclasses.fields(RecipeTrainingArguments) if f.init]
 _HELP_GROUPS = (
-    _help_group("SynerMix (the method)", ScriptTrainingArguments, _SYNERMIX_FIELDS),
-    _help_group("The authors' recipe and the script's outputs", ScriptTrainingArguments, _RECIPE_FIELDS),
-    _help_group("The data", DataTrainingArguments),
-    _help_group("The model", ModelArguments),
-    _help_group("Every other TrainingArguments flag", ScriptTrainingArguments,
+    _help_group("SynerMix (the method)", [RecipeTrainingArguments], _SYNERMIX_FIELDS),
+    _help_group("The authors' recipe and the script's outputs", [RecipeTrainingArguments, ScriptArguments],
+                _RECIPE_FIELDS),
+    _help_group("The data", [DataTrainingArguments]),
+    _help_group("The model", [ModelArguments]),
+    _help_group("Every other TrainingArguments flag", [RecipeTrainingArguments],
                 [name for name in _TRAINING_FIELDS if name not in {*_SYNERMIX_FIELDS, *_RECIPE_FIELDS}]),
 )
 
@@ -352,7 +345,7 @@ def flag_names() -> dict[str, str]:
 
 
 class ScriptArgumentParser:
-    """The three groups, from the command line or a JSON file, with a record of what the user set explicitly."""
+    """The four groups, from the command line or a JSON file, with a record of what the user set explicitly."""
 
     def __init__(self, description: str = "Train and evaluate an image classifier with SynerMix."):
         self.dataclass_types = DATACLASS_TYPES
@@ -385,8 +378,13 @@ class ScriptArgumentParser:
             raise UsageError(f"The argument file {path!r} has unknown arguments: {', '.join(unknown)}.")
         return dict(values), set(values)
 
-    def parse(self, argv: list[str]) -> tuple[ModelArguments, DataTrainingArguments, ScriptTrainingArguments, set]:
-        """The three groups and the names the user set. Raises `UsageError`, worded in flags."""
+    def parse(self, argv: list[str]) -> ParsedArguments:
+        """The four groups and the names the user set. Raises `UsageError`, worded in flags.
+
+        Where a flag is not given the script chooses (recorded with the reason by `choose`): training and evaluation
+        when none of --do_train, --do_eval and --do_predict is given, and half the CPU cores (at most 8) as
+        --dataloader_num_workers.
+        """
         if len(argv) == 1 and argv[0].endswith(".json"):
             values, explicit = self.values_from_json(argv[0])
         else:
@@ -413,6 +411,12 @@ class ScriptArgumentParser:
                 "Leave out --use_cpu (the processes then train one model together on the CPUs), or launch one "
                 "process."
             )
+        if not any(values.get(name) for name in ("do_train", "do_eval", "do_predict")):
+            values["do_train"] = values["do_eval"] = True
+        cores = os.cpu_count() or 1
+        workers = min(8, cores // 2) if values.get("dataloader_num_workers") is None else None  # given, or preset
+        if workers is not None:  # before `TrainingArguments` checks the loader flags that need workers
+            values["dataloader_num_workers"] = workers
         groups = []
         for dtype in self.dataclass_types:
             names = {f.name for f in dataclasses.fields(dtype) if f.init}
@@ -420,14 +424,22 @@ class ScriptArgumentParser:
                 groups.append(dtype(**{k: v for k, v in values.items() if k in names}))
             except (ValueError, TypeError) as error:
                 raise usage_error(error) from error
-        model_args, data_args, training_args = groups
+        model_args, data_args, training_args, script_args = groups
+        if workers is not None:
+            training_args.choose("dataloader_num_workers", workers, f"half the {cores} CPU cores, at most 8")
+        if model_args.sync_bn and training_args.world_size > 1 and training_args.device.type == "cpu":
+            raise UsageError(
+                f"--sync_bn needs GPUs: torch's SyncBatchNorm runs on CUDA (or XPU) devices only, and these "
+                f"{training_args.world_size} processes train on the CPU (gloo). Leave out --sync_bn (each process then "
+                "normalizes over its own share of the batch)."
+            )
         if "model_name_or_path" in explicit and values.get("model_name_or_path") and "model_name" in explicit:
             raise UsageError("Give either --model_name (-mn, a torchvision architecture) or --model_name_or_path (a "
                              "Hugging Face model), not both.")
         if model_args.model_name_or_path and model_args.pretrained:
             raise UsageError("--pretrained (-pr) loads torchvision's ImageNet weights for --model_name; a "
                              "--model_name_or_path model already starts from its own checkpoint.")
-        return model_args, data_args, training_args, explicit
+        return ParsedArguments(model_args, data_args, training_args, script_args, explicit)
 
 
 def preset_values(explicit: set[str]) -> dict[str, Any]:

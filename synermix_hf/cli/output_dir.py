@@ -87,8 +87,8 @@ def _skipped_text(skipped: Iterable[tuple[str, str]]) -> str:
     return "".join(f"; {os.path.basename(path)} is skipped and removed: {problem}" for path, problem in skipped)
 
 
-def prepare_output_dir(args: Any) -> tuple[str | None, bool, str]:
-    """Check `args.output_dir` against what is in it.
+def prepare_output_dir(args: Any, overwrite: bool = False) -> tuple[str | None, bool, str]:
+    """Check `args.output_dir` against what is in it; `overwrite` (--overwrite_output_dir) writes over a run's results.
 
     Returns:
         `(checkpoint to resume from or None, continuing, skipped)`: `continuing` when the run picks up an interrupted
@@ -107,7 +107,7 @@ def prepare_output_dir(args: Any) -> tuple[str | None, bool, str]:
     resume, skipped = plan.checkpoint, plan.skipped
     if not os.path.isdir(out):
         return resume, False, _skipped_text(skipped)
-    if args.overwrite_output_dir:
+    if overwrite:
         if args.should_save:  # the metrics files are merged into, not replaced: remove the old ones
             for name in ("all_results.json", "train_results.json", "eval_results.json"):
                 if os.path.isfile(os.path.join(out, name)):

@@ -55,7 +55,7 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
 
     # 1. Arguments.
     parser = ScriptArgumentParser()
-    model_args, data_args, training_args, explicit = parser.parse(argv)
+    model_args, data_args, training_args, script_args, explicit = parser.parse(argv)
     builtin = is_builtin_default(dataclasses.asdict(data_args))
 
     # 2. Logging.
@@ -70,12 +70,12 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     logger.setLevel(logging.INFO if training_args.should_log else log_level)
 
     # 3. Output directory (the same arguments give the same default directory, so a rerun continues) and Hub access.
-    if not training_args.output_dir_given:
-        values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args)}
+    if "output_dir" not in explicit:
+        values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(script_args)}
         values.update({k: getattr(training_args, k) for k in explicit if hasattr(training_args, k)})
         training_args.output_dir = default_output_dir(model_args, data_args, training_args,
                                                       {k: values[k] for k in explicit if k in values})
-    checkpoint, continuing, skipped = prepare_output_dir(training_args)
+    checkpoint, continuing, skipped = prepare_output_dir(training_args, overwrite=script_args.overwrite_output_dir)
     if training_args.should_log:
         print(f"Output directory: {training_args.output_dir}", flush=True)
         if continuing:
@@ -134,7 +134,7 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     # weights follow the seed and do not depend on what ran before in the same process.
     transformers.set_seed(training_args.seed)
     model, image_processor, spec = build_model(model_args, data)
-    if training_args.sync_bn:
+    if model_args.sync_bn:
         model = _synchronise_batch_norm(model, model_args)
     layout = find_layout(model, training_args)
     check_model_outputs(model, data.num_labels, model_args.model_name_or_path or model_args.model_name, layout.head)
@@ -212,7 +212,8 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     trainer.bad_images.record(views.bad_images, warn=training_args.should_log, complete=True)
 
     try:
-        all_metrics = _train_evaluate_predict(trainer, training_args, data, views, checkpoint)
+        all_metrics = _train_evaluate_predict(trainer, training_args, data, views, checkpoint,
+                                              feature_metrics=script_args.feature_metrics)
     except BadImageError as error:  # too many images that cannot be decoded, or --stop_on_bad_image
         stop = usage_error(BadImageError(bad_image_message(error)))
         if training_args.should_save:
@@ -247,9 +248,10 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     return all_metrics
 
 
-def _train_evaluate_predict(trainer: Any, training_args: Any, data: Any, views: Any,
-                            checkpoint: str | None) -> dict[str, float]:
-    """Steps 9 to 11 of `run`: train, evaluate, predict. Returns their metrics."""
+def _train_evaluate_predict(trainer: Any, training_args: Any, data: Any, views: Any, checkpoint: str | None,
+                            feature_metrics: bool = False) -> dict[str, float]:
+    """Steps 9 to 11 of `run`: train, evaluate (with `feature_metrics`: also the penultimate features' cohesion and
+    separability), predict. Returns their metrics."""
     # 9. Training.
     all_metrics: dict[str, float] = {}
     if training_args.do_train:
@@ -264,7 +266,7 @@ def _train_evaluate_predict(trainer: Any, training_args: Any, data: Any, views: 
     # 10. Evaluation.
     if training_args.do_eval:
         metrics = {**trainer.evaluate(), "eval_samples": len(data.eval)}
-        if training_args.feature_metrics:
+        if feature_metrics:
             from ..feature_metrics import penultimate_feature_metrics
 
             metrics.update(penultimate_feature_metrics(trainer))
