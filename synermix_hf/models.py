@@ -111,10 +111,9 @@ class SinglePixelConv2d(nn.Conv2d):
 
     Same parameters and the same function (up to the order of summation): a 3x3 convolution with padding 1 on a 1x1
     map only ever multiplies the centre tap, and a stride-2 one on a 2x2 map the taps [1:3, 1:3]. oneDNN computes the
-    weight gradient of such a convolution with a generic GEMM loop that, on AVX2 CPUs, took 406 ms for a batch of 70
-    at 512 channels where the matrix product takes a few: the CIFAR stem leaves ResNet's layer4 at 1x1 on 8 px
-    inputs (the built-in digits), where this made a whole training step 2.2x faster (0.30 s instead of 0.66-0.70 s
-    of CPU for 70 images, forward and backward). Any other input takes `nn.Conv2d.forward`.
+    weight gradient of such a convolution with a generic GEMM loop, on AVX2 CPUs many times slower than the matrix
+    product: the CIFAR stem leaves ResNet's layer4 at 1x1 on 8 px inputs (the built-in digits), where that loop took
+    most of a training step (measured in BENCHMARKS.md, section 6). Any other input takes `nn.Conv2d.forward`.
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

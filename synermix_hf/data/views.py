@@ -186,10 +186,10 @@ class SeededAugmentation(torch.utils.data.Dataset):
             return self.dataset.seeded_batch([index for index, _ in pairs], seeds)
         examples = []
         # Seed only the CPU generator that the transforms draw from. `torch.manual_seed` would also seed every CUDA
-        # (and MPS/XPU/MTIA) generator: about 0.3 ms per example on a machine without CUDA (it records a stack trace
-        # for each lazily initialised backend), and, where CUDA is initialised, a reseeding of the model's CUDA
-        # generator that `fork_rng(devices=[])` does not undo. (Reading a batch's rows in one Arrow access instead of
-        # one `dataset[index]` each measured no faster: 210 vs 212 images/s at 256 px, 770 vs 785 at 64 px.)
+        # (and MPS/XPU/MTIA) generator: slow on a machine without CUDA (it records a stack trace for each lazily
+        # initialised backend; BENCHMARKS.md, section 3), and, where CUDA is initialised, a reseeding of the model's
+        # CUDA generator that `fork_rng(devices=[])` does not undo. (Reading a batch's rows in one Arrow access instead
+        # of one `dataset[index]` each measured no faster: BENCHMARKS.md, section 5.)
         with torch.random.fork_rng(devices=[]):
             for (index, _), example_seed in zip(pairs, seeds):
                 torch.default_generator.manual_seed(int(example_seed >> np.uint64(1)))

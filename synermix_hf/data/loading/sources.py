@@ -40,8 +40,8 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits: images `[1797, 8, 8]` (float, 0-16) and targets `[1797]`, as `load_digits` returns them.
 
     Read from the CSV file scikit-learn ships (`sklearn/datasets/data/digits.csv.gz`, one row per image: 64 pixels,
-    then the digit) without importing scikit-learn: 0.03 s instead of 0.9 s for importing it (SciPy's statistics with
-    it) and `load_digits` in the built-in run on a 2-core CPU. Falls back to `load_digits` where the file is not found.
+    then the digit) without importing scikit-learn, which brings SciPy's statistics with it and costs the built-in run
+    far more than reading the file. Falls back to `load_digits` where the file is not found.
     """
     import importlib.util
 
