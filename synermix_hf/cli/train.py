@@ -6,8 +6,8 @@
     accelerate launch run_image_classification.py --dataset_name food101 --beta 0.1
     python -m synermix_hf.cli.train args.json                 # the same arguments from a JSON file
 
-Arguments come in three groups (`synermix_hf.cli.arguments`): the model, the data and training (SynerMix + the
-authors' recipe + every `TrainingArguments` flag). Flags shared with Hugging Face's
+Arguments come in four groups (`synermix_hf.cli.arguments`): the model, the data, training (SynerMix + the authors'
+recipe + every `TrainingArguments` flag) and what the script writes. Flags shared with Hugging Face's
 `examples/pytorch/image-classification/run_image_classification.py` keep its names, and the authors' short flags work
 too. A mistake in the input ends the script before training with one paragraph on stderr and exit status 2.
 """
