@@ -322,17 +322,16 @@ def _run_script(*args):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_script_weights(tmp_path_factory, hub_copies):
+def uninterrupted_script_weights(tmp_path_factory, hub_copies, script_in_process):
     out = tmp_path_factory.mktemp("uninterrupted_script")
     data = ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"])]
-    done = _run_script(str(ROOT / "run_image_classification.py"), *data, *SCRIPT_ARGS, "--output_dir", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert script_in_process([*data, *SCRIPT_ARGS, "--output_dir", out], torch_threads=1) == 0  # as `_run_script`
     return load_file(out / "model.safetensors")
 
 
 @pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
 def test_the_script_interrupted_while_writing_a_checkpoint_continues_when_run_again(
-    tmp_path, hub_copies, uninterrupted_script_weights, signal_name
+    tmp_path, hub_copies, uninterrupted_script_weights, signal_name, script_in_process, capsys
 ):
     """The user's view: a kill or Ctrl-C in the middle of writing checkpoint-4, the same command again, the same
     result."""
@@ -348,10 +347,11 @@ def test_the_script_interrupted_while_writing_a_checkpoint_continues_when_run_ag
         assert interrupted.stderr.strip().splitlines()[-1].startswith("Interrupted. Run the same command again")
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
 
-    again = _run_script(str(ROOT / "run_image_classification.py"), *common)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"Continuing the interrupted run from {out / 'checkpoint-2'}" in again.stdout
-    assert "Traceback" not in again.stderr
+    capsys.readouterr()
+    assert script_in_process(common, torch_threads=1) == 0  # the same command again
+    again = capsys.readouterr()
+    assert f"Continuing the interrupted run from {out / 'checkpoint-2'}" in again.out
+    assert "Traceback" not in again.err
     actual = load_file(out / "model.safetensors")
     for name, tensor in uninterrupted_script_weights.items():
         torch.testing.assert_close(actual[name], tensor, rtol=1e-6, atol=1e-7, msg=name)

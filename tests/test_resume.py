@@ -22,7 +22,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("views_on", ["device", "loader"])
-def test_killed_script_resumes_to_the_same_weights_and_metrics(tmp_path, hub_copies, views_on):
+def test_killed_script_resumes_to_the_same_weights_and_metrics(tmp_path, hub_copies, views_on, script_in_process):
     # 18 training images, batch 4: 4 steps an epoch, so checkpoint-6 is in the middle of epoch 2. The recipe's SGD
     # has momentum (optimizer state), StepLR halves the rate every epoch, and beta > 0 with Manifold MixUp uses the
     # balanced sampler and every kind of draw; the cifar transforms crop, flip and cut out at random.
@@ -40,17 +40,15 @@ def test_killed_script_resumes_to_the_same_weights_and_metrics(tmp_path, hub_cop
         sampler.set_epoch(epoch)
         epoch_indices.append([index for batch in sampler for index in batch])
     assert any(len(indices) > len(set(indices)) for indices in epoch_indices)
-    script = str(ROOT / "run_image_classification.py")
-    uninterrupted = run(script, *common, "--output_dir", str(tmp_path / "a"))
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    assert script_in_process([*common, "--output_dir", tmp_path / "a"]) == 0
 
     killed = run(str(ROOT / "tests" / "kill_after_checkpoint.py"), "6", *common,
                  "--output_dir", str(tmp_path / "b"))  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (tmp_path / "b" / "all_results.json").exists()
     checkpoint = tmp_path / "b" / "checkpoint-6"
-    resumed = run(script, *common, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", str(checkpoint))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = [*common, "--output_dir", tmp_path / "b", "--resume_from_checkpoint", checkpoint]
+    assert script_in_process(resumed) == 0
 
     log = (tmp_path / "a" / "training_log.txt").read_text()
     assert any(line.split(":")[0].strip() == "views" and f": {views_on}: " in line for line in log.splitlines())
