@@ -128,14 +128,12 @@ def check_one_ddp_step(out: Path, views_on: str) -> None:
 @pytest.mark.parametrize(
     "launcher, inter_mixup, batch, cpu, data",
     [
-        ("torchrun", "Mixup", ["--per_device_train_batch_size", "4"], ["--use_cpu", "--ddp_backend", "gloo"],
-         ["-ds", "cifar100"]),
         ("accelerate", "cutmix", ["-bs", "8"], [], ["-ds", "cifar100"]),
         # the RandomResizedCrop recipe on the device path: one process builds the store, the other reuses it
-        ("accelerate", "none", ["--per_device_train_batch_size", "4"], ["--use_cpu", "--ddp_backend", "gloo"],
+        ("torchrun", "none", ["--per_device_train_batch_size", "4"], ["--use_cpu", "--ddp_backend", "gloo"],
          ["-ds", "food101", "--image_size", "16", "--views_on", "device"]),
     ],
-)  # Manifold_Mixup: on two nodes, tests/test_multinode.py
+)  # MixUp: one DDP step above; Manifold_Mixup: on two nodes, tests/test_multinode.py
 def test_the_script_trains_synermix_on_two_processes(tmp_path, hub_copies, launcher, inter_mixup, batch, cpu, data):
     # -bs is the paper's batch of one step, split over the processes; --per_device_train_batch_size is per process.
     # Without --use_cpu the two CPU processes still train one model (the arguments set it).
