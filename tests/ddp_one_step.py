@@ -3,7 +3,8 @@
 Used by tests/test_distributed.py: `torchrun --nproc_per_node 2 tests/ddp_one_step.py OUT INTER_MIXUP PATH [CPU]`,
 PATH `loader` (TwoViewTransform) or `device` (images decoded once, views made batched in the trainer); CPU `use_cpu`
 (the default) passes `use_cpu=True`, `auto` leaves it to the arguments (tests/test_multinode.py). Its directory, tests/,
-is the script's first import path, so the test module's helpers import as they are.
+is the script's first import path, so the test module's helpers import as they are. After the step, each process
+prints what the command line says to `--sync_bn` on these processes.
 """
 
 import sys
@@ -13,6 +14,8 @@ import torch
 from test_trainer import device_view_set, resnet, two_view_sets
 
 from synermix_hf import SynerMixTrainer, SynerMixTrainingArguments
+from synermix_hf.cli.arguments import ScriptArgumentParser
+from synermix_hf.cli.errors import UsageError
 
 
 class RecordingTrainer(SynerMixTrainer):
@@ -43,6 +46,11 @@ torch.save({name: buffer.clone() for name, buffer in trainer.model.named_buffers
 group = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 print(f"process {args.process_index} of {args.world_size} done (process group of {group}, "
       f"parallel mode {args.parallel_mode.value})")
+# The command line's check of what these processes cannot do, in its words, before it creates anything: --sync_bn.
+try:
+    ScriptArgumentParser().parse(["--sync_bn", "--max_steps", "1", "--output_dir", str(out / "sync_bn")])
+except UsageError as refusal:
+    print(f"process {args.process_index}: error: {refusal}")
 if torch.distributed.is_initialized():  # a gloo group torn down at interpreter exit can abort the process
     torch.distributed.barrier()  # no rank leaves while its peer still talks to it
     torch.distributed.destroy_process_group()

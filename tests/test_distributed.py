@@ -44,14 +44,22 @@ def run_two_processes(launcher: list[str], script: Path, *script_args: str, time
     return result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("views_on", ["device"])  # loader: on two nodes, tests/test_multinode.py
-def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(tmp_path, monkeypatch, views_on):
-    # The device path decodes the images once into HF_DATASETS_CACHE: both processes ask, the first builds it.
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-    output = run_two_processes(
-        LAUNCHERS["torchrun"], HERE / "ddp_one_step.py", str(tmp_path), "mixup", views_on
-    )
+@pytest.fixture(scope="module")
+def one_ddp_step(tmp_path_factory):
+    """tests/ddp_one_step.py on two processes (the device path, MixUp; the loader path: on two nodes,
+    tests/test_multinode.py): its folder and output."""
+    out = tmp_path_factory.mktemp("ddp_step")
+    with pytest.MonkeyPatch.context() as patch:
+        # The device path decodes the images once into HF_DATASETS_CACHE: both processes ask, the first builds it.
+        patch.setenv("HF_DATASETS_CACHE", str(out / "hf_cache"))
+        output = run_two_processes(LAUNCHERS["torchrun"], HERE / "ddp_one_step.py", str(out), "mixup", "device")
+    return out, output
+
+
+def test_one_ddp_step_equals_the_average_of_the_two_process_gradients(one_ddp_step, monkeypatch):
+    tmp_path, output = one_ddp_step
+    views_on = "device"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))  # the store it built
     assert "process 0 of 2 done" in output and "process 1 of 2 done" in output
     # Both processes wrote into one staging folder, which process 0 renamed once both were done: the checkpoint is
     # complete, with each process's RNG state, and nothing is left behind.
@@ -157,17 +165,13 @@ def test_the_script_trains_synermix_on_two_processes(tmp_path, hub_copies, launc
     assert 0.0 <= results["eval_accuracy"] <= 1.0
 
 
-def test_what_two_cpu_processes_cannot_do_is_refused_before_training(tmp_path):
-    # One launch: a total batch that does not split over the processes is refused by the same check with the
-    # processes counted in (tests/test_script_cli.py, over accumulation steps; the count: the training tests above).
+def test_what_two_cpu_processes_cannot_do_is_refused_before_training(one_ddp_step):
+    # --sync_bn needs GPUs: on two CPU processes the command line refuses it, in its flags, before it creates anything.
+    # (A total batch that does not split over the processes is refused by the check tests/test_script_cli.py tests
+    # over accumulation steps, with the processes counted in: the two-process runs above.)
+    out, output = one_ddp_step
     error = ("error: --sync_bn needs GPUs: torch's SyncBatchNorm runs on CUDA (or XPU) devices only, and these 2 "
-             "processes train on the CPU (gloo).")
-    result = subprocess.run(
-        [*LAUNCHERS["torchrun"], str(HERE.parent / "run_image_classification.py"), "--sync_bn", "--max_steps", "1",
-         "--output_dir", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300, cwd=HERE.parent, env=launch_env(),
-    )  # fmt: skip
-    assert result.returncode != 0
-    assert error in result.stderr, result.stderr[-3000:]
-    assert "ValueError" not in result.stderr  # the script's one paragraph, no traceback of its own (torchrun adds one)
-    assert not (tmp_path / "out").exists()
+             "processes train on the CPU (gloo). Leave out --sync_bn")
+    for rank in (0, 1):
+        assert f"process {rank}: {error}" in output, output[-3000:]
+    assert not (out / "sync_bn").exists()
