@@ -102,6 +102,38 @@ def test_resuming_from_a_checkpoint_continues_the_schedule_and_the_weights(tmp_p
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_an_optimizer_and_schedule_given_in_optimizers_win_over_the_recipe(tmp_path):
+    model = _Tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    rates = _LearningRates()
+    trainer = SynerMixTrainer(model=model, args=_args(tmp_path, num_train_epochs=2), train_dataset=_data(),
+                              optimizers=(optimizer, schedule), callbacks=[rates])
+    trainer.train()
+    assert getattr(trainer.optimizer, "optimizer", trainer.optimizer) is optimizer and trainer.lr_scheduler is schedule
+    assert rates.rates == pytest.approx([0.3 / (step + 1) for step in range(4)])
+
+
+def test_without_the_recipes_arguments_the_trainer_keeps_its_own_optimizer(tmp_path):
+    from synermix_hf import SynerMixTrainingArguments
+
+    args = SynerMixTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1,
+                                     report_to="none", disable_tqdm=True, save_strategy="no")
+    trainer = SynerMixTrainer(model=_Tiny(), args=args, train_dataset=_data())
+    trainer.train()
+    assert isinstance(getattr(trainer.optimizer, "optimizer", trainer.optimizer), torch.optim.AdamW)
+
+
+def test_a_second_train_call_starts_the_recipes_schedule_again(tmp_path):
+    # The Trainer builds the schedule anew in every `train()` (its own too); the recipe's must not carry its step over.
+    rates = _LearningRates()
+    trainer = SynerMixTrainer(model=_Tiny(), args=_args(tmp_path, num_train_epochs=2), train_dataset=_data(),
+                              callbacks=[rates])
+    trainer.train()
+    trainer.train()
+    assert rates.rates == pytest.approx([0.1, 0.1, 0.05, 0.05] * 2)
+
+
 def test_trainer_recipe_hands_optimizer_and_schedule_back(tmp_path):
     trainer = SynerMixTrainer(model=_Tiny(), args=_args(tmp_path, recipe="trainer", learning_rate=1e-3,
                                                      num_train_epochs=1), train_dataset=_data())
