@@ -89,7 +89,9 @@ _DISK_FULL_CAUSES = {
 # torch.save's zip writer turns a failed write into a RuntimeError without the errno.
 _TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "iostream error")
 _TORCH_WRITE_CAUSE = "writing a file failed, as it does when the disk is full"
-_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # safetensors' errors are Rust's `io::Error`s, errno in the text
+# safetensors' errors are Rust's `io::Error`s, the errno in their text: `(os error 28)` (Display, safetensors >= 0.5),
+# `Os { code: 28, ... }` (Debug, as 0.4 writes them).
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)|\bOs \{ code: (\d+)")
 # Outcome codes the processes exchange after a save: 0 saved, one per disk-full cause, then any other failure.
 _CAUSE_CODES = [*_DISK_FULL_CAUSES.values(), _TORCH_WRITE_CAUSE]
 _OTHER_FAILURE = len(_CAUSE_CODES) + 1
@@ -99,8 +101,8 @@ def _disk_full_cause(error: BaseException) -> str | None:
     """Why `error` (or an exception it was raised from or during) is a full disk, in a few words; None when it is not.
 
     Recognised anywhere in the chain: an `OSError` with errno ENOSPC, EDQUOT or EFBIG; a safetensors error that quotes
-    one of them (`(os error 28)`); torch.save's zip writer failing to write (`unexpected pos`, `file write failed`,
-    `iostream error`).
+    one of them (`(os error 28)`, or `Os { code: 28, ...` from safetensors 0.4); torch.save's zip writer failing to
+    write (`unexpected pos`, `file write failed`, `iostream error`).
     """
     seen: set[int] = set()
     pending: list[BaseException] = [error]
@@ -113,8 +115,9 @@ def _disk_full_cause(error: BaseException) -> str | None:
             return _DISK_FULL_CAUSES[current.errno]
         text = str(current)
         rust = _RUST_OS_ERROR.search(text)
-        if rust and int(rust.group(1)) in _DISK_FULL_CAUSES:
-            return _DISK_FULL_CAUSES[int(rust.group(1))]
+        code = int(rust.group(1) or rust.group(2)) if rust else None
+        if code in _DISK_FULL_CAUSES:
+            return _DISK_FULL_CAUSES[code]
         if isinstance(current, RuntimeError) and any(marker in text for marker in _TORCH_WRITE_FAILURES):
             return _TORCH_WRITE_CAUSE
         pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)

@@ -176,6 +176,11 @@ def _during(outer, inner):
         (OSError(errno.EDQUOT, "Disk quota exceeded"), "the disk quota is used up"),
         (OSError(errno.EFBIG, "File too large"), "a file grew past the largest size"),
         (SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"), "disk is full"),
+        # safetensors 0.4 (the oldest supported) quotes Rust's Debug form
+        (SafetensorError('Error while serializing: IoError(Os { code: 27, kind: FileTooLarge, message: "File too '
+                         'large" })'), "a file grew past the largest size"),
+        (SafetensorError('Error while serializing: IoError(Os { code: 13, kind: PermissionDenied, message: '
+                         '"Permission denied" })'), None),
         (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"), "writing a file fai"),
         (RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"), "writing a file failed"),
         (RuntimeError("basic_ios::clear: iostream error"), "writing a file failed"),
