@@ -97,6 +97,21 @@ def test_builtin_preset_keeps_the_recipes_no_clipping_rule():
     assert args.max_grad_norm == 1
 
 
+def test_an_output_dir_left_null_in_a_json_file_gets_the_default_directory(tmp_path, monkeypatch):
+    # As on the command line without --output_dir: runs/<dataset>-<model>-<method>-<id>, which a rerun continues.
+    from synermix_hf.cli.train import run
+
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"output_dir": None, "max_steps": 1, "do_eval": False, "do_train": True}))
+    explicit = ScriptArgumentParser().parse([str(path)]).explicit
+    assert "output_dir" not in explicit
+    monkeypatch.chdir(tmp_path)
+    run([str(path)])
+    made = [p.name for p in (tmp_path / "runs").iterdir()]
+    assert len(made) == 1 and made[0].startswith("digits-resnet18-"), made
+    assert not (tmp_path / "trainer_output").exists()
+
+
 def test_bs_is_the_batch_of_one_step_and_per_device_keeps_its_meaning():
     # -bs is the reference's batch of one SGD step: split over processes x accumulation steps (here 1 x 2; the
     # two-process split is tested in test_distributed.py and test_multinode.py).

@@ -411,6 +411,8 @@ class ScriptArgumentParser:
                 "Leave out --use_cpu (the processes then train one model together on the CPUs), or launch one "
                 "process."
             )
+        if values.get("output_dir") is None:  # not given, or null in a JSON file: the script names the directory
+            explicit.discard("output_dir")
         if not any(values.get(name) for name in ("do_train", "do_eval", "do_predict")):
             values["do_train"] = values["do_eval"] = True
         cores = os.cpu_count() or 1
