@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
+from .credentials import is_credential, placeholder, redact_mapping
 from .data.bad_images import DEFAULT_MAX_BAD_IMAGE_FRACTION
 from .mixup import INTER_MIXUPS
 
@@ -195,6 +197,38 @@ class SynerMixTrainingArguments(TrainingArguments):
             target = getattr(target, part)
         setattr(target, leaf, value)
         self.chosen_settings[name] = (value, reason)
+
+    # ---- credentials: never written ----
+
+    def to_dict(self) -> dict[str, Any]:
+        """`TrainingArguments.to_dict` (what the run log, TensorBoard and W&B write), with every credential argument
+        masked (`synermix_hf.credentials`), not only those transformers masks."""
+        return redact_mapping(super().to_dict())
+
+    def __getstate__(self) -> dict[str, Any]:
+        # What `torch.save(args)` writes to training_args.bin (the output folder's and every checkpoint's): the Hub
+        # token masked. A copy in memory keeps it (`__deepcopy__`, `__copy__`).
+        state = dict(self.__dict__)
+        for name, value in state.items():
+            if is_credential(name) and value is not None:
+                state[name] = placeholder(name)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A masked token loads as None (the logged-in token applies), never as the placeholder text.
+        self.__dict__.update({name: None if is_credential(name) and value == placeholder(name) else value
+                              for name, value in state.items()})
+
+    def __copy__(self) -> SynerMixTrainingArguments:
+        copied = type(self).__new__(type(self))
+        copied.__dict__.update(self.__dict__)
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SynerMixTrainingArguments:
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        copied.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return copied
 
     def __post_init__(self):
         if not 0.0 <= self.max_bad_image_fraction <= 1.0:

@@ -20,6 +20,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ..credentials import redact_argv, redact_mapping
+
 __all__ = ["RunLogCallback", "append_final", "append_line", "chosen_settings", "command_line", "global_batch",
            "recipe_text", "run_summary", "total_train_batch", "write_run_header"]
 
@@ -151,11 +153,11 @@ def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args:
                    "total train batch size": global_batch(training_args)},
         "output": {"output_dir": os.path.abspath(training_args.output_dir)},
         "chosen for this run": chosen_settings(training_args) or {"-": "every value as given or by default"},
-        "all arguments": {
-            "model": {k: v for k, v in dataclasses.asdict(model_args).items() if k != "token"},
+        "all arguments": redact_mapping({
+            "model": dataclasses.asdict(model_args),
             "data": dataclasses.asdict(data_args),
             "training": json.loads(training_args.to_json_string()),
-        },
+        }),
     }
 
 
@@ -201,9 +203,13 @@ def global_batch(training_args: Any) -> str:
 
 
 def command_line(program: str, argv: list[str]) -> str:
-    """The command as typed: `program` and the quoted arguments."""
+    """The command as typed: `program` and the quoted arguments, with the value of every credential flag
+    (`--hub_token`, `--token`) masked."""
     import shlex
 
+    from .arguments import flag_names
+
+    argv = redact_argv(argv, flag_names())
     return f"{program} {shlex.join(argv)}" if argv else f"{program} (no arguments: built-in default)"
 
 
