@@ -17,6 +17,7 @@ count) is saved in every checkpoint and restored on resume, so a resumed run con
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -24,17 +25,20 @@ from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy
 
 from .training_args import SynerMixTrainingArguments
 
 __all__ = [
     "PAPER_BATCH_SIZE",
+    "PAPER_RECIPE_REPLACES",
     "RECIPES",
     "RecipeTrainingArguments",
     "cpu_has_native_bf16",
     "epoch_step_lr",
     "paper_optimizer",
+    "recipe_hyperparameters",
     "uses_paper_recipe",
     "updates_per_epoch",
 ]
@@ -42,6 +46,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RECIPES = ("paper", "trainer")
+# TrainingArguments fields that the paper recipe replaces with the reference's SGD and per-epoch StepLR: set to anything
+# but the Trainer's default under recipe="paper", they are refused rather than ignored.
+PAPER_RECIPE_REPLACES = ("optim", "optim_args", "optim_target_modules", "adam_beta1", "adam_beta2", "adam_epsilon",
+                         "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio")
 PAPER_BATCH_SIZE = 128  # the reference's `-bs` default: the batch of one SGD step on its one GPU
 
 
@@ -70,6 +78,33 @@ def paper_optimizer(model: torch.nn.Module, args: RecipeTrainingArguments) -> to
         weight_decay=args.weight_decay,
         nesterov=args.nesterov,
     )
+
+
+def recipe_hyperparameters(args: RecipeTrainingArguments) -> dict[str, str]:
+    """The paper recipe's optimizer and schedule in words, as the model card and the hparams state them:
+    `{"optimizer": "SGD (momentum 0.9, nesterov False, weight decay 0.0005)", "lr_scheduler_type": "StepLR per epoch
+    (step size 10 epochs, gamma 0.5)"}`."""
+    return {
+        "optimizer": f"SGD (momentum {args.momentum:g}, nesterov {args.nesterov}, weight decay {args.weight_decay:g})",
+        "lr_scheduler_type": f"StepLR per epoch (step size {args.lr_step_size} epochs, gamma {args.lr_gamma:g})",
+    }
+
+
+def replaced_by_the_paper_recipe(args: Any) -> list[str]:
+    """The fields of `PAPER_RECIPE_REPLACES` that `args` set to something else than `TrainingArguments`' default."""
+    defaults = {f.name: f for f in dataclasses.fields(TrainingArguments)}
+    replaced = []
+    for name in PAPER_RECIPE_REPLACES:
+        if name not in defaults or not hasattr(args, name):  # fields of other transformers releases
+            continue
+        default_field = defaults[name]
+        default = (default_field.default_factory() if default_field.default_factory is not dataclasses.MISSING
+                   else default_field.default)
+        value = getattr(args, name)
+        if getattr(value, "value", value) != getattr(default, "value", default) and not (value in (None, {}) and
+                                                                                       default in (None, {})):
+            replaced.append(name)
+    return replaced
 
 
 def uses_paper_recipe(args: Any) -> bool:
@@ -216,6 +251,15 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
     def __post_init__(self):
         if self.recipe not in RECIPES:
             raise ValueError(f"`recipe` {self.recipe!r} is not valid; choose one of {', '.join(RECIPES)}.")
+        replaced = replaced_by_the_paper_recipe(self) if self.recipe == "paper" else []
+        if replaced:
+            names = ", ".join(f"`{name}`" for name in replaced)
+            raise ValueError(
+                f"{names}: the paper recipe (`recipe=\"paper\"`, the default) trains with the reference's SGD and "
+                "per-epoch StepLR (`learning_rate`, `momentum`, `nesterov`, `weight_decay`, `lr_step_size`, "
+                f"`lr_gamma`) and would ignore {'it' if len(replaced) == 1 else 'them'}. Give `recipe=\"trainer\"` to "
+                f"use the Trainer's optimizer and schedule, or leave out {names}."
+            )
         if self.lr_step_size < 1:
             raise ValueError(f"`lr_step_size` must be >= 1 epoch, got {self.lr_step_size}.")
         if self.nesterov and self.momentum <= 0:
@@ -235,6 +279,16 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
                 raise ValueError(f"`{name}` must be >= 1, got {value}.")
         super().__post_init__()
         self._split_total_batch()
+
+    def to_dict(self) -> dict[str, Any]:
+        """`TrainingArguments.to_dict` (the run log's, TensorBoard's and W&B's hparams), whose `optim` and
+        `lr_scheduler_type` state the paper recipe's SGD and StepLR under `recipe="paper"`, not the Trainer's
+        unused defaults."""
+        values = super().to_dict()
+        if self.recipe == "paper":
+            described = recipe_hyperparameters(self)
+            values.update(optim=described["optimizer"], lr_scheduler_type=described["lr_scheduler_type"])
+        return values
 
     def _split_total_batch(self) -> None:
         """`per_device_train_batch_size` from `total_train_batch_size` (needs the number of processes, known only

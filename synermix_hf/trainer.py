@@ -14,6 +14,7 @@ Evaluation and `predict()` are plain: cross-entropy and logits on the original v
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Mapping
@@ -38,11 +39,22 @@ from .distributed import StepBufferBroadcast, gather_step_batch, is_data_paralle
 from .finite_loss import FiniteLossCallback, FiniteLossCheck
 from .mixup import INTER_MIXUPS, intra_class_loss, intra_class_mixup_all_classes, sample_mixup_lambda
 from .preemption import PreemptionCallback
-from .recipe import epoch_step_lr, paper_optimizer, updates_per_epoch, uses_paper_recipe
+from .recipe import epoch_step_lr, paper_optimizer, recipe_hyperparameters, updates_per_epoch, uses_paper_recipe
 from .seeding import step_generators
 from .training_args import SynerMixTrainingArguments
 
-__all__ = ["SynerMixTrainer"]
+__all__ = ["LOADER_ARGUMENTS", "SynerMixTrainer"]
+
+# Every `dataloader_*` training argument that is a `DataLoader` argument, as the Trainer passes them. The balanced
+# sampler's batches replace `dataloader_drop_last` (it draws only whole batches); without it, `drop_last` is passed.
+LOADER_ARGUMENTS = {
+    "dataloader_num_workers": "num_workers",
+    "dataloader_pin_memory": "pin_memory",
+    "dataloader_persistent_workers": "persistent_workers",
+    "dataloader_prefetch_factor": "prefetch_factor",
+    "dataloader_multiprocessing_context": "multiprocessing_context",
+    "dataloader_in_order": "in_order",
+}
 
 
 class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
@@ -86,9 +98,25 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args: Any, train_labels: Any = None, **kwargs: Any):
-        if kwargs.get("data_collator") is None and (len(args) < 3 or args[2] is None):
+        given = inspect.signature(Trainer.__init__).bind_partial(None, *args, **kwargs).arguments
+        if given.get("compute_loss_func") is not None:
+            raise ValueError(
+                "compute_loss_func: SynerMixTrainer's loss is SynerMix's (beta * intra-class mixup + (1 - beta) * "
+                "inter-class mixup, each a cross-entropy over mixed targets), which a function of the model's outputs "
+                "and labels cannot take part in; it would be ignored. Leave it out (label_smoothing_factor applies to "
+                "every term), or subclass SynerMixTrainer and override compute_loss."
+            )
+        args_given = given.get("args")
+        if args_given is None:
+            raise TypeError(
+                "SynerMixTrainer needs args=SynerMixTrainingArguments(output_dir=..., beta=..., inter_mixup=...) (or "
+                "RecipeTrainingArguments for the paper's recipe); no args were given."
+            )
+        if given.get("data_collator") is None:
             kwargs["data_collator"] = SynerMixCollator()
-        args_given = kwargs.get("args", args[1] if len(args) > 1 else None)
+            args = args[:2]  # data_collator is the third positional parameter; those after it go by name
+            kwargs.update({name: value for name, value in given.items()
+                           if name not in ("self", "model", "args", "data_collator") and name not in kwargs})
         smoothing = getattr(args_given, "label_smoothing_factor", 0.0)
         # transformers' own SIGTERM handling is replaced by `PreemptionCallback` (all processes stop after one step,
         # the checkpoint is staged, and `train` raises instead of returning as if training had finished).
@@ -119,6 +147,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self.train_labels = train_labels
         # A scheduler given in `optimizers=` is kept; one built here is built again by every `train()`.
         self._scheduler_given = self.lr_scheduler is not None
+        self._optimizer_given = self.optimizer is not None
         self._updates_per_epoch: int | None = None
         self._adapter: ModelAdapter | None = None
         self._adapter_for: nn.Module | None = None
@@ -187,17 +216,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             labels = dataset_labels(self.train_dataset)
         dataset = SeededAugmentation(tolerant_images(self.train_dataset, "training set", labels, seed), seed)
         self._train_views = views_of(self.train_dataset)
-        loader_kwargs: dict[str, Any] = {
-            "collate_fn": self.data_collator,
-            "num_workers": self.args.dataloader_num_workers,
-            "pin_memory": self.args.dataloader_pin_memory,
-            "persistent_workers": self.args.dataloader_persistent_workers,
-            "worker_init_fn": partial(
-                seed_worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index
-            ),
-        }
-        if self.args.dataloader_num_workers > 0 and self.args.dataloader_prefetch_factor is not None:
-            loader_kwargs["prefetch_factor"] = self.args.dataloader_prefetch_factor
+        loader_kwargs = self._loader_arguments()
         sampler = None
         if self.args.balanced_sampler:
             # One balanced batch per step, the batch of all processes together, each process taking one shard of it.
@@ -219,6 +238,20 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             shard.batch_size = None
         self._set_epoch_callback.targets = [t for t in (sampler, dataset) if t is not None]
         return self._counted(loader)
+
+    def _loader_arguments(self) -> dict[str, Any]:
+        """The `DataLoader` arguments of the Trainer's own training loader, from every `dataloader_*` argument
+        (`LOADER_ARGUMENTS`), for the loader that `get_train_dataloader` builds around its sampler."""
+        loader_kwargs: dict[str, Any] = {
+            "collate_fn": self.data_collator,
+            "worker_init_fn": partial(
+                seed_worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index
+            ),
+        }
+        for name, keyword in LOADER_ARGUMENTS.items():
+            if hasattr(self.args, name):  # dataloader_in_order and _multiprocessing_context are newer than 5.0
+                loader_kwargs[keyword] = getattr(self.args, name)
+        return loader_kwargs
 
     def _counted(self, loader: DataLoader) -> DataLoader:
         # The paper's schedule needs the optimizer updates per epoch, which the Trainer computes in a method whose
@@ -273,8 +306,9 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
     # ---- optimizer and schedule ----
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """The reference's SGD with the paper's recipe (`paper_optimizer`), else the Trainer's optimizer."""
-        if not uses_paper_recipe(self.args) or self.optimizer is not None:
+        """The reference's SGD with the paper's recipe (`paper_optimizer`), else the Trainer's optimizer (also when
+        one was given in `optimizers=` or `optimizer_cls_and_kwargs=`, which win over the recipe)."""
+        if not uses_paper_recipe(self.args) or self.optimizer is not None or self.optimizer_cls_and_kwargs is not None:
             # transformers < 5.3's create_optimizer takes no model.
             return super().create_optimizer() if model is None else super().create_optimizer(model)
         self.optimizer = paper_optimizer(self.model if model is None else model, self.args)
@@ -482,11 +516,24 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
     # ---- model card ----
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
-        """`Trainer.create_model_card`, with `model_card_section` added at the end."""
+        """`Trainer.create_model_card`, stating the paper recipe's optimizer and schedule where it trained (the
+        Trainer's card names its own `optim` and `lr_scheduler_type`), with `model_card_section` added at the end."""
         super().create_model_card(*args, **kwargs)
-        if self.is_world_process_zero() and self.model_card_section:
-            with open(os.path.join(self.args.output_dir, "README.md"), "a", encoding="utf-8") as handle:
-                handle.write(self.model_card_section)
+        if not self.is_world_process_zero():
+            return
+        path = os.path.join(self.args.output_dir, "README.md")
+        with open(path, encoding="utf-8") as handle:
+            card = handle.read()
+        hyperparameters = recipe_hyperparameters(self.args) if self._recipe_trained else {}
+        card = card_with_hyperparameters(card, hyperparameters) + self.model_card_section
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(card)
+
+    @property
+    def _recipe_trained(self) -> bool:
+        """Whether the paper recipe's SGD and StepLR trained (not an optimizer or scheduler given instead)."""
+        return (uses_paper_recipe(self.args) and self.optimizer_cls_and_kwargs is None and not self._optimizer_given
+                and not self._scheduler_given)
 
     # ---- logging ----
 
@@ -529,6 +576,18 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, logits.detach(), labels
+
+
+def card_with_hyperparameters(card: str, hyperparameters: Mapping[str, str]) -> str:
+    """The Trainer's model card with the lines of `hyperparameters` (`- name: value` in its hyperparameters list)
+    replaced, and "trained from scratch" where it links to a base model with no name (a torchvision model)."""
+    lines = card.split("\n")
+    for index, line in enumerate(lines):
+        name = line[2:].split(":", 1)[0] if line.startswith("- ") else None
+        if name in hyperparameters:
+            lines[index] = f"- {name}: {hyperparameters[name]}"
+    return "\n".join(lines).replace("This model is a fine-tuned version of [](https://huggingface.co/) on ",
+                                     "This model was trained from scratch on ")
 
 
 class _SetEpochCallback(TrainerCallback):

@@ -82,6 +82,9 @@ def _sharded_training(args: Any) -> str | None:
     return None
 
 
+_METHOD_FIELDS = frozenset({"beta", "alpha", "inter_mixup", "balanced_sampler"})
+
+
 @dataclass
 class SynerMixTrainingArguments(TrainingArguments):
     """`TrainingArguments` for `SynerMixTrainer`.
@@ -198,6 +201,33 @@ class SynerMixTrainingArguments(TrainingArguments):
         setattr(target, leaf, value)
         self.chosen_settings[name] = (value, reason)
 
+    # ---- the method's arguments, also when set after construction ----
+
+    def _settle_method(self) -> None:
+        """Normalise and check the method's arguments, and derive what follows from them (`balanced_sampler`, when
+        not given, is on for beta > 0)."""
+        self.__dict__["inter_mixup"] = normalize_inter_mixup(self.inter_mixup)
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"`beta` must be between 0 and 1, got {self.beta}.")
+        if INTER_MIXUPS[self.inter_mixup].mixes_batch and not self.alpha > 0:
+            raise ValueError(
+                f"`alpha` must be > 0 with `inter_mixup` {self.inter_mixup!r} (lambda ~ Beta(alpha, alpha)), got "
+                f"{self.alpha}."
+            )
+        if not self.__dict__.get("_balanced_sampler_given", True):
+            self.__dict__["balanced_sampler"] = self.beta > 0
+        self.__dict__["_method_settled"] = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A method argument set on constructed arguments (a hyperparameter search trial sets them with setattr) is
+        # normalised, checked and followed as a constructor value is: `inter_mixup="Manifold_Mixup"` is accepted, and
+        # a trial that sets `beta` 0.5 gets the balanced sampler unless `balanced_sampler` was given.
+        super().__setattr__(name, value)
+        if name in _METHOD_FIELDS and self.__dict__.get("_method_settled"):
+            if name == "balanced_sampler":
+                self.__dict__["_balanced_sampler_given"] = value is not None
+            self._settle_method()
+
     # ---- credentials: never written ----
 
     def to_dict(self) -> dict[str, Any]:
@@ -238,16 +268,8 @@ class SynerMixTrainingArguments(TrainingArguments):
                 "`remove_unused_columns` must be False for SynerMix: the loss reads `original_pixel_values`, which no "
                 "model's forward takes, and datasets with an on-the-fly transform need their image and label columns."
             )
-        self.inter_mixup = normalize_inter_mixup(self.inter_mixup)
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"`beta` must be between 0 and 1, got {self.beta}.")
-        if INTER_MIXUPS[self.inter_mixup].mixes_batch and not self.alpha > 0:
-            raise ValueError(
-                f"`alpha` must be > 0 with `inter_mixup` {self.inter_mixup!r} (lambda ~ Beta(alpha, alpha)), got "
-                f"{self.alpha}."
-            )
-        if self.balanced_sampler is None:
-            self.balanced_sampler = self.beta > 0
+        self.__dict__["_balanced_sampler_given"] = self.balanced_sampler is not None
+        self._settle_method()
         if isinstance(self.manifold_mixup_modules, str):
             self.manifold_mixup_modules = [p.strip() for p in self.manifold_mixup_modules.split(",") if p.strip()]
         if not self.use_cpu and launched_processes() > 1 and not accelerator_available():

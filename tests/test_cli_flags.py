@@ -31,13 +31,15 @@ def test_under_the_trainer_recipe_they_take_effect():
 def test_every_flag_the_paper_recipe_replaces_is_a_trainer_flag_and_says_so_in_help(capsys):
     from transformers import TrainingArguments
 
-    assert set(PAPER_RECIPE_REPLACES) <= set(TrainingArguments.__dataclass_fields__)
+    installed = [name for name in PAPER_RECIPE_REPLACES if name in TrainingArguments.__dataclass_fields__]
+    # warmup_ratio: a field of transformers 5.0 (the floor) that later releases removed.
+    assert set(PAPER_RECIPE_REPLACES) - set(installed) <= {"warmup_ratio"}
     with pytest.raises(SystemExit):
         parse("--help")
     text = " ".join(capsys.readouterr().out.split())
-    for name in PAPER_RECIPE_REPLACES:
+    for name in installed:
         assert f"--{name} " in text
-    assert text.count("Only with --recipe trainer") >= len(PAPER_RECIPE_REPLACES)
+    assert text.count("Only with --recipe trainer") >= len(installed)
 
 
 @pytest.mark.parametrize("steps, strategy", [("logging_steps", "logging_strategy"), ("save_steps", "save_strategy"),

@@ -236,3 +236,9 @@ def test_bad_input_from_the_shell_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     assert result.stderr.strip().startswith("error: Unknown --model_name (-mn) 'resnet-19'")
     assert not (tmp_path / "o").exists()
+
+
+def test_log_level_warning_silences_the_scripts_info_lines(script_in_process, tmp_path, capfd):
+    assert script_in_process(["--max_steps", "1", "--log_level", "warning", "--output_dir", tmp_path / "run"]) == 0
+    out = capfd.readouterr().out
+    assert " INFO " not in out and "Output directory" in out  # the script's own summary lines stay

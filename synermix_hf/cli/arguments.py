@@ -29,7 +29,7 @@ from transformers import HfArgumentParser
 from ..data.catalog import BUILTIN_DATASET, CATALOG
 from ..data.pipeline import VIEWS_ON
 from ..models import MODEL_NAMES, normalize_model_name
-from ..recipe import RecipeTrainingArguments
+from ..recipe import PAPER_RECIPE_REPLACES, RecipeTrainingArguments
 from ..training_args import accelerator_available, launched_processes
 from .errors import UsageError, flag_text
 
@@ -76,10 +76,8 @@ HELP: dict[str, str] = {
     "when the views are made on the device, whose loader only gathers decoded rows).",
 }
 
-# TrainingArguments flags that the paper recipe replaces with the reference's SGD and per-epoch StepLR: giving one
-# without `--recipe trainer` is refused rather than ignored.
-PAPER_RECIPE_REPLACES = ("optim", "optim_args", "optim_target_modules", "adam_beta1", "adam_beta2", "adam_epsilon",
-                         "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps")
+# The TrainingArguments flags that the paper recipe replaces (`recipe.PAPER_RECIPE_REPLACES`): given on the command line
+# without `--recipe trainer`, even at the Trainer's default value, they are refused rather than ignored.
 for _name in PAPER_RECIPE_REPLACES:
     HELP[_name] = "Only with --recipe trainer (the paper recipe uses SGD and a per-epoch StepLR instead)."
 # An interval's steps act only with its strategy at `steps`, which is the Trainer's default for logging and saving but

@@ -67,7 +67,8 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     log_level = training_args.get_process_log_level()
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
-    logger.setLevel(logging.INFO if training_args.should_log else log_level)
+    # The script's own lines are INFO on the main process unless --log_level is given (then that level applies).
+    logger.setLevel(logging.INFO if training_args.should_log and training_args.log_level == "passive" else log_level)
 
     # 3. Output directory (the same arguments give the same default directory, so a rerun continues) and Hub access.
     if "output_dir" not in explicit:
@@ -154,7 +155,8 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     except ValueError as error:
         raise usage_error(error) from error
     if (views.views_on == "device" and "dataloader_num_workers" not in explicit
-            and not training_args.dataloader_persistent_workers and training_args.dataloader_prefetch_factor is None):
+            and not training_args.dataloader_persistent_workers and training_args.dataloader_prefetch_factor is None
+            and getattr(training_args, "dataloader_multiprocessing_context", None) is None):  # options of workers
         store = getattr(views.train, "store", None)
         if training_args.device.type == "cpu":
             training_args.choose("dataloader_num_workers", 0, "views made on the device, here the CPU, whose cores "

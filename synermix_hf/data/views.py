@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 
 from ..seeding import example_seeds
-from .loading.columns import LABEL_COLUMN_CANDIDATES
 from .transforms import as_rgb
 
 __all__ = [
@@ -197,6 +196,20 @@ class SeededAugmentation(torch.utils.data.Dataset):
         return examples
 
 
+# The columns a batch's `labels` come from, in the order `SynerMixCollator` looks for them.
+TRAINED_LABEL_COLUMNS = ("labels", "label", "fine_label")
+
+
+def _trained_label_column(dataset: Any) -> str | None:
+    """The column the training batches take their labels from: the view transform's (`TwoViewTransform(...,
+    label_column=...)`), else the first of `TRAINED_LABEL_COLUMNS` the dataset has."""
+    transform = (dataset.format.get("format_kwargs") or {}).get("transform")
+    column = getattr(transform, "label_column", None)
+    if column is not None and column in dataset.column_names:
+        return column
+    return next((c for c in TRAINED_LABEL_COLUMNS if c in dataset.column_names), None)
+
+
 def dataset_labels(dataset: Any, label_column: str | None = None) -> np.ndarray:
     """The label of every example, in dataset order, read without decoding images where possible.
 
@@ -208,13 +221,19 @@ def dataset_labels(dataset: Any, label_column: str | None = None) -> np.ndarray:
     except ImportError:  # pragma: no cover - datasets is a requirement
         datasets = None
     if datasets is not None and isinstance(dataset, datasets.Dataset):
-        column = label_column or next((c for c in LABEL_COLUMN_CANDIDATES if c in dataset.column_names), None)
+        column = label_column or _trained_label_column(dataset)
         if column is None or column not in dataset.column_names:
             raise ValueError(
                 f"No label column found for the balanced sampler; the dataset has columns {dataset.column_names}. "
-                f"Name one of them a label column ({'/'.join(LABEL_COLUMN_CANDIDATES)})."
+                f"Name one of them a label column ({'/'.join(TRAINED_LABEL_COLUMNS)})."
             )
-        return np.asarray(list(dataset.with_format(None)[column]), dtype=np.int64)
+        values = dataset.with_format(None)[column]
+        if any(isinstance(value, str) for value in values[:1]):
+            raise ValueError(
+                f"The label column {column!r} holds class names ({values[0]!r}, ...); training needs class indices. "
+                f"Encode it first: dataset = dataset.class_encode_column({column!r}) (the command line does this)."
+            )
+        return np.asarray(list(values), dtype=np.int64)
     if isinstance(dataset, SeededAugmentation):
         return dataset_labels(dataset.dataset, label_column)
     if isinstance(dataset, torch.utils.data.Subset):

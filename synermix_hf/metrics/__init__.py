@@ -18,7 +18,8 @@ METRICS_DIR = Path(__file__).resolve().parent
 
 
 def load_metric(name: str) -> Any:
-    """Load the shipped metric module `name` (`accuracy` or `top5_accuracy`) with `evaluate.load`."""
+    """Load the shipped metric module `name` with `evaluate.load`, offline: `accuracy`, `top5_accuracy`,
+    `feature_cohesion` or `feature_separability` (the last two score penultimate features and their labels)."""
     import evaluate
 
     path = METRICS_DIR / name

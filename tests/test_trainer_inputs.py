@@ -1,0 +1,164 @@
+"""Every input of the Trainer that SynerMixTrainer takes has its effect, or is refused with the reason: none is
+accepted and dropped (the loss function, the optimizer's class, the recipe's replaced fields, the loader's arguments,
+the card's and hparams' optimizer, hyperparameter search trials, string label columns)."""
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torchvision import transforms
+
+from synermix_hf import RecipeTrainingArguments, SynerMixTrainer, SynerMixTrainingArguments, TwoViewTransform
+from synermix_hf.recipe import PAPER_RECIPE_REPLACES
+from synermix_hf.testing import tiny_images
+
+NUM_CLASSES = 3
+
+
+def arguments(tmp_path, cls=SynerMixTrainingArguments, **kwargs):
+    values = dict(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True, save_strategy="no", seed=7,
+                  per_device_train_batch_size=6, learning_rate=0.05, logging_steps=1, disable_tqdm=True)
+    values.update(kwargs)
+    return cls(**values)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return torchvision.models.resnet18(num_classes=NUM_CLASSES)
+
+
+def hf_model(seed=0):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(seed)
+    return ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1],
+                                                     num_labels=NUM_CLASSES))
+
+
+def image_set(n=12, size=8, **extra_columns):
+    labels = [i % NUM_CLASSES for i in range(n)]
+    to_tensor = transforms.ToTensor()
+    columns = {"image": tiny_images(labels, size=size), "label": labels, **{k: v(labels) for k, v in
+                                                                            extra_columns.items()}}
+    dataset = datasets.Dataset.from_dict(columns)
+    label_column = "labels" if "labels" in columns else "label"
+    return dataset.with_transform(TwoViewTransform(to_tensor, to_tensor, label_column=label_column))
+
+
+def test_compute_loss_func_is_refused_naming_why(tmp_path):
+    with pytest.raises(ValueError, match="compute_loss_func"):
+        SynerMixTrainer(model=tiny_model(), args=arguments(tmp_path), compute_loss_func=lambda *a, **k: 0.0)
+
+
+def test_trainer_without_args_names_what_it_needs():
+    with pytest.raises(TypeError, match=r"args=SynerMixTrainingArguments") as error:
+        SynerMixTrainer(model=tiny_model())
+    assert "got TrainingArguments" not in str(error.value)
+
+
+def test_positional_trainer_arguments_after_the_collator_still_arrive(tmp_path):
+    train = image_set()
+    trainer = SynerMixTrainer(tiny_model(), arguments(tmp_path), None, train)
+    assert trainer.train_dataset is train and trainer.data_collator is not None
+
+
+def test_optimizer_cls_and_kwargs_wins_over_the_paper_recipe(tmp_path):
+    args = arguments(tmp_path, cls=RecipeTrainingArguments, max_steps=1, per_device_train_batch_size=6)
+    trainer = SynerMixTrainer(model=tiny_model(), args=args, train_dataset=image_set(),
+                              optimizer_cls_and_kwargs=(torch.optim.Adam, {"lr": 0.003}))
+    trainer.train()
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["initial_lr"] == 0.003
+
+
+@pytest.mark.parametrize("values", [{"optim": "adamw_torch"}, {"lr_scheduler_type": "cosine", "warmup_steps": 2},
+                                    {"adam_beta1": 0.8}, {"optim_args": "foo=1"}])
+def test_recipe_arguments_refuse_the_optimizer_and_schedule_fields_under_the_paper_recipe(tmp_path, values):
+    with pytest.raises(ValueError) as error:
+        arguments(tmp_path, cls=RecipeTrainingArguments, **values)
+    assert all(f"`{name}`" in str(error.value) for name in values)
+    assert "recipe=\"trainer\"" in str(error.value)
+    # The Trainer's recipe takes them; the Trainer's defaults given explicitly are not a change.
+    arguments(tmp_path, cls=RecipeTrainingArguments, recipe="trainer", **values)
+    arguments(tmp_path, cls=RecipeTrainingArguments, optim="adamw_torch_fused", warmup_steps=0)
+    assert set(values) <= set(PAPER_RECIPE_REPLACES)
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_the_training_loader_gets_every_loader_argument_of_the_trainer(tmp_path, balanced):
+    args = arguments(tmp_path, beta=0.5, balanced_sampler=balanced, dataloader_num_workers=1,
+                     dataloader_prefetch_factor=3, dataloader_persistent_workers=True,
+                     dataloader_multiprocessing_context="fork", dataloader_in_order=False,
+                     dataloader_drop_last=True, dataloader_pin_memory=False)
+    trainer = SynerMixTrainer(model=tiny_model(), args=args, train_dataset=image_set(n=14))
+    loader = trainer.get_train_dataloader()
+    assert loader.num_workers == 1 and loader.prefetch_factor == 3 and loader.persistent_workers
+    assert loader.multiprocessing_context.get_start_method() == "fork"
+    assert loader.in_order is False and loader.pin_memory is False
+    if not balanced:  # the balanced sampler draws whole batches only
+        assert len(loader) == 14 // 6
+    batches = list(loader)  # the worker process loads them
+    assert len(batches) == len(loader) and all(len(b["labels"]) >= 6 for b in batches)
+
+
+def test_the_model_card_and_hparams_state_the_recipes_optimizer_and_schedule(tmp_path):
+    args = arguments(tmp_path, cls=RecipeTrainingArguments, max_steps=1, momentum=0.8, weight_decay=1e-3,
+                     lr_step_size=3, lr_gamma=0.25)
+    trainer = SynerMixTrainer(model=hf_model(), args=args, train_dataset=image_set())
+    trainer.train()
+    trainer.create_model_card()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "- optimizer: SGD (momentum 0.8, nesterov False, weight decay 0.001)" in card
+    assert "- lr_scheduler_type: StepLR per epoch (step size 3 epochs, gamma 0.25)" in card
+    assert "ADAMW" not in card.upper() and "lr_scheduler_type: linear" not in card
+    assert "fine-tuned version of []" not in card and "trained from scratch" in card
+    hparams = args.to_sanitized_dict()  # what TensorBoard's and W&B's callbacks log
+    assert hparams["optim"].startswith("SGD (momentum 0.8") and hparams["lr_scheduler_type"].startswith("StepLR")
+    # With the Trainer's recipe, the Trainer's own description stays.
+    trainer_args = arguments(tmp_path, cls=RecipeTrainingArguments, recipe="trainer", optim="adamw_torch")
+    assert trainer_args.to_dict()["optim"] == "adamw_torch"
+
+
+def test_a_hyperparameter_search_trial_is_normalised_and_rederived_as_constructed_arguments(tmp_path):
+    seen = []
+
+    class Record(SynerMixTrainer):
+        def get_train_dataloader(self):
+            seen.append((self.args.beta, self.args.inter_mixup, self.args.balanced_sampler))
+            return super().get_train_dataloader()
+
+    def space(trial):
+        beta = trial.suggest_categorical("beta", [0.0, 0.5])
+        return {"beta": 0.5, "inter_mixup": "Manifold_Mixup"} if len(seen) else {"beta": beta}
+
+    args = arguments(tmp_path, max_steps=1, beta=0.0, eval_strategy="no")
+    assert args.balanced_sampler is False
+    trainer = Record(model_init=lambda: tiny_model(), args=args, train_dataset=image_set(), eval_dataset=image_set(n=6))
+    trainer.hyperparameter_search(hp_space=space, backend="optuna", n_trials=2, direction="minimize",
+                                  compute_objective=lambda metrics: 0.0)
+    assert seen[1] == (0.5, "manifold_mixup", True)  # as SynerMixTrainingArguments(beta=0.5, ...) would be
+    constructed = arguments(tmp_path, beta=0.5, inter_mixup="Manifold_Mixup")
+    assert (constructed.beta, constructed.inter_mixup, constructed.balanced_sampler) == seen[1]
+
+
+def test_string_label_columns_work_in_the_python_api(tmp_path):
+    """A `label` column of class names beside the integer `labels` the batches are made of: the balanced sampler
+    reads the trained column."""
+    names = ["cat", "dog", "eel"]
+    train = image_set(labels=lambda labels: labels)
+    train = datasets.Dataset.from_dict({**train.with_format(None).to_dict(),
+                                        "label": [names[i] for i in train.with_format(None)["labels"]]})
+    train = train.cast_column("image", datasets.Image()).with_transform(
+        TwoViewTransform(transforms.ToTensor(), transforms.ToTensor(), label_column="labels"))
+    trainer = SynerMixTrainer(model=tiny_model(), args=arguments(tmp_path, beta=0.5, max_steps=2),
+                              train_dataset=train)
+    trainer.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert np.min(np.bincount(batch["labels"].numpy())[np.bincount(batch["labels"].numpy()) > 0]) >= 2
+    # A column of class names that the batches would be made of is refused up front, with the fix.
+    only_names = datasets.Dataset.from_dict({"image": tiny_images([0, 1]), "label": ["cat", "dog"]})
+    with pytest.raises(ValueError, match="class_encode_column"):
+        SynerMixTrainer(model=tiny_model(), args=arguments(tmp_path, beta=0.5),
+                        train_dataset=only_names.with_transform(TwoViewTransform(transforms.ToTensor(), transforms.ToTensor()))
+                        ).get_train_dataloader()
