@@ -126,7 +126,7 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
         "Trainer's loop; SynerMix's loss is a per-micro-batch mean (`loss_is_scaled_for_ga = False`) and the paper "
         "schedule counts updates per epoch", f"{_TRAINER}::test_gradient_accumulation_gives_the_update_of_one_big_batch"),
     "auto_find_batch_size": _honoured("Trainer: `train` retries with a halved `_train_batch_size` on out-of-memory, "
-                                      "which get_train_dataloader reads"),
+                                      "which get_train_dataloader reads (not tested here: no out-of-memory on a CPU)"),
     "average_tokens_across_devices": _not_applicable(
         "the Trainer scales only losses normalised by `num_items_in_batch`; SynerMix's loss is a per-batch mean "
         "(`model_accepts_loss_kwargs = False`), averaged over processes by DDP"),
@@ -201,9 +201,9 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     "include_num_input_tokens_seen": _honoured(
         "Trainer: `_track_num_input_tokens` counts the elements of the model's `main_input_name` (a ViT's "
         "`pixel_values`; torchvision models have none: 0 with a warning)", _BUNDLE),
-    "skip_memory_metrics": _honoured("Trainer: `TrainerMemoryTracker` (needs psutil)", _BUNDLE),
-    "report_to": _honoured("Trainer: reporting callbacks; they log `to_dict()`, credentials masked",
-                           "tests/test_credentials.py::test_no_token_in_any_file_of_the_run_or_on_the_console"),
+    "skip_memory_metrics": _honoured("Trainer: `TrainerMemoryTracker` (needs psutil)"),
+    "report_to": _honoured("Trainer: reporting callbacks (`get_reporting_integration_callbacks`); they log "
+                           "`to_dict()`, in which SynerMixTrainingArguments masks every credential"),
     "run_name": _honoured("Trainer: reporting callbacks (W&B, MLflow, trackio, ...)"),
     "project": _honoured("Trainer: the trackio callback's project"),
     "trackio_space_id": _honoured("Trainer: the trackio callback"),
@@ -217,7 +217,7 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     "eval_on_start": _honoured("Trainer: `_inner_training_loop` evaluates before the first step", _BUNDLE),
     "prediction_loss_only": _honoured("SynerMixTrainer.prediction_step returns only the loss with it", _BUNDLE),
     "eval_accumulation_steps": _honoured("Trainer: `evaluation_loop` moves predictions to the CPU every this many "
-                                         "steps", _BUNDLE),
+                                         "steps"),
     "eval_do_concat_batches": _honoured("Trainer: `evaluation_loop`"),
     "eval_use_gather_object": _honoured("Trainer: accelerate's `gather_for_metrics(use_gather_object=...)`"),
     "include_for_metrics": _honoured(
@@ -269,8 +269,8 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     "use_cpu": _honoured("TrainingArguments: trains on the CPU; set by the project for CPU-only launches "
                          "(`chosen_settings`)",
                          "tests/test_script_cli.py::test_use_cpu_false_is_refused_when_cpu_processes_were_launched"),
-    "accelerator_config": _honoured("Trainer: the Accelerator's settings; `non_blocking` chosen with pinned memory "
-                                    "when not given"),
+    "accelerator_config": _honoured("Trainer: the Accelerator's settings; when not given, `non_blocking` is chosen "
+                                    "with pinned memory (`chosen_settings`; not tested here)"),
     "ddp_find_unused_parameters": _honoured("Trainer: DDP's kwargs (`_build_accelerator_args`)"),
     "ddp_bucket_cap_mb": _honoured("Trainer: DDP's kwargs (`_build_accelerator_args`)"),
     "ddp_broadcast_buffers": _honoured("Trainer: DDP's kwargs; when on, SynerMixTrainer broadcasts once per step "
@@ -327,7 +327,8 @@ TRAINER_PARAMETERS: dict[str, Surface] = {
         f"{_INPUTS}::test_optimizer_cls_and_kwargs_wins_over_the_paper_recipe"),
     "preprocess_logits_for_metrics": _honoured("Trainer: `evaluation_loop`, on the plain logits", _BUNDLE),
     # SynerMixTrainer's own parameter.
-    "train_labels": _honoured("the balanced sampler's labels, instead of reading them from the dataset"),
+    "train_labels": _honoured("the balanced sampler's labels, instead of reading them from the dataset (not tested "
+                              "here)"),
 }
 
 SYNERMIX_ARGUMENTS: dict[str, Surface] = {
