@@ -112,7 +112,8 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     "do_predict": _not_applicable("the Trainer never reads it (as in transformers); the command line does"),
     "resume_from_checkpoint": _not_applicable("the Trainer never reads it (as in transformers): pass "
                                               "`train(resume_from_checkpoint=...)`; the command line reads it"),
-    "local_rank": _honoured("TrainingArguments: the legacy launcher's rank, read when the process group is set up"),
+    "local_rank": _not_applicable("transformers reads it nowhere (kept so that `torch.distributed.launch`'s "
+                                  "`--local_rank` parses); the rank comes from the launcher's environment"),
     # ---- steps, epochs, batches ----
     "per_device_train_batch_size": _honoured("get_train_dataloader's batch (`_train_batch_size`); the balanced "
                                              "sampler's batch of each process",
@@ -242,8 +243,7 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
                                  "checkpoint",
                                  f"{_CHECKPOINTS}::test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer"),
     "save_on_each_node": _honoured("StagedCheckpoints: a node whose file system does not see process 0's folder "
-                                   "completes its own copy",
-                                   "tests/test_multinode.py::test_the_script_on_two_cpu_nodes_is_one_run_with_one_writer"),
+                                   "completes its own copy (not tested here: needs nodes without a shared disk)"),
     "enable_jit_checkpoint": _honoured(
         "replaced by `PreemptionCallback`: SIGTERM finishes the step, saves a checkpoint and `train` raises",
         "tests/test_preemption.py::test_sigterm_saves_a_checkpoint_at_that_step_and_the_rerun_ends_as_an_uninterrupted_run"),
