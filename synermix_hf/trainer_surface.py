@@ -174,7 +174,7 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     "activation_checkpointing_kwargs": _honoured("Trainer: passed to `activation_checkpointing_enable`"),
     "gradient_checkpointing": _honoured(
         "TrainingArguments: alias of `activation_checkpointing` (5.0: the Trainer calls "
-        "`gradient_checkpointing_enable`)",
+        "`gradient_checkpointing_enable`; see UNDECIDED for Manifold MixUp on 5.0)",
         f"{_SURFACE}::test_activation_checkpointing_trains_like_without_it_with_the_synermix_hooks"),
     "gradient_checkpointing_kwargs": _honoured("TrainingArguments: alias of `activation_checkpointing_kwargs`"),
     "torch_empty_cache_steps": _honoured("Trainer: `training_step` (which SynerMixTrainer calls) empties the device "
@@ -396,6 +396,12 @@ UNDECIDED: dict[str, Surface] = {
         "dropped",
         "not refused as `fsdp` is (training_args.py `_sharded_training`), though accelerate's ParallelismConfig with "
         "dp_shard_size > 1 shards the model as FSDP does, and tp / cp sizes split it; untested with SynerMix"),
+    "gradient_checkpointing with Manifold MixUp, transformers 5.0": Surface(
+        "dropped",
+        "fails in the backward pass with torch's CheckpointError (29 tensors saved, 28 recomputed) when Manifold MixUp "
+        "mixes at a checkpointed layer: 5.0 checkpoints the layer's `__call__`, hooks included (modeling_layers.py:92), "
+        "and the adapter's mixing hook disarms after its first call (adapters.py:262), so the recomputation does not "
+        "mix; 5.25 checkpoints `forward` only, hooks outside, and trains exactly as without checkpointing"),
     "logging_steps, save_steps, eval_steps with RecipeTrainingArguments": Surface(
         "dropped",
         "RecipeTrainingArguments(logging_steps=N) keeps the recipe's per-epoch strategy (recipe.py:207-213), so N is "

@@ -207,16 +207,22 @@ def test_the_trainers_own_arguments_take_effect_through_synermix_trainer(tmp_pat
 
 def test_activation_checkpointing_trains_like_without_it_with_the_synermix_hooks(tmp_path):
     """The intra-class term and Manifold MixUp hook the head and a mixing point; checkpointed layers run their
-    forward again in the backward pass, which must not draw or mix anew."""
+    forward again in the backward pass, which must mix as the first time. Fails on transformers 5.0, whose checkpoint
+    runs the layer's hooks again (see UNDECIDED in synermix_hf/trainer_surface.py)."""
     # transformers 5.0 names it gradient_checkpointing, which later releases keep as a deprecated alias.
     flag = ("activation_checkpointing" if "activation_checkpointing" in _installed_training_arguments()
             else "gradient_checkpointing")
+    from synermix_hf.adapters import ModelAdapter
+
+    # Mix at a layer that is checkpointed (not at the input), where the hook runs inside the checkpointed call.
+    layer = [p for p in ModelAdapter.from_model(_tiny_vit(layers=2), need_mixing_points=True).mixing_points
+             if p != "input"][-1]
     runs = {}
     for checkpointing in (False, True):
         args = SynerMixTrainingArguments(
             output_dir=str(tmp_path / str(checkpointing)), use_cpu=True, report_to=[], save_strategy="no", seed=2,
-            beta=0.5, inter_mixup="manifold_mixup", per_device_train_batch_size=4, max_steps=3, logging_steps=1,
-            learning_rate=0.05, disable_tqdm=True, **{flag: checkpointing},
+            beta=0.5, inter_mixup="manifold_mixup", per_device_train_batch_size=4, max_steps=2, logging_steps=1,
+            learning_rate=0.05, disable_tqdm=True, manifold_mixup_modules=[layer], **{flag: checkpointing},
         )  # fmt: skip
         trainer = SynerMixTrainer(model=_tiny_vit(layers=2), args=args, train_dataset=_examples())
         trainer.train()
@@ -224,7 +230,7 @@ def test_activation_checkpointing_trains_like_without_it_with_the_synermix_hooks
         assert checkpointed == checkpointing
         losses = [(e["loss_intra"], e["loss_inter"]) for e in trainer.state.log_history if "loss" in e]
         runs[checkpointing] = losses, torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
-    assert len(runs[True][0]) == 3
+    assert len(runs[True][0]) == 2
     torch.testing.assert_close(runs[True][0], runs[False][0])
     torch.testing.assert_close(runs[True][1], runs[False][1])
 
