@@ -80,10 +80,14 @@ _BUNDLE = f"{_SURFACE}::test_the_trainers_own_arguments_take_effect_through_syne
 _TRAINER = "tests/test_trainer.py"
 _RECIPE = "tests/test_script_recipe.py"
 _CHECKPOINTS = "tests/test_checkpoints.py"
+_SGD_TEST = f"{_RECIPE}::test_trainer_uses_sgd_with_the_recipe_and_steps_lr_per_epoch"
+_COMPILE_TEST = f"{_TRAINER}::test_torch_compile_trains_exactly_like_eager_with_the_synermix_hooks"
+_LOSS_TEST = f"{_TRAINER}::test_total_loss_equals_beta_intra_plus_one_minus_beta_inter_by_hand"
 
 _PAPER_REPLACES = ("the paper recipe builds the reference's SGD and per-epoch StepLR instead (`recipe=\"trainer\"` "
                    "hands it to the Trainer); SynerMixTrainingArguments and recipe=\"trainer\": the Trainer's ")
-_RECIPE_REFUSAL_TEST = f"{_INPUTS}::test_recipe_arguments_refuse_the_optimizer_and_schedule_fields_under_the_paper_recipe"
+_RECIPE_REFUSAL_TEST = (f"{_INPUTS}::"
+                        "test_recipe_arguments_refuse_the_optimizer_and_schedule_fields_under_the_paper_recipe")
 
 
 def _paper_replaces(what: str, value: Any) -> Surface:
@@ -121,11 +125,12 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     "per_device_eval_batch_size": _honoured("Trainer: `get_eval_dataloader` / `get_test_dataloader` (not overridden "
                                             "past the dataset)", _BUNDLE),
     "num_train_epochs": _honoured("Trainer: `set_initial_training_values`",
-                                  f"{_RECIPE}::test_trainer_uses_sgd_with_the_recipe_and_steps_lr_per_epoch"),
+                                  _SGD_TEST),
     "max_steps": _honoured("Trainer: `set_initial_training_values`", _BUNDLE),
     "gradient_accumulation_steps": _honoured(
         "Trainer's loop; SynerMix's loss is a per-micro-batch mean (`loss_is_scaled_for_ga = False`) and the paper "
-        "schedule counts updates per epoch", f"{_TRAINER}::test_gradient_accumulation_gives_the_update_of_one_big_batch"),
+        "schedule counts updates per epoch",
+        f"{_TRAINER}::test_gradient_accumulation_gives_the_update_of_one_big_batch"),
     "auto_find_batch_size": _honoured("Trainer: `train` retries with a halved `_train_batch_size` on out-of-memory, "
                                       "which get_train_dataloader reads (not tested here: no out-of-memory on a CPU)"),
     "average_tokens_across_devices": _not_applicable(
@@ -133,9 +138,9 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
         "(`model_accepts_loss_kwargs = False`), averaged over processes by DDP"),
     # ---- optimizer and schedule ----
     "learning_rate": _honoured("the paper recipe's SGD (`paper_optimizer`) or the Trainer's optimizer",
-                               f"{_RECIPE}::test_trainer_uses_sgd_with_the_recipe_and_steps_lr_per_epoch"),
+                               _SGD_TEST),
     "weight_decay": _honoured("the paper recipe's SGD (`paper_optimizer`, on every parameter) or the Trainer's "
-                              "optimizer", f"{_RECIPE}::test_trainer_uses_sgd_with_the_recipe_and_steps_lr_per_epoch"),
+                              "optimizer", _SGD_TEST),
     "optim": _paper_replaces("`get_optimizer_cls_and_kwargs`", "adamw_torch"),
     "optim_args": _paper_replaces("`get_optimizer_cls_and_kwargs`", "momentum=0.5"),
     "optim_target_modules": _paper_replaces("low-rank optimizers (GaLore, APOLLO)", ["attn"]),
@@ -151,7 +156,7 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     # ---- loss ----
     "label_smoothing_factor": _honoured(
         "SynerMix's loss applies it to every cross-entropy term (intra, inter, evaluation); the Trainer's label "
-        "smoother is bypassed", f"{_TRAINER}::test_total_loss_equals_beta_intra_plus_one_minus_beta_inter_by_hand"),
+        "smoother is bypassed", _LOSS_TEST),
     # ---- precision and speed ----
     "bf16": _honoured("Trainer: accelerate's autocast around `compute_loss`; views are made in their own dtype",
                       f"{_TRAINER}::test_bf16_autocast_trains"),
@@ -162,10 +167,8 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     "fp16_full_eval": _honoured("Trainer: `evaluation_loop` casts the model to fp16; a model must cast its input "
                                 "(Hugging Face models do, torchvision's fail with a dtype error, as in the Trainer)"),
     "tf32": _honoured("TrainingArguments: `enable_tf32` on an Ampere or newer GPU"),
-    "torch_compile": _honoured("Trainer and accelerate compile the model; SynerMix's hooks are traced",
-                               f"{_TRAINER}::test_torch_compile_trains_exactly_like_eager_with_the_synermix_hooks"),
-    "torch_compile_backend": _honoured("accelerate's TorchDynamoPlugin",
-                                       f"{_TRAINER}::test_torch_compile_trains_exactly_like_eager_with_the_synermix_hooks"),
+    "torch_compile": _honoured("Trainer and accelerate compile the model; SynerMix's hooks are traced", _COMPILE_TEST),
+    "torch_compile_backend": _honoured("accelerate's TorchDynamoPlugin", _COMPILE_TEST),
     "torch_compile_mode": _honoured("accelerate's TorchDynamoPlugin (`_build_accelerator_args`)"),
     "activation_checkpointing": _honoured(
         "Trainer: `train` calls the model's `activation_checkpointing_enable` (Hugging Face models; a torchvision "
@@ -241,12 +244,14 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
         f"{_CHECKPOINTS}::test_a_checkpoint_left_incomplete_by_another_writer_is_skipped_named_and_removed"),
     "save_only_model": _honoured("Trainer: `_save_checkpoint` leaves the optimizer out; a resume accepts such a "
                                  "checkpoint",
-                                 f"{_CHECKPOINTS}::test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer"),
+                                 f"{_CHECKPOINTS}::"
+                                 "test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer"),
     "save_on_each_node": _honoured("StagedCheckpoints: a node whose file system does not see process 0's folder "
                                    "completes its own copy (not tested here: needs nodes without a shared disk)"),
     "enable_jit_checkpoint": _honoured(
         "replaced by `PreemptionCallback`: SIGTERM finishes the step, saves a checkpoint and `train` raises",
-        "tests/test_preemption.py::test_sigterm_saves_a_checkpoint_at_that_step_and_the_rerun_ends_as_an_uninterrupted_run"),
+        "tests/test_preemption.py::"
+        "test_sigterm_saves_a_checkpoint_at_that_step_and_the_rerun_ends_as_an_uninterrupted_run"),
     "restore_callback_states_from_checkpoint": _honoured("Trainer: `_load_callback_state` on resume"),
     "ignore_data_skip": _honoured("Trainer: `_inner_training_loop` does not skip the first batches on resume"),
     # ---- Hub ----
@@ -275,7 +280,8 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     "ddp_bucket_cap_mb": _honoured("Trainer: DDP's kwargs (`_build_accelerator_args`)"),
     "ddp_broadcast_buffers": _honoured("Trainer: DDP's kwargs; when on, SynerMixTrainer broadcasts once per step "
                                        "(`StepBufferBroadcast`)",
-                                       "tests/test_distributed.py::test_one_ddp_step_equals_the_average_of_the_two_process_gradients"),
+                                       "tests/test_distributed.py::"
+                                       "test_one_ddp_step_equals_the_average_of_the_two_process_gradients"),
     "ddp_static_graph": _honoured("Trainer: DDP's kwargs (`_build_accelerator_args`)"),
     "ddp_backend": _honoured("TrainingArguments: the process group's backend"),
     "ddp_timeout": _honoured("TrainingArguments: the process group's timeout"),
@@ -306,7 +312,8 @@ TRAINER_PARAMETERS: dict[str, Surface] = {
     "args": _honoured("must be SynerMixTrainingArguments (or RecipeTrainingArguments); plain TrainingArguments are "
                       "refused with a TypeError", f"{_TRAINER}::test_plain_training_arguments_are_refused"),
     "data_collator": _honoured("defaults to `SynerMixCollator`; one that drops `original_pixel_values` is named in "
-                               "the error", f"{_TRAINER}::test_a_collator_that_drops_the_original_view_is_named_in_the_error"),
+                               "the error",
+                               f"{_TRAINER}::test_a_collator_that_drops_the_original_view_is_named_in_the_error"),
     "train_dataset": _honoured("get_train_dataloader: seeded augmentation, balanced batches, bad images replaced",
                                f"{_TRAINER}::test_balanced_batches_reach_the_loss"),
     "eval_dataset": _honoured("get_eval_dataloader: the Trainer's loader, bad images skipped",
@@ -334,27 +341,31 @@ TRAINER_PARAMETERS: dict[str, Surface] = {
 SYNERMIX_ARGUMENTS: dict[str, Surface] = {
     # SynerMixTrainingArguments
     "beta": _honoured("weight of the intra-class term",
-                      f"{_TRAINER}::test_total_loss_equals_beta_intra_plus_one_minus_beta_inter_by_hand"),
+                      _LOSS_TEST),
     "alpha": _honoured("lambda ~ Beta(alpha, alpha) of the inter-class mixup",
-                       f"{_TRAINER}::test_total_loss_equals_beta_intra_plus_one_minus_beta_inter_by_hand"),
+                       _LOSS_TEST),
     "inter_mixup": _honoured("the inter-class mixup (none, mixup, manifold_mixup, cutmix)",
-                             "tests/test_mixup.py::test_every_inter_mixup_of_the_table_is_accepted_labelled_and_trains_a_step"),
+                             "tests/test_mixup.py::"
+                             "test_every_inter_mixup_of_the_table_is_accepted_labelled_and_trains_a_step"),
     "balanced_sampler": _honoured("class-balanced batches (`ClassBalancedBatchSampler`)",
                                   f"{_TRAINER}::test_balanced_batches_reach_the_loss"),
-    "head_module": _honoured("`ModelAdapter`'s head", "tests/test_adapters.py::test_overrides_win_and_bad_names_say_which_argument_to_set"),
+    "head_module": _honoured("`ModelAdapter`'s head",
+                             "tests/test_adapters.py::test_overrides_win_and_bad_names_say_which_argument_to_set"),
     "manifold_mixup_modules": _honoured("`ModelAdapter`'s Manifold MixUp points",
-                                        f"{_TRAINER}::test_total_loss_equals_beta_intra_plus_one_minus_beta_inter_by_hand"),
+                                        _LOSS_TEST),
     "max_bad_image_fraction": _honoured("`BadImagePolicy`",
-                                        "tests/test_bad_images.py::test_more_bad_images_than_max_bad_image_fraction_stop_with_one_line"),
-    "stop_on_bad_image": _honoured("`BadImagePolicy`", "tests/test_bad_images.py::test_stop_on_bad_image_stops_at_the_first"),
+                                        "tests/test_bad_images.py::"
+                                        "test_more_bad_images_than_max_bad_image_fraction_stop_with_one_line"),
+    "stop_on_bad_image": _honoured("`BadImagePolicy`",
+                                   "tests/test_bad_images.py::test_stop_on_bad_image_stops_at_the_first"),
     "chosen_settings": _not_applicable("not an argument (`init=False`): the values the project chose, with reasons"),
     # RecipeTrainingArguments
     "recipe": _honoured("`paper` (SGD + per-epoch StepLR) or `trainer` (the Trainer's optimizer and schedule)",
                         f"{_RECIPE}::test_trainer_recipe_hands_optimizer_and_schedule_back"),
-    "momentum": _honoured("`paper_optimizer`", f"{_RECIPE}::test_trainer_uses_sgd_with_the_recipe_and_steps_lr_per_epoch"),
-    "nesterov": _honoured("`paper_optimizer`", f"{_RECIPE}::test_trainer_uses_sgd_with_the_recipe_and_steps_lr_per_epoch"),
-    "lr_step_size": _honoured("`epoch_step_lr`", f"{_RECIPE}::test_trainer_uses_sgd_with_the_recipe_and_steps_lr_per_epoch"),
-    "lr_gamma": _honoured("`epoch_step_lr`", f"{_RECIPE}::test_trainer_uses_sgd_with_the_recipe_and_steps_lr_per_epoch"),
+    "momentum": _honoured("`paper_optimizer`", _SGD_TEST),
+    "nesterov": _honoured("`paper_optimizer`", _SGD_TEST),
+    "lr_step_size": _honoured("`epoch_step_lr`", _SGD_TEST),
+    "lr_gamma": _honoured("`epoch_step_lr`", _SGD_TEST),
     "amp": _honoured("fp16 on CUDA, bf16 elsewhere", f"{_RECIPE}::test_mixed_precision_flag_picks_bf16_without_cuda"),
     "total_train_batch_size": _honoured(
         "split into `per_device_train_batch_size` over processes and accumulation steps",
@@ -399,7 +410,8 @@ UNDECIDED: dict[str, Surface] = {
     "gradient_checkpointing with Manifold MixUp, transformers 5.0": Surface(
         "dropped",
         "fails in the backward pass with torch's CheckpointError (29 tensors saved, 28 recomputed) when Manifold MixUp "
-        "mixes at a checkpointed layer: 5.0 checkpoints the layer's `__call__`, hooks included (modeling_layers.py:92), "
+        "mixes at a checkpointed layer: 5.0 checkpoints the layer's `__call__`, hooks included "
+        "(modeling_layers.py:92), "
         "and the adapter's mixing hook disarms after its first call (adapters.py:262), so the recomputation does not "
         "mix; 5.25 checkpoints `forward` only, hooks outside, and trains exactly as without checkpointing"),
     "logging_steps, save_steps, eval_steps with RecipeTrainingArguments": Surface(

@@ -72,7 +72,8 @@ def test_every_test_the_table_names_exists():
     # The lead's tests/test_trainer_inputs.py (issue 29) holds several of the tests named: this fails until it is in.
     defined = _tests_defined()
     named = {entry.test for table in TABLES.values() for entry in table.values() if entry.test}
-    assert not sorted(named - defined), f"tests named in trainer_surface.py that do not exist: {sorted(named - defined)}"
+    missing = sorted(named - defined)
+    assert not missing, f"tests named in trainer_surface.py that do not exist: {missing}"
 
 
 # NOTE: this test fails until the refusals of issue 29 deliverable 3 land (RecipeTrainingArguments refusing the
