@@ -239,13 +239,17 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
         metadata={"help": "Mixed precision: fp16 on CUDA (with a grad scaler), bf16 on CPU."},
     )
     # Epoch-wise bookkeeping, as the reference logs and evaluates once per epoch.
-    logging_strategy: IntervalStrategy | str = field(
-        default="epoch", metadata={"help": "When to log training loss: epoch, steps or no."}
+    logging_strategy: IntervalStrategy | str | None = field(
+        default=None, metadata={"help": "When to log training loss: epoch, steps or no (default: epoch, or steps when "
+                                "logging_steps is given)."}
     )
     eval_strategy: IntervalStrategy | str | None = field(
         default=None, metadata={"help": "When to evaluate: epoch, steps or no (default: epoch when evaluating)."}
     )
-    save_strategy: str = field(default="epoch", metadata={"help": "When to save a checkpoint: epoch, steps, best, no."})
+    save_strategy: str | None = field(
+        default=None, metadata={"help": "When to save a checkpoint: epoch, steps, best, no (default: epoch, or steps "
+                                "when save_steps is given)."}
+    )
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
 
     def __post_init__(self):
@@ -266,8 +270,17 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
             raise ValueError("`nesterov` needs `momentum` > 0.")
         if self.momentum < 0:
             raise ValueError(f"`momentum` must be >= 0, got {self.momentum}.")
+        # Per epoch, as the reference logs, evaluates and saves; an interval given in steps implies the steps strategy
+        # (as on the command line), since it would have no effect per epoch.
+        steps_given = {name: getattr(self, name) != TrainingArguments.__dataclass_fields__[name].default
+                       for name in ("logging_steps", "save_steps", "eval_steps")}
+        if self.logging_strategy is None:
+            self.logging_strategy = "steps" if steps_given["logging_steps"] else "epoch"
+        if self.save_strategy is None:
+            self.save_strategy = "steps" if steps_given["save_steps"] else "epoch"
         if self.eval_strategy is None:
-            self.eval_strategy = "epoch" if self.do_eval else "no"
+            self.eval_strategy = ("no" if not self.do_eval and not steps_given["eval_steps"] else
+                                  "steps" if steps_given["eval_steps"] else "epoch")
         _resolve_mixed_precision(self)
         if self.dataloader_pin_memory is None:
             cuda = torch.cuda.is_available() and not self.use_cpu

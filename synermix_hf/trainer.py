@@ -171,6 +171,8 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self.add_callback(FiniteLossCallback(self._finite_check))
         if self.model is not None:
             self.adapter  # noqa: B018 - fail at construction, before training, when the head cannot be found
+        for dataset in (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]):
+            self._views_for_metrics(dataset)  # before training, not at the first evaluation
 
     # ---- model access ----
 
@@ -272,15 +274,27 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             dataset = self.eval_dataset[eval_dataset]
         if dataset is not None and not isinstance(dataset, dict):
             dataset = tolerant_images(dataset, "evaluation set", seed=self._data_seed, skip=True)
-        self._eval_views = views_of(dataset)
+        self._eval_views = self._views_for_metrics(dataset)
         return super().get_eval_dataloader(eval_dataset if isinstance(eval_dataset, str) or dataset is None
                                            else dataset)
 
     def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
         """The Trainer's prediction loader, over a dataset in which an image that cannot be decoded is skipped."""
-        self._eval_views = views_of(test_dataset)
+        self._eval_views = self._views_for_metrics(test_dataset)
         return super().get_test_dataloader(tolerant_images(test_dataset, "prediction set", seed=self._data_seed,
                                                            skip=True))
+
+    def _views_for_metrics(self, dataset: Any) -> Any:
+        """`views_of(dataset)`, refusing `include_for_metrics=["inputs"]` for a dataset whose views are made on the
+        device: the Trainer's evaluation loop reads the inputs from the loader's batch, which has no views yet."""
+        views = views_of(dataset)
+        if views is not None and "inputs" in (self.args.include_for_metrics or []):
+            raise ValueError(
+                "include_for_metrics=['inputs']: this evaluation set's views are made on the device, batched, after "
+                "the Trainer's evaluation loop has read the batch, so there are no inputs to pass to compute_metrics. "
+                "Leave 'inputs' out, or make the views in the loader (prepare_views(..., views_on='loader'))."
+            )
+        return views
 
     def batch_on_device(self, inputs: dict[str, torch.Tensor | Any], training: bool = False) -> dict[str, Any]:
         """A batch from this trainer's training loader (`training`) or the evaluation or prediction loader made last,

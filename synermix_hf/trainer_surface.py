@@ -98,6 +98,9 @@ _LOADER = "get_train_dataloader builds the training loader with it; evaluation: 
 _LOADER_TEST = f"{_INPUTS}::test_the_training_loader_gets_every_loader_argument_of_the_trainer"
 _SHARDED = ("SynerMix runs two forward passes before one backward pass, which FSDP and DeepSpeed ZeRO do not support "
             "as DDP does (`training_args._sharded_training`)")
+_STEPS_IMPLY = ("; with RecipeTrainingArguments, giving it implies the `steps` strategy (the recipe's is per "
+                "epoch), tested in tests/test_trainer_inputs.py::test_an_interval_in_steps_implies_its_steps_strategy_"
+                "in_the_recipe")
 _HUB = "Trainer: `init_hf_repo` / `push_to_hub` / `_push_from_checkpoint` (called once a checkpoint is complete)"
 
 # Fields of transformers 5.0's TrainingArguments that 5.25 no longer has, and fields 5.25 has that 5.0 lacks.
@@ -177,7 +180,8 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     "activation_checkpointing_kwargs": _honoured("Trainer: passed to `activation_checkpointing_enable`"),
     "gradient_checkpointing": _honoured(
         "TrainingArguments: alias of `activation_checkpointing` (5.0: the Trainer calls "
-        "`gradient_checkpointing_enable`; see UNDECIDED for Manifold MixUp on 5.0)",
+        "`gradient_checkpointing_enable`); with Manifold MixUp refused before transformers 5.25, which recompute a "
+        "checkpointed layer's call without the mixing hook (torch's CheckpointError)",
         f"{_SURFACE}::test_activation_checkpointing_trains_like_without_it_with_the_synermix_hooks"),
     "gradient_checkpointing_kwargs": _honoured("TrainingArguments: alias of `activation_checkpointing_kwargs`"),
     "torch_empty_cache_steps": _honoured("Trainer: `training_step` (which SynerMixTrainer calls) empties the device "
@@ -191,7 +195,7 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     # ---- logging ----
     "logging_strategy": _honoured("Trainer: `DefaultFlowCallback`; SynerMix adds `loss_intra` / `loss_inter` to "
                                   "each training log", _BUNDLE),
-    "logging_steps": _honoured("Trainer: `DefaultFlowCallback`", _BUNDLE),
+    "logging_steps": _honoured("Trainer: `DefaultFlowCallback`" + _STEPS_IMPLY, _BUNDLE),
     "logging_first_step": _honoured("Trainer: `DefaultFlowCallback.on_step_end`", _BUNDLE),
     "logging_nan_inf_filter": _honoured(
         "Trainer: `_run_epoch`; off by default here, as a non-finite loss stops training (`FiniteLossCheck`)",
@@ -202,9 +206,9 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     "log_level": _honoured("Trainer: `__init__` sets transformers' verbosity (`get_process_log_level`)"),
     "log_level_replica": _honoured("Trainer: `__init__`, on processes other than the main one"),
     "disable_tqdm": _honoured("Trainer: `PrinterCallback` instead of the progress bar", _BUNDLE),
-    "include_num_input_tokens_seen": _honoured(
-        "Trainer: `_track_num_input_tokens` counts the elements of the model's `main_input_name` (a ViT's "
-        "`pixel_values`; torchvision models have none: 0 with a warning)", _BUNDLE),
+    "include_num_input_tokens_seen": _refused(
+        "it counts text tokens; an image classifier's input has none (the Trainer would count pixel values, or 0 "
+        "where the views are made on the device)", True, "SynerMixTrainingArguments"),
     "skip_memory_metrics": _honoured("Trainer: `TrainerMemoryTracker` (needs psutil)"),
     "report_to": _honoured("Trainer: reporting callbacks (`get_reporting_integration_callbacks`); they log "
                            "`to_dict()`, in which SynerMixTrainingArguments masks every credential"),
@@ -216,7 +220,7 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     # ---- evaluation ----
     "eval_strategy": _honoured("Trainer: `DefaultFlowCallback`; evaluation is plain cross-entropy on the original "
                                "view", _BUNDLE),
-    "eval_steps": _honoured("Trainer: `DefaultFlowCallback`", _BUNDLE),
+    "eval_steps": _honoured("Trainer: `DefaultFlowCallback`" + _STEPS_IMPLY, _BUNDLE),
     "eval_delay": _honoured("Trainer: `DefaultFlowCallback`", _BUNDLE),
     "eval_on_start": _honoured("Trainer: `_inner_training_loop` evaluates before the first step", _BUNDLE),
     "prediction_loss_only": _honoured("SynerMixTrainer.prediction_step returns only the loss with it", _BUNDLE),
@@ -225,8 +229,9 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     "eval_do_concat_batches": _honoured("Trainer: `evaluation_loop`"),
     "eval_use_gather_object": _honoured("Trainer: accelerate's `gather_for_metrics(use_gather_object=...)`"),
     "include_for_metrics": _honoured(
-        "Trainer: `evaluation_loop` passes `loss` and `inputs` (the model's `main_input_name`, for a ViT "
-        "`pixel_values`) to `compute_metrics`", _BUNDLE),
+        "Trainer: `evaluation_loop` passes `loss` and `inputs` to `compute_metrics`; 'inputs' is refused for an "
+        "evaluation set whose views are made on the device (the loop reads the batch before they exist)",
+        f"{_INPUTS}::test_include_for_metrics_inputs_is_refused_where_the_views_are_made_on_the_device"),
     "batch_eval_metrics": _honoured("Trainer: `evaluation_loop` calls `compute_metrics(..., compute_result=...)` per "
                                     "batch", _BUNDLE),
     "metric_for_best_model": _honoured("Trainer: `_determine_best_metric`",
@@ -238,7 +243,7 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     # ---- checkpoints ----
     "save_strategy": _honoured("Trainer: `DefaultFlowCallback`; each checkpoint is staged and renamed whole",
                                _BUNDLE),
-    "save_steps": _honoured("Trainer: `DefaultFlowCallback`", _BUNDLE),
+    "save_steps": _honoured("Trainer: `DefaultFlowCallback`" + _STEPS_IMPLY, _BUNDLE),
     "save_total_limit": _honoured(
         "StagedCheckpoints rotates older checkpoints out only after the new one is complete",
         f"{_CHECKPOINTS}::test_a_checkpoint_left_incomplete_by_another_writer_is_skipped_named_and_removed"),
@@ -268,7 +273,7 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
                       "`data_seed` is not given, and the Trainer's `set_seed`",
                       f"{_TRAINER}::test_same_seed_reproduces_a_run_and_another_seed_does_not"),
     "data_seed": _honoured("seeds the balanced sampler, the shuffled sampler and each example's augmentation "
-                           "instead of `seed`", f"{_SURFACE}::test_data_seed_draws_the_batches_and_seed_the_mixing"),
+                           "instead of `seed`", f"{_SURFACE}::test_data_seed_draws_the_batches_whatever_the_seed"),
     "full_determinism": _honoured("Trainer: `enable_full_determinism` instead of `set_seed`"),
     # ---- devices and distribution ----
     "use_cpu": _honoured("TrainingArguments: trains on the CPU; set by the project for CPU-only launches "
@@ -288,11 +293,15 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     "fsdp": _refused(_SHARDED, "full_shard", "SynerMixTrainingArguments",
                      "tests/test_cli_flags.py::test_sharded_training_is_refused_up_front_with_the_reason"),
     "fsdp_config": _refused(_SHARDED, {"min_num_params": 1}, "SynerMixTrainingArguments"),
+    "parallelism_config": _refused(_SHARDED + "; accelerate's ParallelismConfig shards the model (dp_shard) or "
+                                   "splits it (tp, cp) likewise", {"dp_shard_size": 2}, "SynerMixTrainingArguments"),
     "deepspeed": _refused(_SHARDED, "ds_config.json", "SynerMixTrainingArguments",
                           "tests/test_cli_flags.py::test_sharded_training_is_refused_up_front_with_the_reason"),
     "debug": _honoured("Trainer: `train` / `evaluate` (underflow-overflow detection, TPU metrics)"),
     # ---- data ----
-    "dataloader_drop_last": _honoured(_LOADER, _LOADER_TEST),
+    "dataloader_drop_last": _honoured(
+        _LOADER + "; with the balanced sampler, which draws whole balanced batches only, the sampler decides the "
+        "epoch's last batch as the reference's does", _LOADER_TEST),
     "dataloader_num_workers": _honoured(_LOADER, _LOADER_TEST),
     "dataloader_pin_memory": _honoured(_LOADER, _LOADER_TEST),
     "dataloader_persistent_workers": _honoured(_LOADER, _LOADER_TEST),
@@ -303,7 +312,17 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
         "the loss reads `original_pixel_values`, which no model's forward takes, and on-the-fly transforms need the "
         "image and label columns", True, "SynerMixTrainingArguments",
         f"{_TRAINER}::test_remove_unused_columns_is_off_and_turning_it_on_is_refused_with_the_reason"),
-    "length_column_name": _not_applicable("only read for length-grouped sampling of text, which does not apply"),
+    "length_column_name": _not_applicable("only read for length-grouped sampling of text, which is refused"),
+    "label_names": _refused("SynerMix's batches carry their labels under 'labels' (SynerMixCollator; the view "
+                            "transforms' `label_column` names the dataset's column)", ["label"],
+                            "SynerMixTrainingArguments"),
+    "train_sampling_strategy": _refused(
+        "'random' and 'sequential' (the latter without the balanced sampler) are honoured by get_train_dataloader; "
+        "'group_by_length' and 'batch_rebalance' group text by its length in tokens, which images do not have",
+        "group_by_length", "SynerMixTrainingArguments",
+        f"{_INPUTS}::test_sampling_strategies_for_text_are_refused_and_sequential_needs_the_plain_sampler"),
+    "group_by_length": _refused("groups text by its length in tokens, which images do not have", True,
+                                "SynerMixTrainingArguments"),
 }
 
 TRAINER_PARAMETERS: dict[str, Surface] = {
@@ -373,52 +392,10 @@ SYNERMIX_ARGUMENTS: dict[str, Surface] = {
 }
 
 # ==== UNDECIDED ====
-# Arguments that SynerMixTrainer (or RecipeTrainingArguments) silently drops or breaks today: neither honoured nor
-# refused. Each entry says what happens and where. tests/test_trainer_surface.py fails while this is not empty; moving
-# an entry into the tables above (honoured with a test, or refused with the error) decides it.
-UNDECIDED: dict[str, Surface] = {
-    "label_names": Surface(
-        "dropped",
-        "accepted and ignored: SynerMixTrainer reads the batch's `labels` only (synermix_hf/trainer.py:313 "
-        "compute_loss, :520 prediction_step), where the Trainer's prediction_step reads the names given"),
-    "train_sampling_strategy": Surface(
-        "dropped",
-        "ignored with the balanced sampler (the default for beta > 0 and for the recipe; synermix_hf/trainer.py:205): "
-        "'sequential' still gives shuffled balanced batches; without it 'random' / 'sequential' work (:211), and "
-        "'group_by_length' / 'batch_rebalance' fail in train() with the Trainer's 'infer lengths ... input_ids' error"),
-    "group_by_length": Surface(
-        "dropped",
-        "transformers 5.0: ignored with the balanced sampler (synermix_hf/trainer.py:205); without it train() fails "
-        "with the Trainer's 'infer lengths ... input_ids' error"),
-    "dataloader_drop_last": Surface(
-        "dropped",
-        "ignored with the balanced sampler, which always drops the last incomplete batch "
-        "(`ClassBalancedBatchSampler(drop_last=True)` by default, synermix_hf/trainer.py:205); passed without it"),
-    "include_for_metrics": Surface(
-        "dropped",
-        "'loss' works; 'inputs' fails with KeyError 'pixel_values' for datasets whose views are made on the device "
-        "(prepare_views, the command line's default where it applies): the Trainer's evaluation_loop reads the "
-        "batch before SynerMixTrainer.prediction_step makes the views (transformers 5.25 trainer.py:3043)"),
-    "include_num_input_tokens_seen": Surface(
-        "dropped",
-        "counts the model's `main_input_name` elements of the loader's batch (transformers 5.25 trainer.py:2766): "
-        "0, with a warning that the model is misconfigured, for datasets whose views are made on the device"),
-    "parallelism_config": Surface(
-        "dropped",
-        "not refused as `fsdp` is (training_args.py `_sharded_training`), though accelerate's ParallelismConfig with "
-        "dp_shard_size > 1 shards the model as FSDP does, and tp / cp sizes split it; untested with SynerMix"),
-    "gradient_checkpointing with Manifold MixUp, transformers 5.0": Surface(
-        "dropped",
-        "fails in the backward pass with torch's CheckpointError (29 tensors saved, 28 recomputed) when Manifold MixUp "
-        "mixes at a checkpointed layer: 5.0 checkpoints the layer's `__call__`, hooks included "
-        "(modeling_layers.py:92), "
-        "and the adapter's mixing hook disarms after its first call (adapters.py:262), so the recomputation does not "
-        "mix; 5.25 checkpoints `forward` only, hooks outside, and trains exactly as without checkpointing"),
-    "logging_steps, save_steps, eval_steps with RecipeTrainingArguments": Surface(
-        "dropped",
-        "RecipeTrainingArguments(logging_steps=N) keeps the recipe's per-epoch strategy (recipe.py:207-213), so N is "
-        "ignored; the command line turns the strategy to 'steps' (cli/arguments.py:87 STEPS_IMPLY_STRATEGY)"),
-}
+# Arguments that SynerMixTrainer (or RecipeTrainingArguments) silently drops or breaks: neither honoured nor refused.
+# tests/test_trainer_surface.py fails while this is not empty; moving an entry into the tables above (honoured with a
+# test, or refused with the error) decides it.
+UNDECIDED: dict[str, Surface] = {}
 
 
 def surface_of(name: str) -> Surface | None:

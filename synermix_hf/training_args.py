@@ -67,6 +67,16 @@ def accelerator_available() -> bool:
     return any(getattr(hf_utils, name)() for name in checks if hasattr(hf_utils, name))
 
 
+def _checkpoints_layer_calls() -> bool:
+    """Whether the installed transformers checkpoints a layer's `__call__` (forward hooks included, so they must run
+    again in the recomputation), as 5.0 does; 5.25 checkpoints `forward` only, and Manifold MixUp trains with it
+    exactly as without (tests/test_trainer_surface.py). Releases between them are not tested and count as 5.0."""
+    import transformers
+    from packaging.version import Version
+
+    return Version(transformers.__version__).release < (5, 25)
+
+
 def _sharded_training(args: Any) -> str | None:
     """The FSDP or DeepSpeed setting that asks for sharded training, from the arguments or `accelerate launch`'s
     environment; None when there is none."""
@@ -76,6 +86,8 @@ def _sharded_training(args: Any) -> str | None:
         return "`fsdp_config`"
     if args.deepspeed:
         return "`deepspeed`"
+    if getattr(args, "parallelism_config", None) is not None:  # accelerate's ND parallelism: FSDP, tensor, context
+        return "`parallelism_config`"
     for variable in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
         if os.environ.get(variable, "false").strip().lower() in ("1", "true", "yes"):
             return f"{variable}={os.environ[variable]} (an accelerate config with {variable.split('_')[-1]})"
@@ -216,6 +228,27 @@ class SynerMixTrainingArguments(TrainingArguments):
             )
         if not self.__dict__.get("_balanced_sampler_given", True):
             self.__dict__["balanced_sampler"] = self.beta > 0
+        strategy = getattr(self, "train_sampling_strategy", "random")  # transformers 5.25's; 5.0 lacks it
+        if strategy not in ("random", "sequential") or getattr(self, "group_by_length", False):
+            name = ("group_by_length" if getattr(self, "group_by_length", False)
+                    else f"train_sampling_strategy {strategy!r}")
+            raise ValueError(
+                f"`{name}`: it groups examples by their length in tokens, which images do not have. Use "
+                "`train_sampling_strategy` 'random' or 'sequential' (or the balanced sampler)."
+            )
+        if strategy == "sequential" and self.balanced_sampler:
+            raise ValueError(
+                "`train_sampling_strategy` 'sequential' with the balanced sampler: it draws shuffled class-balanced "
+                "batches, not the dataset's order. Give `balanced_sampler=False` for batches in order."
+            )
+        checkpointing = getattr(self, "activation_checkpointing", None) or getattr(self, "gradient_checkpointing", None)
+        if checkpointing and INTER_MIXUPS[self.inter_mixup].needs_mixing_points and _checkpoints_layer_calls():
+            raise ValueError(
+                f"`gradient_checkpointing` with `inter_mixup` {self.inter_mixup!r}: this transformers release "
+                "recomputes a checkpointed layer's call, hooks included, in the backward pass, where Manifold MixUp's "
+                "mixing no longer runs (torch then fails with a CheckpointError). Use transformers 5.25 or newer, or "
+                "train without gradient checkpointing."
+            )
         self.__dict__["_method_settled"] = True
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -263,6 +296,16 @@ class SynerMixTrainingArguments(TrainingArguments):
     def __post_init__(self):
         if not 0.0 <= self.max_bad_image_fraction <= 1.0:
             raise ValueError(f"`max_bad_image_fraction` must be between 0 and 1, got {self.max_bad_image_fraction}.")
+        if self.label_names not in (None, ["labels"]):
+            raise ValueError(
+                f"`label_names` {self.label_names}: SynerMix's batches carry their labels under 'labels' "
+                "(SynerMixCollator; the view transforms' `label_column` names the dataset's column). Leave it out."
+            )
+        if getattr(self, "include_num_input_tokens_seen", "no") not in ("no", False):
+            raise ValueError(
+                "`include_num_input_tokens_seen`: it counts text tokens, which an image classifier's input does not "
+                "have (it would count pixel values, or 0 where the views are made on the device). Leave it out."
+            )
         if self.remove_unused_columns:
             raise ValueError(
                 "`remove_unused_columns` must be False for SynerMix: the loss reads `original_pixel_values`, which no "

@@ -168,5 +168,51 @@ def test_string_label_columns_work_in_the_python_api(tmp_path):
     only_names = datasets.Dataset.from_dict({"image": tiny_images([0, 1]), "label": ["cat", "dog"]})
     with pytest.raises(ValueError, match="class_encode_column"):
         SynerMixTrainer(model=tiny_model(), args=arguments(tmp_path, beta=0.5),
-                        train_dataset=only_names.with_transform(TwoViewTransform(transforms.ToTensor(), transforms.ToTensor()))
+                        train_dataset=only_names.with_transform(TwoViewTransform(transforms.ToTensor(),
+                                                                                 transforms.ToTensor()))
                         ).get_train_dataloader()
+
+
+def test_include_for_metrics_inputs_is_refused_where_the_views_are_made_on_the_device(tmp_path):
+    from synermix_hf import prepare_views
+    from synermix_hf.data.transforms import TransformSpec
+
+    plain = datasets.Dataset.from_dict({"image": tiny_images([0, 1, 2] * 4), "label": [0, 1, 2] * 4})
+    views = prepare_views(plain, plain, TransformSpec("cifar", 8), "image", "label", two_views=True,
+                          views_on="device")
+    with pytest.raises(ValueError, match="include_for_metrics"):  # at construction, before any training
+        SynerMixTrainer(model=tiny_model(), args=arguments(tmp_path, include_for_metrics=["inputs"]),
+                        train_dataset=views.train, eval_dataset=views.eval)
+    # 'loss' has no such need, and the loader's views have their inputs.
+    SynerMixTrainer(model=tiny_model(), args=arguments(tmp_path, include_for_metrics=["loss"]),
+                    train_dataset=views.train, eval_dataset=views.eval)
+    SynerMixTrainer(model=tiny_model(), args=arguments(tmp_path, include_for_metrics=["inputs"]),
+                    eval_dataset=image_set())
+
+
+def test_sampling_strategies_for_text_are_refused_and_sequential_needs_the_plain_sampler(tmp_path):
+    fields = SynerMixTrainingArguments.__dataclass_fields__
+    if "train_sampling_strategy" in fields:  # transformers 5.25; 5.0 has group_by_length instead
+        for strategy in ("group_by_length", "batch_rebalance"):
+            with pytest.raises(ValueError, match="train_sampling_strategy"):
+                arguments(tmp_path, train_sampling_strategy=strategy)
+        with pytest.raises(ValueError, match="balanced_sampler=False"):
+            arguments(tmp_path, beta=0.5, train_sampling_strategy="sequential")
+        args = arguments(tmp_path, beta=0.5, balanced_sampler=False, train_sampling_strategy="sequential", max_steps=1)
+        trainer = SynerMixTrainer(model=tiny_model(), args=args, train_dataset=image_set())
+        batch = next(iter(trainer.get_train_dataloader()))
+        assert batch["labels"].tolist() == [0, 1, 2, 0, 1, 2]  # the dataset's order
+    else:
+        with pytest.raises(ValueError, match="group_by_length"):
+            arguments(tmp_path, group_by_length=True)
+
+
+def test_an_interval_in_steps_implies_its_steps_strategy_in_the_recipe(tmp_path):
+    recipe = arguments(tmp_path, cls=RecipeTrainingArguments, logging_steps=3, save_steps=4, eval_steps=5,
+                       save_strategy=None)
+    assert (recipe.logging_strategy, recipe.save_strategy, recipe.eval_strategy) == ("steps", "steps", "steps")
+    default = arguments(tmp_path, cls=RecipeTrainingArguments, do_eval=True, logging_steps=500, save_steps=500,
+                        save_strategy=None)
+    assert (default.logging_strategy, default.save_strategy, default.eval_strategy) == ("epoch", "epoch", "epoch")
+    given = arguments(tmp_path, cls=RecipeTrainingArguments, logging_steps=3, logging_strategy="epoch")
+    assert given.logging_strategy == "epoch"  # a strategy given is kept
