@@ -66,7 +66,8 @@ def hand_updates(data, steps, batch, beta, lr=0.5):
     sampler = ClassBalancedBatchSampler([row["labels"] for row in data], batch_size=batch, seed=SEED)
     for step in range(steps):
         epoch, number = divmod(step, len(sampler))
-        rows = [data[index] for index in sampler.batches(epoch)[number]]
+        sampler.set_epoch(epoch)
+        rows = [data[index] for index in list(sampler)[number]]
         gradients = torch.autograd.grad(hand_step_loss(model, rows, step, beta), list(model.parameters()))
         with torch.no_grad():
             for parameter, gradient in zip(model.parameters(), gradients, strict=True):
@@ -107,7 +108,7 @@ def test_an_epoch_has_the_reference_samplers_updates_each_of_its_batch(tmp_path)
     trainer.train()
     sampler = ClassBalancedBatchSampler([row["labels"] for row in data], batch_size=8, seed=SEED)
     assert trainer.state.global_step == len(sampler) == 3
-    for step, batch in enumerate(sampler.batches(0)):
+    for step, batch in enumerate(sampler):
         micro_batches = trainer.seen[step]
         assert len(micro_batches) == 2
         assert sorted(sum(micro_batches, [])) == sorted(data[i]["labels"] for i in batch)
