@@ -14,6 +14,7 @@ Evaluation and `predict()` are plain: cross-entropy and logits on the original v
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -43,6 +44,8 @@ from .seeding import step_generators
 from .training_args import SynerMixTrainingArguments
 
 __all__ = ["SynerMixTrainer"]
+
+logger = logging.getLogger(__name__)
 
 
 class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
@@ -122,6 +125,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self._updates_per_epoch: int | None = None
         self._split_steps: SplitSteps | None = None
         self._split_offset: int | None = None
+        self._warned_split = False
         self._adapter: ModelAdapter | None = None
         self._adapter_for: nn.Module | None = None
         self._draw_position = (-1, -1)
@@ -479,14 +483,21 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             self._split_offset = self.state.global_step % steps.steps_per_epoch if self.args.ignore_data_skip else 0
         epoch, step = divmod(self.state.global_step - self._split_offset, steps.steps_per_epoch)
         split = steps.split(epoch, step)
+        if not split.whole_classes and not self._warned_split:
+            self._warned_split = True
+            logger.warning(
+                "Step %d's balanced batch has fewer classes than the %d micro-batches it is split into (or too few "
+                "examples for the %d processes in one of them): it is cut into consecutive micro-batches, and a class "
+                "cut between them is mixed within each micro-batch apart, unlike the reference's one batch. Said once "
+                "a run; a smaller gradient_accumulation_steps avoids it.", self.state.global_step,
+                steps.micro_batches, steps.shards)
         micro_step, process = self._draw_position[1], self.args.process_index
         if micro_step >= len(split.pieces) or len(split.pieces[micro_step][process]) != rows:
             raise RuntimeError(
-                f"Step {self.state.global_step}, micro-step {micro_step}, process {process}: the training loader gave "
-                f"{rows} examples where the balanced sampler's split of the step has "
-                f"{len(split.pieces[micro_step][process]) if micro_step < len(split.pieces) else 'no'} micro-step "
-                "here. SynerMixTrainer's training loader was replaced, or the Trainer trains on other batches than "
-                "get_train_dataloader's."
+                f"Step {self.state.global_step}, micro-step {micro_step}, process {process}: the training batch has "
+                f"{rows} examples, and the balanced sampler's split of the step gives this piece "
+                f"{len(split.pieces[micro_step][process]) if micro_step < len(split.pieces) else 'none'}: the "
+                "Trainer trains on other batches than those of SynerMixTrainer.get_train_dataloader."
             )
         return split
 

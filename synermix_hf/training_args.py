@@ -205,6 +205,12 @@ class SynerMixTrainingArguments(TrainingArguments):
                 "model's forward takes, and datasets with an on-the-fly transform need their image and label columns."
             )
         self.inter_mixup = normalize_inter_mixup(self.inter_mixup)
+        if self.max_steps == 0:
+            raise ValueError("`max_steps` 0 trains no step: give a number of steps > 0, or -1 (the default) to train "
+                             "`num_train_epochs` epochs.")
+        if self.max_steps < 0 and not self.num_train_epochs > 0:
+            raise ValueError(f"`num_train_epochs` {self.num_train_epochs:g} trains no step (and would save an "
+                             "untrained model): give a number of epochs > 0, or `max_steps` > 0.")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"`beta` must be between 0 and 1, got {self.beta}.")
         if INTER_MIXUPS[self.inter_mixup].mixes_batch and not self.alpha > 0:
