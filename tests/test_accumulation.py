@@ -60,12 +60,13 @@ def hand_step_loss(model, rows, step, beta):
     return beta * intra + (1 - beta) * inter
 
 
-def hand_updates(data, steps, batch, beta, lr=0.5):
-    """`steps` SGD updates of the reference: each on the balanced sampler's batch of `batch` for the step."""
+def hand_updates(data, steps, batch, beta, lr=0.5, batches=None):
+    """`steps` SGD updates of the reference: each on the balanced sampler's batch of `batch` for the step (or, with
+    `batches`, on the batch `(epoch, number)` given for each step)."""
     model = vit()
     sampler = ClassBalancedBatchSampler([row["labels"] for row in data], batch_size=batch, seed=SEED)
     for step in range(steps):
-        epoch, number = divmod(step, len(sampler))
+        epoch, number = divmod(step, len(sampler)) if batches is None else batches[step]
         sampler.set_epoch(epoch)
         rows = [data[index] for index in list(sampler)[number]]
         gradients = torch.autograd.grad(hand_step_loss(model, rows, step, beta), list(model.parameters()))
@@ -135,3 +136,20 @@ def test_at_beta_one_batch_norm_sees_the_augmented_view_as_in_the_reference(tmp_
     assert buffers[1.0]["bn1.num_batches_tracked"].item() == 2
     for name, value in buffers[0.5].items():
         torch.testing.assert_close(buffers[1.0][name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("ignore_data_skip", [False, True])
+def test_a_run_resumed_within_an_epoch_goes_on_with_the_steps_batches(tmp_path, ignore_data_skip):
+    # Resumed after update 1 of epoch 0 (2 updates an epoch), the run trains the update an uninterrupted run trains.
+    # With ignore_data_skip the Trainer starts the epoch's batches again from the first: the split follows them.
+    data = examples(40)
+    common = dict(per_device_train_batch_size=8, gradient_accumulation_steps=2, max_steps=2, beta=0.5,
+                  save_strategy="steps", save_steps=1)
+    args = arguments(tmp_path, **common, ignore_data_skip=ignore_data_skip)
+    SynerMixTrainer(model=vit(), args=args, train_dataset=data).train()
+    resumed = SynerMixTrainer(model=vit(seed=1), args=args, train_dataset=data)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-1"))
+    weights = torch.cat([p.detach().flatten() for p in resumed.model.parameters()])
+    batches = [(0, 0), (0, 0)] if ignore_data_skip else None  # epoch 0 again from its first batch
+    expected = hand_updates(data, steps=2, batch=16, beta=0.5, batches=batches)
+    torch.testing.assert_close(weights, expected, rtol=1e-5, atol=2e-6)
