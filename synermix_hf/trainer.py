@@ -84,8 +84,8 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
 
     model_card_section: str = ""
 
-    # compute_loss returns a per-micro-batch mean, so the Trainer divides it by the accumulation steps: gradient
-    # accumulation then gives the mean over micro-batches, as the plain Trainer does for models without loss kwargs.
+    # compute_loss returns a micro-batch's loss scaled to the step (its classes over the step's, its examples' share),
+    # times the accumulation steps, so the Trainer divides it by them: the micro-steps add up to the one-batch loss.
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args: Any, train_labels: Any = None, **kwargs: Any):
@@ -126,6 +126,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self._split_steps: SplitSteps | None = None
         self._split_offset: int | None = None
         self._warned_split = False
+        self._split_cache: tuple[Any, StepSplit | None] = (None, None)
         self._adapter: ModelAdapter | None = None
         self._adapter_for: nn.Module | None = None
         self._draw_position = (-1, -1)
@@ -315,8 +316,10 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
 
         `inputs` holds `pixel_values`, `labels` and, when beta > 0, `original_pixel_values`: batches of decoded images
         get their views in `training_step` and `prediction_step`, before this. `num_items_in_batch` is accepted for API
-        compatibility and not used: the loss is a per-micro-batch mean (L_intra is a mean over classes, not over
-        items) and the Trainer averages it over accumulation steps.
+        compatibility and not used (L_intra is a mean over classes, not over items). When the step's balanced batch is
+        split over processes or accumulation steps (`SplitSteps`), each piece's terms are its part of the one-batch
+        terms (`_split_intra_loss`, `StepSplit.example_share`), so that DDP's average and the Trainer's accumulation
+        give the update of that one batch.
         """
         labels = inputs["labels"]
         if not model.training:
@@ -445,20 +448,20 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         draws = torch.rand(split.size, generator=generator, device=device)
         num_classes = self.adapter.num_classes
         pieces = split.pieces[micro_step]
+        # The step rows of this micro-step's batch, gathered in process order with each shard padded to `rows`.
+        rows = split.most_rows(micro_step)
+        order = np.zeros(len(pieces) * rows if len(pieces) > 1 else rows, dtype=np.int64)  # padding: draw 0, weight 0
+        for shard, piece in enumerate(pieces):
+            order[shard * rows:shard * rows + len(piece)] = piece
+        row_draws = draws[torch.from_numpy(order).to(device)]
         present: list[torch.Tensor] = []
 
         def synthesize(features: torch.Tensor) -> torch.Tensor:
             if len(pieces) > 1:
-                rows = split.most_rows(micro_step)
-                order = np.zeros(len(pieces) * rows, dtype=np.int64)  # padding rows take draw 0, weighted 0
-                for shard, piece in enumerate(pieces):
-                    order[shard * rows:shard * rows + len(piece)] = piece
                 gathered, gathered_labels, valid = gather_step_batch(features, labels, rows=rows)
-                row_draws = draws[torch.from_numpy(order).to(device, non_blocking=True)]
                 synthesized, is_present = intra_class_mixup_all_classes(gathered, gathered_labels, num_classes,
                                                                         valid=valid, draws=row_draws)
             else:
-                row_draws = draws[torch.from_numpy(pieces[0]).to(device, non_blocking=True)]
                 synthesized, is_present = intra_class_mixup_all_classes(features, labels, num_classes,
                                                                         draws=row_draws)
             present.append(is_present)
@@ -482,7 +485,9 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             # count goes on: the batches stay shifted by the steps trained in that epoch.
             self._split_offset = self.state.global_step % steps.steps_per_epoch if self.args.ignore_data_skip else 0
         epoch, step = divmod(self.state.global_step - self._split_offset, steps.steps_per_epoch)
-        split = steps.split(epoch, step)
+        if self._split_cache[0] != (steps, epoch, step):
+            self._split_cache = ((steps, epoch, step), steps.split(epoch, step))
+        split = self._split_cache[1]
         if not split.whole_classes and not self._warned_split:
             self._warned_split = True
             logger.warning(

@@ -153,3 +153,14 @@ def test_a_run_resumed_within_an_epoch_goes_on_with_the_steps_batches(tmp_path, 
     batches = [(0, 0), (0, 0)] if ignore_data_skip else None  # epoch 0 again from its first batch
     expected = hand_updates(data, steps=2, batch=16, beta=0.5, batches=batches)
     torch.testing.assert_close(weights, expected, rtol=1e-5, atol=2e-6)
+
+
+def test_a_step_with_fewer_classes_than_micro_batches_trains_and_says_how(tmp_path, caplog):
+    # Two classes cannot fill three micro-batches of whole classes: the step is cut in order instead, each micro-batch
+    # mixing its own members of a class, and the run says so once.
+    data = [dict(row, labels=row["labels"] % 2) for row in examples(24)]
+    args = arguments(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=3, max_steps=2, beta=0.5)
+    with caplog.at_level("WARNING", logger="synermix_hf.trainer"):
+        SynerMixTrainer(model=vit(), args=args, train_dataset=data).train()
+    warnings = [r.getMessage() for r in caplog.records if "fewer classes than the 3 micro-batches" in r.getMessage()]
+    assert len(warnings) == 1 and "cut into consecutive micro-batches" in warnings[0]
