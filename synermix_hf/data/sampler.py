@@ -51,10 +51,10 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"labels must be one label per example, got shape {self.labels.shape}.")
         if len(self.labels) < batch_size and drop_last:
             raise ValueError(
-                f"The training set has {len(self.labels)} examples, fewer than one batch of {batch_size}, and the "
-                "class-balanced sampler drops incomplete batches: lower the batch of each process "
-                "(`per_device_train_batch_size`, or the total `total_train_batch_size`), or set `balanced_sampler` "
-                "False."
+                f"The training set has {len(self.labels)} examples, fewer than one batch of {batch_size} (the batch of "
+                "one update: of each process x processes x accumulation steps), and the class-balanced sampler drops "
+                "incomplete batches: lower the batch of each process (`per_device_train_batch_size`, or the total "
+                "`total_train_batch_size`) or `gradient_accumulation_steps`, or set `balanced_sampler` False."
             )
         self.batch_size = batch_size
         self.seed = seed
