@@ -1,7 +1,6 @@
 """One update of the reference however the step is split: k accumulation steps (and processes, tests/
 test_distributed.py) give the update of the one balanced batch the sampler drew for the step, computed by hand."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
