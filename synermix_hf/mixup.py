@@ -45,16 +45,19 @@ def _normalized_class_weights(
     device: torch.device,
     generator: torch.Generator | None,
     valid: torch.Tensor | None = None,
+    draws: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw one Uniform(0, 1) weight per row in batch order and normalize it within its class, in fp32.
 
     With `valid`, the k-th valid row takes the k-th draw and invalid rows weigh 0, so rows of padding between the
-    valid ones do not change any weight.
+    valid ones do not change any weight. With `draws`, row i takes `draws[i]` (padding rows weigh 0 all the same).
     """
-    draws = torch.rand(len(labels), generator=generator, device=device)
-    if valid is None:
-        weights = draws
+    if draws is not None:
+        weights = draws.float() if valid is None else draws.float() * valid
+    elif valid is None:
+        weights = torch.rand(len(labels), generator=generator, device=device)
     else:
+        draws = torch.rand(len(labels), generator=generator, device=device)
         weights = draws[(valid.cumsum(0) - 1).clamp_min(0)] * valid
     class_totals = torch.zeros(num_classes, dtype=weights.dtype, device=device).index_add_(0, labels, weights)
     if valid is None:
@@ -103,6 +106,7 @@ def intra_class_mixup_all_classes(
     num_classes: int,
     generator: torch.Generator | None = None,
     valid: torch.Tensor | None = None,
+    draws: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`intra_class_mixup` over a fixed set of `num_classes` rows, free of host-device synchronisation.
 
@@ -117,13 +121,17 @@ def intra_class_mixup_all_classes(
         valid: Optional boolean mask `[B]` of the rows that take part (the others are padding, e.g. of batches of
             several processes gathered to one size). The k-th valid row takes the k-th weight drawn, so the result
             equals that of the valid rows alone.
+        draws: Optional Uniform(0, 1) draw of every row `[B]`, taken instead of drawing from `generator`: the rows of
+            a micro-batch take the draws that one batch holding them all would give them, wherever they sit in it.
 
     Returns:
         `(synthesized, present)`: `synthesized` has shape `[num_classes, ...]` (row c belongs to class c) and
         `present` is a boolean mask of shape `[num_classes]`.
     """
     _check_features_and_labels(features, labels)
-    weights = _normalized_class_weights(labels, num_classes, features.device, generator, valid)
+    if draws is not None and draws.shape != labels.shape:
+        raise ValueError(f"draws must have one value per row, {tuple(labels.shape)}; got {tuple(draws.shape)}.")
+    weights = _normalized_class_weights(labels, num_classes, features.device, generator, valid, draws)
     # index_fill_ / index_add_ rather than `present[labels] = True`: indexed assignment synchronises on CUDA.
     if valid is None:
         present = torch.zeros(num_classes, dtype=torch.bool, device=features.device).index_fill_(0, labels, True)
@@ -134,7 +142,11 @@ def intra_class_mixup_all_classes(
 
 
 def intra_class_loss(
-    logits: torch.Tensor, classes: torch.Tensor, present: torch.Tensor | None = None, label_smoothing: float = 0.0
+    logits: torch.Tensor,
+    classes: torch.Tensor,
+    present: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    step_classes: int | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy over the synthesized rows of the classes present.
 
@@ -143,12 +155,16 @@ def intra_class_loss(
         classes: Target class of each row, shape `[C]`.
         present: Optional boolean mask `[C]`; rows where it is False (absent classes) are left out of the mean.
         label_smoothing: As in `torch.nn.functional.cross_entropy`.
+        step_classes: When the rows are some of the classes of a batch split by whole classes (a micro-batch of a
+            gradient accumulation step), the batch's number of classes: the sum over the rows present is divided by
+            it instead of by their own number, so the terms of the micro-batches add up to the batch's mean.
     """
     per_row = F.cross_entropy(logits.float(), classes, reduction="none", label_smoothing=label_smoothing)
-    if present is None:
+    if present is None and step_classes is None:
         return per_row.mean()
-    mask = present.to(per_row.dtype)
-    return (per_row * mask).sum() / mask.sum().clamp_min(1.0)
+    mask = torch.ones_like(per_row) if present is None else present.to(per_row.dtype)
+    total = (per_row * mask).sum()
+    return total / (mask.sum().clamp_min(1.0) if step_classes is None else float(step_classes))
 
 
 def sample_mixup_lambda(alpha: float, rng: np.random.Generator | None = None) -> float:

@@ -15,6 +15,7 @@ Evaluation and `predict()` are plain: cross-entropy and logits on the original v
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -33,7 +34,7 @@ from .adapters import INPUT_POINT, ModelAdapter
 from .checkpoints import LegacyWeightNames, StagedCheckpoints
 from .data.bad_images import IGNORE_LABEL, BadImageLog, BadImagePolicy, tolerant_images
 from .data.device_datasets import views_of
-from .data.sampler import ClassBalancedBatchSampler, PositionedBatchSampler, StepShards
+from .data.sampler import ClassBalancedBatchSampler, SplitSteps, StepSplit
 from .data.views import SeededAugmentation, SynerMixCollator, dataset_labels, original_view
 from .distributed import StepBufferBroadcast, gather_step_batch, is_data_parallel
 from .finite_loss import FiniteLossCallback, FiniteLossCheck
@@ -55,6 +56,8 @@ LOADER_ARGUMENTS = {
     "dataloader_multiprocessing_context": "multiprocessing_context",
     "dataloader_in_order": "in_order",
 }
+
+logger = logging.getLogger(__name__)
 
 
 class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
@@ -93,8 +96,8 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
 
     model_card_section: str = ""
 
-    # compute_loss returns a per-micro-batch mean, so the Trainer divides it by the accumulation steps: gradient
-    # accumulation then gives the mean over micro-batches, as the plain Trainer does for models without loss kwargs.
+    # compute_loss returns a micro-batch's loss scaled to the step (its classes over the step's, its examples' share),
+    # times the accumulation steps, so the Trainer divides it by them: the micro-steps add up to the one-batch loss.
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args: Any, train_labels: Any = None, **kwargs: Any):
@@ -149,6 +152,10 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self._scheduler_given = self.lr_scheduler is not None
         self._optimizer_given = self.optimizer is not None
         self._updates_per_epoch: int | None = None
+        self._split_steps: SplitSteps | None = None
+        self._split_offset: int | None = None
+        self._warned_split = False
+        self._split_cache: tuple[Any, StepSplit | None] = (None, None)
         self._adapter: ModelAdapter | None = None
         self._adapter_for: nn.Module | None = None
         self._draw_position = (-1, -1)
@@ -204,12 +211,14 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         resumed run, or a run on more processes, sees the batches and the augmented images that an uninterrupted
         single-process run sees, and a partner loaded twice in an epoch gets two independent augmentations.
 
-        On N processes a step trains on one balanced batch of N times the batch of each process, split into N shards
-        (`StepShards`): the processes together see the batches one process would see, augmented alike, and the
-        intra-class term is computed over the whole step's batch (`gather_step_batch`).
+        A step (one optimizer update) trains on one balanced batch of the whole step's size, over N processes and k
+        accumulation steps alike: it is split into k micro-batches of whole classes, each into N shards (`SplitSteps`),
+        so the processes over the micro-steps see the batches one process would see, augmented alike, and the loss
+        makes of them the update of that one batch (`compute_loss`).
         """
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
+        self._split_steps = None
         if isinstance(self.train_dataset, torch.utils.data.IterableDataset) or not has_length(self.train_dataset):
             return self._counted(super().get_train_dataloader())
         seed = self._data_seed
@@ -221,11 +230,11 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         loader_kwargs = self._loader_arguments()
         sampler = None
         if self.args.balanced_sampler:
-            # One balanced batch per step, the batch of all processes together, each process taking one shard of it.
-            processes = self.accelerator.num_processes
-            sampler = ClassBalancedBatchSampler(labels, batch_size=self._train_batch_size * processes, seed=seed)
-            steps = StepShards(sampler, processes) if processes > 1 else sampler
-            loader_kwargs["batch_sampler"] = PositionedBatchSampler(steps)
+            # One balanced batch per update, of all processes and accumulation steps together, split into pieces.
+            processes, micro = self.accelerator.num_processes, self.args.gradient_accumulation_steps
+            sampler = ClassBalancedBatchSampler(labels, batch_size=self._train_batch_size * processes * micro, seed=seed)
+            self._split_steps = SplitSteps(sampler, micro, processes)
+            loader_kwargs["batch_sampler"] = self._split_steps
         else:
             loader_kwargs.update(
                 batch_size=self._train_batch_size,
@@ -355,8 +364,10 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
 
         `inputs` holds `pixel_values`, `labels` and, when beta > 0, `original_pixel_values`: batches of decoded images
         get their views in `training_step` and `prediction_step`, before this. `num_items_in_batch` is accepted for API
-        compatibility and not used: the loss is a per-micro-batch mean (L_intra is a mean over classes, not over
-        items) and the Trainer averages it over accumulation steps.
+        compatibility and not used (L_intra is a mean over classes, not over items). When the step's balanced batch is
+        split over processes or accumulation steps (`SplitSteps`), each piece's terms are its part of the one-batch
+        terms (`_split_intra_loss`, `StepSplit.example_share`), so that DDP's average and the Trainer's accumulation
+        give the update of that one batch.
         """
         labels = inputs["labels"]
         if not model.training:
@@ -366,15 +377,24 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
 
         pixel_values = inputs["pixel_values"]
         generator, rng = self._step_random_sources(pixel_values.device)
+        split = self._step_split(len(labels))
         beta = self.args.beta
         components: dict[str, torch.Tensor] = {}
         logits = None
         if beta > 0:
             if "original_pixel_values" not in inputs:
                 raise ValueError(self._missing_original_view(inputs))
-            components["intra"] = self._intra_loss(model, inputs["original_pixel_values"], labels, generator)
+            components["intra"] = self._intra_loss(model, inputs["original_pixel_values"], labels, generator, split)
         if beta < 1:
             components["inter"], logits = self._inter_loss(model, pixel_values, labels, generator, rng)
+            if split is not None:  # the step's mean over its examples, however many each piece holds
+                components["inter"] = components["inter"] * split.example_share(self._draw_position[1],
+                                                                                self.args.process_index)
+        else:
+            # Weight 0, but the reference runs this forward pass all the same: BatchNorm's running statistics (which
+            # evaluation uses) see both views at every step. Nothing of it needs a gradient.
+            with torch.no_grad():
+                self._inter_loss(model, pixel_values, labels, generator, rng)
         loss = sum(
             weight * components[name] for name, weight in (("intra", beta), ("inter", 1 - beta)) if name in components
         )
@@ -421,8 +441,15 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         return step_loss
 
     def _intra_loss(
-        self, model: nn.Module, original: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+        self,
+        model: nn.Module,
+        original: torch.Tensor,
+        labels: torch.Tensor,
+        generator: torch.Generator,
+        split: StepSplit | None = None,
     ) -> torch.Tensor:
+        if split is not None:
+            return self._split_intra_loss(model, original, labels, generator, split)
         num_classes = self.adapter.num_classes
         present: list[torch.Tensor] = []
         step_batch = is_data_parallel()
@@ -447,6 +474,85 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             class_logits = self.adapter.logits(model, original)
         classes = torch.arange(num_classes, device=labels.device)
         return intra_class_loss(class_logits, classes, present[0], self.args.label_smoothing_factor)
+
+    def _split_intra_loss(
+        self, model: nn.Module, original: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+        split: StepSplit,
+    ) -> torch.Tensor:
+        """The intra-class term of a micro-batch of a split step: its part of the one-batch term.
+
+        The micro-batch holds whole classes (gathered from the processes), each mixed with the weights one process
+        without accumulation draws for the step's batch (`step_generators(seed, step, 0, 0)`, one Uniform(0, 1) per
+        row in batch order), and its classes' cross-entropies are summed over the step's number of classes; times
+        the accumulation steps, which the Trainer divides the loss by, the micro-steps add up to the reference's mean
+        over the step's classes. Every process computes the same term, whose gradient DDP's average then is.
+        """
+        step, micro_step = self._draw_position
+        device = labels.device
+        process = self.args.process_index
+        if (micro_step, process) != (0, 0):
+            generator = step_generators(self.args.seed, step, 0, 0, device)[0]
+        # On process 0 in micro-step 0 these are the first draws of its own generator, as on one process.
+        draws = torch.rand(split.size, generator=generator, device=device)
+        num_classes = self.adapter.num_classes
+        pieces = split.pieces[micro_step]
+        # The step rows of this micro-step's batch, gathered in process order with each shard padded to `rows`.
+        rows = split.most_rows(micro_step)
+        order = np.zeros(len(pieces) * rows if len(pieces) > 1 else rows, dtype=np.int64)  # padding: draw 0, weight 0
+        for shard, piece in enumerate(pieces):
+            order[shard * rows:shard * rows + len(piece)] = piece
+        row_draws = draws[torch.from_numpy(order).to(device)]
+        present: list[torch.Tensor] = []
+
+        def synthesize(features: torch.Tensor) -> torch.Tensor:
+            if len(pieces) > 1:
+                gathered, gathered_labels, valid = gather_step_batch(features, labels, rows=rows)
+                synthesized, is_present = intra_class_mixup_all_classes(gathered, gathered_labels, num_classes,
+                                                                        valid=valid, draws=row_draws)
+            else:
+                synthesized, is_present = intra_class_mixup_all_classes(features, labels, num_classes,
+                                                                        draws=row_draws)
+            present.append(is_present)
+            return synthesized
+
+        with self.adapter.head_input_replaced(synthesize):
+            class_logits = self.adapter.logits(model, original)
+        classes = torch.arange(num_classes, device=device)
+        loss = intra_class_loss(class_logits, classes, present[0], self.args.label_smoothing_factor,
+                                step_classes=split.classes)
+        return loss * len(split.pieces)
+
+    def _step_split(self, rows: int) -> StepSplit | None:
+        """How the balanced batch of this update is split over processes and micro-steps; None when it is not split
+        (one process without accumulation) or the balanced sampler is off."""
+        steps = self._split_steps
+        if steps is None or steps.micro_batches * steps.shards == 1:
+            return None
+        if self._split_offset is None:
+            # With `ignore_data_skip`, a resumed run starts its epoch's batches again from the first while the step
+            # count goes on: the batches stay shifted by the steps trained in that epoch.
+            self._split_offset = self.state.global_step % steps.steps_per_epoch if self.args.ignore_data_skip else 0
+        epoch, step = divmod(self.state.global_step - self._split_offset, steps.steps_per_epoch)
+        if self._split_cache[0] != (steps, epoch, step):
+            self._split_cache = ((steps, epoch, step), steps.split(epoch, step))
+        split = self._split_cache[1]
+        if not split.whole_classes and not self._warned_split:
+            self._warned_split = True
+            logger.warning(
+                "Step %d's balanced batch has fewer classes than the %d micro-batches it is split into (or too few "
+                "examples for the %d processes in one of them): it is cut into consecutive micro-batches, and a class "
+                "cut between them is mixed within each micro-batch apart, unlike the reference's one batch. Said once "
+                "a run; a smaller gradient_accumulation_steps avoids it.", self.state.global_step,
+                steps.micro_batches, steps.shards)
+        micro_step, process = self._draw_position[1], self.args.process_index
+        if micro_step >= len(split.pieces) or len(split.pieces[micro_step][process]) != rows:
+            raise RuntimeError(
+                f"Step {self.state.global_step}, micro-step {micro_step}, process {process}: the training batch has "
+                f"{rows} examples, and the balanced sampler's split of the step gives this piece "
+                f"{len(split.pieces[micro_step][process]) if micro_step < len(split.pieces) else 'none'}: the "
+                "Trainer trains on other batches than those of SynerMixTrainer.get_train_dataloader."
+            )
+        return split
 
     def _inter_loss(
         self,
@@ -504,6 +610,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
             resume_from_checkpoint = self.checkpoint_to_resume(resume_from_checkpoint)
         self._finite_check.reset()
+        self._split_offset = None
         try:
             result = super().train(resume_from_checkpoint, *args, **kwargs)
         except BaseException:

@@ -311,6 +311,12 @@ class SynerMixTrainingArguments(TrainingArguments):
                 "`remove_unused_columns` must be False for SynerMix: the loss reads `original_pixel_values`, which no "
                 "model's forward takes, and datasets with an on-the-fly transform need their image and label columns."
             )
+        if self.max_steps == 0:
+            raise ValueError("`max_steps` 0 trains no step: give a number of steps > 0, or -1 (the default) to train "
+                             "`num_train_epochs` epochs.")
+        if self.max_steps < 0 and not self.num_train_epochs > 0:
+            raise ValueError(f"`num_train_epochs` {self.num_train_epochs:g} trains no step (and would save an "
+                             "untrained model): give a number of epochs > 0, or `max_steps` > 0.")
         self.__dict__["_balanced_sampler_given"] = self.balanced_sampler is not None
         self._settle_method()
         if isinstance(self.manifold_mixup_modules, str):

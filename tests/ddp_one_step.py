@@ -1,10 +1,12 @@
 """One SynerMix optimizer step under torchrun/accelerate; each process saves the batch its loss saw.
 
-Used by tests/test_distributed.py: `torchrun --nproc_per_node 2 tests/ddp_one_step.py OUT INTER_MIXUP PATH [CPU]`,
-PATH `loader` (TwoViewTransform) or `device` (images decoded once, views made batched in the trainer); CPU `use_cpu`
-(the default) passes `use_cpu=True`, `auto` leaves it to the arguments (tests/test_multinode.py). Its directory, tests/,
-is the script's first import path, so the test module's helpers import as they are. After the step, each process
-prints what the command line says to `--sync_bn` on these processes.
+Used by tests/test_distributed.py: `torchrun --nproc_per_node 2 tests/ddp_one_step.py OUT INTER_MIXUP PATH [CPU
+[accumulate]]`, PATH `loader` (TwoViewTransform) or `device` (images decoded once, views made batched in the trainer);
+CPU `use_cpu` (the default) passes `use_cpu=True`, `auto` leaves it to the arguments (tests/test_multinode.py). Its
+directory, tests/, is the script's first import path, so the test module's helpers import as they are. After the step,
+each process prints what the command line says to `--sync_bn` on these processes. With `accumulate`, the processes then
+train a model without BatchNorm two updates of 2 processes x 2 micro-batches (tests/test_accumulation.py's setting) and
+process 0 saves its weights as `accumulated.pt`.
 """
 
 import sys
@@ -51,6 +53,15 @@ try:
     ScriptArgumentParser().parse(["--sync_bn", "--max_steps", "1", "--output_dir", str(out / "sync_bn")])
 except UsageError as refusal:
     print(f"process {args.process_index}: error: {refusal}")
+if sys.argv[5:6] == ["accumulate"]:
+    from test_accumulation import arguments as accumulation_arguments, examples, vit
+
+    accumulate_args = accumulation_arguments(out / "accumulate", per_device_train_batch_size=4,
+                                             gradient_accumulation_steps=2, max_steps=2, beta=0.5)
+    accumulated = SynerMixTrainer(model=vit(), args=accumulate_args, train_dataset=examples(40))
+    accumulated.train()
+    if args.process_index == 0:
+        torch.save(accumulated.model.state_dict(), out / "accumulated.pt")
 if torch.distributed.is_initialized():  # a gloo group torn down at interpreter exit can abort the process
     torch.distributed.barrier()  # no rank leaves while its peer still talks to it
     torch.distributed.destroy_process_group()

@@ -21,6 +21,14 @@ def test_optimizer_and_schedule_flags_are_refused_under_the_paper_recipe(flags):
     assert "--recipe trainer" in message and "--learning_rate" not in message.split(":")[0]
 
 
+@pytest.mark.parametrize("flags, named", [(["--max_steps", "0"], "--max_steps"), (["-ep", "0"], "--num_train_epochs")])
+def test_a_run_of_no_step_is_refused_in_one_line(tmp_path, flags, named):
+    with pytest.raises(UsageError, match=f"^{named}.* trains no step") as refused:
+        parse(*flags, "--output_dir", str(tmp_path / "out"))
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_under_the_trainer_recipe_they_take_effect():
     _, _, args, _, _ = parse("--recipe", "trainer", "--optim", "adamw_torch", "--lr_scheduler_type", "cosine",
                           "--warmup_steps", "2", "--learning_rate", "1e-3")

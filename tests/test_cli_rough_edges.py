@@ -50,7 +50,8 @@ def _closed_port() -> int:
 
 def test_every_run_writes_a_model_card_with_the_synermix_settings_metrics_and_command(hub_copies, tmp_path):
     out = tmp_path / "out"
-    argv = [*_data(hub_copies, tmp_path), *FAST, "-beta", "0.1", "-itrm", "Mixup", "--output_dir", str(out)]
+    argv = [*_data(hub_copies, tmp_path), *FAST, "-beta", "0.1", "-itrm", "Mixup", "--gradient_accumulation_steps",
+            "2", "--output_dir", str(out)]
     assert main(argv) == 0
     card = (out / "README.md").read_text()
     results = json.loads((out / "all_results.json").read_text())
@@ -64,6 +65,18 @@ def test_every_run_writes_a_model_card_with_the_synermix_settings_metrics_and_co
     log = run_log_values(out / "training_log.txt")
     assert (log["head"], log["manifold mixup points"]) == ("network.fc (Linear: 512 features -> 3 outputs)",
                                                            "- (--inter_mixup mixup)")
+    # The batch line says what of the split step is not the one-batch update; the versions that decide the pixels
+    # and the draws are recorded.
+    assert log["total train batch size"] == ("8 (1 process x 4 per process x 2 accumulation steps, plus the balanced "
+                                             "sampler's partners; the update of one balanced batch, but BatchNorm "
+                                             "statistics and MixUp pairs per micro-batch)")
+    import numpy
+    import PIL
+    import torch
+    import torchvision
+
+    assert (log["Pillow"], log["torchvision"], log["torch"], log["numpy"]) == \
+        (PIL.__version__, torchvision.__version__, torch.__version__, numpy.__version__)
 
 
 def test_push_to_hub_is_refused_before_training_without_hub_access(hub_copies, tmp_path, capsys, monkeypatch):

@@ -52,7 +52,8 @@ def one_ddp_step(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         # The device path decodes the images once into HF_DATASETS_CACHE: both processes ask, the first builds it.
         patch.setenv("HF_DATASETS_CACHE", str(out / "hf_cache"))
-        output = run_two_processes(LAUNCHERS["torchrun"], HERE / "ddp_one_step.py", str(out), "mixup", "device")
+        output = run_two_processes(LAUNCHERS["torchrun"], HERE / "ddp_one_step.py", str(out), "mixup", "device",
+                                   "use_cpu", "accumulate")
     return out, output
 
 
@@ -94,8 +95,9 @@ def check_one_ddp_step(out: Path, views_on: str) -> None:
     assert counts[counts > 0].min() >= 2  # balanced as a whole, not necessarily each shard
 
     # One process computes the step by hand: SynerMix-Intra over the whole batch (each shard's features from its own
-    # forward pass, so with its own batch statistics; the weights drawn with process 0's seed in batch order), each
-    # process's inter-class term with its own draws, and DDP's average.
+    # forward pass, so with its own batch statistics; the weights drawn with process 0's seed in batch order, as one
+    # process draws them first), each process's inter-class term with its own draws, weighted by its share of the
+    # step's examples, and DDP's average: the mean over the step's examples.
     model = resnet()
     model.load_state_dict(torch.load(out / "initial.pt"))
     model.train()
@@ -104,12 +106,13 @@ def check_one_ddp_step(out: Path, views_on: str) -> None:
     intra = hand_intra_loss_of_features(model, features, labels, torch.rand(len(labels), generator=intra_generator))
     inter = []
     for rank, batch in enumerate(batches):
-        generator, rng = step_generators(seed=3, step=0, micro_step=0, process_index=rank)
+        generator, rng = shard_generators(rank, len(labels))
         shard_labels, x = batch["labels"], batch["pixel_values"]
         lam = rng.beta(1.0, 1.0)
         permutation = torch.randperm(len(shard_labels), generator=generator)
-        inter.append(hand_mixed_ce(model(lam * x + (1 - lam) * x[permutation]), shard_labels, permutation, lam))
-    gradient = torch.autograd.grad(0.3 * intra + 0.7 * (inter[0] + inter[1]) / 2, list(model.parameters()))
+        mixed_ce = hand_mixed_ce(model(lam * x + (1 - lam) * x[permutation]), shard_labels, permutation, lam)
+        inter.append(mixed_ce * len(shard_labels) / len(labels))
+    gradient = torch.autograd.grad(0.3 * intra + 0.7 * (inter[0] + inter[1]), list(model.parameters()))
     final = torch.load(out / "final.pt")
     names = [name for name, _ in model.named_parameters()]
     for name, parameter, g in zip(names, model.parameters(), gradient, strict=True):
@@ -121,7 +124,7 @@ def check_one_ddp_step(out: Path, views_on: str) -> None:
     # overwrite them in between (and on torch < 2.12 break the backward pass).
     for rank, batch in enumerate(batches):
         model.load_state_dict(torch.load(out / "initial.pt"))
-        generator, rng = step_generators(seed=3, step=0, micro_step=0, process_index=rank)
+        generator, rng = shard_generators(rank, len(labels))
         lam = rng.beta(1.0, 1.0)
         permutation = torch.randperm(len(batch["labels"]), generator=generator)
         with torch.no_grad():
@@ -131,6 +134,27 @@ def check_one_ddp_step(out: Path, views_on: str) -> None:
         buffers = torch.load(out / f"buffers_rank{rank}.pt")
         for name, buffer in model.named_buffers():
             torch.testing.assert_close(buffers[name], buffer, rtol=1e-5, atol=1e-6, msg=f"process {rank}: {name}")
+
+
+def shard_generators(rank: int, step_rows: int):
+    """The draws of a process's inter-class term in step 0: process 0's generator first drew the step's intra-class
+    weights, as one process's does."""
+    generator, rng = step_generators(seed=3, step=0, micro_step=0, process_index=rank)
+    if rank == 0:
+        torch.rand(step_rows, generator=generator)
+    return generator, rng
+
+
+def test_two_processes_of_two_micro_batches_give_the_update_of_the_steps_one_balanced_batch(one_ddp_step):
+    # tests/test_accumulation.py's setting on 2 processes x 2 micro-batches of 4: each update is the reference's
+    # update on the balanced batch of 16 that one process without accumulation trains on.
+    from test_accumulation import examples, hand_updates, vit
+
+    out, _ = one_ddp_step
+    model = vit()
+    model.load_state_dict(torch.load(out / "accumulated.pt"))
+    trained = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.testing.assert_close(trained, hand_updates(examples(40), steps=2, batch=16, beta=0.5), rtol=1e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import DataLoader
 
 from synermix_hf import ClassBalancedBatchSampler
-from synermix_hf.data.sampler import PositionedBatchSampler, StepShards
+from synermix_hf.data.sampler import PositionedBatchSampler, SplitSteps, StepShards, split_step
 
 LABELS = np.random.default_rng(0).integers(0, 20, size=203)  # many classes: singletons are common at batch 16
 
@@ -101,3 +101,55 @@ def test_on_two_processes_the_shards_of_a_step_are_the_one_process_batch():
             together = [index for index, _ in batch]
             assert min(Counter(LABELS[together].tolist()).values()) >= 2  # the step's batch is balanced
             assert len(set(together)) == len(together)  # the reference's rule: a partner is not in the batch
+
+
+def test_a_step_splits_into_micro_batches_of_whole_classes_each_cut_into_shards():
+    labels = LABELS[:40]
+    split = split_step(labels, micro_batches=3, shards=2)
+    assert split.whole_classes and split.size == 40 and split.classes == len(set(labels.tolist()))
+    micro_batches = [np.concatenate(shards) for shards in split.pieces]
+    assert sorted(np.concatenate(micro_batches).tolist()) == list(range(40))  # every row once
+    for shards in split.pieces:
+        rows = np.concatenate(shards)
+        assert (np.diff(rows) > 0).all()  # batch order, cut into consecutive shards of nearly equal size
+        assert abs(len(shards[0]) - len(shards[1])) <= 1
+    classes = [set(labels[rows].tolist()) for rows in micro_batches]
+    assert not (classes[0] & classes[1]) and not (classes[0] & classes[2]) and not (classes[1] & classes[2])
+    sizes = [len(rows) for rows in micro_batches]
+    assert max(sizes) - min(sizes) <= max(Counter(labels.tolist()).values())
+    # Shares of the examples: DDP's and accumulation's averages of the weighted piece means are the step's mean.
+    shares = [split.example_share(m, r) for m in range(3) for r in range(2)]
+    assert [share * 40 / 6 for share in shares] == pytest.approx([len(p) for shards in split.pieces for p in shards])
+    assert sum(shares) / 6 == pytest.approx(1)
+    # One micro-batch: the batch cut into consecutive shards, as `StepShards` cuts it.
+    assert [piece.tolist() for piece in split_step(labels, 1, 2).pieces[0]] == \
+        [piece.tolist() for piece in np.array_split(np.arange(40), 2)]
+
+
+def test_a_step_with_fewer_classes_than_micro_batches_is_cut_in_order_and_says_so():
+    split = split_step([0, 0, 1, 1, 0, 1, 1, 0], micro_batches=3, shards=1)
+    assert not split.whole_classes
+    assert [shards[0].tolist() for shards in split.pieces] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert split.classes == 2 + 2 + 2  # each micro-batch mixes its own members of each class
+
+
+def test_two_processes_of_two_micro_batches_train_on_the_one_process_batch_of_the_step():
+    # As the trainer feeds them: accelerate hands piece i to process i % 2, the Trainer accumulates 2 consecutive
+    # pieces of a process. The 4 pieces of a step are the one-process balanced batch of the step, at its positions
+    # of the epoch (so augmented alike), and an epoch has the reference sampler's number of steps.
+    one_process = ClassBalancedBatchSampler(LABELS, batch_size=16, seed=0)
+    split = SplitSteps(ClassBalancedBatchSampler(LABELS, batch_size=16, seed=0), micro_batches=2, shards=2)
+    shards = [BatchSamplerShard(split, num_processes=2, process_index=rank) for rank in (0, 1)]
+    for shard in shards:
+        shard.batch_size = None  # what the trainer sets: the pieces have dynamic length
+    for number in (0, 3):
+        one_process.set_epoch(number)
+        split.set_epoch(number)
+        expected = list(PositionedBatchSampler(one_process))
+        per_process = [list(shard) for shard in shards]
+        assert [len(pieces) for pieces in per_process] == [2 * len(expected)] * 2 and len(expected) == 203 // 16
+        for step, batch in enumerate(expected):
+            pieces = [per_process[rank][2 * step + micro] for micro in (0, 1) for rank in (0, 1)]
+            assert sorted(pair for piece in pieces for pair in piece) == sorted(batch)
+            assert pieces == [[batch[row] for row in piece] for micro in split.split(number, step).pieces
+                              for piece in micro]

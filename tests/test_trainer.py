@@ -154,18 +154,23 @@ def count_forward_calls(model):
     return calls
 
 
-@pytest.mark.parametrize("beta, expected_calls", [(0.0, 1), (0.4, 2), (1.0, 1)])
-def test_beta_zero_runs_no_intra_pass_and_beta_one_no_inter_pass(tmp_path, beta, expected_calls):
+@pytest.mark.parametrize("beta, expected_calls", [(0.0, 1), (0.4, 2), (1.0, 2)])
+def test_beta_zero_runs_no_intra_pass_and_beta_one_runs_the_inter_pass_without_gradient(tmp_path, beta,
+                                                                                          expected_calls):
+    # As the reference: `if beta > 0` guards the intra pass; the augmented view's forward always runs (at beta 1
+    # with loss weight 0, for BatchNorm's statistics), so it needs no gradient there.
     model = resnet()
     trainer = SynerMixTrainer(model=model, args=arguments(tmp_path, beta=beta, inter_mixup="mixup"))
     calls = count_forward_calls(model)
     head_rows = []
-    model.fc.register_forward_hook(lambda module, args, output: head_rows.append(output.shape[0]))
+    model.fc.register_forward_hook(lambda module, args, output: head_rows.append((output.shape[0],
+                                                                                output.requires_grad)))
     model.train()
     trainer.compute_loss(model, tensor_batch())
     assert len(calls) == expected_calls
     # The intra pass classifies one synthesized row per class of the head, the inter pass one row per example.
-    expected_rows = {0.0: [8], 0.4: [NUM_CLASSES, 8], 1.0: [NUM_CLASSES]}[beta]
+    expected_rows = {0.0: [(8, True)], 0.4: [(NUM_CLASSES, True), (8, True)],
+                     1.0: [(NUM_CLASSES, True), (8, False)]}[beta]  # fmt: skip
     assert head_rows == expected_rows
 
 

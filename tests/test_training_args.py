@@ -18,11 +18,18 @@ def make(**kwargs):
         ({"alpha": 0.0, "inter_mixup": "mixup"}, r"`alpha` must be > 0"),
         ({"alpha": -1.0, "inter_mixup": "Manifold_Mixup"}, r"`alpha` must be > 0"),
         ({"inter_mixup": "cutmix2"}, r"`inter_mixup` 'cutmix2' is not valid; choose one of none, mixup, manifold_mixup"),
+        ({"max_steps": 0}, r"`max_steps` 0 trains no step"),  # the Trainer would train one step
+        ({"num_train_epochs": 0}, r"`num_train_epochs` 0 trains no step"),  # it would save an untrained model
+        ({"num_train_epochs": -1}, r"`num_train_epochs` -1 trains no step"),
     ],
 )
 def test_bad_values_raise_clear_errors_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make(**kwargs)
+
+
+def test_zero_epochs_are_accepted_where_max_steps_decides():
+    assert make(num_train_epochs=0, max_steps=3).max_steps == 3
 
 
 @pytest.mark.parametrize(

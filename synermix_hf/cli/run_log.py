@@ -20,10 +20,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .. import __version__
 from ..credentials import redact_argv, redact_mapping
+from ..mixup import INTER_MIXUPS
 
 __all__ = ["RunLogCallback", "append_final", "append_line", "chosen_settings", "command_line", "global_batch",
-           "recipe_text", "run_summary", "total_train_batch", "write_run_header"]
+           "recipe_text", "run_summary", "total_train_batch", "versions", "write_run_header"]
 
 _TRAIN_KEYS = ("loss", "loss_intra", "loss_inter", "learning_rate", "grad_norm")
 _SHORT = {"learning_rate": "lr"}
@@ -152,6 +154,7 @@ def run_summary(argv: list[str], model_args: Any, data_args: Any, training_args:
                    "processes": training_args.world_size,
                    "total train batch size": global_batch(training_args)},
         "output": {"output_dir": os.path.abspath(training_args.output_dir)},
+        "versions": versions(),
         "chosen for this run": chosen_settings(training_args) or {"-": "every value as given or by default"},
         "all arguments": redact_mapping({
             "model": dataclasses.asdict(model_args),
@@ -199,7 +202,40 @@ def global_batch(training_args: Any) -> str:
              f"{'s' if training_args.gradient_accumulation_steps > 1 else ''}"]
     total = total_train_batch(training_args)
     partners = ", plus the balanced sampler's partners" if training_args.balanced_sampler else ""
-    return f"{total} ({' x '.join(parts)}{partners})"
+    return f"{total} ({' x '.join(parts)}{partners}{_split_note(training_args, gpus)})"
+
+
+def _split_note(training_args: Any, gpus: int) -> str:
+    """What of a step split over processes or accumulation steps is not the reference's one-batch update."""
+    accumulation, processes = training_args.gradient_accumulation_steps, training_args.world_size * gpus
+    if accumulation * processes == 1:
+        return ""
+    apart = ["BatchNorm statistics"]
+    mixup = INTER_MIXUPS.get(training_args.inter_mixup)
+    if mixup is not None and mixup.mixes_batch:
+        apart.append(f"{mixup.label} pairs")
+    if not training_args.balanced_sampler and accumulation > 1 and training_args.beta > 0:
+        apart.insert(0, "the intra-class term")  # the Trainer's sampler cuts classes between micro-batches
+    listed = ", ".join(apart[:-1]) + (" and " if len(apart) > 1 else "") + apart[-1]
+    per = ("micro-batch of each process" if processes > 1 else "micro-batch") if accumulation > 1 else "process"
+    sync = " (BatchNorm over the processes with --sync_bn)" if processes > 1 else ""
+    exact = "the update of one balanced batch, but " if training_args.balanced_sampler else ""
+    return f"; {exact}{listed} per {per}{sync}"
+
+
+def versions() -> dict[str, str]:
+    """The releases that decide a run's pixels and draws: Pillow (decoding and resizing: releases 12 and 13 crop
+    other boxes), torchvision (the transforms), torch and numpy (the draws, the kernels), and the training code."""
+    import importlib
+
+    found = {"synermix-hf": __version__}
+    for label, module in (("torch", "torch"), ("torchvision", "torchvision"), ("Pillow", "PIL"), ("numpy", "numpy"),
+                          ("transformers", "transformers"), ("accelerate", "accelerate")):
+        try:
+            found[label] = str(importlib.import_module(module).__version__)
+        except (ImportError, AttributeError):
+            found[label] = "-"
+    return found
 
 
 def command_line(program: str, argv: list[str]) -> str:
