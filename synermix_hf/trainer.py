@@ -14,6 +14,7 @@ Evaluation and `predict()` are plain: cross-entropy and logits on the original v
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -37,12 +38,14 @@ from .data.views import SeededAugmentation, SynerMixCollator, dataset_labels, or
 from .distributed import StepBufferBroadcast, gather_step_batch, is_data_parallel
 from .finite_loss import FiniteLossCallback, FiniteLossCheck
 from .mixup import INTER_MIXUPS, intra_class_loss, intra_class_mixup_all_classes, sample_mixup_lambda
-from .preemption import PreemptionCallback
+from .preemption import EvaluationStopped, PreemptionCallback
 from .recipe import epoch_step_lr, paper_optimizer, updates_per_epoch, uses_paper_recipe
 from .seeding import step_generators
 from .training_args import SynerMixTrainingArguments
 
 __all__ = ["SynerMixTrainer"]
+
+logger = logging.getLogger(__name__)
 
 
 class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
@@ -142,6 +145,12 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self.add_callback(FiniteLossCallback(self._finite_check))
         if self.model is not None:
             self.adapter  # noqa: B018 - fail at construction, before training, when the head cannot be found
+
+    @property
+    def preemption(self) -> PreemptionCallback | None:
+        """The SIGTERM handling of training (`enable_jit_checkpoint`), None when it is off: its `signals` and
+        `listeners` can be set before `train()`."""
+        return self._preemption
 
     # ---- model access ----
 
@@ -458,6 +467,14 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self._finite_check.reset()
         try:
             result = super().train(resume_from_checkpoint, *args, **kwargs)
+        except EvaluationStopped:  # a stop signal during an evaluation: save at the step, then stop
+            logger.warning("%s: stopping the evaluation, and training after step %d, with a checkpoint.",
+                           self._preemption.received.name if self._preemption.received else "A signal",
+                           self.state.global_step)
+            self._save_checkpoint(self.model_wrapped, None)
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+            self._preemption.close()
+            raise self._preemption.preempted(self.args.output_dir) from None
         except BaseException:
             if self._preemption is not None:
                 self._preemption.close(failed=True)

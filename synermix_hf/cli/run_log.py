@@ -20,6 +20,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .run_files import keep_going
+
 __all__ = ["RunLogCallback", "append_final", "append_line", "chosen_settings", "command_line", "global_batch",
            "recipe_text", "run_summary", "total_train_batch", "write_run_header"]
 
@@ -49,9 +51,10 @@ def write_run_header(
                 value = json.dumps(value, default=str)
             lines.append(f"  {str(key).ljust(width)} : {value}")
         lines.append("")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a" if append else "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
+    with keep_going("the run log", path):  # a full disk: one warning, and the run goes on
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "a" if append else "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
 
 
 class RunLogCallback(TrainerCallback):
@@ -69,8 +72,7 @@ class RunLogCallback(TrainerCallback):
     def _write(self, state: Any, text: str) -> None:
         if not getattr(state, "is_world_process_zero", True):
             return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+        append_line(self.path, text)
 
     def _prefix(self, state: Any, logs: Mapping[str, Any]) -> str:
         epoch = logs.get("epoch", state.epoch) or 0.0
@@ -208,8 +210,9 @@ def command_line(program: str, argv: list[str]) -> str:
 
 
 def append_line(path: str | os.PathLike, text: str) -> None:
-    """One line of its own in the log (an image that cannot be decoded, why the run stopped)."""
-    with open(path, "a", encoding="utf-8") as handle:
+    """One line of its own in the log (an image that cannot be decoded, why the run stopped); a failed write (a full
+    disk) is one warning for the whole run, and the run goes on."""
+    with keep_going("the run log", path), open(path, "a", encoding="utf-8") as handle:
         handle.write(text + "\n")
 
 
@@ -218,5 +221,4 @@ def append_final(path: str | os.PathLike, metrics: Mapping[str, Any], output_dir
     final = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
                       if k.startswith("eval_") and "runtime" not in k and "per_second" not in k
                       and (isinstance(v, float) or k.endswith("skipped_images")))
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(f"final  {final}\noutputs in {os.path.abspath(output_dir)}\n")
+    append_line(path, f"final  {final}\noutputs in {os.path.abspath(output_dir)}")
