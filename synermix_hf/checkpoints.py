@@ -329,6 +329,29 @@ class StagedCheckpoints:
             if os.path.exists(temporary):
                 os.remove(temporary)
 
+    def trained_to_the_end(self, checkpoint: str) -> Any | None:
+        """When `checkpoint` holds the last step of the run (`max_steps`), load its weights and state, log the
+        training as done, and return the `TrainOutput` of a `train()` that had nothing left to train; None otherwise.
+
+        transformers' loop resumed from a checkpoint at `max_steps` within an epoch trains one step more before it
+        checks the step count, so a rerun that only has the final model to save (its save failed) would not end with
+        the weights of the run.
+        """
+        from transformers.trainer_callback import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        if self.args.max_steps <= 0 or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return None
+        state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        if state.global_step < self.args.max_steps:
+            return None
+        self._load_from_checkpoint(checkpoint)
+        self.state = state
+        metrics = {"train_runtime": 0.0, "train_samples_per_second": 0.0, "train_steps_per_second": 0.0,
+                   "total_flos": float(state.total_flos or 0.0)}
+        self.log(dict(metrics))
+        return TrainOutput(state.global_step, float("nan"), metrics)
+
     def checkpoint_to_resume(self, resume_from_checkpoint: str | bool) -> str:
         """The complete checkpoint `train(resume_from_checkpoint=...)` continues from (`resolve_resume`), after
         naming the incomplete ones skipped and, for a checkpoint of `output_dir`, removing them.

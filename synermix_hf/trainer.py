@@ -464,6 +464,9 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         """
         if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
             resume_from_checkpoint = self.checkpoint_to_resume(resume_from_checkpoint)
+            done = self.trained_to_the_end(resume_from_checkpoint)
+            if done is not None:  # nothing left to train (the final save of the run had failed)
+                return done
         self._finite_check.reset()
         try:
             result = super().train(resume_from_checkpoint, *args, **kwargs)
