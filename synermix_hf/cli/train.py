@@ -139,8 +139,7 @@ def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held
         identity = run_identity(model_args.model_name_or_path or model_args.model_name, data, training_args)
         if checkpoint is not None:
             check_same_run(checkpoint, identity)
-        if training_args.should_save and (checkpoint is None or os.path.dirname(os.path.abspath(checkpoint))
-                                          != os.path.abspath(training_args.output_dir)):
+        if training_args.should_save:  # beside the checkpoints too (a record lost or garbled there is rewritten)
             write_run_identity(training_args.output_dir, identity)
     if training_args.should_log:  # only once the run may continue (`check_same_run`)
         if continuing:
