@@ -178,7 +178,8 @@ def _save_error(checkpoint: str, cause: str | None, failed_process: int | None,
     else:
         space = f" ({_size_text(free)} free on its disk)" if free is not None else ""
         fewer = "" if final_model else ", or keep fewer checkpoints (--save_total_limit) or choose another --output_dir"
-        message = f"Could not save {what}{where}: {cause}{space}; nothing of it was kept. Free some space{fewer}, then {again}."
+        message = (f"Could not save {what}{where}: {cause}{space}; nothing of it was kept. Free some space{fewer}, "
+                   f"then {again}.")
     return CheckpointSaveError(message, checkpoint, free, last)
 
 

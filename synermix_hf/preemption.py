@@ -191,15 +191,14 @@ class PreemptionCallback(TrainerCallback):
         self._request = _AgreedRequest()
         self._training = False
         self._process_index = 0
-        self._step = 0
 
     # ---- the signal ----
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None:  # a second signal: end the process at once, as without the handler
-            line = (f"{_signal_text(signal.Signals(signum).name)} received again: stopped at once during step "
-                    f"{self._step + 1}, without a checkpoint of it. Run the same command again to continue from the "
-                    "last complete checkpoint.")
+            line = (f"{_signal_text(signal.Signals(signum).name)} received again: stopped at once, without saving "
+                    "the steps since the last checkpoint. Run the same command again to continue from the last "
+                    "complete checkpoint.")
             if self._process_index == 0:
                 os.write(2, (line + "\n").encode())  # not print: the handler may run inside a write to stderr
             for listener in self.listeners:
@@ -232,7 +231,7 @@ class PreemptionCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.received, self.stopped_at = None, None
-        self._training, self._process_index, self._step = True, args.process_index, state.global_step
+        self._training, self._process_index = True, args.process_index
         self._request.start()
         self._install()
 
@@ -243,7 +242,6 @@ class PreemptionCallback(TrainerCallback):
             raise EvaluationStopped(f"{(self.received or signal.SIGTERM).name} received during an evaluation")
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._step = state.global_step
         last = state.max_steps > 0 and state.global_step >= state.max_steps
         if self.stopped_at is None and self._request.agreed(self.received is not None, read_now=last):
             self.stopped_at = state.global_step

@@ -7,8 +7,9 @@ the run with a traceback, after hours of training. Here:
 * `keep_going(what, path)` wraps such a write: a failure to write (`OSError`) is one warning naming the file and the
   cause, given once per file, and the run goes on. A file cut short by the failure is removed (`remove=True`), so
   nothing half-written is left for a reader to choke on.
-* `write_text_atomically` writes a whole file or nothing (a temporary file beside it, renamed into place), for files a
-  later step reads back (the metrics are merged into `all_results.json`).
+* The metrics and the trainer state are written whole or not at all by the trainer (`StagedCheckpoints.save_metrics`,
+  `save_state`: a temporary file renamed into place), since a later step reads them back (the metrics are merged
+  into `all_results.json`).
 
 The final model itself is saved complete or not at all by the trainer (`StagedCheckpoints.save_final_model`): it is
 what a rerun must not take for a finished run.
@@ -21,7 +22,7 @@ import logging
 import os
 from collections.abc import Iterator
 
-__all__ = ["keep_going", "reset_warnings", "write_text_atomically"]
+__all__ = ["keep_going", "reset_warnings"]
 
 logger = logging.getLogger("synermix_hf.cli.train")
 
@@ -59,20 +60,3 @@ def keep_going(what: str, path: str | os.PathLike, remove: bool = False) -> Iter
             _warned.add(key)
             logger.warning("Could not write %s (%s): %s; the run goes on without it.", what, path, _cause(error))
 
-
-def write_text_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` whole or not at all: into a temporary file beside it, then renamed over it.
-
-    Raises:
-        OSError: the write failed; `path` is as it was before and the temporary file is removed.
-    """
-    path = os.fspath(path)
-    temporary = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise

@@ -90,8 +90,10 @@ def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held
         values.update({k: getattr(training_args, k) for k in explicit if hasattr(training_args, k)})
         training_args.output_dir = default_output_dir(model_args, data_args, training_args,
                                                       {k: values[k] for k in explicit if k in values})
-    if training_args.should_save and training_args.process_index == 0:  # one writer per folder (one job's processes
-        check_output_dir_writable(training_args.output_dir)          # share process 0's lock), before it is tidied
+    # One writer per folder, from before it is tidied to the end of the run; the processes of one job share process
+    # 0's lock.
+    if training_args.should_save and training_args.process_index == 0:
+        check_output_dir_writable(training_args.output_dir)
         held.enter_context(hold_output_dir(training_args.output_dir))
     checkpoint, continuing, skipped = prepare_output_dir(training_args, overwrite=script_args.overwrite_output_dir)
     if training_args.should_log:
