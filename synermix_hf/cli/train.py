@@ -31,9 +31,9 @@ from ..preemption import CtrlC, TrainingPreempted
 from ..trainer import SynerMixTrainer
 from .arguments import ScriptArgumentParser, is_builtin_default, preset_values, usage_error
 from .errors import UsageError
+from .folder_lock import hold_output_dir
 from .methods import describe_method, method_slug
 from .model import build_model, check_model_outputs, find_layout
-from .folder_lock import hold_output_dir
 from .model_card import check_hub_access, synermix_section
 from .output_dir import (LOG_FILE, check_output_dir_writable, check_same_run, default_output_dir,
                          prepare_output_dir, run_identity, write_run_identity)
