@@ -18,5 +18,7 @@ from synermix_hf.cli import train
 
 sent = signal.Signals[os.environ.get("SIGNAL", "SIGTERM")]
 times = int(os.environ.get("TIMES", "1"))
+if sent == signal.SIGINT:  # as in a terminal, also when this process inherited SIGINT ignored (a background job)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 train.run = functools.partial(train.run, callbacks=[SignalAtStep(int(sys.argv[1]), int(sys.argv[2]), sent, times)])
 sys.exit(train.main(sys.argv[3:]))
