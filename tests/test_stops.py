@@ -14,6 +14,7 @@ from test_preemption import SignalAtStep
 from transformers import TrainerCallback
 
 from synermix_hf.cli import train
+from synermix_hf.cli.folder_lock import LOCK_FILE
 from synermix_hf.preemption import CtrlC
 from synermix_hf.resume import checkpoint_problem
 
@@ -56,6 +57,21 @@ def test_ctrl_c_during_training_saves_a_checkpoint_after_the_step_and_stops_with
     assert checkpoint_problem(str(out / "checkpoint-2")) is None
     assert "stopped: SIGINT (Ctrl-C) received: training stopped after step 2" in (out / "training_log.txt").read_text()
     assert not (out / "model.safetensors").exists()
+
+
+class CtrlCBeforeTraining(TrainerCallback):
+    def on_init_end(self, args, state, control, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_before_training_stops_with_one_line_and_status_130(hub_copies, tmp_path, capsys, ctrl_c_delivered):
+    out = tmp_path / "run"
+    assert _main_with([CtrlCBeforeTraining()], _run(hub_copies, out)) == 130
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "Generating" not in line]  # datasets' progress bars
+    assert len(lines) == 1 and lines[0].startswith("Interrupted. Run the same command again"), err
+    assert (out / LOCK_FILE).read_text() == ""  # the folder's lock released: the same command can run again
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed KeyboardInterrupt
