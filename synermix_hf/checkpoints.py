@@ -275,31 +275,46 @@ class StagedCheckpoints:
             super().save_model(output_dir, _internal_call)
             return
         target = output_dir if output_dir is not None else self.args.output_dir
-        staging = os.path.join(target, FINAL_STAGING)
+        self._stage_model(target)
         if self.args.should_save:
-            shutil.rmtree(staging, ignore_errors=True)  # left by a save that was interrupted
-            try:
-                super().save_model(staging, _internal_call=True)
-                follow_umask(staging)
-                _move_into(staging, target)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
+            _move_into(os.path.join(target, FINAL_STAGING), target)
         if self.args.push_to_hub and not _internal_call:  # as `Trainer.save_model` does, from the files in place
             self.push_to_hub(commit_message="Model save", revision=getattr(self.args, "hub_revision", None))
 
+    def _stage_model(self, target: str) -> None:
+        """Write the model into `target`'s staging folder (`FINAL_STAGING`), with the umask's permissions; a failed
+        write removes it."""
+        staging = os.path.join(target, FINAL_STAGING)
+        if not self.args.should_save:
+            return
+        shutil.rmtree(staging, ignore_errors=True)  # left by a save that was interrupted
+        try:
+            super().save_model(staging, _internal_call=True)
+            follow_umask(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
     def save_final_model(self) -> None:
         """`save_model()` into `output_dir` on every process together (call it on all of them, as the command line
-        does after training): a failure on any process is raised on every process, a full disk as a one-line
-        `CheckpointSaveError` that says how the same command finishes the run (from the last complete checkpoint,
-        then this save). Nothing of a failed save is kept, so the folder is not taken for a finished run."""
+        does after training): the files are moved into place only once every process has written its part, and a
+        failure on any process is raised on every process, a full disk as a one-line `CheckpointSaveError` that says
+        how the same command finishes the run (from the last complete checkpoint, then this save). Nothing of a
+        failed save is kept, so the folder is not taken for a finished run."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            self.save_model()
+            return
+        target = self.args.output_dir
         failure = None
         try:
-            self.save_model()
+            self._stage_model(target)
         except Exception as raised:  # settled below, with the other processes
             failure = raised
-        self._settle_save(failure, os.path.join(self.args.output_dir, FINAL_STAGING), self.args.output_dir,
-                          final_model=True)
+        self._settle_save(failure, os.path.join(target, FINAL_STAGING), target, final_model=True)
+        if self.args.should_save:
+            _move_into(os.path.join(target, FINAL_STAGING), target)
+        if self.args.push_to_hub:  # as `Trainer.save_model()` does
+            self.push_to_hub(commit_message="Model save", revision=getattr(self.args, "hub_revision", None))
 
     def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
         """`Trainer.save_metrics`, each file written whole or not at all (a temporary file renamed into place): a
