@@ -18,6 +18,11 @@ says "disk", and leaves the folder behind. Here:
   checkpoints stay as they were. A full disk raises `CheckpointSaveError`, whose message is one line that says so,
   with the free space left and what to do; any other error is raised as it was by the process it happened on (the
   others raise `CheckpointSaveError` naming that process).
+* The final model (`save_model`, `save_final_model`) is staged too, in `tmp-checkpoint-final/` inside the output
+  folder, and its files are moved into place once all are written: a save that fills the disk leaves no
+  `config.json` behind that would make the folder look finished, and the same command then continues from the last
+  complete checkpoint and saves again. Every checkpoint carries the run's record (`run_record`, `resume.RUN_RECORD`),
+  and saved files get the permissions the umask gives (safetensors writes 0600).
 * `LegacyWeightNames` (a `Trainer` mixin) loads checkpoints that transformers 5 saved under the legacy weight names
   of some models (ViT among them), which the Trainer's own resume would leave untrained.
 
@@ -46,20 +51,22 @@ from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
-from .resume import (STAGING_PREFIX, TRAINER_STATE_NAME, last_complete_checkpoint, remove_incomplete_checkpoints,
-                     resolve_resume, write_complete_marker)
+from .resume import (FINAL_STAGING, RUN_RECORD, STAGING_PREFIX, TRAINER_STATE_NAME, last_complete_checkpoint,
+                     remove_incomplete_checkpoints, resolve_resume, write_complete_marker)
 
 __all__ = [
     "CheckpointSaveError",
     "LegacyWeightNames",
     "StagedCheckpoints",
+    "follow_umask",
 ]
 
 logger = logging.getLogger(__name__)
 
 
 class CheckpointSaveError(RuntimeError):
-    """A checkpoint could not be saved, most often because its disk is full; nothing of it was kept.
+    """A checkpoint (or the final model, `save_final_model`) could not be saved, most often because its disk is full;
+    nothing of it was kept.
 
     Raised on every process of the run together. The message is one line: the checkpoint, the cause, the free space
     left on its disk and what to do. The checkpoints saved before are untouched, and the run continues from the last
@@ -147,28 +154,80 @@ def _size_text(size: int) -> str:
     return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
 
 
-def _save_error(checkpoint: str, cause: str | None, failed_process: int | None) -> CheckpointSaveError:
+def _save_error(checkpoint: str, cause: str | None, failed_process: int | None,
+                final_model: bool = False) -> CheckpointSaveError:  # fmt: skip
     """The one-line `CheckpointSaveError` for a failed save of `checkpoint`.
 
     Args:
-        checkpoint: The `checkpoint-N` folder the save was to create.
+        checkpoint: The `checkpoint-N` folder the save was to create; with `final_model`, the output folder.
         cause: What filled up (`_disk_full_cause`), or None when the failure was something else.
         failed_process: The process that failed when it was another one than this, else None.
+        final_model: The save was the final model's (`save_final_model`), not a checkpoint's.
     """
     free = _free_bytes(checkpoint)
-    last, _ = last_complete_checkpoint(os.path.dirname(checkpoint))
-    again = (f"run the same command again: it continues from {os.path.basename(last)}, the last complete checkpoint"
-             if last else "run the same command again: it starts from the beginning, as no checkpoint is complete")
+    last, _ = last_complete_checkpoint(checkpoint if final_model else os.path.dirname(checkpoint))
+    then = ", and saves the final model" if final_model else ""
+    again = (f"run the same command again: it continues from {os.path.basename(last)}, the last complete "
+             f"checkpoint{then}" if last else
+             "run the same command again: it starts from the beginning, as no checkpoint is complete")
     where = f" on process {failed_process}" if failed_process is not None else ""
+    what = f"the final model into {checkpoint}" if final_model else f"checkpoint {checkpoint}"
     if cause is None:  # only another process reports this: its own error says what happened
-        message = (f"Could not save checkpoint {checkpoint}: saving it failed{where} (its error says why); nothing "
-                   f"of it was kept. Once that is fixed, {again}.")
+        message = (f"Could not save {what}: saving it failed{where} (its error says why); nothing of it was kept. "
+                   f"Once that is fixed, {again}.")
     else:
         space = f" ({_size_text(free)} free on its disk)" if free is not None else ""
-        message = (f"Could not save checkpoint {checkpoint}{where}: {cause}{space}; nothing of it was kept. Free "
-                   "some space, or keep fewer checkpoints (--save_total_limit) or choose another --output_dir, then "
-                   f"{again}.")
+        fewer = "" if final_model else ", or keep fewer checkpoints (--save_total_limit) or choose another --output_dir"
+        message = (f"Could not save {what}{where}: {cause}{space}; nothing of it was kept. Free some space{fewer}, "
+                   f"then {again}.")
     return CheckpointSaveError(message, checkpoint, free, last)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (`os.umask` sets it while it reads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(folder: str) -> None:
+    """Give every file under `folder` the permissions the umask gives new files (safetensors writes its files 0600
+    whatever the umask, so another member of a shared group could not load the model)."""
+    mode = 0o666 & ~_umask()
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            if not os.path.islink(path) and (os.stat(path).st_mode & 0o777) != mode:
+                os.chmod(path, mode)
+
+
+def _write_json_atomically(path: str, value: Any) -> None:
+    temporary = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(value, handle, indent=4, sort_keys=True)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _move_into(staging: str, target: str) -> None:
+    """Move every file and folder of `staging` into `target`, replacing what is there, then remove `staging` (last:
+    while it is there, the move has not finished)."""
+    for name in sorted(os.listdir(staging)):
+        destination = os.path.join(target, name)
+        if os.path.isdir(destination) and not os.path.islink(destination):
+            shutil.rmtree(destination)
+        os.replace(os.path.join(staging, name), destination)
+    os.rmdir(staging)
 
 
 class StagedCheckpoints:
@@ -196,18 +255,118 @@ class StagedCheckpoints:
     _staging_dir: str | None = None
     _push_deferred: bool = False
     _weights_save_failure: Exception | None = None
+    # What identifies the run (`RUN_RECORD`, a JSON-able dict; the command line sets it), written into every checkpoint
+    # so that a checkpoint carries it whatever happens to the folder around it.
+    run_record: dict[str, Any] | None = None
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """`Trainer.save_model`; while a checkpoint is saved, a failure is held back for `_settle_save`."""
-        if self._staging_dir is None or not _internal_call:
+        """`Trainer.save_model`, complete or not at all: the files are written into a staging folder inside
+        `output_dir` (`resume.FINAL_STAGING`) and moved into place once all are written; a failed save removes it.
+        While a checkpoint is saved, a failure is held back for `_settle_save`."""
+        if self._staging_dir is not None and _internal_call:
+            try:
+                super().save_model(output_dir, _internal_call)
+            except Exception as failure:  # settled once every process has written (`_settle_save`)
+                # The Trainer waits for every process right after the weights when it tracks the best checkpoint: a
+                # process that failed to write them must reach that barrier too, or the others would wait there.
+                self._weights_save_failure = failure
+            return
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:  # every process writes: saved as the Trainer does
             super().save_model(output_dir, _internal_call)
             return
+        target = output_dir if output_dir is not None else self.args.output_dir
+        self._stage_model(target)
+        if self.args.should_save:
+            _move_into(os.path.join(target, FINAL_STAGING), target)
+        if self.args.push_to_hub and not _internal_call:  # as `Trainer.save_model` does, from the files in place
+            self.push_to_hub(commit_message="Model save", revision=getattr(self.args, "hub_revision", None))
+
+    def _stage_model(self, target: str) -> None:
+        """Write the model into `target`'s staging folder (`FINAL_STAGING`), with the umask's permissions; a failed
+        write removes it."""
+        staging = os.path.join(target, FINAL_STAGING)
+        if not self.args.should_save:
+            return
+        shutil.rmtree(staging, ignore_errors=True)  # left by a save that was interrupted
         try:
-            super().save_model(output_dir, _internal_call)
-        except Exception as failure:  # settled once every process has written (`_settle_save`)
-            # The Trainer waits for every process right after the weights when it tracks the best checkpoint: a
-            # process that failed to write them must reach that barrier too, or the others would wait there forever.
-            self._weights_save_failure = failure
+            super().save_model(staging, _internal_call=True)
+            follow_umask(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def save_final_model(self) -> None:
+        """`save_model()` into `output_dir` on every process together (call it on all of them, as the command line
+        does after training): the files are moved into place only once every process has written its part, and a
+        failure on any process is raised on every process, a full disk as a one-line `CheckpointSaveError` that says
+        how the same command finishes the run (from the last complete checkpoint, then this save). Nothing of a
+        failed save is kept, so the folder is not taken for a finished run."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            self.save_model()
+            return
+        target = self.args.output_dir
+        failure = None
+        try:
+            self._stage_model(target)
+        except Exception as raised:  # settled below, with the other processes
+            failure = raised
+        self._settle_save(failure, os.path.join(target, FINAL_STAGING), target, final_model=True)
+        if self.args.should_save:
+            _move_into(os.path.join(target, FINAL_STAGING), target)
+        if self.args.push_to_hub:  # as `Trainer.save_model()` does
+            self.push_to_hub(commit_message="Model save", revision=getattr(self.args, "hub_revision", None))
+
+    def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
+        """`Trainer.save_metrics`, each file written whole or not at all (a temporary file renamed into place): a
+        full disk never leaves an `all_results.json` cut short for the next merge to fail on."""
+        if not self.is_world_process_zero():
+            return
+        _write_json_atomically(os.path.join(self.args.output_dir, f"{split}_results.json"), metrics)
+        if combined:
+            path = os.path.join(self.args.output_dir, "all_results.json")
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    all_metrics = json.load(handle)
+            except (FileNotFoundError, ValueError):  # none yet, or unreadable (written by an older version)
+                all_metrics = {}
+            all_metrics.update(metrics)
+            _write_json_atomically(path, all_metrics)
+
+    def save_state(self) -> None:
+        """`Trainer.save_state`, `trainer_state.json` written whole or not at all."""
+        if not self.is_world_process_zero():
+            return
+        path = os.path.join(self.args.output_dir, TRAINER_STATE_NAME)
+        temporary = os.path.join(self.args.output_dir, f".{TRAINER_STATE_NAME}.tmp")
+        try:
+            self.state.save_to_json(temporary)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+
+    def trained_to_the_end(self, checkpoint: str) -> Any | None:
+        """When `checkpoint` holds the last step of the run (`max_steps`), load its weights and state, log the
+        training as done, and return the `TrainOutput` of a `train()` that had nothing left to train; None otherwise.
+
+        transformers' loop resumed from a checkpoint at `max_steps` within an epoch trains one step more before it
+        checks the step count, so a rerun that only has the final model to save (its save failed) would not end with
+        the weights of the run.
+        """
+        from transformers.trainer_callback import TrainerState
+        from transformers.trainer_utils import TrainOutput
+
+        if self.args.max_steps <= 0 or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return None
+        state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        if state.global_step < self.args.max_steps:
+            return None
+        self._load_from_checkpoint(checkpoint)
+        self.state = state
+        metrics = {"train_runtime": 0.0, "train_samples_per_second": 0.0, "train_steps_per_second": 0.0,
+                   "total_flos": float(state.total_flos or 0.0)}
+        self.log(dict(metrics))
+        return TrainOutput(state.global_step, float("nan"), metrics)
 
     def checkpoint_to_resume(self, resume_from_checkpoint: str | bool) -> str:
         """The complete checkpoint `train(resume_from_checkpoint=...)` continues from (`resolve_resume`), after
@@ -274,7 +433,7 @@ class StagedCheckpoints:
             self._push_deferred = False
             super()._push_from_checkpoint(final)
 
-    def _settle_save(self, failure: Exception | None, staging: str, final: str) -> None:
+    def _settle_save(self, failure: Exception | None, staging: str, final: str, final_model: bool = False) -> None:
         """Where the processes would wait for each other during a save, they also tell each other how it went.
 
         A process that raised alone would leave the others waiting at the next barrier forever; here, when any process
@@ -294,9 +453,9 @@ class StagedCheckpoints:
         if failure is not None and cause is None:
             raise failure
         if failure is not None:
-            raise _save_error(final, cause, None) from failure
+            raise _save_error(final, cause, None, final_model) from failure
         _, process, c = failed[0]  # a full disk first: it says what to do
-        raise _save_error(final, _CAUSE_CODES[c - 1] if c != _OTHER_FAILURE else None, process)
+        raise _save_error(final, _CAUSE_CODES[c - 1] if c != _OTHER_FAILURE else None, process, final_model)
 
     def _publish_or_failure(self, staged: str, final: str, run_dir: str) -> Exception | None:
         try:
@@ -309,6 +468,10 @@ class StagedCheckpoints:
         """Complete the staged checkpoint and rename it into place (the commit point), then rotate older ones out."""
         if self.args.should_save:  # the Trainer wrote the state before the best checkpoint's path was corrected
             self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+        if self.run_record is not None:
+            with open(os.path.join(staged, RUN_RECORD), "w", encoding="utf-8") as handle:
+                json.dump(self.run_record, handle, indent=1)
+        follow_umask(staged)
         write_complete_marker(staged)  # after every process wrote its files, and after the state above
         staging = os.path.dirname(staged)
         replaced = os.path.join(staging, "replaced")

@@ -34,7 +34,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-__all__ = ["PreemptionCallback", "TrainingPreempted"]
+__all__ = ["CtrlC", "EvaluationStopped", "PreemptionCallback", "TrainingPreempted"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,66 @@ class TrainingPreempted(RuntimeError):
 
     def __init__(self, signal_name: str, step: int, checkpoint: str):
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-        super().__init__(f"{signal_name} received: training stopped after step {step} and saved {checkpoint}. Run "
-                         "the same command again to continue from it.")
+        super().__init__(f"{_signal_text(signal_name)} received: training stopped after step {step} and saved "
+                         f"{checkpoint}. Run the same command again to continue from it.")
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's status for the signal: 128 + its number (143 for SIGTERM, 130 for SIGINT)."""
+        return 128 + int(signal.Signals[self.signal_name])
+
+
+def _signal_text(name: str) -> str:
+    return "SIGINT (Ctrl-C)" if name == "SIGINT" else name
+
+
+class EvaluationStopped(Exception):
+    """Raised from within an evaluation during training when a stop signal came: `SynerMixTrainer.train` saves a
+    checkpoint at the step and stops, instead of finishing the evaluation (a scheduler's grace period may not last
+    a whole evaluation)."""
+
+
+class CtrlC:
+    """Ctrl-C (SIGINT) for a command-line run outside training, where `PreemptionCallback` does not handle it.
+
+    Python's own handler raises `KeyboardInterrupt` wherever the program is, also inside a finalizer (a weakref
+    callback, a `__del__`), where Python prints "Exception ignored in ..." and goes on as if no key had been pressed.
+    Here the press is also remembered, and `check()` at the script's safe points raises it again if it was swallowed.
+    A second Ctrl-C ends the process at once. A run started with SIGINT ignored (`nohup`, a background job) keeps it
+    ignored.
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._installed = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.SIG_IGN:
+            return
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._installed = True
+
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.pressed:  # the second press: stop at once
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGINT)
+            return
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """A safe point: raise the `KeyboardInterrupt` of a press that a finalizer swallowed."""
+        if self.pressed:
+            raise KeyboardInterrupt
 
 
 class _AgreedRequest:
@@ -111,24 +169,46 @@ class PreemptionCallback(TrainerCallback):
     """Stop training on SIGTERM after the current optimizer step, with a checkpoint saved at that step.
 
     The handler is installed when training begins and the previous one restored when it ends (outside training the
-    signal acts as before). After training, `stopped_at` is the step training stopped after (None if it did not).
+    signal acts as before). After training, `stopped_at` is the step training stopped after (None if it did not). A
+    signal during an evaluation within training stops it after the evaluation batch in progress (`EvaluationStopped`,
+    on every process after the same batch), and the checkpoint is saved at the step. A second signal ends the process
+    at once, after one line on stderr (process 0) and a call of each of `listeners` with that line.
 
     Args:
-        signals: The signals that request the stop.
+        signals: The signals that request the stop (the command line adds SIGINT, Ctrl-C).
+
+    Attributes:
+        listeners: Callables given the line that says the process ends on a second signal (the command line writes it
+            into the run log). They run in the signal handler: keep them to a short write.
     """
 
     def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)):
         self.signals = signals
         self.received: signal.Signals | None = None
         self.stopped_at: int | None = None
+        self.listeners: list[Any] = []
         self._previous: dict[signal.Signals, Any] = {}
         self._request = _AgreedRequest()
+        self._training = False
+        self._process_index = 0
 
     # ---- the signal ----
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:  # a second signal: do what would have happened without the handler
+        if self.received is not None:  # a second signal: end the process at once, as without the handler
+            line = (f"{_signal_text(signal.Signals(signum).name)} received again: stopped at once, without saving "
+                    "the steps since the last checkpoint. Run the same command again to continue from the last "
+                    "complete checkpoint.")
+            if self._process_index == 0:
+                os.write(2, (line + "\n").encode())  # not print: the handler may run inside a write to stderr
+            for listener in self.listeners:
+                try:
+                    listener(line)
+                except Exception:  # noqa: BLE001,S110 - ending the process matters more than the record
+                    pass
             self._restore()
+            if signum == signal.SIGINT:  # not the previous handler, which raises KeyboardInterrupt
+                signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
             return
         self.received = signal.Signals(signum)
@@ -151,8 +231,15 @@ class PreemptionCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.received, self.stopped_at = None, None
+        self._training, self._process_index = True, args.process_index
         self._request.start()
         self._install()
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        # Every process evaluates the same number of batches, so each exchanges the request after each of them.
+        if self._training and self.stopped_at is None and self._request.agreed(self.received is not None):
+            self.stopped_at = state.global_step
+            raise EvaluationStopped(f"{(self.received or signal.SIGTERM).name} received during an evaluation")
 
     def on_step_end(self, args, state, control, **kwargs):
         last = state.max_steps > 0 and state.global_step >= state.max_steps
@@ -176,6 +263,7 @@ class PreemptionCallback(TrainerCallback):
 
     def close(self, failed: bool = False) -> None:
         """Restore the previous handlers (and settle the exchange in flight unless training `failed`)."""
+        self._training = False
         self._request.finish(wait=not failed)
         self._restore()
 

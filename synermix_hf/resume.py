@@ -40,6 +40,8 @@ from transformers.utils import (
 
 __all__ = [
     "COMPLETE_MARKER",
+    "FINAL_STAGING",
+    "RUN_RECORD",
     "STAGING_PREFIX",
     "TRAINER_STATE_NAME",
     "ResumeError",
@@ -52,7 +54,13 @@ __all__ = [
 ]
 
 STAGING_PREFIX = f"tmp-{PREFIX_CHECKPOINT_DIR}-"  # not matched by `checkpoint-*`: never resumed from nor rotated
+# The final model's staging folder (`StagedCheckpoints.save_model`): its files are moved out of it into the output
+# folder, and it is removed last, so while it is there the final save has not finished. Cleaned as checkpoints' are.
+FINAL_STAGING = f"{STAGING_PREFIX}final"
 COMPLETE_MARKER = "checkpoint_complete.json"
+# What identifies the run a checkpoint belongs to (dataset, model, method, batch; written by the command line), in
+# each checkpoint and next to them.
+RUN_RECORD = "synermix_run.json"
 TRAINER_STATE_NAME = "trainer_state.json"
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME,

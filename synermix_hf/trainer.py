@@ -39,7 +39,7 @@ from .data.views import SeededAugmentation, SynerMixCollator, dataset_labels, or
 from .distributed import StepBufferBroadcast, gather_step_batch, is_data_parallel
 from .finite_loss import FiniteLossCallback, FiniteLossCheck
 from .mixup import INTER_MIXUPS, intra_class_loss, intra_class_mixup_all_classes, sample_mixup_lambda
-from .preemption import PreemptionCallback
+from .preemption import EvaluationStopped, PreemptionCallback
 from .recipe import epoch_step_lr, paper_optimizer, recipe_hyperparameters, updates_per_epoch, uses_paper_recipe
 from .seeding import step_generators
 from .training_args import SynerMixTrainingArguments
@@ -180,6 +180,12 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             self.adapter  # noqa: B018 - fail at construction, before training, when the head cannot be found
         for dataset in (self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]):
             self._views_for_metrics(dataset)  # before training, not at the first evaluation
+
+    @property
+    def preemption(self) -> PreemptionCallback | None:
+        """The SIGTERM handling of training (`enable_jit_checkpoint`), None when it is off: its `signals` and
+        `listeners` can be set before `train()`."""
+        return self._preemption
 
     # ---- model access ----
 
@@ -609,10 +615,21 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         """
         if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
             resume_from_checkpoint = self.checkpoint_to_resume(resume_from_checkpoint)
+            done = self.trained_to_the_end(resume_from_checkpoint)
+            if done is not None:  # nothing left to train (the final save of the run had failed)
+                return done
         self._finite_check.reset()
         self._split_offset = None
         try:
             result = super().train(resume_from_checkpoint, *args, **kwargs)
+        except EvaluationStopped:  # a stop signal during an evaluation: save at the step, then stop
+            logger.warning("%s: stopping the evaluation, and training after step %d, with a checkpoint.",
+                           self._preemption.received.name if self._preemption.received else "A signal",
+                           self.state.global_step)
+            self._save_checkpoint(self.model_wrapped, None)
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+            self._preemption.close()
+            raise self._preemption.preempted(self.args.output_dir) from None
         except BaseException:
             if self._preemption is not None:
                 self._preemption.close(failed=True)

@@ -5,9 +5,10 @@
 The kill comes right after the Trainer has written the checkpoint's weights, which are then cut to half their size:
 what a process killed in the middle of writing the file leaves. Everything else is the script as users run it.
 
-The SIGINT raises KeyboardInterrupt, as a terminal's Ctrl-C does, whatever this process inherited: a shell script
-starts a command in the background (`nohup pytest tests &`) with SIGINT ignored, its children inherit that, and Python
-then installs no handler, so the SIGINT would be ignored and the run would go on to the end (exit 0).
+The SIGINT is handled as a terminal's Ctrl-C is (the script stops after the next step with a checkpoint), whatever
+this process inherited: a shell script starts a command in the background (`nohup pytest tests &`) with SIGINT
+ignored, its children inherit that, and Python then installs no handler, so the SIGINT would be ignored and the run
+would go on to the end (exit 0).
 """
 
 import os

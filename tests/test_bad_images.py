@@ -348,3 +348,17 @@ def test_the_random_resized_crop_device_path_finds_them_up_front_too(folders, tm
                               log, re.MULTILINE)) == 1, log
     assert log.index("not_an_image.jpg") < log.index("training: ")
     assert json.loads((out / "all_results.json").read_text())["eval_skipped_images"] == 1
+
+
+def test_an_image_past_pillows_size_limit_is_named_in_one_sentence(monkeypatch):
+    # Pillow refuses an image of more than twice MAX_IMAGE_PIXELS as a decompression bomb, in a message of its own that
+    # ends with a full stop: the refusal reads "... DOS attack. Remove ...", not "attack.. Remove".
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(png, format="PNG")
+    dataset = datasets.Dataset.from_dict({"image": [{"bytes": png.getvalue(), "path": None}]}).cast_column(
+        "image", datasets.Image())
+    with pytest.raises(ValueError) as raised:
+        check_images_readable(dataset, "image", "training set")
+    message = str(raised.value)
+    assert "decompression bomb DOS attack. Remove or replace the file" in message and ".." not in message, message

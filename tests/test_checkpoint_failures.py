@@ -223,3 +223,23 @@ def test_the_script_stops_on_a_full_disk_with_one_line_and_status_1(tmp_path, hu
     assert stopped.startswith(f"stopped: Could not save checkpoint {out / 'checkpoint-1'}: a file grew past the largest size")
     assert not any(name.startswith(("tmp-checkpoint", "checkpoint")) for name in names), names
     assert "model.safetensors" not in names
+
+
+def test_a_final_save_that_failed_on_another_process_stops_this_one_too_and_keeps_nothing(tmp_path):
+    # After training every process saves the final model together (`save_final_model`): process 1 reports a full
+    # disk, so this process, whose part went well, raises too instead of going on to an evaluation process 1 never
+    # joins, and nothing of the final save is left (no config.json that would make the folder look finished).
+    out = tmp_path / "run"
+    trainer = _trainer(out)
+    trainer.args.max_steps = 3
+    trainer.train()
+    gather = trainer.accelerator.gather
+    disk_full = 1 + checkpoints._CAUSE_CODES.index(checkpoints._DISK_FULL_CAUSES[errno.ENOSPC])
+    trainer.accelerator.gather = lambda tensor: torch.cat([gather(tensor), torch.tensor([[disk_full, 1]])])
+    with pytest.raises(CheckpointSaveError) as raised:
+        trainer.save_final_model()
+    message = str(raised.value)
+    assert message.startswith(f"Could not save the final model into {out} on process 1: the disk is full ("), message
+    assert message.endswith("it continues from checkpoint-3, the last complete checkpoint, and saves the final "
+                            "model."), message  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3"]

@@ -19,15 +19,17 @@ HERE = Path(__file__).resolve().parent
 
 
 class SignalAtStep(TrainerCallback):
-    """Send this process SIGTERM at the end of step `step` (a real signal, to the script's real handler), only in the
-    process of global rank `rank` (tests/signal_at_step.py uses it under torchrun)."""
+    """Send this process SIGTERM (or `signum`, `times` times) at the end of step `step` (a real signal, to the
+    script's real handler), only in the process of global rank `rank` (tests/signal_at_step.py uses it under
+    torchrun)."""
 
-    def __init__(self, step: int, rank: int = 0):
-        self.step, self.rank = step, rank
+    def __init__(self, step: int, rank: int = 0, signum: int = signal.SIGTERM, times: int = 1):
+        self.step, self.rank, self.signum, self.times = step, rank, signum, times
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step and args.process_index == self.rank:
-            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
 
 
 def _common(hub_copies) -> list[str]:

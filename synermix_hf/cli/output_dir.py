@@ -15,9 +15,11 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from ..resume import STAGING_PREFIX, ResumeError, remove_incomplete_checkpoints, resolve_resume
+from ..resume import (FINAL_STAGING, RUN_RECORD, STAGING_PREFIX, ResumeError, remove_incomplete_checkpoints,
+                      resolve_resume)
 from ..data.catalog import BUILTIN_DATASET
 from .errors import UsageError
+from .folder_lock import LOCK_FILE
 from .methods import method_slug
 from .run_log import total_train_batch
 
@@ -29,7 +31,7 @@ logger = logging.getLogger(__name__)
 RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json", "trainer_state.json",
                 "model.safetensors", "config.json")
 LOG_FILE = "training_log.txt"
-RUN_FILE = "synermix_run.json"  # what identifies the run whose checkpoints the folder holds
+RUN_FILE = RUN_RECORD  # what identifies the run whose checkpoints the folder holds (each checkpoint has its own)
 # Arguments that do not change what a run computes: left out of the default directory's id.
 _NOT_IN_ID = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "dataloader_num_workers",
               "report_to", "push_to_hub", "hub_model_id", "hub_token", "hub_private_repo", "hub_strategy", "token",
@@ -113,7 +115,10 @@ def prepare_output_dir(args: Any, overwrite: bool = False) -> tuple[str | None, 
                 if os.path.isfile(os.path.join(out, name)):
                     os.remove(os.path.join(out, name))
         return resume, False, _skipped_text(skipped)
-    results = [name for name in RESULT_FILES if os.path.exists(os.path.join(out, name))]
+    # The final save was interrupted (a full disk, a kill) while its files were written or moved into place: what it
+    # moved is not a finished run's results, and the run continues from its last checkpoint and saves them again.
+    final_interrupted = os.path.isdir(os.path.join(out, FINAL_STAGING))
+    results = [] if final_interrupted else [name for name in RESULT_FILES if os.path.exists(os.path.join(out, name))]
     if results:
         raise UsageError(
             f"--output_dir {out} already holds the results of a run ({', '.join(results)}). Choose another "
@@ -126,9 +131,9 @@ def prepare_output_dir(args: Any, overwrite: bool = False) -> tuple[str | None, 
             return plan.checkpoint, True, _skipped_text(skipped)
         # The script's own leftovers: its log and run file, checkpoints its interruption left incomplete, staging
         # folders.
-        own = {LOG_FILE, RUN_FILE, *(os.path.basename(path) for path, _ in skipped)}
+        own = {LOG_FILE, RUN_FILE, LOCK_FILE, *(os.path.basename(path) for path, _ in skipped)}
         others = sorted(name for name in set(os.listdir(out)) - own if not name.startswith(STAGING_PREFIX))
-        if others:
+        if others and not final_interrupted:
             raise UsageError(
                 f"--output_dir {out} is not empty ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}) and "
                 "holds no checkpoint to resume from. Choose another --output_dir, or add --overwrite_output_dir to "
@@ -198,22 +203,46 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def check_same_run(checkpoint: str, identity: dict[str, Any]) -> None:
-    """Refuse to continue from `checkpoint` when the run recorded next to it (`RUN_FILE`) is another run than
-    `identity` describes; a folder without a record (written by the plain Trainer) is not checked.
+def _recorded_run(checkpoint: str) -> dict[str, Any] | None:
+    """The run `checkpoint` belongs to: the record inside it, else (a checkpoint of an older version) the one next to
+    it; None when there is neither (a checkpoint of the plain Trainer).
 
     Raises:
-        UsageError: naming what differs and how to start fresh.
+        UsageError: a record is there but cannot be read, so the run cannot be told.
     """
     folder = os.path.dirname(os.path.normpath(checkpoint)) or "."
-    try:
-        with open(os.path.join(folder, RUN_FILE), encoding="utf-8") as handle:
-            recorded = json.load(handle)
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError):
-        logger.warning("%s is unreadable; continuing from %s without checking that it is the same run.",
-                       os.path.join(folder, RUN_FILE), checkpoint)
+    unreadable = []
+    for path in (os.path.join(checkpoint, RUN_FILE), os.path.join(folder, RUN_FILE)):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                recorded = json.load(handle)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            unreadable.append(path)
+            continue
+        if isinstance(recorded, dict):
+            return recorded
+        unreadable.append(path)
+    if unreadable:
+        raise UsageError(
+            f"Cannot tell whether {checkpoint} belongs to this run: {unreadable[0]} is unreadable, so this run cannot "
+            "continue from it. Start fresh with another --output_dir (or --overwrite_output_dir to replace that "
+            f"run), or start from its weights with --model_name_or_path {checkpoint}."
+        )
+    return None
+
+
+def check_same_run(checkpoint: str, identity: dict[str, Any]) -> None:
+    """Refuse to continue from `checkpoint` when the run recorded in it (`RUN_FILE`, which every checkpoint of the
+    command line carries; next to it for older ones) is another run than `identity` describes; a checkpoint without a
+    record (written by the plain Trainer) is not checked.
+
+    Raises:
+        UsageError: naming what differs and how to start fresh; or the record is unreadable.
+    """
+    recorded = _recorded_run(checkpoint)
+    if recorded is None:
         return
     differences = [f"{key}: {_shown(recorded[key])} there, {_shown(value)} now" for key, value in identity.items()
                    if key in recorded and recorded[key] != value]

@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 from .. import __version__
 from ..credentials import redact_argv, redact_mapping
 from ..mixup import INTER_MIXUPS
+from .run_files import keep_going
 
 __all__ = ["RunLogCallback", "append_final", "append_line", "chosen_settings", "command_line", "global_batch",
            "recipe_text", "run_summary", "total_train_batch", "versions", "write_run_header"]
@@ -53,9 +54,10 @@ def write_run_header(
                 value = json.dumps(value, default=str)
             lines.append(f"  {str(key).ljust(width)} : {value}")
         lines.append("")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a" if append else "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
+    with keep_going("the run log", path):  # a full disk: one warning, and the run goes on
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "a" if append else "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
 
 
 class RunLogCallback(TrainerCallback):
@@ -73,8 +75,7 @@ class RunLogCallback(TrainerCallback):
     def _write(self, state: Any, text: str) -> None:
         if not getattr(state, "is_world_process_zero", True):
             return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+        append_line(self.path, text)
 
     def _prefix(self, state: Any, logs: Mapping[str, Any]) -> str:
         epoch = logs.get("epoch", state.epoch) or 0.0
@@ -250,8 +251,9 @@ def command_line(program: str, argv: list[str]) -> str:
 
 
 def append_line(path: str | os.PathLike, text: str) -> None:
-    """One line of its own in the log (an image that cannot be decoded, why the run stopped)."""
-    with open(path, "a", encoding="utf-8") as handle:
+    """One line of its own in the log (an image that cannot be decoded, why the run stopped); a failed write (a full
+    disk) is one warning for the whole run, and the run goes on."""
+    with keep_going("the run log", path), open(path, "a", encoding="utf-8") as handle:
         handle.write(text + "\n")
 
 
@@ -260,5 +262,4 @@ def append_final(path: str | os.PathLike, metrics: Mapping[str, Any], output_dir
     final = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
                       if k.startswith("eval_") and "runtime" not in k and "per_second" not in k
                       and (isinstance(v, float) or k.endswith("skipped_images")))
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(f"final  {final}\noutputs in {os.path.abspath(output_dir)}\n")
+    append_line(path, f"final  {final}\noutputs in {os.path.abspath(output_dir)}")

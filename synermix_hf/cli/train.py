@@ -14,6 +14,7 @@ too. A mistake in the input ends the script before training with one paragraph o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -26,16 +27,18 @@ from ..data import dataset_labels, load_image_classification_data, prepare_views
 from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
 from ..data.image_store import EncodedImages
 from ..metrics import ClassificationMetrics
-from ..preemption import TrainingPreempted
+from ..preemption import CtrlC, TrainingPreempted
 from ..trainer import SynerMixTrainer
 from .arguments import ScriptArgumentParser, is_builtin_default, preset_values, usage_error
 from .errors import UsageError
+from .folder_lock import hold_output_dir
 from .methods import describe_method, method_slug
 from .model import build_model, check_model_outputs, find_layout
 from .model_card import check_hub_access, synermix_section
-from .output_dir import (LOG_FILE, check_same_run, default_output_dir, prepare_output_dir, run_identity,
-                         write_run_identity)
+from .output_dir import (LOG_FILE, check_output_dir_writable, check_same_run, default_output_dir,
+                         prepare_output_dir, run_identity, write_run_identity)
 from .predictions import PREDICTIONS_FILE, image_ids, write_predictions
+from .run_files import keep_going, reset_warnings
 from .run_log import (RunLogCallback, append_final, append_line, chosen_settings, command_line, global_batch,
                       recipe_text, run_summary, write_run_header)
 
@@ -51,7 +54,19 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
 
     `callbacks`: extra `TrainerCallback`s for the Trainer (e.g. progress reporting by a caller).
     """
+    ctrl_c = CtrlC()
+    with contextlib.ExitStack() as held:  # the output folder's lock and the Ctrl-C handler, for the whole run
+        ctrl_c.install()
+        held.callback(ctrl_c.restore)
+        return _run(argv, callbacks, program, held, ctrl_c)
+
+
+def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held: contextlib.ExitStack,
+         ctrl_c: CtrlC) -> dict[str, float]:
+    """`run`, holding what it takes for the run (the output folder's lock) in `held`; `ctrl_c.check()` at the points
+    where a Ctrl-C that a finalizer swallowed stops the run."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    reset_warnings()
 
     # 1. Arguments.
     parser = ScriptArgumentParser()
@@ -76,15 +91,14 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
         values.update({k: getattr(training_args, k) for k in explicit if hasattr(training_args, k)})
         training_args.output_dir = default_output_dir(model_args, data_args, training_args,
                                                       {k: values[k] for k in explicit if k in values})
+    # One writer per folder, from before it is tidied to the end of the run; the processes of one job share process
+    # 0's lock.
+    if training_args.should_save and training_args.process_index == 0:
+        check_output_dir_writable(training_args.output_dir)
+        held.enter_context(hold_output_dir(training_args.output_dir))
     checkpoint, continuing, skipped = prepare_output_dir(training_args, overwrite=script_args.overwrite_output_dir)
     if training_args.should_log:
         print(f"Output directory: {training_args.output_dir}", flush=True)
-        if continuing:
-            print("Continuing the interrupted run" + (f" from {checkpoint}" if checkpoint else
-                                                      " (it stopped before its first checkpoint: starting again)")
-                  + skipped, flush=True)
-        elif skipped:
-            print(f"Continuing from {checkpoint}{skipped}", flush=True)
     if training_args.push_to_hub:
         check_hub_access(training_args, model_args.token)
     if training_args.do_train and "enable_jit_checkpoint" not in explicit:
@@ -123,13 +137,21 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
         except (ValueError, TypeError) as error:
             raise usage_error(error) from error
     _check_data_for_the_run(training_args, data)
+    identity = None
     if training_args.do_train:  # a checkpoint of another run (dataset, model, method, batch) is not continued
         identity = run_identity(model_args.model_name_or_path or model_args.model_name, data, training_args)
         if checkpoint is not None:
             check_same_run(checkpoint, identity)
-        if training_args.should_save and (checkpoint is None or os.path.dirname(os.path.abspath(checkpoint))
-                                          != os.path.abspath(training_args.output_dir)):
+        if training_args.should_save:  # beside the checkpoints too (a record lost or garbled there is rewritten)
             write_run_identity(training_args.output_dir, identity)
+    if training_args.should_log:  # only once the run may continue (`check_same_run`)
+        if continuing:
+            print("Continuing the interrupted run" + (f" from {checkpoint}" if checkpoint else
+                                                      " (it stopped before its first checkpoint: starting again)")
+                  + skipped, flush=True)
+        elif skipped:
+            print(f"Continuing from {checkpoint}{skipped}", flush=True)
+    ctrl_c.check()
 
     # 5. Model and image processor, initialised from --seed (as Hugging Face's script does), so that the initial
     # weights follow the seed and do not depend on what ran before in the same process.
@@ -212,18 +234,29 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     if training_args.should_save:
         trainer.bad_images.listeners.append(lambda report: append_line(log_path, f"bad image: {report.describe()}"))
     trainer.bad_images.record(views.bad_images, warn=training_args.should_log, complete=True)
+    trainer.run_record = identity  # carried by every checkpoint (`check_same_run`)
+    if trainer.preemption is not None:  # Ctrl-C stops training as SIGTERM does: after the step, with a checkpoint
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored in a background job: left so
+            trainer.preemption.signals = (signal.SIGTERM, signal.SIGINT)
+        if training_args.should_save:
+            trainer.preemption.listeners.append(lambda line: append_line(log_path, f"stopped: {line}"))
 
     try:
+        ctrl_c.check()
         all_metrics = _train_evaluate_predict(trainer, training_args, data, views, checkpoint,
-                                              feature_metrics=script_args.feature_metrics)
+                                              feature_metrics=script_args.feature_metrics, ctrl_c=ctrl_c)
     except BadImageError as error:  # too many images that cannot be decoded, or --stop_on_bad_image
         stop = usage_error(BadImageError(bad_image_message(error)))
         if training_args.should_save:
             append_line(log_path, f"stopped: {stop}")
         raise stop from None
-    except (TrainingPreempted, CheckpointSaveError) as stop:
+    except (TrainingPreempted, CheckpointSaveError, FloatingPointError) as stop:
         if training_args.should_save:
             append_line(log_path, f"stopped: {stop}")
+        raise
+    except KeyboardInterrupt:
+        if training_args.should_save:
+            append_line(log_path, "stopped: interrupted (Ctrl-C)")
         raise
 
     # 12. Model card, and the push to the Hub (as Hugging Face's script does).
@@ -242,7 +275,8 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
     if training_args.push_to_hub:
         trainer.push_to_hub(**card)
     elif training_args.should_save:
-        trainer.create_model_card(**card)
+        with keep_going("the model card", os.path.join(training_args.output_dir, "README.md"), remove=True):
+            trainer.create_model_card(**card)
 
     if training_args.should_save:
         append_final(log_path, all_metrics, training_args.output_dir)
@@ -251,19 +285,28 @@ def run(argv: list[str] | None = None, callbacks: list[Any] | None = None, progr
 
 
 def _train_evaluate_predict(trainer: Any, training_args: Any, data: Any, views: Any, checkpoint: str | None,
-                            feature_metrics: bool = False) -> dict[str, float]:
+                            feature_metrics: bool = False, ctrl_c: CtrlC | None = None) -> dict[str, float]:
     """Steps 9 to 11 of `run`: train, evaluate (with `feature_metrics`: also the penultimate features' cohesion and
-    separability), predict. Returns their metrics."""
+    separability), predict. Returns their metrics.
+
+    The final model is saved complete or not at all (`save_final_model`: a failure leaves a folder that the same
+    command finishes); a failure to write the metrics, the state or the predictions after it is one warning each.
+    """
+    out = training_args.output_dir
     # 9. Training.
     all_metrics: dict[str, float] = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
+        trainer.save_final_model()
         metrics = {**result.metrics, "train_samples": len(data.train)}
         trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
+        with keep_going("the training metrics", os.path.join(out, "train_results.json")):
+            trainer.save_metrics("train", metrics)
+        with keep_going("the trainer state", os.path.join(out, "trainer_state.json")):
+            trainer.save_state()
         all_metrics.update(metrics)
+    if ctrl_c is not None:
+        ctrl_c.check()
 
     # 10. Evaluation.
     if training_args.do_eval:
@@ -273,7 +316,8 @@ def _train_evaluate_predict(trainer: Any, training_args: Any, data: Any, views: 
 
             metrics.update(penultimate_feature_metrics(trainer))
         trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+        with keep_going("the evaluation metrics", os.path.join(out, "eval_results.json")):
+            trainer.save_metrics("eval", metrics)
         all_metrics.update(metrics)
 
     # 11. Prediction: the top classes of every evaluation image.
@@ -281,11 +325,14 @@ def _train_evaluate_predict(trainer: Any, training_args: Any, data: Any, views: 
         output = trainer.predict(views.eval, metric_key_prefix="predict")
         metrics = {**output.metrics, "predict_samples": len(data.eval)}
         trainer.log_metrics("predict", metrics)
-        trainer.save_metrics("predict", metrics)
+        with keep_going("the prediction metrics", os.path.join(out, "predict_results.json")):
+            trainer.save_metrics("predict", metrics)
         if trainer.is_world_process_zero():
             logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-            write_predictions(os.path.join(training_args.output_dir, PREDICTIONS_FILE), logits, output.label_ids,
-                              data.class_names, image_ids(data.eval, data.image_column))
+            path = os.path.join(out, PREDICTIONS_FILE)
+            with keep_going("the predictions", path, remove=True):
+                write_predictions(path, logits, output.label_ids, data.class_names,
+                                  image_ids(data.eval, data.image_column))
         all_metrics.update(metrics)
     return all_metrics
 
@@ -336,8 +383,9 @@ def _check_reporting(training_args: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: 0 on success, 2 (with one paragraph on stderr, no traceback) on bad input, 143 when
-    SIGTERM stopped training (after saving a checkpoint; one line on stderr), 1 when a checkpoint could not be saved
-    (a full disk; one line), 130 on Ctrl-C."""
+    SIGTERM stopped training (after saving a checkpoint; one line on stderr), 130 when Ctrl-C did (the same), 1 when a
+    checkpoint or the final model could not be saved (a full disk; one line) or the training loss was not finite (one
+    line), 130 on Ctrl-C outside training."""
     try:
         run(argv)
     except UsageError as error:
@@ -348,10 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(stop, file=sys.stderr, flush=True)
         _destroy_process_group()
-        return 128 + signal.SIGTERM
+        return stop.exit_status
     except CheckpointSaveError as error:  # a full disk: every process stopped together, the staging folder removed
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {error}", file=sys.stderr, flush=True)
+        return 1
+    except FloatingPointError as error:  # a non-finite loss (`FiniteLossCheck`), whose message says what to do
+        print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         # Checkpoints are complete or absent, so whatever was being written when Ctrl-C came is simply not there.

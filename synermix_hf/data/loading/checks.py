@@ -29,8 +29,9 @@ def check_images_readable(dataset: Any, image_column: str, what: str) -> None:
                 image.verify()
         except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
             where = f"file {path}" if path else f"row {row}"
+            reason = str(error).rstrip(".")  # Pillow's own messages end with one (a decompression bomb's)
             raise ValueError(
-                f"Cannot read the image in {where} of the {what}: {error}. Remove or replace the file and run again."
+                f"Cannot read the image in {where} of the {what}: {reason}. Remove or replace the file and run again."
             ) from error
 
 
