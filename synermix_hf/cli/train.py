@@ -26,6 +26,7 @@ from ..data import dataset_labels, load_image_classification_data, prepare_views
 from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
 from ..data.image_store import EncodedImages
 from ..metrics import ClassificationMetrics
+from ..peer_watch import PeerStoppedAnswering
 from ..preemption import TrainingPreempted
 from ..trainer import SynerMixTrainer
 from .arguments import ScriptArgumentParser, is_builtin_default, preset_values, usage_error
@@ -350,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointSaveError as error:  # a full disk: every process stopped together, the staging folder removed
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {error}", file=sys.stderr, flush=True)
+        return 1
+    except PeerStoppedAnswering as error:  # no barrier on the way out: a process of the job no longer answers
+        print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         # Checkpoints are complete or absent, so whatever was being written when Ctrl-C came is simply not there.
