@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import re
 import resource
 import shutil
@@ -405,3 +406,67 @@ def test_without_flock_a_leftover_of_this_host_is_judged_by_its_pid(tmp_path, sm
     assert _warnings(caplog) == [f"Image store: removed {gone}, left by a build whose process is gone (process "
                                  f"{int(dead.stdout)} of this host is gone)."]
     assert "build.lock" not in os.listdir(store.path)
+
+
+def _overwrite_row(store, row: int) -> None:
+    """Overwrite row `row` of the store's pixels in place, same size (bit rot, a torn copy): only the pixels can tell."""
+    offset, height, width = (int(value) for value in store.index[row, :3])
+    with open(Path(store.path) / "pixels.npy", "r+b") as handle:
+        handle.seek(store.pixels.offset + offset)
+        handle.write(bytes(range(256)) * (height * width * 3 // 256) + bytes(height * width * 3 % 256))
+
+
+@pytest.mark.parametrize("kind", ["square", "shorter side"])
+def test_pixels_overwritten_in_place_are_read_as_built_and_the_store_rebuilt_with_one_warning(tmp_path, with_bad_image,
+                                                                                              kind, caplog):
+    def build():
+        if kind == "square":
+            return decoded_images_and_failures(with_bad_image, "image", 8, cache_dir=str(tmp_path))[0]
+        return stored_images_and_failures(with_bad_image, "image", 16, cache_dir=str(tmp_path))[0]
+
+    store = build()
+    path, pixels = store.path, np.array(store.pixels)
+    images = [np.array(store.image(row)) for row in range(len(store))]
+    _overwrite_row(store, 1)
+    _overwrite_row(store, BAD_ROW)  # a failed image's black row, too: never handed out as anything else
+    del store
+    pixels_file = f"{path}/pixels.npy"
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        damaged = build()  # the manifest, the sizes and the headers all still agree
+        assert damaged.path == path and not np.array_equal(damaged.pixels, pixels)
+        worker = pickle.loads(pickle.dumps(damaged))  # as a spawned DataLoader worker gets it
+        for reader in (damaged, worker):
+            assert all(np.array_equal(reader.image(row), images[row]) for row in range(len(images)))
+            frames = reader.padded_batch([1, 0, BAD_ROW])[0].numpy()
+            for frame, row in zip(frames, [1, 0, BAD_ROW]):
+                height, width = images[row].shape[:2]
+                assert np.array_equal(frame[:height, :width], images[row])
+        assert _warnings(caplog) == [
+            f"Image store: {pixels_file} is damaged (row 1 changed since the store was written: disk damage, or a "
+            "copy cut short or overwritten); its damaged images are decoded again from the dataset for this run, and "
+            "the next run builds the store again."]
+        caplog.clear()
+        del damaged, worker
+        rebuilt = build()  # the next run
+        assert np.array_equal(rebuilt.pixels, pixels) and "damaged.json" not in os.listdir(path)
+        del rebuilt
+        build()  # then reused without a word
+    assert _warnings(caplog) == [
+        f"Image store: {pixels_file} is damaged (an earlier run found row 1 changed since the store was written: disk "
+        f"damage, or a copy cut short or overwritten); removing the store {path} and building it again."]
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(path)]
+
+
+def test_a_store_of_the_former_format_without_checksums_is_rebuilt_with_one_warning(tmp_path, small, caplog):
+    store = stored_images_and_failures(small, "image", 16, cache_dir=str(tmp_path))[0]
+    path, pixels = Path(store.path), np.array(store.pixels)
+    del store
+    manifest = json.loads((path / "store.json").read_text())  # as format 2 wrote it: no checksums
+    del manifest["files"]["checksums.npy"]
+    (path / "checksums.npy").unlink()
+    (path / "store.json").write_text(json.dumps(manifest | {"format": 2}))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        again = stored_images_and_failures(small, "image", 16, cache_dir=str(tmp_path))[0]
+    assert np.array_equal(again.pixels, pixels) and again.checksums is not None
+    assert _warnings(caplog) == [f"Image store: {path}/store.json is damaged (format 2, this version reads 3); "
+                                 f"removing the store {path} and building it again."]

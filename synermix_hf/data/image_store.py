@@ -192,6 +192,8 @@ class ImageStore:
         self._checked = None if checksums is None else torch.zeros(len(index), dtype=torch.bool).share_memory_()
         self._repaired: dict[int, np.ndarray] = {}  # rows that failed their check, decoded again
         self._warned = False
+        self._all_checked = False  # every row checked (by this process or another): no more lookups
+        self._lookups = 0
 
     def __len__(self) -> int:
         return len(self.index)
@@ -269,11 +271,14 @@ class ImageStore:
     def _check_rows(self, rows: np.ndarray) -> None:
         """Check the pixels of the `rows` this process has not checked yet against their checksums; a row that
         fails is decoded again (`_repair`) and read from that copy from then on."""
-        if self._checked is None:
+        if self._checked is None or self._all_checked:
             return
         checked = self._checked.numpy()
         unchecked = rows[~checked[rows]]
         if not len(unchecked):
+            self._lookups += 1
+            if self._lookups % 64 == 0:  # the whole map now and then (its size in bytes), so that later epochs skip
+                self._all_checked = bool(checked.all())
             return
         unchecked = np.unique(unchecked)
         entries = self.index[unchecked, :3]
