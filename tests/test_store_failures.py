@@ -217,7 +217,38 @@ def test_a_store_takes_the_modes_the_umask_gives(tmp_path, small, umask, folder_
     for store in stores:
         assert stat.S_IMODE(os.stat(store.path).st_mode) == folder_mode, store.path
         modes = {name: stat.S_IMODE(os.stat(os.path.join(store.path, name)).st_mode) for name in os.listdir(store.path)}
-        assert modes == dict.fromkeys(["bad.json", "index.npy", "pixels.npy", "store.json"], file_mode)
+        assert modes == dict.fromkeys(["bad.json", "checksums.npy", "index.npy", "pixels.npy", "store.json"],
+                                      file_mode)
+
+
+def _another_group() -> int | None:
+    """A group this process may give its files other than its own primary group (root: any), or None."""
+    if os.geteuid() == 0:
+        return next((gid for gid in (65534, 100, 1) if gid != os.getegid()), None)
+    return next((gid for gid in os.getgroups() if gid != os.getegid()), None)
+
+
+@pytest.mark.skipif(_another_group() is None, reason="needs a group other than this user's primary group")
+def test_a_store_in_a_setgid_group_cache_keeps_the_folders_group_and_setgid(tmp_path, small):
+    # A cache shared by a group: the folder belongs to the group, setgid so that what is made in it does too, and a
+    # umask of 007 keeps everyone else out. The group's other members must be able to read the stores.
+    group = _another_group()
+    cache = tmp_path / "group-cache"
+    cache.mkdir()
+    os.chown(cache, -1, group)
+    os.chmod(cache, 0o2770)
+    previous = os.umask(0o007)
+    try:
+        stores = [stored_images_and_failures(small, "image", 16, cache_dir=str(cache))[0],
+                  decoded_images_and_failures(small, "image", 8, cache_dir=str(cache / "nested"))[0]]
+    finally:
+        os.umask(previous)
+    for store in stores:
+        folder = os.stat(store.path)
+        assert folder.st_gid == group and stat.S_IMODE(folder.st_mode) == 0o2770, (store.path, oct(folder.st_mode))
+        for name in os.listdir(store.path):
+            info = os.stat(os.path.join(store.path, name))
+            assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (group, 0o660), (name, info.st_gid, oct(info.st_mode))
 
 
 @pytest.fixture
@@ -470,3 +501,46 @@ def test_a_store_of_the_former_format_without_checksums_is_rebuilt_with_one_warn
     assert np.array_equal(again.pixels, pixels) and again.checksums is not None
     assert _warnings(caplog) == [f"Image store: {path}/store.json is damaged (format 2, this version reads 3); "
                                  f"removing the store {path} and building it again."]
+
+
+# --------------------------------------------------------------------------------------------------------- SIGTERM
+
+
+def test_sigterm_during_a_build_stops_it_after_its_chunk_with_one_line_and_removes_it(tmp_path):
+    # Row 0's image is a named pipe: the build's first chunk blocks reading it until this test writes it, so SIGTERM
+    # arrives during the build, every time.
+    pipe = tmp_path / "slow.png"
+    os.mkfifo(pipe)
+    rows = _rows(4)
+    rows["image"][0] = {"bytes": None, "path": str(pipe)}
+    data = datasets.Dataset.from_dict(rows, features=FEATURES)
+    cache = tmp_path / "cache"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: builds, and reports what stopped it
+        try:
+            os.close(read)
+            signal.alarm(120)
+            try:
+                stored_images_and_failures(data, "image", 16, cache_dir=str(cache), num_threads=1)
+                payload = {"error": None}
+            except BaseException as error:  # noqa: BLE001 - reported to the test
+                payload = {"error": type(error).__name__, "message": str(error)}
+            with os.fdopen(write, "w") as out:
+                out.write(json.dumps(payload))
+        finally:
+            os._exit(0)
+    os.close(write)
+    with open(pipe, "wb") as image:  # opens once the build is reading it
+        os.kill(pid, signal.SIGTERM)
+        image.write(_jpeg(Image.new("RGB", (40, 48))))
+    with os.fdopen(read) as source:
+        payload = source.read()
+    _, status = os.waitpid(pid, 0)
+    assert not os.WIFSIGNALED(status), f"the build died of {signal.Signals(os.WTERMSIG(status)).name}, without a word"
+    result = json.loads(payload)
+    assert result["error"] == "StoreBuildStopped", result
+    assert result["message"] == ("SIGTERM received while building the image store (reading image sizes): stopped "
+                                 "before training, and the partial store was removed. Run the same command again to "
+                                 "build it.")
+    assert not cache.exists() or os.listdir(cache) == []  # no partial store, no temporary folder

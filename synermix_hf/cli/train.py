@@ -24,7 +24,7 @@ from typing import Any
 from ..checkpoints import CheckpointSaveError
 from ..data import dataset_labels, load_image_classification_data, prepare_views
 from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
-from ..data.image_store import EncodedImages
+from ..data.image_store import EncodedImages, StoreBuildStopped
 from ..metrics import ClassificationMetrics
 from ..peer_watch import PeerStoppedAnswering
 from ..preemption import TrainingPreempted
@@ -355,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     except PeerStoppedAnswering as error:  # no barrier on the way out: a process of the job no longer answers
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
+    except StoreBuildStopped as stop:  # before training: nothing to save, the partial store removed
+        print(stop, file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         # Checkpoints are complete or absent, so whatever was being written when Ctrl-C came is simply not there.
         print("Interrupted. Run the same command again to continue from the last complete checkpoint, if the run "

@@ -40,6 +40,8 @@ import hashlib
 import io
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -72,6 +74,7 @@ __all__ = [
     "STORE_FORMAT_VERSION",
     "ImageStore",
     "StoreAccessError",
+    "StoreBuildStopped",
     "StoreSpaceError",
     "estimated_store_nbytes",
     "existing_store_nbytes",
@@ -89,6 +92,16 @@ _CHUNK_ROWS = 64  # rows per thread task: small enough for a progress bar that m
 _PROGRESS_MIN_ROWS = 1000
 _INDEX_COLUMNS = 5  # offset, height, width, original_height, original_width
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that `ImageOps.exif_transpose` turns by 90 degrees
+
+
+class StoreBuildStopped(RuntimeError):
+    """SIGTERM (a scheduler's stop) during a store's build: the build stopped after the chunk of rows in progress
+    and its partial folder was removed. The message is one line; `signal_name` is the signal's."""
+
+    def __init__(self, signal_name: str, what: str):
+        self.signal_name = signal_name
+        super().__init__(f"{signal_name} received while {what}: stopped before training, and the partial store was "
+                         "removed. Run the same command again to build it.")
 
 
 DecodeFailure = tuple[int, str, str]
@@ -659,19 +672,52 @@ def _decode_into(raw: Any, feature: Any, image_column: str, resize: Any, pixels:
     return stop - start, failures
 
 
+@contextlib.contextmanager
+def _stopped_by_sigterm(what: str) -> Iterator[Callable[[], None]]:
+    """While a store is built (`what`), SIGTERM is a request: the build stops after the chunk in progress, raising
+    `StoreBuildStopped` from the check this yields (called between chunks), rather than the process dying without a
+    word (the partial build is then removed as on any error). A second SIGTERM acts as without the handler. Outside
+    the main thread, where no handler can be set, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    received: list[int] = []
+
+    def handle(signum: int, frame: Any) -> None:
+        if received:  # a second signal: what would have happened without the handler
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        received.append(signum)
+
+    def check() -> None:
+        if received:
+            raise StoreBuildStopped(signal.Signals(received[0]).name, what)
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield check
+        check()  # a signal during the last chunk
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def _run_chunks(pool: ThreadPoolExecutor, task: Any, num_rows: int, description: str) -> list[Any]:
     """`task(start, stop)` over the rows in chunks, in the threads of `pool`, in order, with a progress bar. The first
-    error cancels the chunks not started yet and propagates."""
+    error cancels the chunks not started yet and propagates; so does SIGTERM, after the chunk in progress
+    (`StoreBuildStopped`)."""
     from tqdm.auto import tqdm
 
     chunks = [(start, min(start + _CHUNK_ROWS, num_rows)) for start in range(0, num_rows, _CHUNK_ROWS)]
     jobs = [pool.submit(task, start, stop) for start, stop in chunks]
     results = []
     try:
-        with tqdm(total=num_rows, desc=description, unit="img", disable=num_rows < _PROGRESS_MIN_ROWS) as bar:
+        with (_stopped_by_sigterm(f"building the image store ({description.lower()})") as check,
+              tqdm(total=num_rows, desc=description, unit="img", disable=num_rows < _PROGRESS_MIN_ROWS) as bar):
             for (start, stop), job in zip(chunks, jobs):
                 results.append(job.result())
                 bar.update(stop - start)
+                check()
     except BaseException:
         for job in jobs:
             job.cancel()

@@ -22,7 +22,8 @@ SHA-256 of the small files. The guarantees:
   with a `ValueError`. In a distributed run the other local processes, let in after the local main process's failed
   build, find no store and fall back alike.
 * Permissions: the store's folder and files get the modes the umask gives (`0o777 & ~umask`, `0o666 & ~umask`), as
-  `datasets`' own cache files do, so that a shared `HF_DATASETS_CACHE` works. A store another user built is used as
+  `datasets`' own cache files do, so that a shared `HF_DATASETS_CACHE` works; in a setgid folder (a cache shared by
+  a group) the store's folder keeps the setgid bit, so that it and its files belong to the folder's group. A store another user built is used as
   it is when it can be read, even where nothing can be written (found next to the dataset's files even when this
   user cannot write there); one that cannot be read stops with `StoreAccessError` (a `PermissionError` and a
   `ValueError`), one line naming it and what to do; so does a folder this user cannot write a new store into.
@@ -65,6 +66,7 @@ import pwd
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -466,7 +468,10 @@ def _new_build_folder(path: str) -> tuple[str, int]:
     with _writing(path, parent):
         os.makedirs(parent, exist_ok=True)
     _remove_abandoned_builds(path)
-    mode = 0o777 & ~_umask()
+    # A setgid parent (a cache shared by a group) gave the new folder its group and setgid bit: kept, so that the
+    # files made in it take the group too (a mode without the bit would clear it, and they would take this user's
+    # primary group, which the group's other members, kept out by a umask of 007, could not read).
+    mode = (0o777 & ~_umask()) | (os.stat(parent).st_mode & stat.S_ISGID)
     for _ in range(3):
         with _writing(path, parent):
             temporary = tempfile.mkdtemp(prefix=f"{_temporary_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=parent)
