@@ -450,6 +450,10 @@ def _overwrite_row(store, row: int) -> None:
 @pytest.mark.parametrize("kind", ["square", "shorter side"])
 def test_pixels_overwritten_in_place_are_read_as_built_and_the_store_rebuilt_with_one_warning(tmp_path, with_bad_image,
                                                                                               kind, caplog):
+    with_bad_image.save_to_disk(str(tmp_path / "data"))  # read from its files, as a Hub dataset is: its stores pickle
+    with_bad_image = datasets.load_from_disk(str(tmp_path / "data"))  # with a reference to them, for a worker's repair
+    tmp_path = tmp_path / "cache"
+
     def build():
         if kind == "square":
             return decoded_images_and_failures(with_bad_image, "image", 8, cache_dir=str(tmp_path))[0]

@@ -330,7 +330,7 @@ class ImageStore:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         if self.path is not None:  # reopened from the folder, not pickled
-            state["pixels"] = state["index"] = None
+            state["pixels"] = state["index"] = state["checksums"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -338,7 +338,7 @@ class ImageStore:
         if self.path is not None and self.pixels is None:
             try:
                 # Checked in full by the process that opened it first; a worker reopening it checks the sizes.
-                self.pixels, self.index = _open_arrays(self.path, digests=False)
+                self.pixels, self.index, _, self.checksums = _open_store(self.path, digests=False)
             except BrokenStore as problem:
                 raise RuntimeError(f"Cannot reopen the image store {self.path} ({problem}): it was removed or changed "
                                    "while in use; run again to rebuild it.") from None
@@ -618,9 +618,11 @@ class _RowSource:
         self.resize = (short_side, interpolation, square, centre_crop_of)
         self._raw = None
 
-    def __call__(self, row: int, height: int, width: int) -> np.ndarray:
+    def __call__(self, row: int, height: int, width: int) -> np.ndarray | None:
         """Row `row`'s pixels, flat uint8, `height` x `width` as the index has them; black where it cannot be
         decoded (as the build stored it)."""
+        if self.dataset is None:
+            return None  # not carried over to this process (`__getstate__`)
         if self._raw is None:
             self._raw = _undecoded_column(self.dataset, self.image_column)
         try:
@@ -633,7 +635,13 @@ class _RowSource:
         return np.ascontiguousarray(array).reshape(-1)
 
     def __getstate__(self) -> dict:
-        return dict(self.__dict__, _raw=None)
+        # A dataset read from its files pickles as a reference to them; one in memory would travel whole to every
+        # spawned worker, so there a row that fails its check stops the read instead (`ImageStore._repair`).
+        in_files = bool(getattr(self.dataset, "cache_files", None))
+        return dict(self.__dict__, _raw=None, dataset=self.dataset if in_files else None)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
 
 def _decode_into(raw: Any, feature: Any, image_column: str, resize: Any, pixels: np.ndarray | PixelsFile | None,
@@ -709,11 +717,11 @@ def _run_chunks(pool: ThreadPoolExecutor, task: Any, num_rows: int, description:
     from tqdm.auto import tqdm
 
     chunks = [(start, min(start + _CHUNK_ROWS, num_rows)) for start in range(0, num_rows, _CHUNK_ROWS)]
-    jobs = [pool.submit(task, start, stop) for start, stop in chunks]
-    results = []
+    jobs, results = [], []
     try:
         with (_stopped_by_sigterm(f"building the image store ({description.lower()})") as check,
               tqdm(total=num_rows, desc=description, unit="img", disable=num_rows < _PROGRESS_MIN_ROWS) as bar):
+            jobs = [pool.submit(task, start, stop) for start, stop in chunks]  # after the handler: no signal lost
             for (start, stop), job in zip(chunks, jobs):
                 results.append(job.result())
                 bar.update(stop - start)
