@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([case, images, f"{unchecked * 1e6:.1f}", f"{first * 1e6:.1f} ({(first / unchecked - 1):+.1%})",
                          f"{later * 1e6:.1f} ({(later / unchecked - 1):+.1%})"])
     print(machine_section())
+    print(f"\ntorch.backends.cpu.get_cpu_capability(): {torch.backends.cpu.get_cpu_capability()}\n")
     print(table(["store", "images", "unchecked", "checked: first epoch", "checked: later epochs"], rows))
     print("\nThe loader's CPU time, microseconds an image (cost against unchecked).")
     return 0
