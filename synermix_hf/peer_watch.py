@@ -53,11 +53,13 @@ class PeerStoppedAnswering(RuntimeError):
 
 
 def is_collective_timeout(error: BaseException) -> bool:
-    """Whether `error` is a collective that waited its process group's timeout (gloo's and NCCL's messages)."""
+    """Whether `error` is a collective that waited its process group's timeout: gloo's "Timed out waiting ...", or
+    torch's distributed errors that say timeout."""
     if not isinstance(error, RuntimeError) or isinstance(error, PeerStoppedAnswering):
         return False
     text = str(error).lower()
-    return "timed out" in text or "timeout" in text
+    distributed = isinstance(error, getattr(dist, "DistError", ())) or "gloo" in text or "nccl" in text
+    return "timed out waiting" in text or (distributed and ("timed out" in text or "timeout" in text))
 
 
 class PeerWatch:
