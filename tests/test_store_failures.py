@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from synermix_hf.data import image_store
 from synermix_hf.data.decoded import decoded_images_and_failures
 from synermix_hf.data.image_store import stored_images_and_failures
 from synermix_hf.data.pipeline import prepare_views
@@ -444,12 +445,38 @@ def _overwrite_row(store, row: int) -> None:
     offset, height, width = (int(value) for value in store.index[row, :3])
     with open(Path(store.path) / "pixels.npy", "r+b") as handle:
         handle.seek(store.pixels.offset + offset)
-        handle.write(bytes(range(256)) * (height * width * 3 // 256) + bytes(height * width * 3 % 256))
+        handle.write((bytes(range(1, 256)) * (height * width * 3 // 255 + 1))[: height * width * 3])  # never black
 
 
 @pytest.mark.parametrize("kind", ["square", "shorter side"])
-def test_pixels_overwritten_in_place_are_read_as_built_and_the_store_rebuilt_with_one_warning(tmp_path, with_bad_image,
-                                                                                              kind, caplog):
+def test_pixels_overwritten_in_place_in_a_small_store_are_found_when_it_is_opened_and_it_is_rebuilt(tmp_path,
+                                                                                                   with_bad_image,
+                                                                                                   kind, caplog):
+    def build():
+        if kind == "square":
+            return decoded_images_and_failures(with_bad_image, "image", 8, cache_dir=str(tmp_path))[0]
+        return stored_images_and_failures(with_bad_image, "image", 16, cache_dir=str(tmp_path))[0]
+
+    store = build()
+    path, pixels = store.path, np.array(store.pixels)
+    _overwrite_row(store, 1)  # the manifest, the sizes and the headers all still agree
+    _overwrite_row(store, BAD_ROW)  # a failed image's black row, too: never handed out as anything else
+    del store
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        again = build()
+        assert again.path == path and np.array_equal(again.pixels, pixels)
+        build()  # then reused without a word
+    assert _warnings(caplog) == [
+        f"Image store: {path}/pixels.npy is damaged (row 1 (and 1 more) changed since the store was written: disk "
+        f"damage, or a copy cut short or overwritten); removing the store {path} and building it again."]
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(path)]
+
+
+@pytest.mark.parametrize("kind", ["square", "shorter side"])
+def test_pixels_overwritten_in_place_in_a_large_store_are_read_as_built_and_the_next_run_rebuilds_it(
+        tmp_path, with_bad_image, kind, caplog, monkeypatch):
+    # A store above the size checked when opened (1 GiB; here every store) is checked row by row as it is read.
+    monkeypatch.setattr(image_store, "_CHECK_AT_OPEN_BYTES", 0, raising=False)
     with_bad_image.save_to_disk(str(tmp_path / "data"))  # read from its files, as a Hub dataset is: its stores pickle
     with_bad_image = datasets.load_from_disk(str(tmp_path / "data"))  # with a reference to them, for a worker's repair
     tmp_path = tmp_path / "cache"
