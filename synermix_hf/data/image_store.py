@@ -9,9 +9,10 @@ work per example is a copy of stored rows; the views are made on the training de
 
 Layout: `pixels` is one flat uint8 array, the images' RGB rows in HWC order one after the other; `index` is int64
 `[N, 5]`, per image `offset, height, width, original_height, original_width` (the stored size, and the size
-`datasets.Image` decodes, after its EXIF transpose); `checksums` is uint64 `[N]`, each row's xxh3-64, checked by each
-process the first time it reads the row (a row whose pixels changed on disk is decoded again from the dataset, and
-the store rebuilt by the next run: `synermix_hf.data.store_folder`). Raw rows cost the loader over 10x less CPU than re-encoded JPEG
+`datasets.Image` decodes, after its EXIF transpose); `checksums` is uint64 `[N]`, each row's xxh3-64, all checked when
+a run opens a store of up to 1 GiB of pixels (damaged: rebuilt), else each row the first time the run reads it (a row
+whose pixels changed on disk is then decoded again from the dataset, and the store rebuilt by the next run:
+`synermix_hf.data.store_folder`). Raw rows cost the loader over 10x less CPU than re-encoded JPEG
 (BENCHMARKS.md), which would have to be decoded again every epoch; they take `3 * h * w` bytes an image (261,888 for a
 4:3 image at S = 256, stored 256 x 341).
 

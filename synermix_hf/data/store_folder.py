@@ -32,13 +32,13 @@ SHA-256 of the small files. The guarantees:
   unparsable makes the store damaged (`BrokenStore`): one warning naming the damaged file, the store removed
   (`remove_damaged`) and built again. A store without its `bad.json` is never trusted, so an image that failed is
   never taken for a black training image. A damaged store this user cannot remove stops with `StoreAccessError`.
-* Pixels changed in place (bit rot, a copy torn but of the right size): hashing gigabytes at every reuse would cost
-  more than the decoding it saves, so each row's pixels carry their checksum (`checksums.npy`, xxh3-64,
-  `row_checksum`), which each process checks the first time it reads the row (`synermix_hf.data.image_store`; its cost,
-  BENCHMARKS.md). A row that fails its check is decoded again from the dataset for the rest of the run, and
-  `mark_damaged` leaves `damaged.json` in the folder, with one warning naming the pixels file (said by the first
-  process of the run that finds it); the next run's check of the manifest finds the mark: the store is damaged, and
-  rebuilt as above.
+* Pixels changed in place (bit rot, a copy torn but of the right size): each row's pixels carry their checksum
+  (`checksums.npy`, xxh3-64, `row_checksum`). `synermix_hf.data.image_store` checks a store of up to 1 GiB of pixels in
+  full when a run opens it (damaged: rebuilt as above); hashing a larger one at every reuse would cost more than the
+  decoding it saves, so a row is checked the first time the run reads it (its cost, BENCHMARKS.md). A row that fails
+  its check is decoded again from the dataset for the rest of the run, and `mark_damaged` leaves `damaged.json` in the
+  folder, with one warning naming the pixels file (said by the first process of the run that finds it); the next
+  run's check of the manifest finds the mark: the store is damaged, and rebuilt as above.
 * Leftovers: a build holds an advisory lock (`fcntl.flock`) on `build.lock` in its temporary folder until the rename.
   Every build first removes the temporary folders (of any store, from any host) whose lock it can take, their builder
   being gone, with one warning each; where the file system has no `flock`, those of this host whose process is gone.
