@@ -67,7 +67,7 @@ def measure(spec, data, cache: str, batch_size: int, rounds: int) -> dict[str, f
         def run() -> float:
             if name == "first epoch":
                 for store in stores:
-                    store._checked[:] = False  # every row checked again, as a store too large to check when opened
+                    store._checked.zero_()  # every row checked again, as a store too large to check when opened
                     store._all_checked = False
             before = torch.get_num_threads()
             torch.set_num_threads(1)

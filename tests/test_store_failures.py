@@ -26,6 +26,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from synermix_hf.data import image_store
@@ -440,6 +441,19 @@ def test_without_flock_a_leftover_of_this_host_is_judged_by_its_pid(tmp_path, sm
     assert "build.lock" not in os.listdir(store.path)
 
 
+class _StoredRows(torch.utils.data.Dataset):
+    """A store's images, one an item, as a DataLoader's workers read them."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, row: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.store.image(row)))
+
+
 def _overwrite_row(store, row: int) -> None:
     """Overwrite row `row` of the store's pixels in place, same size (bit rot, a torn copy): only the pixels can tell."""
     offset, height, width = (int(value) for value in store.index[row, :3])
@@ -575,3 +589,20 @@ def test_sigterm_during_a_build_stops_it_after_its_chunk_with_one_line_and_remov
                                  "before training, and the partial store was removed. Run the same command again to "
                                  "build it.")
     assert not cache.exists() or os.listdir(cache) == []  # no partial store, no temporary folder
+
+
+def test_the_dataloader_workers_of_a_run_share_which_rows_changed(tmp_path, small, monkeypatch):
+    # Workers started afresh each epoch share which rows were checked, so that each row is hashed once a run. A row
+    # one worker found changed must be decoded again by the next worker too, not taken for checked and read as stored.
+    monkeypatch.setattr(image_store, "_CHECK_AT_OPEN_BYTES", 0, raising=False)  # checked as read, as a large store
+    small.save_to_disk(str(tmp_path / "data"))
+    data = datasets.load_from_disk(str(tmp_path / "data"))
+    store = stored_images_and_failures(data, "image", 16, cache_dir=str(tmp_path / "cache"))[0]
+    image = np.array(store.image(1))
+    _overwrite_row(store, 1)
+    del store
+    store = stored_images_and_failures(data, "image", 16, cache_dir=str(tmp_path / "cache"))[0]
+    for epoch in range(2):  # each epoch's worker forked from this process, which reads nothing itself
+        loader = torch.utils.data.DataLoader(_StoredRows(store), batch_size=None, num_workers=1, sampler=[1],
+                                             multiprocessing_context="fork")
+        assert [np.array_equal(batch.numpy(), image) for batch in loader] == [True], f"epoch {epoch}"

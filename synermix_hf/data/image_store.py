@@ -92,6 +92,7 @@ logger = logging.getLogger(__name__)
 _CHECK_AT_OPEN_BYTES = 1 << 30
 """A store's pixels up to this size are checked in full when a run opens it (about 0.1 s a GiB from memory, a read of
 the file from disk), a damaged one rebuilt at once; a larger store's rows are checked as the run first reads them."""
+_UNCHECKED, _GOOD, _CHANGED = 0, 1, 2  # a stored row's state as this run found it (`ImageStore`)
 _CHUNK_ROWS = 64  # rows per thread task: small enough for a progress bar that moves, large enough to keep threads busy
 _PROGRESS_MIN_ROWS = 1000
 _INDEX_COLUMNS = 5  # offset, height, width, original_height, original_width
@@ -209,9 +210,10 @@ class ImageStore:
         self.square = square
         self.checksums = checksums
         self.source = source
-        # In shared memory: the DataLoader's workers, started afresh each epoch, share it (with fork and with spawn,
-        # whose pickling of a tensor shares its memory), so each row is checked once a run, not once a worker.
-        self._checked = None if checksums is None else torch.zeros(len(index), dtype=torch.bool).share_memory_()
+        # Each row's state, _UNCHECKED, _GOOD or _CHANGED, in shared memory: the DataLoader's workers, started afresh
+        # each epoch, share it (with fork and with spawn, whose pickling of a tensor shares its memory), so each row is
+        # checked once a run, not once a worker, and a changed row is decoded again by every process that reads it.
+        self._checked = None if checksums is None else torch.zeros(len(index), dtype=torch.uint8).share_memory_()
         self._repaired: dict[int, np.ndarray] = {}  # rows that failed their check, decoded again
         self._warned = False
         self._all_checked = False  # every row checked (by this process or another): no more lookups
@@ -291,27 +293,33 @@ class ImageStore:
         return pixels
 
     def _check_rows(self, rows: np.ndarray) -> None:
-        """Check the pixels of the `rows` this process has not checked yet against their checksums; a row that
-        fails is decoded again (`_repair`) and read from that copy from then on."""
+        """Check the pixels of the `rows` not checked yet (by this process or another sharing this store) against
+        their checksums. A row that fails, here or in another process, is decoded again (`_repair`) and read from
+        that copy from then on."""
         if self._checked is None or self._all_checked:
             return
-        checked = self._checked.numpy()
-        unchecked = rows[~checked[rows]]
-        if not len(unchecked):
+        state = self._checked.numpy()
+        todo = rows[state[rows] != _GOOD]
+        todo = np.unique(todo[[row not in self._repaired for row in todo.tolist()]]) if len(todo) else todo
+        if not len(todo):
             self._lookups += 1
             if self._lookups % 64 == 0:  # the whole map now and then (its size in bytes), so that later epochs skip
-                self._all_checked = bool(checked.all())
+                self._all_checked = bool((state == _GOOD).all())
             return
-        unchecked = np.unique(unchecked)
-        for row in _changed_rows(self.pixels, self.index, self.checksums, unchecked).tolist():
-            height, width = (int(value) for value in self.index[row, 1:3])
-            self._repaired[row] = self._repair(row, height, width)
-        checked[unchecked] = True
+        unchecked = todo[state[todo] == _UNCHECKED]
+        changed = set(_changed_rows(self.pixels, self.index, self.checksums, unchecked).tolist())
+        for row in todo.tolist():
+            if row in changed or state[row] == _CHANGED:
+                height, width = (int(value) for value in self.index[row, 1:3])
+                self._repaired[row] = self._repair(row, height, width)
+                state[row] = _CHANGED
+            else:
+                state[row] = _GOOD
 
     def mark_checked(self) -> None:
-        """Take every row as checked (a store just built, or checked in full when opened)."""
+        """Take every row as checked and good (a store just built, or checked in full when opened)."""
         if self._checked is not None:
-            self._checked.fill_(True)
+            self._checked.fill_(_GOOD)
             self._all_checked = True
 
     def _repair(self, row: int, height: int, width: int) -> np.ndarray:
