@@ -299,8 +299,9 @@ class ImageStore:
         if self._checked is None or self._all_checked:
             return
         state = self._checked.numpy()
-        todo = rows[state[rows] != _GOOD]
-        todo = np.unique(todo[[row not in self._repaired for row in todo.tolist()]]) if len(todo) else todo
+        todo = np.unique(rows[state[rows] != _GOOD])
+        if self._repaired and len(todo):  # those decoded again here already
+            todo = todo[[row not in self._repaired for row in todo.tolist()]]
         if not len(todo):
             self._lookups += 1
             if self._lookups % 64 == 0:  # the whole map now and then (its size in bytes), so that later epochs skip
