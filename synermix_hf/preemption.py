@@ -129,13 +129,17 @@ class _AgreedRequest:
 
         return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
-    def start(self) -> None:
-        """Call on every process at the start of training (creating the group is a collective call)."""
+    def start(self, timeout_s: float) -> None:
+        """Call on every process at the start of training (creating the group is a collective call); `timeout_s`:
+        how long an exchange waits for a process that stopped answering (`--ddp_timeout`, which a new group does not
+        take from the job's: torch gives it 30 minutes)."""
         self._pending = None
         if self._distributed() and self._group is None:
+            import datetime
+
             import torch.distributed as dist
 
-            self._group = dist.new_group(backend="gloo")
+            self._group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
     def agreed(self, local: bool, read_now: bool = False) -> bool:
         """Whether any process had raised the request by the previous step's end (by this one's with `read_now`)."""
@@ -232,7 +236,7 @@ class PreemptionCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.received, self.stopped_at = None, None
         self._training, self._process_index = True, args.process_index
-        self._request.start()
+        self._request.start(args.ddp_timeout)
         self._install()
 
     def on_prediction_step(self, args, state, control, **kwargs):

@@ -39,6 +39,7 @@ from .data.views import SeededAugmentation, SynerMixCollator, dataset_labels, or
 from .distributed import StepBufferBroadcast, gather_step_batch, is_data_parallel
 from .finite_loss import FiniteLossCallback, FiniteLossCheck
 from .mixup import INTER_MIXUPS, intra_class_loss, intra_class_mixup_all_classes, sample_mixup_lambda
+from .peer_watch import PeerWatch
 from .preemption import EvaluationStopped, PreemptionCallback
 from .recipe import epoch_step_lr, paper_optimizer, recipe_hyperparameters, updates_per_epoch, uses_paper_recipe
 from .seeding import step_generators
@@ -173,6 +174,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self.add_callback(self._set_epoch_callback)
         # Before the finite-loss check, which settles a pending check when a stop asks for a checkpoint.
         self._preemption = PreemptionCallback() if preempt else None
+        self._peer_watch = PeerWatch()  # a collective that times out names the processes that stopped answering
         if self._preemption is not None:
             self.add_callback(self._preemption)
         self.add_callback(FiniteLossCallback(self._finite_check))
@@ -621,7 +623,8 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self._finite_check.reset()
         self._split_offset = None
         try:
-            result = super().train(resume_from_checkpoint, *args, **kwargs)
+            with self._peer_watch.collectives(self.args.ddp_timeout):
+                result = super().train(resume_from_checkpoint, *args, **kwargs)
         except EvaluationStopped:  # a stop signal during an evaluation: save at the step, then stop
             logger.warning("%s: stopping the evaluation, and training after step %d, with a checkpoint.",
                            self._preemption.received.name if self._preemption.received else "A signal",
@@ -642,13 +645,15 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         return result
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        metrics = super().evaluate(*args, **kwargs)
-        self.bad_images.gather()  # every process evaluates, so all reach this point
+        with self._peer_watch.collectives(self.args.ddp_timeout):
+            metrics = super().evaluate(*args, **kwargs)
+            self.bad_images.gather()  # every process evaluates, so all reach this point
         return metrics
 
     def predict(self, *args: Any, **kwargs: Any) -> Any:
-        output = super().predict(*args, **kwargs)
-        self.bad_images.gather()
+        with self._peer_watch.collectives(self.args.ddp_timeout):
+            output = super().predict(*args, **kwargs)
+            self.bad_images.gather()
         return output
 
     # ---- model card ----

@@ -289,7 +289,10 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
                                        "test_one_ddp_step_equals_the_average_of_the_two_process_gradients"),
     "ddp_static_graph": _honoured("Trainer: DDP's kwargs (`_build_accelerator_args`)"),
     "ddp_backend": _honoured("TrainingArguments: the process group's backend"),
-    "ddp_timeout": _honoured("TrainingArguments: the process group's timeout"),
+    "ddp_timeout": _honoured("every process group of the run (the Trainer's, opened with it on CPU processes too, "
+                             "and the preemption exchange's); a frozen process is named when it expires",
+                             "tests/test_distributed.py::"
+                             "test_a_frozen_process_stops_the_others_after_ddp_timeout_with_one_line_naming_it"),
     "fsdp": _refused(_SHARDED, "full_shard", "SynerMixTrainingArguments",
                      "tests/test_cli_flags.py::test_sharded_training_is_refused_up_front_with_the_reason"),
     "fsdp_config": _refused(_SHARDED, {"min_num_params": 1}, "SynerMixTrainingArguments"),

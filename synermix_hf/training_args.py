@@ -6,6 +6,7 @@ import copy
 import logging
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -75,6 +76,21 @@ def _checkpoints_layer_calls() -> bool:
     from packaging.version import Version
 
     return Version(transformers.__version__).release < (5, 25)
+
+
+def _open_cpu_process_group(args: Any) -> None:
+    """Open the job's process group on the CPU (gloo) with `--ddp_timeout`, before `TrainingArguments` does.
+
+    `TrainingArguments` hands `ddp_timeout` to accelerate's `PartialState` for an accelerator's backend (NCCL, ...)
+    but not with `use_cpu` (transformers 5.0 to 5.25 at least), so a CPU job's group waited torch's default 30
+    minutes for a frozen process whatever the flag said. The same `PartialState` call as transformers', with the
+    timeout; transformers' own call then finds the group open and keeps it.
+    """
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    if dist.is_available() and not dist.is_initialized():
+        PartialState(cpu=True, backend=args.ddp_backend, timeout=timedelta(seconds=args.ddp_timeout))
 
 
 def _sharded_training(args: Any) -> str | None:
@@ -340,6 +356,8 @@ class SynerMixTrainingArguments(TrainingArguments):
                 "and which this project has not tested with them. Train with DDP (`torchrun`, or `accelerate launch` "
                 "with a multi-GPU config without FSDP or DeepSpeed)."
             )
+        if self.use_cpu and launched_processes() > 1:
+            _open_cpu_process_group(self)
         accelerator_config_given = self.accelerator_config is not None
         super().__post_init__()
         if not accelerator_config_given and self.dataloader_pin_memory:

@@ -1,10 +1,14 @@
 """Data-parallel SynerMix on 2 CPU processes (gloo)."""
 
+import contextlib
 import json
 import re
 import os
 import subprocess
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import datasets
@@ -199,3 +203,72 @@ def test_what_two_cpu_processes_cannot_do_is_refused_before_training(one_ddp_ste
     for rank in (0, 1):
         assert f"process {rank}: {error}" in output, output[-3000:]
     assert not (out / "sync_bn").exists()
+
+def _launched_ranks(launcher_pid: int) -> dict[int, int]:
+    """rank -> pid of the launcher's worker processes (its children), from their environment."""
+    ranks = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            environment = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0") if parent == launcher_pid else []
+        except OSError:
+            continue
+        ranks.update({int(item[5:]): int(entry) for item in environment if item.startswith(b"RANK=")})
+    return ranks
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_frozen_process_stops_the_others_after_ddp_timeout_with_one_line_naming_it(tmp_path, hub_copies):
+    # Rank 1 frozen (SIGSTOP) after the first step: rank 0's next collective waits --ddp_timeout (the job's group
+    # and the preemption exchange's, on the CPU too), then it stops with one line naming process 1 (before: it waited
+    # torch's default 30 minutes). The deadline is generous: what is tested is that the flag takes effect at all.
+    timeout_s, margin_s = 10, 60
+    command = [*LAUNCHERS["torchrun"], str(HERE.parent / "run_image_classification.py"),
+               "-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--per_device_train_batch_size", "4",
+               "-beta", "0.1", "--max_steps", "1000", "--dataloader_num_workers", "0", "--save_strategy", "no",
+               "--eval_strategy", "steps", "--eval_steps", "3", "--logging_steps", "1", "--disable_tqdm", "true",
+               "--output_dir", str(tmp_path / "out"), "--ddp_timeout", str(timeout_s)]  # fmt: skip
+    environment = {**launch_env(), "HF_DATASETS_CACHE": str(tmp_path / "hf_cache")}
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=HERE.parent,
+                                env=environment, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(launcher.stdout), daemon=True)
+    reader.start()
+    ranks: dict[int, int] = {}
+    try:
+        started = time.monotonic()
+        while "'loss'" not in "".join(lines) and launcher.poll() is None and time.monotonic() - started < 240:
+            time.sleep(0.2)
+        ranks = _launched_ranks(launcher.pid)
+        assert sorted(ranks) == [0, 1], "".join(lines)[-3000:]
+        os.kill(ranks[1], signal.SIGSTOP)
+        frozen = time.monotonic()
+        while _running(ranks[0]) and time.monotonic() - frozen < timeout_s + margin_s:
+            time.sleep(0.2)
+        assert not _running(ranks[0]), f"process 0 still waits {timeout_s + margin_s} s after process 1 froze"
+    finally:
+        for pid in ranks.values():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)  # a stopped process dies of SIGKILL too; the launcher then reports
+        try:
+            launcher.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait(timeout=60)
+        reader.join(timeout=10)
+    output = "".join(lines)
+    stopped = [line for line in output.splitlines() if "stopped answering" in line]
+    assert stopped == [f"error: process 0: process 1 of 2 stopped answering (frozen, stopped or its node lost): no "
+                       f"answer within --ddp_timeout ({timeout_s} s), so this process stops. Run the same command "
+                       "again once the job's processes are back: it continues from the last complete checkpoint."], \
+        output[-3000:]
+    assert "Traceback" not in output.split("stopped answering")[0].rsplit("'loss'", 1)[-1]  # no traceback of rank 0's
+    assert re.search(r"rank\s*: 0 \(local_rank: 0\)\s+exitcode\s*: 1 ", output), output[-3000:]

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import re
 import resource
 import shutil
@@ -25,8 +26,10 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from synermix_hf.data import image_store
 from synermix_hf.data.decoded import decoded_images_and_failures
 from synermix_hf.data.image_store import stored_images_and_failures
 from synermix_hf.data.pipeline import prepare_views
@@ -216,7 +219,38 @@ def test_a_store_takes_the_modes_the_umask_gives(tmp_path, small, umask, folder_
     for store in stores:
         assert stat.S_IMODE(os.stat(store.path).st_mode) == folder_mode, store.path
         modes = {name: stat.S_IMODE(os.stat(os.path.join(store.path, name)).st_mode) for name in os.listdir(store.path)}
-        assert modes == dict.fromkeys(["bad.json", "index.npy", "pixels.npy", "store.json"], file_mode)
+        assert modes == dict.fromkeys(["bad.json", "checksums.npy", "index.npy", "pixels.npy", "store.json"],
+                                      file_mode)
+
+
+def _another_group() -> int | None:
+    """A group this process may give its files other than its own primary group (root: any), or None."""
+    if os.geteuid() == 0:
+        return next((gid for gid in (65534, 100, 1) if gid != os.getegid()), None)
+    return next((gid for gid in os.getgroups() if gid != os.getegid()), None)
+
+
+@pytest.mark.skipif(_another_group() is None, reason="needs a group other than this user's primary group")
+def test_a_store_in_a_setgid_group_cache_keeps_the_folders_group_and_setgid(tmp_path, small):
+    # A cache shared by a group: the folder belongs to the group, setgid so that what is made in it does too, and a
+    # umask of 007 keeps everyone else out. The group's other members must be able to read the stores.
+    group = _another_group()
+    cache = tmp_path / "group-cache"
+    cache.mkdir()
+    os.chown(cache, -1, group)
+    os.chmod(cache, 0o2770)
+    previous = os.umask(0o007)
+    try:
+        stores = [stored_images_and_failures(small, "image", 16, cache_dir=str(cache))[0],
+                  decoded_images_and_failures(small, "image", 8, cache_dir=str(cache / "nested"))[0]]
+    finally:
+        os.umask(previous)
+    for store in stores:
+        folder = os.stat(store.path)
+        assert folder.st_gid == group and stat.S_IMODE(folder.st_mode) == 0o2770, (store.path, oct(folder.st_mode))
+        for name in os.listdir(store.path):
+            info = os.stat(os.path.join(store.path, name))
+            assert (info.st_gid, stat.S_IMODE(info.st_mode)) == (group, 0o660), (name, info.st_gid, oct(info.st_mode))
 
 
 @pytest.fixture
@@ -405,3 +439,170 @@ def test_without_flock_a_leftover_of_this_host_is_judged_by_its_pid(tmp_path, sm
     assert _warnings(caplog) == [f"Image store: removed {gone}, left by a build whose process is gone (process "
                                  f"{int(dead.stdout)} of this host is gone)."]
     assert "build.lock" not in os.listdir(store.path)
+
+
+class _StoredRows(torch.utils.data.Dataset):
+    """A store's images, one an item, as a DataLoader's workers read them."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, row: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.store.image(row)))
+
+
+def _overwrite_row(store, row: int) -> None:
+    """Overwrite row `row` of the store's pixels in place, same size (bit rot, a torn copy): only the pixels can tell."""
+    offset, height, width = (int(value) for value in store.index[row, :3])
+    with open(Path(store.path) / "pixels.npy", "r+b") as handle:
+        handle.seek(store.pixels.offset + offset)
+        handle.write((bytes(range(1, 256)) * (height * width * 3 // 255 + 1))[: height * width * 3])  # never black
+
+
+@pytest.mark.parametrize("kind", ["square", "shorter side"])
+def test_pixels_overwritten_in_place_in_a_small_store_are_found_when_it_is_opened_and_it_is_rebuilt(tmp_path,
+                                                                                                   with_bad_image,
+                                                                                                   kind, caplog):
+    def build():
+        if kind == "square":
+            return decoded_images_and_failures(with_bad_image, "image", 8, cache_dir=str(tmp_path))[0]
+        return stored_images_and_failures(with_bad_image, "image", 16, cache_dir=str(tmp_path))[0]
+
+    store = build()
+    path, pixels = store.path, np.array(store.pixels)
+    _overwrite_row(store, 1)  # the manifest, the sizes and the headers all still agree
+    _overwrite_row(store, BAD_ROW)  # a failed image's black row, too: never handed out as anything else
+    del store
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        again = build()
+        assert again.path == path and np.array_equal(again.pixels, pixels)
+        build()  # then reused without a word
+    assert _warnings(caplog) == [
+        f"Image store: {path}/pixels.npy is damaged (row 1 (and 1 more) changed since the store was written: disk "
+        f"damage, or a copy cut short or overwritten); removing the store {path} and building it again."]
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(path)]
+
+
+@pytest.mark.parametrize("kind", ["square", "shorter side"])
+def test_pixels_overwritten_in_place_in_a_large_store_are_read_as_built_and_the_next_run_rebuilds_it(
+        tmp_path, with_bad_image, kind, caplog, monkeypatch):
+    # A store above the size checked when opened (1 GiB; here every store) is checked row by row as it is read.
+    monkeypatch.setattr(image_store, "_CHECK_AT_OPEN_BYTES", 0, raising=False)
+    with_bad_image.save_to_disk(str(tmp_path / "data"))  # read from its files, as a Hub dataset is: its stores pickle
+    with_bad_image = datasets.load_from_disk(str(tmp_path / "data"))  # with a reference to them, for a worker's repair
+    tmp_path = tmp_path / "cache"
+
+    def build():
+        if kind == "square":
+            return decoded_images_and_failures(with_bad_image, "image", 8, cache_dir=str(tmp_path))[0]
+        return stored_images_and_failures(with_bad_image, "image", 16, cache_dir=str(tmp_path))[0]
+
+    store = build()
+    path, pixels = store.path, np.array(store.pixels)
+    images = [np.array(store.image(row)) for row in range(len(store))]
+    _overwrite_row(store, 1)
+    _overwrite_row(store, BAD_ROW)  # a failed image's black row, too: never handed out as anything else
+    del store
+    pixels_file = f"{path}/pixels.npy"
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        damaged = build()  # the manifest, the sizes and the headers all still agree
+        assert damaged.path == path and not np.array_equal(damaged.pixels, pixels)
+        worker = pickle.loads(pickle.dumps(damaged))  # as a spawned DataLoader worker gets it
+        for reader in (damaged, worker):
+            assert all(np.array_equal(reader.image(row), images[row]) for row in range(len(images)))
+            frames = reader.padded_batch([1, 0, BAD_ROW])[0].numpy()
+            for frame, row in zip(frames, [1, 0, BAD_ROW]):
+                height, width = images[row].shape[:2]
+                assert np.array_equal(frame[:height, :width], images[row])
+        assert _warnings(caplog) == [
+            f"Image store: {pixels_file} is damaged (row 1 changed since the store was written: disk damage, or a "
+            "copy cut short or overwritten); its damaged images are decoded again from the dataset for this run, and "
+            "the next run builds the store again."]
+        caplog.clear()
+        del damaged, worker
+        rebuilt = build()  # the next run
+        assert np.array_equal(rebuilt.pixels, pixels) and "damaged.json" not in os.listdir(path)
+        del rebuilt
+        build()  # then reused without a word
+    assert _warnings(caplog) == [
+        f"Image store: {pixels_file} is damaged (an earlier run found row 1 changed since the store was written: disk "
+        f"damage, or a copy cut short or overwritten); removing the store {path} and building it again."]
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(path)]
+
+
+def test_a_store_of_the_former_format_without_checksums_is_rebuilt_with_one_warning(tmp_path, small, caplog):
+    store = stored_images_and_failures(small, "image", 16, cache_dir=str(tmp_path))[0]
+    path, pixels = Path(store.path), np.array(store.pixels)
+    del store
+    manifest = json.loads((path / "store.json").read_text())  # as format 2 wrote it: no checksums
+    del manifest["files"]["checksums.npy"]
+    (path / "checksums.npy").unlink()
+    (path / "store.json").write_text(json.dumps(manifest | {"format": 2}))
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        again = stored_images_and_failures(small, "image", 16, cache_dir=str(tmp_path))[0]
+    assert np.array_equal(again.pixels, pixels) and again.checksums is not None
+    assert _warnings(caplog) == [f"Image store: {path}/store.json is damaged (format 2, this version reads 3); "
+                                 f"removing the store {path} and building it again."]
+
+
+# --------------------------------------------------------------------------------------------------------- SIGTERM
+
+
+def test_sigterm_during_a_build_stops_it_after_its_chunk_with_one_line_and_removes_it(tmp_path):
+    # Row 0's image is a named pipe: the build's first chunk blocks reading it until this test writes it, so SIGTERM
+    # arrives during the build, every time.
+    pipe = tmp_path / "slow.png"
+    os.mkfifo(pipe)
+    rows = _rows(4)
+    rows["image"][0] = {"bytes": None, "path": str(pipe)}
+    data = datasets.Dataset.from_dict(rows, features=FEATURES)
+    cache = tmp_path / "cache"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: builds, and reports what stopped it
+        try:
+            os.close(read)
+            signal.alarm(120)
+            try:
+                stored_images_and_failures(data, "image", 16, cache_dir=str(cache), num_threads=1)
+                payload = {"error": None}
+            except BaseException as error:  # noqa: BLE001 - reported to the test
+                payload = {"error": type(error).__name__, "message": str(error)}
+            with os.fdopen(write, "w") as out:
+                out.write(json.dumps(payload))
+        finally:
+            os._exit(0)
+    os.close(write)
+    with open(pipe, "wb") as image:  # opens once the build is reading it
+        os.kill(pid, signal.SIGTERM)
+        image.write(_jpeg(Image.new("RGB", (40, 48))))
+    with os.fdopen(read) as source:
+        payload = source.read()
+    _, status = os.waitpid(pid, 0)
+    assert not os.WIFSIGNALED(status), f"the build died of {signal.Signals(os.WTERMSIG(status)).name}, without a word"
+    result = json.loads(payload)
+    assert result["error"] == "StoreBuildStopped", result
+    assert result["message"] == ("SIGTERM received while building the image store (reading image sizes): stopped "
+                                 "before training, and the partial store was removed. Run the same command again to "
+                                 "build it.")
+    assert not cache.exists() or os.listdir(cache) == []  # no partial store, no temporary folder
+
+
+def test_the_dataloader_workers_of_a_run_share_which_rows_changed(tmp_path, small, monkeypatch):
+    # Workers started afresh each epoch share which rows were checked, so that each row is hashed once a run. A row
+    # one worker found changed must be decoded again by the next worker too, not taken for checked and read as stored.
+    monkeypatch.setattr(image_store, "_CHECK_AT_OPEN_BYTES", 0, raising=False)  # checked as read, as a large store
+    small.save_to_disk(str(tmp_path / "data"))
+    data = datasets.load_from_disk(str(tmp_path / "data"))
+    store = stored_images_and_failures(data, "image", 16, cache_dir=str(tmp_path / "cache"))[0]
+    image = np.array(store.image(1))
+    _overwrite_row(store, 1)
+    del store
+    store = stored_images_and_failures(data, "image", 16, cache_dir=str(tmp_path / "cache"))[0]
+    for epoch in range(2):  # each epoch's worker forked from this process, which reads nothing itself
+        loader = torch.utils.data.DataLoader(_StoredRows(store), batch_size=None, num_workers=1, sampler=[1],
+                                             multiprocessing_context="fork")
+        assert [np.array_equal(batch.numpy(), image) for batch in loader] == [True], f"epoch {epoch}"

@@ -25,8 +25,9 @@ from typing import Any
 from ..checkpoints import CheckpointSaveError
 from ..data import dataset_labels, load_image_classification_data, prepare_views
 from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
-from ..data.image_store import EncodedImages
+from ..data.image_store import EncodedImages, StoreBuildStopped
 from ..metrics import ClassificationMetrics
+from ..peer_watch import PeerStoppedAnswering
 from ..preemption import CtrlC, TrainingPreempted
 from ..trainer import SynerMixTrainer
 from .arguments import ScriptArgumentParser, is_builtin_default, preset_values, usage_error
@@ -404,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as error:  # a non-finite loss (`FiniteLossCheck`), whose message says what to do
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 1
+    except PeerStoppedAnswering as error:  # no barrier on the way out: a process of the job no longer answers
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 1
+    except StoreBuildStopped as stop:  # before training: nothing to save, the partial store removed
+        print(stop, file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         # Checkpoints are complete or absent, so whatever was being written when Ctrl-C came is simply not there.
         print("Interrupted. Run the same command again to continue from the last complete checkpoint, if the run "

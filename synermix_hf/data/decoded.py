@@ -98,4 +98,4 @@ def decoded_images(
                               tolerate=False, square=True)
     if failures:  # a store built by `decoded_images_and_failures`
         raise _failure_error(failures)
-    return store.pixels.reshape(len(store), image_size, image_size, 3).transpose(0, 3, 1, 2)
+    return store.checked_pixels().reshape(len(store), image_size, image_size, 3).transpose(0, 3, 1, 2)

@@ -9,13 +9,16 @@ work per example is a copy of stored rows; the views are made on the training de
 
 Layout: `pixels` is one flat uint8 array, the images' RGB rows in HWC order one after the other; `index` is int64
 `[N, 5]`, per image `offset, height, width, original_height, original_width` (the stored size, and the size
-`datasets.Image` decodes, after its EXIF transpose). Raw rows cost the loader over 10x less CPU than re-encoded JPEG
+`datasets.Image` decodes, after its EXIF transpose); `checksums` is uint64 `[N]`, each row's xxh3-64, all checked when
+a run opens a store of up to 1 GiB of pixels (damaged: rebuilt), else each row the first time the run reads it (a row
+whose pixels changed on disk is then decoded again from the dataset, and the store rebuilt by the next run:
+`synermix_hf.data.store_folder`). Raw rows cost the loader over 10x less CPU than re-encoded JPEG
 (BENCHMARKS.md), which would have to be decoded again every epoch; they take `3 * h * w` bytes an image (261,888 for a
 4:3 image at S = 256, stored 256 x 341).
 
 The store is a folder next to the dataset's cache files (or in `HF_DATASETS_CACHE` for an in-memory dataset), named by
 the dataset's fingerprint, the column, S, the interpolation and the decoding rule (`store_path`), holding `pixels.npy`,
-`index.npy`, `bad.json` (the images that failed, often `[]`) and `store.json`, its manifest; it is read back
+`checksums.npy`, `index.npy`, `bad.json` (the images that failed, often `[]`) and `store.json`, its manifest; it is read back
 memory-mapped, so later runs and every process of a distributed run share one copy. The build reads every image's size
 from its header (pass 1, no decoding), lays the rows out, then decodes and resizes in threads straight into each row's
 place in the file (pass 2; PIL releases the GIL). In a distributed run the local main process builds it while the
@@ -38,7 +41,9 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Iterator
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -46,6 +51,7 @@ import numpy as np
 import torch
 
 from .store_folder import (
+    CHECKSUMS_FILE,
     FAILURES_FILE,
     INDEX_FILE,
     PIXELS_FILE,
@@ -58,7 +64,9 @@ from .store_folder import (
     StoreSpaceError,
     check_manifest,
     load_failures,
+    mark_damaged,
     remove_damaged,
+    row_checksum,
     unreadable,
 )
 
@@ -67,6 +75,7 @@ __all__ = [
     "STORE_FORMAT_VERSION",
     "ImageStore",
     "StoreAccessError",
+    "StoreBuildStopped",
     "StoreSpaceError",
     "estimated_store_nbytes",
     "existing_store_nbytes",
@@ -80,10 +89,24 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_CHECK_AT_OPEN_BYTES = 1 << 30
+"""A store's pixels up to this size are checked in full when a run opens it (about 0.1 s a GiB from memory, a read of
+the file from disk), a damaged one rebuilt at once; a larger store's rows are checked as the run first reads them."""
+_UNCHECKED, _GOOD, _CHANGED = 0, 1, 2  # a stored row's state as this run found it (`ImageStore`)
 _CHUNK_ROWS = 64  # rows per thread task: small enough for a progress bar that moves, large enough to keep threads busy
 _PROGRESS_MIN_ROWS = 1000
 _INDEX_COLUMNS = 5  # offset, height, width, original_height, original_width
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that `ImageOps.exif_transpose` turns by 90 degrees
+
+
+class StoreBuildStopped(RuntimeError):
+    """SIGTERM (a scheduler's stop) during a store's build: the build stopped after the chunk of rows in progress
+    and its partial folder was removed. The message is one line; `signal_name` is the signal's."""
+
+    def __init__(self, signal_name: str, what: str):
+        self.signal_name = signal_name
+        super().__init__(f"{signal_name} received while {what}: stopped before training, and the partial store was "
+                         "removed. Run the same command again to build it.")
 
 
 DecodeFailure = tuple[int, str, str]
@@ -153,6 +176,11 @@ def _stored_size(height: int, width: int, short_side: int | None, square: bool) 
     return (int(short_side), int(short_side)) if square else stored_size(height, width, short_side or 0)
 
 
+def _changed_problem(row: int, count: int = 1) -> str:
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return f"row {row}{more} changed since the store was written: disk damage, or a copy cut short or overwritten"
+
+
 class ImageStore:
     """The stored images of a dataset: rows of varying size in one flat uint8 array, and their index.
 
@@ -164,16 +192,32 @@ class ImageStore:
         path: The store's folder, or None for a store built in memory. A store with a folder pickles without its
             arrays and reopens them from the folder (DataLoader workers started by spawn map the same file).
         square: Every image was resized to S x S (the square recipes' `ResizeIfNeeded`), not by its shorter side.
+        checksums: uint64 `[N]`, each row's `row_checksum` as built (a store with a folder), or None: not checked.
+            A row is checked the first time it is read by any of the processes that share this object (a DataLoader's
+            workers, forked or spawned, share which rows were checked).
+        source: Decodes a row again as the build did (`_RowSource`), for a row that fails its check; None: such a
+            row stops the read.
     """
 
     def __init__(self, pixels: np.ndarray, index: np.ndarray, short_side: int, interpolation: str,
-                 path: str | None = None, square: bool = False):
+                 path: str | None = None, square: bool = False, checksums: np.ndarray | None = None,
+                 source: Callable[[int, int, int], np.ndarray] | None = None):
         self.pixels = pixels
         self.index = index
         self.short_side = short_side
         self.interpolation = interpolation
         self.path = path
         self.square = square
+        self.checksums = checksums
+        self.source = source
+        # Each row's state, _UNCHECKED, _GOOD or _CHANGED, in shared memory: the DataLoader's workers, started afresh
+        # each epoch, share it (with fork and with spawn, whose pickling of a tensor shares its memory), so each row is
+        # checked once a run, not once a worker, and a changed row is decoded again by every process that reads it.
+        self._checked = None if checksums is None else torch.zeros(len(index), dtype=torch.uint8).share_memory_()
+        self._repaired: dict[int, np.ndarray] = {}  # rows that failed their check, decoded again
+        self._warned = False
+        self._all_checked = False  # every row checked (by this process or another): no more lookups
+        self._lookups = 0
 
     def __len__(self) -> int:
         return len(self.index)
@@ -209,9 +253,15 @@ class ImageStore:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         entries = np.asarray(self.index[rows])
         if boxes is None and self.square and self.pixels is not None:  # every row S x S: one gather
+            self._check_rows(rows)
             side = int(self.short_side)
             sizes = torch.from_numpy(np.ascontiguousarray(entries[:, 1:3]))
-            return torch.from_numpy(self.pixels.reshape(len(self), side, side, 3)[rows]), sizes
+            frames = self.pixels.reshape(len(self), side, side, 3)[rows]
+            if self._repaired:
+                for position, row in enumerate(rows.tolist()):
+                    if row in self._repaired:
+                        frames[position] = self._repaired[row].reshape(side, side, 3)
+            return torch.from_numpy(frames), sizes
         regions = (np.concatenate([np.zeros((len(rows), 2), np.int64), entries[:, 1:3]], axis=1) if boxes is None
                    else np.asarray(boxes, dtype=np.int64).reshape(-1, 4))
         side = int(regions[:, 2:].max()) if len(rows) else 0
@@ -223,14 +273,84 @@ class ImageStore:
         return batch, torch.from_numpy(np.ascontiguousarray(regions[:, 2:]))
 
     def _images(self, rows: np.ndarray, entries: np.ndarray) -> Iterator[np.ndarray]:
-        """Each of `rows` as uint8 `[h, w, 3]` (views of the store), `entries` their index rows."""
-        for offset, height, width in entries[:, :3].tolist():
-            yield self.pixels[offset : offset + height * width * 3].reshape(height, width, 3)
+        """Each of `rows` as uint8 `[h, w, 3]` (views of the store, each checked), `entries` their index rows."""
+        self._check_rows(rows)
+        for row, (offset, height, width) in zip(rows.tolist(), entries[:, :3].tolist()):
+            data = self._repaired.get(row)
+            if data is None:
+                data = self.pixels[offset : offset + height * width * 3]
+            yield data.reshape(height, width, 3)
+
+    def checked_pixels(self) -> np.ndarray:
+        """All the pixels (`pixels`), every row checked as a read checks it; a copy where a row had to be repaired."""
+        self._check_rows(np.arange(len(self)))
+        if not self._repaired:
+            return self.pixels
+        pixels = np.array(self.pixels)
+        for row, data in self._repaired.items():
+            offset = int(self.index[row, 0])
+            pixels[offset : offset + data.size] = data
+        return pixels
+
+    def _check_rows(self, rows: np.ndarray) -> None:
+        """Check the pixels of the `rows` not checked yet (by this process or another sharing this store) against
+        their checksums. A row that fails, here or in another process, is decoded again (`_repair`) and read from
+        that copy from then on."""
+        if self._checked is None or self._all_checked:
+            return
+        state = self._checked.numpy()
+        todo = np.unique(rows[state[rows] != _GOOD])
+        if self._repaired and len(todo):  # those decoded again here already
+            todo = todo[[row not in self._repaired for row in todo.tolist()]]
+        if not len(todo):
+            self._lookups += 1
+            if self._lookups % 64 == 0:  # the whole map now and then (its size in bytes), so that later epochs skip
+                self._all_checked = bool((state == _GOOD).all())
+            return
+        unchecked = todo[state[todo] == _UNCHECKED]
+        changed = set(_changed_rows(self.pixels, self.index, self.checksums, unchecked).tolist())
+        for row in todo.tolist():
+            if row in changed or state[row] == _CHANGED:
+                height, width = (int(value) for value in self.index[row, 1:3])
+                self._repaired[row] = self._repair(row, height, width)
+                state[row] = _CHANGED
+            else:
+                state[row] = _GOOD
+
+    def mark_checked(self) -> None:
+        """Take every row as checked and good (a store just built, or checked in full when opened)."""
+        if self._checked is not None:
+            self._checked.fill_(_GOOD)
+            self._all_checked = True
+
+    def _repair(self, row: int, height: int, width: int) -> np.ndarray:
+        """Row `row`'s pixels, decoded again from the dataset, after its pixels on disk failed their check: the
+        store is marked for the next run to rebuild, with one warning naming its pixels file (from the first
+        process of the run that finds it). A row that cannot be made again as built stops with a `RuntimeError`."""
+        pixels_file = os.path.join(self.path or "", PIXELS_FILE)
+        problem = _changed_problem(row)
+        data = self.source(row, height, width) if self.source is not None else None
+        if data is None or row_checksum(data) != int(self.checksums[row]):
+            mark_damaged(self.path, problem)
+            raise RuntimeError(f"The image store {self.path} is damaged ({pixels_file}: {problem}), and decoding the "
+                               "image again does not give its pixels back (did the dataset change?). Run again: it "
+                               "builds the store anew.")
+        if not self._warned:
+            self._warned = True
+            marked = mark_damaged(self.path, problem)
+            if marked:
+                logger.warning("Image store: %s is damaged (%s); its damaged images are decoded again from the "
+                               "dataset for this run, and the next run builds the store again.", pixels_file, problem)
+            elif marked is None:
+                logger.warning("Image store: %s is damaged (%s); its damaged images are decoded again from the "
+                               "dataset at every read. This user may not mark it to be rebuilt: ask its owner to "
+                               "remove %s.", pixels_file, problem, self.path)
+        return data
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         if self.path is not None:  # reopened from the folder, not pickled
-            state["pixels"] = state["index"] = None
+            state["pixels"] = state["index"] = state["checksums"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -238,7 +358,7 @@ class ImageStore:
         if self.path is not None and self.pixels is None:
             try:
                 # Checked in full by the process that opened it first; a worker reopening it checks the sizes.
-                self.pixels, self.index = _open_arrays(self.path, digests=False)
+                self.pixels, self.index, _, self.checksums = _open_store(self.path, digests=False)
             except BrokenStore as problem:
                 raise RuntimeError(f"Cannot reopen the image store {self.path} ({problem}): it was removed or changed "
                                    "while in use; run again to rebuild it.") from None
@@ -363,19 +483,20 @@ def _load_array(file: str) -> np.ndarray:
         raise BrokenStore(file, f"{type(error).__name__}: {error}") from error
 
 
-def _open_store(folder: str, with_pixels: bool = True,
-                digests: bool = True) -> tuple[np.ndarray | None, np.ndarray, list[DecodeFailure]]:
-    """The store's pixels (None without them) memory-mapped, its index and its failures, every file checked against
-    the manifest (`digests`: the small files' SHA-256 too) and the arrays against each other: `BrokenStore` naming
-    the first damaged file, `StoreAccessError` when this user may not read them."""
+def _open_store(folder: str, with_pixels: bool = True, digests: bool = True
+                ) -> tuple[np.ndarray | None, np.ndarray, list[DecodeFailure], np.ndarray | None]:
+    """The store's pixels (None without them) memory-mapped, its index, its failures and its rows' checksums (None
+    without pixels), every file checked against the manifest (`digests`: the small files' SHA-256 too) and the
+    arrays against each other: `BrokenStore` naming the first damaged file, `StoreAccessError` when this user may not
+    read them."""
     try:
         return _read_store(folder, with_pixels, digests)
     except PermissionError as error:
         raise unreadable(folder, error) from None
 
 
-def _read_store(folder: str, with_pixels: bool,
-                digests: bool) -> tuple[np.ndarray | None, np.ndarray, list[DecodeFailure]]:
+def _read_store(folder: str, with_pixels: bool, digests: bool
+                ) -> tuple[np.ndarray | None, np.ndarray, list[DecodeFailure], np.ndarray | None]:
     num_rows = check_manifest(folder, with_pixels, digests)
     pixels_file, index_file = os.path.join(folder, PIXELS_FILE), os.path.join(folder, INDEX_FILE)
     pixels = _load_array(pixels_file) if with_pixels else None
@@ -391,20 +512,34 @@ def _read_store(folder: str, with_pixels: bool,
         raise BrokenStore(index_file, "the index holds an image without pixels")
     failures = load_failures(os.path.join(folder, FAILURES_FILE), num_rows)
     if pixels is None:
-        return None, index, failures
+        return None, index, failures, None
+    checksums_file = os.path.join(folder, CHECKSUMS_FILE)
+    checksums = _load_array(checksums_file)
+    if checksums.dtype != np.uint64 or checksums.shape != (num_rows,):
+        raise BrokenStore(checksums_file, f"checksums are {checksums.dtype} {checksums.shape}, not uint64 [{num_rows}]")
+    checksums = np.array(checksums)
     ends = index[:, 0] + index[:, 1] * index[:, 2] * 3
     starts_ok = len(index) == 0 or (index[0, 0] == 0 and np.array_equal(index[1:, 0], ends[:-1]))
     total = int(ends[-1]) if len(index) else 0
     if not starts_ok or total != pixels.size:
         raise BrokenStore(pixels_file,
                           f"the index describes {total} bytes of pixels in order, the pixels hold {pixels.size}")
-    return pixels, index, failures
+    return pixels, index, failures, checksums
 
 
 def _open_arrays(folder: str, with_pixels: bool = True, digests: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
     """The store's pixels (None without them) and index, memory-mapped, checked as `_open_store` checks them."""
-    pixels, index, _ = _open_store(folder, with_pixels, digests)
+    pixels, index, _, _ = _open_store(folder, with_pixels, digests)
     return pixels, index
+
+
+def _changed_rows(pixels: np.ndarray, index: np.ndarray, checksums: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Those of `rows` whose pixels no longer match their checksums."""
+    entries = index[rows, :3]
+    buffer = memoryview(pixels.view(np.ndarray))  # a plain buffer: a memmap's slices cost microseconds each
+    sums = np.fromiter((row_checksum(buffer[offset : offset + height * width * 3])
+                        for offset, height, width in entries.tolist()), dtype=np.uint64, count=len(rows))
+    return rows[sums != checksums[rows]]
 
 
 def existing_store_nbytes(path: str, with_pixels: bool = True) -> int | None:
@@ -473,16 +608,79 @@ def _put(pixels: np.ndarray | PixelsFile | None, offset: int, data: np.ndarray) 
         pixels[offset : offset + data.size] = data.reshape(-1)
 
 
-def _decode_into(raw: Any, feature: Any, image_column: str, resize: Any, pixels: np.ndarray | PixelsFile | None,
-                 index: np.ndarray, skip: set[int], start: int, stop: int,
-                 tolerate: bool) -> tuple[int, list[DecodeFailure]]:
-    """Decode rows `[start, stop)` as the per-image path does before ToTensor (`feature.decode_example`, RGB,
-    `T.Resize(S)`) into their places in `pixels` (None: decode only, to check them and read their true sizes). A row
-    that fails, or whose decoded size disagrees with its header's (the place is sized from it), is stored black and
-    returned with `tolerate`, and raises naming it otherwise. Writing the pixels is outside the per-image handling: a
-    full disk is not a bad image."""
+def _resize_of(short_side: int | None, interpolation: str, square: bool = False,
+               centre_crop_of: int | None = None) -> Any:
+    """The resize a store's rows are made with (None: none, full resolution or an index only)."""
+    import torchvision.transforms as T
+
+    if centre_crop_of is not None:
+        return T.Compose([T.Resize(centre_crop_of, interpolation=T.InterpolationMode(interpolation)),
+                          T.CenterCrop(short_side)])
+    if square:
+        from .transforms import ResizeIfNeeded
+
+        return ResizeIfNeeded(short_side)
+    return T.Resize(short_side, interpolation=T.InterpolationMode(interpolation)) if short_side else None
+
+
+def _decoded_row(feature: Any, value: Any, resize: Any) -> tuple[np.ndarray, tuple[int, int]]:
+    """The pixels of the undecoded image `value` as the per-image path has them before ToTensor
+    (`feature.decode_example`, RGB, `resize`), uint8 `[h, w, 3]`, and its decoded `(height, width)`."""
     from .transforms import as_rgb
 
+    image = feature.decode_example(value)
+    original = (image.height, image.width)
+    image = as_rgb(image)
+    if resize is not None:
+        image = resize(image)
+    return np.asarray(image, dtype=np.uint8), original
+
+
+class _RowSource:
+    """Decodes a store's row again, as its build did, from the dataset: for a row whose pixels changed on disk.
+    Holds the dataset (pickled with the store, as `EncodedImages` is) and makes its undecoded column when first
+    needed."""
+
+    def __init__(self, dataset: Any, image_column: str, short_side: int, interpolation: str, square: bool,
+                 centre_crop_of: int | None):
+        self.dataset, self.image_column = dataset, image_column
+        self.resize = (short_side, interpolation, square, centre_crop_of)
+        self._raw = None
+
+    def __call__(self, row: int, height: int, width: int) -> np.ndarray | None:
+        """Row `row`'s pixels, flat uint8, `height` x `width` as the index has them; black where it cannot be
+        decoded (as the build stored it)."""
+        if self.dataset is None:
+            return None  # not carried over to this process (`__getstate__`)
+        if self._raw is None:
+            self._raw = _undecoded_column(self.dataset, self.image_column)
+        try:
+            array, _ = _decoded_row(self.dataset.features[self.image_column], self._raw[row][self.image_column],
+                                    _resize_of(*self.resize))
+        except Exception:  # a failure of the build's: stored black
+            array = None
+        if array is None or array.shape != (height, width, 3):
+            return np.zeros(height * width * 3, dtype=np.uint8)
+        return np.ascontiguousarray(array).reshape(-1)
+
+    def __getstate__(self) -> dict:
+        # A dataset read from its files pickles as a reference to them; one in memory would travel whole to every
+        # spawned worker, so there a row that fails its check stops the read instead (`ImageStore._repair`).
+        in_files = bool(getattr(self.dataset, "cache_files", None))
+        return dict(self.__dict__, _raw=None, dataset=self.dataset if in_files else None)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+def _decode_into(raw: Any, feature: Any, image_column: str, resize: Any, pixels: np.ndarray | PixelsFile | None,
+                 index: np.ndarray, skip: set[int], start: int, stop: int, tolerate: bool,
+                 checksums: np.ndarray | None = None) -> tuple[int, list[DecodeFailure]]:
+    """Decode rows `[start, stop)` as the per-image path does before ToTensor (`feature.decode_example`, RGB,
+    `T.Resize(S)`) into their places in `pixels` (None: decode only, to check them and read their true sizes), with
+    each row's `row_checksum` into `checksums` (where given). A row that fails, or whose decoded size disagrees with
+    its header's (the place is sized from it), is stored black and returned with `tolerate`, and raises naming it
+    otherwise. Writing the pixels is outside the per-image handling: a full disk is not a bad image."""
     values = raw[start:stop][image_column]
     failures = []
     for row, value in enumerate(values, start):
@@ -490,12 +688,7 @@ def _decode_into(raw: Any, feature: Any, image_column: str, resize: Any, pixels:
         array = None
         if row not in skip:  # else its header could not be read: already a failure
             try:
-                image = feature.decode_example(value)
-                original = (image.height, image.width)
-                image = as_rgb(image)
-                if resize is not None:
-                    image = resize(image)
-                array = np.asarray(image, dtype=np.uint8)
+                array, original = _decoded_row(feature, value, resize)
                 if array.shape[:2] == (width, height) != (height, width):
                     # Turned by 90 degrees: an orientation the header did not show (a PNG's eXIf after the pixels).
                     # Same number of bytes, so the image keeps its place, with its true size in the index.
@@ -509,23 +702,59 @@ def _decode_into(raw: Any, feature: Any, image_column: str, resize: Any, pixels:
                     raise _failure_error([failure]) from error
                 array = None
                 failures.append(failure)
-        _put(pixels, offset, array if array is not None else np.zeros(height * width * 3, dtype=np.uint8))
+        data = np.ascontiguousarray(array if array is not None else np.zeros(height * width * 3, dtype=np.uint8))
+        _put(pixels, offset, data)
+        if checksums is not None:
+            checksums[row] = row_checksum(data.reshape(-1))
     return stop - start, failures
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm(what: str) -> Iterator[Callable[[], None]]:
+    """While a store is built (`what`), SIGTERM is a request: the build stops after the chunk in progress, raising
+    `StoreBuildStopped` from the check this yields (called between chunks), rather than the process dying without a
+    word (the partial build is then removed as on any error). A second SIGTERM acts as without the handler. Outside
+    the main thread, where no handler can be set, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    received: list[int] = []
+
+    def handle(signum: int, frame: Any) -> None:
+        if received:  # a second signal: what would have happened without the handler
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        received.append(signum)
+
+    def check() -> None:
+        if received:
+            raise StoreBuildStopped(signal.Signals(received[0]).name, what)
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield check
+        check()  # a signal during the last chunk
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _run_chunks(pool: ThreadPoolExecutor, task: Any, num_rows: int, description: str) -> list[Any]:
     """`task(start, stop)` over the rows in chunks, in the threads of `pool`, in order, with a progress bar. The first
-    error cancels the chunks not started yet and propagates."""
+    error cancels the chunks not started yet and propagates; so does SIGTERM, after the chunk in progress
+    (`StoreBuildStopped`)."""
     from tqdm.auto import tqdm
 
     chunks = [(start, min(start + _CHUNK_ROWS, num_rows)) for start in range(0, num_rows, _CHUNK_ROWS)]
-    jobs = [pool.submit(task, start, stop) for start, stop in chunks]
-    results = []
+    jobs, results = [], []
     try:
-        with tqdm(total=num_rows, desc=description, unit="img", disable=num_rows < _PROGRESS_MIN_ROWS) as bar:
+        with (_stopped_by_sigterm(f"building the image store ({description.lower()})") as check,
+              tqdm(total=num_rows, desc=description, unit="img", disable=num_rows < _PROGRESS_MIN_ROWS) as bar):
+            jobs = [pool.submit(task, start, stop) for start, stop in chunks]  # after the handler: no signal lost
             for (start, stop), job in zip(chunks, jobs):
                 results.append(job.result())
                 bar.update(stop - start)
+                check()
     except BaseException:
         for job in jobs:
             job.cancel()
@@ -541,21 +770,12 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
            centre_crop_of: int | None = None) -> tuple[ImageStore, list[DecodeFailure]]:
     """Build the store (`short_side` None: only the index of an `EncodedImages`, every image decoded once to check
     it and read its size). On disk, out of room: `StoreSpaceError`, the partial build removed."""
-    import torchvision.transforms as T
-
     keep_pixels = short_side is not None
     raw = _undecoded_column(dataset, image_column)
     feature = dataset.features[image_column]
     num_rows = len(dataset)
-    if centre_crop_of is not None:
-        resize = T.Compose([T.Resize(centre_crop_of, interpolation=T.InterpolationMode(interpolation)),
-                            T.CenterCrop(short_side)])
-    elif square:
-        from .transforms import ResizeIfNeeded
-
-        resize = ResizeIfNeeded(short_side)
-    else:
-        resize = (T.Resize(short_side, interpolation=T.InterpolationMode(interpolation)) if short_side else None)
+    resize = _resize_of(short_side, interpolation, square, centre_crop_of)
+    checksums = np.zeros(num_rows, dtype=np.uint64) if keep_pixels and path is not None else None
     pixels = None
     # On disk: complete or absent, whatever stops the build; out of room, `StoreSpaceError`.
     with StoreBuild(path) if path is not None else contextlib.nullcontext() as build:
@@ -587,22 +807,28 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
                     "Decoding images once (full resolution)")
             results = _run_chunks(
                 pool, lambda a, b: _decode_into(raw, feature, image_column, resize, pixels, index, skip, a, b,
-                                                tolerate),
+                                                tolerate, checksums),
                 num_rows, what,
             )  # fmt: skip
         failures = sorted(failures + [failure for _, failed in results for failure in failed])
         if build is None:
             return _made(dataset, image_column, pixels, index, short_side, interpolation, None, square), failures
-        build.finish(index, failures, lambda: existing_store_nbytes(path, keep_pixels) is not None)
-    pixels, index, failures = _open_store(path, keep_pixels)
-    return _made(dataset, image_column, pixels, index, short_side, interpolation, path, square), failures
+        build.finish(index, failures, lambda: existing_store_nbytes(path, keep_pixels) is not None, checksums)
+    pixels, index, failures, checksums = _open_store(path, keep_pixels)
+    store = _made(dataset, image_column, pixels, index, short_side, interpolation, path, square, checksums,
+                  centre_crop_of)
+    store.mark_checked()  # its pixels are those just written
+    return store, failures
 
 
 def _made(dataset: Any, image_column: str, pixels: np.ndarray | None, index: np.ndarray, short_side: int | None,
-          interpolation: str, path: str | None, square: bool = False) -> ImageStore:
+          interpolation: str, path: str | None, square: bool = False, checksums: np.ndarray | None = None,
+          centre_crop_of: int | None = None) -> ImageStore:
     if short_side is None:
         return EncodedImages(dataset, image_column, index, path)
-    return ImageStore(pixels, index, short_side, interpolation, path, square)
+    source = (None if checksums is None else
+              _RowSource(dataset, image_column, short_side, interpolation, square, centre_crop_of))
+    return ImageStore(pixels, index, short_side, interpolation, path, square, checksums, source)
 
 
 # ------------------------------------------------------------------------------------------------------ public API
@@ -769,15 +995,24 @@ def _reuse_or_build(dataset: Any, image_column: str, short_side: int | None, int
     keep_pixels = short_side is not None
     if os.path.lexists(path):
         try:
-            pixels, index, failures = _open_store(path, keep_pixels)
+            pixels, index, failures, checksums = _open_store(path, keep_pixels)
             if len(index) != len(dataset):
                 raise BrokenStore(os.path.join(path, INDEX_FILE),
                                   f"it holds {len(index)} images, the dataset {len(dataset)}")
+            checked = pixels is not None and pixels.nbytes <= _CHECK_AT_OPEN_BYTES
+            if checked:  # a small store: all of it now (tenths of a second), and nothing in the loader
+                changed = _changed_rows(pixels, index, checksums, np.arange(len(index)))
+                if len(changed):
+                    raise BrokenStore(os.path.join(path, PIXELS_FILE), _changed_problem(int(changed[0]), len(changed)))
         except BrokenStore as problem:
             remove_damaged(path, problem)
         else:
             logger.info("Image store: reusing %s", path)
-            return _made(dataset, image_column, pixels, index, short_side, interpolation, path, square), failures
+            store = _made(dataset, image_column, pixels, index, short_side, interpolation, path, square, checksums,
+                          centre_crop_of)
+            if checked:
+                store.mark_checked()
+            return store, failures
     elif not local_main:  # the local main process had its turn and left no store: it had no room
         raise StoreSpaceError(f"No room for the image store {path}: the local main process could not build it (its "
                               "warning says why)")

@@ -2,10 +2,10 @@
 at every reuse, and removed when it is damaged or abandoned.
 
 `synermix_hf.data.image_store` decides what a store holds (the layout of its rows, how the images are decoded into
-them); this module, how its folder comes to be and how long it is trusted. A store's folder holds `pixels.npy` (none
-for the index of images decoded at every read), `index.npy`, `bad.json` (the images that failed, often `[]`) and
-`store.json`, its manifest: the format version, the number of rows, each file's size, and the SHA-256 of the small
-files. The guarantees:
+them); this module, how its folder comes to be and how long it is trusted. A store's folder holds `pixels.npy` and
+`checksums.npy` (neither for the index of images decoded at every read), `index.npy`, `bad.json` (the images that
+failed, often `[]`) and `store.json`, its manifest: the format version, the number of rows, each file's size, and the
+SHA-256 of the small files. The guarantees:
 
 * Complete or absent: a store is built (`StoreBuild`) in a temporary sibling folder, its manifest written last, and
   renamed into place at the end (`os.replace`, atomic): readers see no store or the whole store, an interrupted build
@@ -22,7 +22,8 @@ files. The guarantees:
   with a `ValueError`. In a distributed run the other local processes, let in after the local main process's failed
   build, find no store and fall back alike.
 * Permissions: the store's folder and files get the modes the umask gives (`0o777 & ~umask`, `0o666 & ~umask`), as
-  `datasets`' own cache files do, so that a shared `HF_DATASETS_CACHE` works. A store another user built is used as
+  `datasets`' own cache files do, so that a shared `HF_DATASETS_CACHE` works; in a setgid folder (a cache shared by
+  a group) the store's folder keeps the setgid bit, so that it and its files belong to the folder's group. A store another user built is used as
   it is when it can be read, even where nothing can be written (found next to the dataset's files even when this
   user cannot write there); one that cannot be read stops with `StoreAccessError` (a `PermissionError` and a
   `ValueError`), one line naming it and what to do; so does a folder this user cannot write a new store into.
@@ -31,6 +32,13 @@ files. The guarantees:
   unparsable makes the store damaged (`BrokenStore`): one warning naming the damaged file, the store removed
   (`remove_damaged`) and built again. A store without its `bad.json` is never trusted, so an image that failed is
   never taken for a black training image. A damaged store this user cannot remove stops with `StoreAccessError`.
+* Pixels changed in place (bit rot, a copy torn but of the right size): each row's pixels carry their checksum
+  (`checksums.npy`, xxh3-64, `row_checksum`). `synermix_hf.data.image_store` checks a store of up to 1 GiB of pixels in
+  full when a run opens it (damaged: rebuilt as above); hashing a larger one at every reuse would cost more than the
+  decoding it saves, so a row is checked the first time the run reads it (its cost, BENCHMARKS.md). A row that fails
+  its check is decoded again from the dataset for the rest of the run, and `mark_damaged` leaves `damaged.json` in the
+  folder, with one warning naming the pixels file (said by the first process of the run that finds it); the next
+  run's check of the manifest finds the mark: the store is damaged, and rebuilt as above.
 * Leftovers: a build holds an advisory lock (`fcntl.flock`) on `build.lock` in its temporary folder until the rename.
   Every build first removes the temporary folders (of any store, from any host) whose lock it can take, their builder
   being gone, with one warning each; where the file system has no `flock`, those of this host whose process is gone.
@@ -58,14 +66,17 @@ import pwd
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import xxhash  # a requirement of `datasets` (its fingerprints), so always installed with it
 
 __all__ = [
+    "CHECKSUMS_FILE",
     "FAILURES_FILE",
     "INDEX_FILE",
     "PIXELS_FILE",
@@ -78,21 +89,26 @@ __all__ = [
     "StoreSpaceError",
     "check_manifest",
     "load_failures",
+    "mark_damaged",
     "remove_damaged",
+    "row_checksum",
     "unreadable",
 ]
 
 logger = logging.getLogger(__name__)
 
-STORE_FORMAT_VERSION = 2
-"""Bumped when the layout or the decoding rule changes, so that old stores are not reused. 2: the manifest
-(`store.json`) and an always present `bad.json`; `as_rgb`'s conversion of 16-bit images."""
+STORE_FORMAT_VERSION = 3
+"""Bumped when the layout or the decoding rule changes, so that old stores are not reused (the version is part of a
+store's name, and its manifest's). 2: the manifest (`store.json`) and an always present `bad.json`; `as_rgb`'s
+conversion of 16-bit images. 3: each row's checksum (`checksums.npy`)."""
 
 STORE_PREFIX = "synermix-store-"
 """The start of every store folder's name (its temporary folders: `.` and this)."""
 
 PIXELS_FILE, INDEX_FILE, FAILURES_FILE = "pixels.npy", "index.npy", "bad.json"
-_MANIFEST_FILE, _LOCK_FILE = "store.json", "build.lock"
+CHECKSUMS_FILE = "checksums.npy"
+"""uint64 `[N]`: each row's `row_checksum`, as the build wrote the row."""
+_MANIFEST_FILE, _LOCK_FILE, _DAMAGE_FILE = "store.json", "build.lock", "damaged.json"
 _LEGACY_TEMPORARY = ("synermix-decoded-", ".tmp")  # the square cache's former `<name>.npy.<random>.tmp` files
 _LEGACY_TEMPORARY_AGE_S = 24 * 3600
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -249,6 +265,11 @@ class PixelsFile:
             os.close(fd)  # NFS reports a write it could not make at close
 
 
+def row_checksum(data: np.ndarray | memoryview) -> int:
+    """The checksum of one row's pixels (a contiguous uint8 buffer): xxh3-64, faster than copying them."""
+    return xxhash.xxh3_64_intdigest(data)
+
+
 # ----------------------------------------------------------------------------------------------------- the manifest
 
 
@@ -261,12 +282,13 @@ def _sha256(file: str) -> str:
 
 
 def _store_files(with_pixels: bool) -> tuple[str, ...]:
-    return (PIXELS_FILE, INDEX_FILE, FAILURES_FILE) if with_pixels else (INDEX_FILE, FAILURES_FILE)
+    return (PIXELS_FILE, CHECKSUMS_FILE, INDEX_FILE, FAILURES_FILE) if with_pixels else (INDEX_FILE, FAILURES_FILE)
 
 
 def _write_manifest(folder: str, num_rows: int, with_pixels: bool) -> None:
-    """Write `store.json`, last: what a complete store of `folder` holds. The pixels are checked by size only (hashing
-    gigabytes at every reuse would cost more than the decoding it saves), the small files by their SHA-256 too."""
+    """Write `store.json`, last: what a complete store of `folder` holds. The pixels are checked here by size only
+    (hashing gigabytes at every reuse would cost more than the decoding it saves; each row is checked against
+    `checksums.npy` when first read), the small files by their SHA-256 too."""
     files = {}
     for name in _store_files(with_pixels):
         file = os.path.join(folder, name)
@@ -277,10 +299,13 @@ def _write_manifest(folder: str, num_rows: int, with_pixels: bool) -> None:
 
 def check_manifest(folder: str, with_pixels: bool, digests: bool = True) -> int:
     """The number of rows the manifest of `folder` records, after checking each file against it (its size, and with
-    `digests` the SHA-256 of the small files): `BrokenStore` naming the first damaged file."""
+    `digests` the SHA-256 of the small files, and the mark of pixels found damaged by a reader, `mark_damaged`):
+    `BrokenStore` naming the first damaged file."""
     manifest_file = os.path.join(folder, _MANIFEST_FILE)
 
     def parse(manifest: Any) -> tuple[Any, int, dict[str, tuple[int, str | None]]]:
+        if manifest["format"] != STORE_FORMAT_VERSION:  # another format lists other files: said as such
+            return manifest["format"], 0, {}
         version, num_rows, files = manifest["format"], int(manifest["rows"]), dict(manifest["files"])
         expected = {name: (int(files[name]["bytes"]), files[name].get("sha256")) for name in _store_files(with_pixels)}
         return version, num_rows, expected
@@ -288,6 +313,10 @@ def check_manifest(folder: str, with_pixels: bool, digests: bool = True) -> int:
     version, num_rows, expected = _load_json(manifest_file, parse)
     if version != STORE_FORMAT_VERSION:
         raise BrokenStore(manifest_file, f"format {version!r}, this version reads {STORE_FORMAT_VERSION}")
+    if digests and with_pixels:
+        mark = _load_json(os.path.join(folder, _DAMAGE_FILE), lambda found: str(found["problem"]), missing=None)
+        if mark is not None:
+            raise BrokenStore(os.path.join(folder, PIXELS_FILE), f"an earlier run found {mark}")
     for name, (nbytes, digest) in expected.items():
         file = os.path.join(folder, name)
         try:
@@ -316,13 +345,18 @@ def load_failures(file: str, num_rows: int) -> list[tuple[int, str, str]]:
     return failures
 
 
-def _load_json(file: str, parse: Callable[[Any], Any]) -> Any:
-    """`parse` of the JSON in `file`; `BrokenStore` when the file is missing, or it or its contents cannot be read
-    (`PermissionError` as it is)."""
+_MISSING = object()
+
+
+def _load_json(file: str, parse: Callable[[Any], Any], missing: Any = _MISSING) -> Any:
+    """`parse` of the JSON in `file`; `BrokenStore` when the file is missing (or `missing`, where given), or it or its
+    contents cannot be read (`PermissionError` as it is)."""
     try:
         with open(file, encoding="utf-8") as handle:
             return parse(json.load(handle))
     except FileNotFoundError:
+        if missing is not _MISSING:
+            return missing
         raise BrokenStore(file, "missing") from None
     except PermissionError:
         raise
@@ -434,7 +468,10 @@ def _new_build_folder(path: str) -> tuple[str, int]:
     with _writing(path, parent):
         os.makedirs(parent, exist_ok=True)
     _remove_abandoned_builds(path)
-    mode = 0o777 & ~_umask()
+    # A setgid parent (a cache shared by a group) gave the new folder its group and setgid bit: kept, so that the
+    # files made in it take the group too (a mode without the bit would clear it, and they would take this user's
+    # primary group, which the group's other members, kept out by a umask of 007, could not read).
+    mode = (0o777 & ~_umask()) | (os.stat(parent).st_mode & stat.S_ISGID)
     for _ in range(3):
         with _writing(path, parent):
             temporary = tempfile.mkdtemp(prefix=f"{_temporary_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=parent)
@@ -511,13 +548,17 @@ class StoreBuild:
         self._pixels = PixelsFile(os.path.join(self.folder, PIXELS_FILE), nbytes)
         return self._pixels
 
-    def finish(self, index: np.ndarray, failures: list[tuple[int, str, str]],
-               built_meanwhile: Callable[[], bool]) -> None:
-        """Close the pixels (where they were reserved), write `index` and `failures`, then the manifest, last, and
-        rename the folder into place; where that fails because another process's store took the place meanwhile
-        (`built_meanwhile()`: it is complete), use that one and remove this build."""
+    def finish(self, index: np.ndarray, failures: list[tuple[int, str, str]], built_meanwhile: Callable[[], bool],
+               checksums: np.ndarray | None = None) -> None:
+        """Close the pixels (where they were reserved), write their rows' `checksums` (uint64 `[N]`, `row_checksum`),
+        `index` and `failures`, then the manifest, last, and rename the folder into place; where that fails because
+        another process's store took the place meanwhile (`built_meanwhile()`: it is complete), use that one and
+        remove this build."""
         if self._pixels is not None:
             self._pixels.close()
+            if checksums is None or len(checksums) != len(index):
+                raise ValueError("A store with pixels needs each row's checksum.")
+            _save_array(os.path.join(self.folder, CHECKSUMS_FILE), np.asarray(checksums, dtype=np.uint64))
         _save_array(os.path.join(self.folder, INDEX_FILE), index)
         _write_failures(os.path.join(self.folder, FAILURES_FILE), failures)
         _write_manifest(self.folder, len(index), with_pixels=self._pixels is not None)
@@ -552,6 +593,26 @@ class StoreBuild:
 
 
 # --------------------------------------------------------------------------------------------------------- damage
+
+
+def mark_damaged(folder: str, problem: str) -> bool | None:
+    """Mark the store `folder`'s pixels damaged (`problem`, e.g. a row that fails its checksum), so that the next
+    run's check of its manifest rebuilds it; the processes of this run go on reading it. True when this call made
+    the mark, False when another process had made it already, None when this user may not write it."""
+    try:
+        fd = os.open(os.path.join(folder, _DAMAGE_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    except OSError:
+        return None
+    try:
+        os.write(fd, json.dumps({"file": PIXELS_FILE, "problem": problem}).encode())
+    except OSError:
+        pass  # the mark's presence is what counts; a mark without its text names the problem as unreadable
+    finally:
+        os.close(fd)
+    return True
+
 
 
 def remove_damaged(path: str, problem: BrokenStore) -> None:
