@@ -43,7 +43,7 @@ from .models import TorchvisionClassifierConfig, TorchvisionForImageClassificati
 from .recipe import RecipeTrainingArguments
 from .seeding import example_seeds, step_generators
 from .trainer import SynerMixTrainer
-from .training_args import INTER_MIXUP_CHOICES, SynerMixTrainingArguments, normalize_inter_mixup
+from .training_args import SynerMixTrainingArguments, normalize_inter_mixup
 
 __version__ = "0.6.0"
 
@@ -62,7 +62,6 @@ __all__ = [
     "INTER_MIXUPS",
     "InterMixup",
     "INPUT_POINT",
-    "INTER_MIXUP_CHOICES",
     "BatchViews",
     "ClassBalancedBatchSampler",
     "CropViews",

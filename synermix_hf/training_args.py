@@ -17,7 +17,6 @@ from .data.bad_images import DEFAULT_MAX_BAD_IMAGE_FRACTION
 from .mixup import INTER_MIXUPS
 
 __all__ = [
-    "INTER_MIXUP_CHOICES",
     "SynerMixTrainingArguments",
     "accelerator_available",
     "launched_processes",
@@ -26,15 +25,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-INTER_MIXUP_CHOICES = tuple(INTER_MIXUPS)  # the names of `mixup.INTER_MIXUPS`, kept for compatibility
-
 
 def normalize_inter_mixup(value: str | None) -> str:
     """Map any accepted spelling ("Mixup", "Manifold_Mixup", "manifold-mixup", None, ...) to a canonical choice."""
     canonical = "none" if value is None else str(value).strip().lower().replace("-", "_")
     if canonical not in INTER_MIXUPS:
         raise ValueError(
-            f"`inter_mixup` {value!r} is not valid; choose one of {', '.join(INTER_MIXUP_CHOICES)} (case-insensitive; "
+            f"`inter_mixup` {value!r} is not valid; choose one of {', '.join(INTER_MIXUPS)} (case-insensitive; "
             "the paper's spellings Mixup and Manifold_Mixup work too)."
         )
     return canonical
