@@ -8,7 +8,7 @@ from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import DataLoader
 
 from synermix_hf import ClassBalancedBatchSampler
-from synermix_hf.data.sampler import PositionedBatchSampler, SplitSteps, StepShards, split_step
+from synermix_hf.data.sampler import PositionedBatchSampler, SplitSteps, split_step
 
 LABELS = np.random.default_rng(0).integers(0, 20, size=203)  # many classes: singletons are common at batch 16
 
@@ -80,13 +80,12 @@ def test_works_as_a_dataloader_batch_sampler():
 
 
 def test_on_two_processes_the_shards_of_a_step_are_the_one_process_batch():
-    # As the trainer shards it: accelerate's BatchSamplerShard hands shard i of the common sequence to process i % 2,
-    # so the two processes of a step hold the two halves of the balanced batch one process would train on, in order,
-    # at the same positions of the epoch (so with the same augmentation).
+    # As the trainer shards it without accumulation: accelerate's BatchSamplerShard hands piece i of the common
+    # sequence to process i % 2, so the two processes of a step hold the two halves of the balanced batch one process
+    # would train on, in order, at the same positions of the epoch (so with the same augmentation).
     one_process = ClassBalancedBatchSampler(LABELS, batch_size=16, seed=0)
-    two_processes = ClassBalancedBatchSampler(LABELS, batch_size=16, seed=0)
-    shards = [BatchSamplerShard(PositionedBatchSampler(StepShards(two_processes, 2)), num_processes=2,
-                                process_index=rank) for rank in (0, 1)]  # fmt: skip
+    two_processes = SplitSteps(ClassBalancedBatchSampler(LABELS, batch_size=16, seed=0), micro_batches=1, shards=2)
+    shards = [BatchSamplerShard(two_processes, num_processes=2, process_index=rank) for rank in (0, 1)]
     for shard in shards:
         shard.batch_size = None  # what the trainer sets: the shards have dynamic length
     for number in range(5):
@@ -121,7 +120,7 @@ def test_a_step_splits_into_micro_batches_of_whole_classes_each_cut_into_shards(
     shares = [split.example_share(m, r) for m in range(3) for r in range(2)]
     assert [share * 40 / 6 for share in shares] == pytest.approx([len(p) for shards in split.pieces for p in shards])
     assert sum(shares) / 6 == pytest.approx(1)
-    # One micro-batch: the batch cut into consecutive shards, as `StepShards` cuts it.
+    # One micro-batch: the batch cut into consecutive shards.
     assert [piece.tolist() for piece in split_step(labels, 1, 2).pieces[0]] == \
         [piece.tolist() for piece in np.array_split(np.arange(40), 2)]
 

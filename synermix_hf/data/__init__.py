@@ -24,7 +24,7 @@ from .decoded import decoded_images
 from .image_store import EncodedImages, ImageStore, stored_images
 from .device_datasets import StoredImageDataset, views_of
 from .pipeline import VIEWS_ON, PreparedViews, prepare_views
-from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler, SplitSteps, StepShards
+from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler, SplitSteps
 from .transforms import Cutout, TransformSpec, build_transforms
 from .views import (
     SeededAugmentation,
@@ -50,7 +50,6 @@ __all__ = [
     "SeededAugmentation",
     "SingleViewTransform",
     "SplitSteps",
-    "StepShards",
     "StoredImageDataset",
     "SynerMixCollator",
     "TransformSpec",

@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["ClassBalancedBatchSampler", "PositionedBatchSampler", "SplitSteps", "StepShards", "StepSplit",
-           "split_step"]
+__all__ = ["ClassBalancedBatchSampler", "PositionedBatchSampler", "SplitSteps", "StepSplit", "split_step"]
 
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):
@@ -34,7 +33,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
 
     Batches are therefore slightly larger than `batch_size` and every class present has at least two members (unless
     the whole dataset holds a single example of it). Use it as a DataLoader's `batch_sampler`. On several processes,
-    give `batch_size` the batch of the whole step and split it with `StepShards`.
+    give `batch_size` the batch of the whole step and split it with `SplitSteps`.
 
     Args:
         labels: The class label of every example of the dataset, in dataset order.
@@ -106,41 +105,6 @@ class _BatchSamplerWrapper(Sampler):
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(epoch)
-
-
-class StepShards(_BatchSamplerWrapper):
-    """Split every batch of `batch_sampler` into `num_shards` consecutive shards of (nearly) equal size.
-
-    accelerate hands the batches of a DataLoader's batch sampler to the processes in turn (batch `i` to process
-    `i mod N`), so with `num_shards = N` process `r` trains on shard `r` of every batch: the processes together train
-    on the batches one process would train on, in the same order. Shards differ in size by at most one example (a
-    balanced batch has its partners on top of `batch_size`).
-
-    Args:
-        batch_sampler: Yields lists of dataset indices, e.g. `ClassBalancedBatchSampler` with the step's batch size.
-        num_shards: Number of processes.
-    """
-
-    def __init__(self, batch_sampler: Iterable[list[int]], num_shards: int):
-        if num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {num_shards}.")
-        self.batch_sampler = batch_sampler
-        self.num_shards = num_shards
-
-    @property
-    def batch_size(self) -> Any:
-        # The nominal size of a shard; accelerate (before 1.10) refuses a batch sampler without one unless told that
-        # batches may differ in size, which the trainer tells its shard after `prepare`.
-        size = getattr(self.batch_sampler, "batch_size", None)
-        return None if size is None else max(1, size // self.num_shards)
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler) * self.num_shards
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batch_sampler:
-            for shard in np.array_split(np.asarray(batch, dtype=np.int64), self.num_shards):
-                yield shard.tolist()
 
 
 class PositionedBatchSampler(_BatchSamplerWrapper):
