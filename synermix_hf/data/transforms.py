@@ -38,7 +38,6 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "INTERPOLATIONS",
-    "RGB_CONVERSION_VERSION",
     "SQUARE_FAMILIES",
     "SquareAugmentation",
     "TransformSpec",
@@ -155,11 +154,6 @@ class Cutout:
         return f"{type(self).__name__}(length={self.length}, n_holes={self.n_holes})"
 
 
-RGB_CONVERSION_VERSION = 2
-"""Version of `as_rgb`'s pixel rule, for caches of converted pixels to key on: bump it whenever the RGB pixels of some
-mode change. 2: 16-bit, 32-bit integer (`I`) and float (`F`) images are scaled to 8 bits (version 1 clipped them at
-255)."""
-
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _STRETCH_LOGGED: set[str] = set()
 
@@ -198,6 +192,9 @@ def as_rgb(image: Any) -> Image.Image:
     `F` follows the same rule with the two usual float scales, [0, 1] and 8-bit levels [0, 255] (an image on the
     8-bit scale whose values are all <= 1 reads as [0, 1]); NaN is black, -inf and +inf saturate to 0 and 255, and
     only finite values set the range. Halves round up.
+
+    The image stores hold these pixels: a change to them bumps `store_folder.STORE_FORMAT_VERSION` (part of every
+    store's name), so that no store made under the former rule is reused.
 
     Args:
         image: A PIL image of any mode, or a numpy array that `PIL.Image.fromarray` takes.
