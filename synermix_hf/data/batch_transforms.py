@@ -34,7 +34,6 @@ __all__ = [
     "crop_flip",
     "cutout",
     "normalize",
-    "normalize_",
     "sample_square_params",
     "to_float",
     "uniform_digits",
@@ -139,21 +138,22 @@ def _channel_constants(values: tuple[float, ...], device: torch.device, dtype: t
     return torch.tensor(values, dtype=dtype, device=device).view(-1, 1, 1)
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
+              in_place: bool = False) -> torch.Tensor:
     """torchvision's `Normalize` over a batch: `(x - mean) / std` per channel, the same two ops, bit for bit.
 
     The constants are made once per device (`TF.normalize` copies them from the host at every call, and a host to
-    device copy of pageable memory waits for the device's queue to drain)."""
+    device copy of pageable memory waits for the device's queue to drain).
+
+    Args:
+        images: Float images `[..., C, H, W]`.
+        mean: The mean of each channel.
+        std: The standard deviation of each channel.
+        in_place: Overwrite `images` (the same ops, the same bits): for a batch slot being filled image by image.
+    """
     mean_ = _channel_constants(tuple(float(m) for m in mean), images.device, images.dtype)
     std_ = _channel_constants(tuple(float(s) for s in std), images.device, images.dtype)
-    return images.sub(mean_).div_(std_)
-
-
-def normalize_(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """`normalize` in place (the same two ops, the same bits): for a batch slot being filled image by image."""
-    mean_ = _channel_constants(tuple(float(m) for m in mean), images.device, images.dtype)
-    std_ = _channel_constants(tuple(float(s) for s in std), images.device, images.dtype)
-    return images.sub_(mean_).div_(std_)
+    return (images.sub_(mean_) if in_place else images.sub(mean_)).div_(std_)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
-from .batch_transforms import normalize, normalize_, to_float
+from .batch_transforms import normalize, to_float
 from .image_store import stored_size
 from .pil_resample import RESAMPLE_INTERPOLATIONS, pil_resized_crop, resized_crops
 from .transforms import TransformSpec
@@ -252,7 +252,7 @@ class CropViews:
         """ToTensor + Normalize of one uint8 HWC view, written into its slot `[3, S, S]` of the batch: the same
         operations as `_pixels`, in place (no allocation per image, each step on one image in cache)."""
         slot.copy_(torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1))))
-        normalize_(slot.div_(255), self.mean, self.std)
+        normalize(slot.div_(255), self.mean, self.std, in_place=True)
 
     def _augmented(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         size = self.image_size
