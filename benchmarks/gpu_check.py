@@ -7,7 +7,7 @@ training check. On a GPU it runs, in a few minutes:
 1. Mixed-precision training: fp16 (with the Trainer's gradient scaler) and bf16 runs of resnet18 at 32 px on
    synthetic data, baseline and SynerMix (beta 0.1 + MixUp) through `SynerMixTrainer`: every loss finite and the loss
    falling, images/s after warm-up. A failed check makes the command exit with status 1.
-2. `bench_intra_mixup` on CUDA at both sizes (reference per-class loop against the vectorised functions).
+2. `bench_intra_mixup` on CUDA at both sizes (reference per-class loop against the vectorised function).
 3. The sync check. `torch.cuda.set_sync_debug_mode("error")` around the SynerMix loss and its backward
    (`trainer.training_step` on a batch already on the GPU) for beta > 0 with none / MixUp / Manifold MixUp and for
    beta = 0 with MixUp, with the trainer's deliberate finite-loss check (`_check_finite`, one `.item()` per step)

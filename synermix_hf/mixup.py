@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "intra_class_mixup",
     "intra_class_mixup_all_classes",
     "intra_class_loss",
     "sample_mixup_lambda",
@@ -75,31 +74,6 @@ def _weighted_class_sums(
     return sums.to(features.dtype).reshape(num_rows, *features.shape[1:])
 
 
-def intra_class_mixup(
-    features: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Synthesize one feature per class present as a random convex combination of that class's rows.
-
-    For every class c with members I_c, draws w_i ~ Uniform(0, 1), normalizes w'_i = w_i / sum_{j in I_c} w_j and
-    returns s_c = sum_{i in I_c} w'_i h_i. The weights come from a single `torch.rand(len(labels))` in batch order,
-    so a seeded generator reproduces the result. This returns only the classes present, which needs their count on
-    the host; inside a training step prefer `intra_class_mixup_all_classes`, which never synchronises.
-
-    Args:
-        features: Features of shape `[B, ...]`, any floating dtype (weights are normalized in fp32).
-        labels: Integer class labels of shape `[B]`.
-        generator: Optional generator on `features.device` for the weights.
-
-    Returns:
-        `(synthesized, classes)`: `synthesized` has shape `[C, ...]` with one row per class present, in ascending
-        class order given by `classes` (shape `[C]`).
-    """
-    _check_features_and_labels(features, labels)
-    classes, row_class = torch.unique(labels, sorted=True, return_inverse=True)
-    weights = _normalized_class_weights(row_class, len(classes), features.device, generator)
-    return _weighted_class_sums(features, row_class, weights, len(classes)), classes
-
-
 def intra_class_mixup_all_classes(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -108,13 +82,15 @@ def intra_class_mixup_all_classes(
     valid: torch.Tensor | None = None,
     draws: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`intra_class_mixup` over a fixed set of `num_classes` rows, free of host-device synchronisation.
+    """Synthesize one feature per class as a random convex combination of that class's rows, in `num_classes` rows.
 
-    Uses the same single weight draw as `intra_class_mixup`, so with the same generator state the rows of the
-    present classes are identical. Rows of absent classes are zero.
+    For every class c with members I_c, draws w_i ~ Uniform(0, 1), normalizes w'_i = w_i / sum_{j in I_c} w_j and
+    returns s_c = sum_{i in I_c} w'_i h_i in row c. The weights come from a single `torch.rand(len(labels))` in batch
+    order, so a seeded generator reproduces the result. Rows of absent classes are zero; a fixed number of rows
+    (rather than the classes present) keeps it free of host-device synchronisation.
 
     Args:
-        features: Features of shape `[B, ...]`.
+        features: Features of shape `[B, ...]`, any floating dtype (weights are normalized in fp32).
         labels: Integer class labels of shape `[B]`, each in `[0, num_classes)`.
         num_classes: Number of classes of the classifier.
         generator: Optional generator on `features.device` for the weights.

@@ -2,8 +2,9 @@
 
 `compute_loss` returns `beta * L_intra + (1 - beta) * L_inter`:
 
-* L_intra (only when beta > 0): features of the original view, mixed within each class (`intra_class_mixup`), then
-  classified by the model's own head, all inside one forward call of the (possibly distributed) model;
+* L_intra (only when beta > 0): features of the original view, mixed within each class
+  (`intra_class_mixup_all_classes`), then classified by the model's own head, all inside one forward call of the
+  (possibly distributed) model;
 * L_inter: cross-entropy on the augmented view, optionally with MixUp, Manifold MixUp or CutMix.
 
 With `RecipeTrainingArguments` (the paper's recipe) the optimizer and schedule are the reference's, built in the

@@ -12,7 +12,6 @@ from synermix_hf import (
     cutmix_batch,
     cutmix_box,
     intra_class_loss,
-    intra_class_mixup,
     intra_class_mixup_all_classes,
     mixup_batch,
     mixup_cross_entropy,
@@ -37,6 +36,13 @@ def seeded(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+def intra_mixup_of_present_classes(features, labels, generator):
+    """The trainer's `intra_class_mixup_all_classes`, its rows of the classes present, with those classes."""
+    synthesized, present = intra_class_mixup_all_classes(features, labels, int(labels.max()) + 1, generator=generator)
+    classes = present.nonzero().flatten()
+    return synthesized[classes], classes
+
+
 @pytest.fixture
 def batch():
     features = torch.randn(12, 5, generator=seeded(1))
@@ -46,7 +52,7 @@ def batch():
 
 def test_intra_matches_reference_loop_on_same_draw(batch):
     features, labels = batch
-    synthesized, classes = intra_class_mixup(features, labels, generator=seeded(5))
+    synthesized, classes = intra_mixup_of_present_classes(features, labels, generator=seeded(5))
     weights = torch.rand(len(labels), generator=seeded(5))
     expected, expected_classes = reference_intra_mixup(features, labels, weights)
     assert classes.tolist() == expected_classes.tolist() == [0, 1, 3, 7]
@@ -55,9 +61,9 @@ def test_intra_matches_reference_loop_on_same_draw(batch):
 
 def test_intra_seeded_generator_reproduces_and_unseeded_varies(batch):
     features, labels = batch
-    first, _ = intra_class_mixup(features, labels, generator=seeded(9))
-    again, _ = intra_class_mixup(features, labels, generator=seeded(9))
-    other, _ = intra_class_mixup(features, labels, generator=seeded(10))
+    first, _ = intra_mixup_of_present_classes(features, labels, generator=seeded(9))
+    again, _ = intra_mixup_of_present_classes(features, labels, generator=seeded(9))
+    other, _ = intra_mixup_of_present_classes(features, labels, generator=seeded(10))
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
 
@@ -79,7 +85,7 @@ def in_convex_hull(members: torch.Tensor, target: torch.Tensor, tolerance: float
 
 def test_intra_rows_lie_in_their_class_convex_hull(batch):
     features, labels = batch
-    synthesized, classes = intra_class_mixup(features, labels, generator=seeded(3))
+    synthesized, classes = intra_mixup_of_present_classes(features, labels, generator=seeded(3))
     for row, c in zip(synthesized, classes):
         assert in_convex_hull(features[labels == c], row), f"class {int(c)} row is outside its convex hull"
     assert not in_convex_hull(features[labels == 0], features[labels == 0].mean(0) + 5.0)
@@ -87,7 +93,7 @@ def test_intra_rows_lie_in_their_class_convex_hull(batch):
 
 def test_intra_single_member_class_returns_its_own_row(batch):
     features, labels = batch
-    synthesized, classes = intra_class_mixup(features, labels, generator=seeded(0))
+    synthesized, classes = intra_mixup_of_present_classes(features, labels, generator=seeded(0))
     only_seven = (labels == 7).nonzero().item()
     torch.testing.assert_close(synthesized[classes.tolist().index(7)], features[only_seven])
 
@@ -95,7 +101,7 @@ def test_intra_single_member_class_returns_its_own_row(batch):
 def test_intra_gradient_reaches_every_row_with_its_normalized_weight(batch):
     features, labels = batch
     features = features.clone().requires_grad_(True)
-    synthesized, _ = intra_class_mixup(features, labels, generator=seeded(2))
+    synthesized, _ = intra_mixup_of_present_classes(features, labels, generator=seeded(2))
     synthesized.sum().backward()
     weights = torch.rand(len(labels), generator=seeded(2))
     totals = {c: weights[labels == c].sum() for c in set(labels.tolist())}
@@ -107,18 +113,18 @@ def test_intra_gradient_reaches_every_row_with_its_normalized_weight(batch):
 def test_intra_accepts_any_feature_shape():
     features = torch.randn(6, 3, 4, 2, generator=seeded(4))
     labels = torch.tensor([1, 1, 0, 2, 0, 2])
-    synthesized, classes = intra_class_mixup(features, labels, generator=seeded(8))
+    synthesized, classes = intra_mixup_of_present_classes(features, labels, generator=seeded(8))
     expected, _ = reference_intra_mixup(features, labels, torch.rand(6, generator=seeded(8)))
     assert synthesized.shape == (3, 3, 4, 2)
     torch.testing.assert_close(synthesized, expected)
 
 
-def test_all_classes_variant_matches_on_present_rows_and_zeroes_the_rest(batch):
+def test_intra_rows_of_absent_classes_are_zero(batch):
     features, labels = batch
     dense, present = intra_class_mixup_all_classes(features, labels, num_classes=9, generator=seeded(6))
-    sparse, classes = intra_class_mixup(features, labels, generator=seeded(6))
+    expected, classes = reference_intra_mixup(features, labels, torch.rand(len(labels), generator=seeded(6)))
     assert present.nonzero().flatten().tolist() == classes.tolist()
-    torch.testing.assert_close(dense[classes], sparse)
+    torch.testing.assert_close(dense[classes], expected)
     assert torch.count_nonzero(dense[~present]) == 0
 
 
@@ -126,8 +132,8 @@ def test_all_classes_variant_matches_on_present_rows_and_zeroes_the_rest(batch):
 def test_intra_half_precision_is_close_to_fp32_and_finite_at_large_magnitudes(dtype):
     labels = torch.arange(256) % 3
     features = torch.rand(256, 64, generator=seeded(11)) * 60000.0  # near fp16's max
-    half, _ = intra_class_mixup(features.to(dtype), labels, generator=seeded(12))
-    full, _ = intra_class_mixup(features.to(dtype).float(), labels, generator=seeded(12))
+    half, _ = intra_mixup_of_present_classes(features.to(dtype), labels, generator=seeded(12))
+    full, _ = intra_mixup_of_present_classes(features.to(dtype).float(), labels, generator=seeded(12))
     assert half.dtype == dtype
     assert torch.isfinite(half).all()
     torch.testing.assert_close(half.float(), full, rtol=1e-2, atol=0.0)
@@ -135,7 +141,7 @@ def test_intra_half_precision_is_close_to_fp32_and_finite_at_large_magnitudes(dt
 
 def test_intra_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="features must be"):
-        intra_class_mixup(torch.randn(4, 2), torch.tensor([0, 1, 0]))
+        intra_class_mixup_all_classes(torch.randn(4, 2), torch.tensor([0, 1, 0]), 2)
 
 
 def test_intra_loss_is_mean_over_present_classes_only():
