@@ -369,21 +369,19 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
-        """SynerMix loss in training, plain cross-entropy on the original view in evaluation.
+        """The SynerMix loss of a training batch (`training_step` calls it, the model in training mode).
+
+        There is one evaluation path, `prediction_step` (plain cross-entropy and logits of the original view): the
+        Trainer's evaluation and `predict()` call it, never this.
 
         `inputs` holds `pixel_values`, `labels` and, when beta > 0, `original_pixel_values`: batches of decoded images
-        get their views in `training_step` and `prediction_step`, before this. `num_items_in_batch` is accepted for API
-        compatibility and not used (L_intra is a mean over classes, not over items). When the step's balanced batch is
-        split over processes or accumulation steps (`SplitSteps`), each piece's terms are its part of the one-batch
-        terms (`_split_intra_loss`, `StepSplit.example_share`), so that DDP's average and the Trainer's accumulation
-        give the update of that one batch.
+        get their views in `training_step`, before this. `num_items_in_batch` is accepted for API compatibility and
+        not used (L_intra is a mean over classes, not over items). When the step's balanced batch is split over
+        processes or accumulation steps (`SplitSteps`), each piece's terms are its part of the one-batch terms
+        (`_split_intra_loss`, `StepSplit.example_share`), so that DDP's average and the Trainer's accumulation give
+        the update of that one batch.
         """
         labels = inputs["labels"]
-        if not model.training:
-            logits = self.adapter.logits(model, original_view(inputs))
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.args.label_smoothing_factor)
-            return (loss, logits) if return_outputs else loss
-
         pixel_values = inputs["pixel_values"]
         generator, rng = self._step_random_sources(pixel_values.device)
         split = self._step_split(len(labels))
