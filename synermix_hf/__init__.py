@@ -23,7 +23,6 @@ from .data import (
     SynerMixCollator,
     TwoViewTransform,
     dataset_labels,
-    decoded_images,
     prepare_views,
 )
 from .mixup import (
@@ -84,7 +83,6 @@ __all__ = [
     "cutmix_batch",
     "cutmix_box",
     "dataset_labels",
-    "decoded_images",
     "example_seeds",
     "find_head",
     "find_mixing_points",

@@ -13,10 +13,17 @@ from synermix_hf.testing import tiny_images
 from PIL import Image
 
 from synermix_hf.data.batch_transforms import normalize, to_float
-from synermix_hf.data.decoded import decoded_cache_path, decoded_images, decoded_nbytes
+from synermix_hf.data.decoded import decoded_cache_path, decoded_images_and_failures, decoded_nbytes
 from synermix_hf.data.transforms import TransformSpec, build_transforms
 
 FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=4)})
+
+
+def decoded_images(dataset, image_column, image_size, **kwargs):
+    """The square store's pixels as uint8 `[N, 3, S, S]` (a view of the store), every image of which decodes."""
+    store, failures = decoded_images_and_failures(dataset, image_column, image_size, **kwargs)
+    assert failures == []
+    return store.pixels.reshape(len(store), image_size, image_size, 3).transpose(0, 3, 1, 2)
 
 
 def mixed_images():
@@ -77,23 +84,6 @@ def test_in_memory_datasets_are_cached_in_the_datasets_cache(tmp_path, monkeypat
     assert not isinstance(in_memory, np.memmap) and np.array_equal(in_memory, images)
 
 
-def test_an_interrupted_build_leaves_no_cache_file(tmp_path):
-    images = tiny_images([i % 4 for i in range(700)], size=4)
-    values = [image for image in images]
-    buffer = io.BytesIO()
-    tiny_images([0], size=64)[0].save(buffer, format="JPEG", quality=90)
-    # Its header reads, its pixels do not: the build fails while it writes, in a late chunk of rows.
-    values[650] = {"bytes": buffer.getvalue()[: len(buffer.getvalue()) // 2], "path": None}
-    dataset = datasets.Dataset.from_dict({"image": values, "label": [0] * 700}, features=FEATURES)
-    with pytest.raises(Exception, match="truncated"):
-        decoded_images(dataset, "image", 4, cache_dir=str(tmp_path / "cache"))
-    assert os.listdir(tmp_path / "cache") == []
-    ok = datasets.Dataset.from_dict({"image": images, "label": [0] * 700}, features=FEATURES)
-    decoded_images(ok, "image", 4, cache_dir=str(tmp_path / "cache"), num_threads=2)
-    assert os.listdir(tmp_path / "cache") == [os.path.basename(decoded_cache_path(ok, "image", 4,
-                                                                                 str(tmp_path / "cache")))]
-
-
 def test_bad_input_is_named():
     dataset = datasets.Dataset.from_dict({"image": tiny_images([0]), "label": [0]}, features=FEATURES)
     with pytest.raises(ValueError, match="`image_column` 'img' is not a column"):
@@ -107,7 +97,6 @@ def test_bad_input_is_named():
 
 def test_decoded_dataset_pickles_by_reopening_its_cache_file(tmp_path):
     from synermix_hf.data.batch_transforms import BatchViews
-    from synermix_hf.data.decoded import decoded_images_and_failures
     from synermix_hf.data.device_datasets import StoredImageDataset
 
     dataset = saved_dataset(tmp_path, mixed_images())

@@ -20,8 +20,7 @@ from .bad_images import BadImageError, BadImagePolicy
 from .batch_transforms import BatchViews
 from .crop_views import CropViews
 from .catalog import load_image_classification_data
-from .decoded import decoded_images
-from .image_store import EncodedImages, ImageStore, stored_images
+from .image_store import EncodedImages, ImageStore
 from .device_datasets import StoredImageDataset, views_of
 from .pipeline import VIEWS_ON, PreparedViews, prepare_views
 from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler, SplitSteps
@@ -56,10 +55,8 @@ __all__ = [
     "TwoViewTransform",
     "build_transforms",
     "dataset_labels",
-    "decoded_images",
     "load_image_classification_data",
     "original_view",
     "prepare_views",
-    "stored_images",
     "views_of",
 ]

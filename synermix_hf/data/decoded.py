@@ -12,24 +12,21 @@ for a full disk, permissions, damage and leftovers are this cache's (`store_fold
 temporary file of its own (the former format's `<name>.npy.<random>.tmp` files, left by builds killed over a day ago,
 are removed by the next build in their folder).
 
-An image that cannot be decoded (a truncated file, ...) stops `decoded_images` with an error naming it.
-`decoded_images_and_failures` instead leaves its row black and returns it with the others, so that the caller decides
-(`synermix_hf.data.bad_images`); the failures are kept in the store's folder (`bad.json`, checked against the store's
-manifest at every reuse: a store without them is rebuilt, never read as if every image had decoded) for later runs.
+An image that cannot be decoded (a truncated file, ...) is left black and returned with the others (`failures`), so
+that the caller decides (`synermix_hf.data.bad_images`); the failures are kept in the store's folder (`bad.json`,
+checked against the store's manifest at every reuse: a store without them is rebuilt, never read as if every image
+had decoded) for later runs.
 
     store, failures = decoded_images_and_failures(dataset, "img", 32)   # store.padded_batch(rows): [B, 32, 32, 3]
-    images = decoded_images(dataset, "img", 32)                         # uint8 [N, 3, 32, 32], a view of the store
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from .image_store import _INDEX_COLUMNS, DecodeFailure, ImageStore, _stored, store_path
 
-from .image_store import _INDEX_COLUMNS, DecodeFailure, ImageStore, _failure_error, _stored, store_path
-
-__all__ = ["decoded_cache_path", "decoded_images", "decoded_images_and_failures", "decoded_nbytes"]
+__all__ = ["decoded_cache_path", "decoded_images_and_failures", "decoded_nbytes"]
 
 
 def decoded_nbytes(num_images: int, image_size: int) -> int:
@@ -38,7 +35,7 @@ def decoded_nbytes(num_images: int, image_size: int) -> int:
 
 
 def decoded_cache_path(dataset: Any, image_column: str, image_size: int, cache_dir: str | None = None) -> str:
-    """The folder where `decoded_images` keeps the images of `dataset` (a `datasets.Dataset`) at `image_size`.
+    """The folder where `decoded_images_and_failures` keeps the images of `dataset` (a `datasets.Dataset`) at `image_size`.
 
     The name holds the dataset's fingerprint (which `datasets` changes with every `select`, `shuffle`, split, cast,
     ...), the size and a hash of the decoding rule (column, format version, Pillow version).
@@ -72,30 +69,4 @@ def decoded_images_and_failures(
     """
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}.")
-    return _stored(dataset, image_column, image_size, "bilinear", cache_dir, num_threads, use_cache, tolerate=True,
-                   square=True)
-
-
-def decoded_images(
-    dataset: Any,
-    image_column: str,
-    image_size: int,
-    cache_dir: str | None = None,
-    num_threads: int | None = None,
-    use_cache: bool | None = None,
-) -> np.ndarray:
-    """The images of `dataset` as RGB uint8 `[N, 3, S, S]` (a read-only view of the square store, memory-mapped when
-    cached), resized to SxS where needed, decoded at most once.
-
-    Arguments as for `decoded_images_and_failures`.
-
-    Raises:
-        ValueError: an image cannot be decoded; the message names its file (or row).
-    """
-    if image_size < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size}.")
-    store, failures = _stored(dataset, image_column, image_size, "bilinear", cache_dir, num_threads, use_cache,
-                              tolerate=False, square=True)
-    if failures:  # a store built by `decoded_images_and_failures`
-        raise _failure_error(failures)
-    return store.checked_pixels().reshape(len(store), image_size, image_size, 3).transpose(0, 3, 1, 2)
+    return _stored(dataset, image_column, image_size, "bilinear", cache_dir, num_threads, use_cache, square=True)

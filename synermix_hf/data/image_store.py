@@ -26,12 +26,12 @@ others wait. How the folder is built complete or not at all, shared between user
 happens when things go wrong (a full disk, permissions, damage, leftovers of interrupted builds):
 `synermix_hf.data.store_folder`.
 
-An image that cannot be read or decoded (a truncated file, not an image, ...) stops `stored_images` with an error naming
-it. `stored_images_and_failures` instead stores it black (an unreadable header as a 1x1 image) and returns it with the
-others as `(row, source, error)`, so that the caller decides (`synermix_hf.data.bad_images`).
+An image that cannot be read or decoded (a truncated file, not an image, ...) is stored black (an unreadable header as
+a 1x1 image) and returned with the others as `(row, source, error)`, so that the caller decides
+(`synermix_hf.data.bad_images`).
 
-    store = stored_images(dataset, "image", 256)        # ImageStore: store.image(r) -> uint8 [h, w, 3]
-    frames, sizes = store.padded_batch([4, 1, 7])        # uint8 [3, Hmax, Wmax, 3], int32 [3, 2]
+    store, failures = stored_images_and_failures(dataset, "image", 256)  # store.image(r) -> uint8 [h, w, 3]
+    frames, sizes = store.padded_batch([4, 1, 7])                          # uint8 [3, Hmax, Wmax, 3], int32 [3, 2]
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ __all__ = [
     "estimated_store_nbytes",
     "existing_store_nbytes",
     "store_path",
-    "stored_images",
     "stored_images_and_failures",
     "stored_size",
     "EncodedImages",
@@ -117,13 +116,6 @@ def _decode_failure(row: int, value: Any, error: BaseException) -> DecodeFailure
     """The failure record of `row`, whose undecoded `value` (`{"bytes", "path"}`) raised `error`."""
     path = value.get("path") if isinstance(value, dict) else None
     return (row, f"file {path}" if path else f"row {row}", f"{type(error).__name__}: {error}".strip())
-
-
-def _failure_error(failures: list[DecodeFailure]) -> ValueError:
-    """The error that stops a build which does not tolerate failures: it names the first failed file (or row)."""
-    row, source, error = failures[0]
-    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-    return ValueError(f"Cannot decode the image in {source}: {error}{more}.")
 
 
 def _undecoded_column(dataset: Any, image_column: str) -> Any:
@@ -280,17 +272,6 @@ class ImageStore:
             if data is None:
                 data = self.pixels[offset : offset + height * width * 3]
             yield data.reshape(height, width, 3)
-
-    def checked_pixels(self) -> np.ndarray:
-        """All the pixels (`pixels`), every row checked as a read checks it; a copy where a row had to be repaired."""
-        self._check_rows(np.arange(len(self)))
-        if not self._repaired:
-            return self.pixels
-        pixels = np.array(self.pixels)
-        for row, data in self._repaired.items():
-            offset = int(self.index[row, 0])
-            pixels[offset : offset + data.size] = data
-        return pixels
 
     def _check_rows(self, rows: np.ndarray) -> None:
         """Check the pixels of the `rows` not checked yet (by this process or another sharing this store) against
@@ -449,7 +430,7 @@ def _decoding_rule(image_column: str, short_side: int | None, interpolation: str
 
 def store_path(dataset: Any, image_column: str, short_side: int | None, interpolation: str,
                cache_dir: str | None = None, square: bool = False, centre_crop_of: int | None = None) -> str:
-    """The folder where `stored_images` keeps the store of `dataset` (a `datasets.Dataset`).
+    """The folder where `stored_images_and_failures` keeps the store of `dataset` (a `datasets.Dataset`).
 
     The name holds the dataset's fingerprint (which `datasets` changes with every `select`, `shuffle`, split, cast,
     ...), S, the interpolation and a hash of the decoding rule (column, format version, Pillow version). S None
@@ -459,7 +440,7 @@ def store_path(dataset: Any, image_column: str, short_side: int | None, interpol
     """
     fingerprint = getattr(dataset, "_fingerprint", None)
     if not fingerprint:
-        raise ValueError(f"{type(dataset).__name__} has no fingerprint; stored_images needs a datasets.Dataset.")
+        raise ValueError(f"{type(dataset).__name__} has no fingerprint; the image store needs a datasets.Dataset.")
     rule = _decoding_rule(image_column, short_side, interpolation, square, centre_crop_of)
     rule = hashlib.sha256(rule.encode()).hexdigest()[:12]
     name = f"{STORE_PREFIX}{fingerprint}-{_resize_label(short_side, square, centre_crop_of)}-{interpolation}-{rule}"
@@ -582,8 +563,8 @@ def _header_size(feature: Any, value: Any) -> tuple[int, int]:
     return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
 
 
-def _header_sizes(raw: Any, feature: Any, image_column: str, start: int, stop: int,
-                  tolerate: bool) -> tuple[np.ndarray, list[DecodeFailure]]:
+def _header_sizes(raw: Any, feature: Any, image_column: str, start: int,
+                  stop: int) -> tuple[np.ndarray, list[DecodeFailure]]:
     """Original `(height, width)` of rows `[start, stop)` from their headers; a row whose header cannot be read is
     a failure, sized 1x1."""
     values = raw[start:stop][image_column]
@@ -593,10 +574,7 @@ def _header_sizes(raw: Any, feature: Any, image_column: str, start: int, stop: i
         try:
             sizes[offset] = _header_size(feature, value)
         except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
-            failure = _decode_failure(start + offset, value, error)
-            if not tolerate:
-                raise _failure_error([failure]) from error
-            failures.append(failure)
+            failures.append(_decode_failure(start + offset, value, error))
     return sizes, failures
 
 
@@ -674,13 +652,12 @@ class _RowSource:
 
 
 def _decode_into(raw: Any, feature: Any, image_column: str, resize: Any, pixels: np.ndarray | PixelsFile | None,
-                 index: np.ndarray, skip: set[int], start: int, stop: int, tolerate: bool,
+                 index: np.ndarray, skip: set[int], start: int, stop: int,
                  checksums: np.ndarray | None = None) -> tuple[int, list[DecodeFailure]]:
     """Decode rows `[start, stop)` as the per-image path does before ToTensor (`feature.decode_example`, RGB,
     `T.Resize(S)`) into their places in `pixels` (None: decode only, to check them and read their true sizes), with
     each row's `row_checksum` into `checksums` (where given). A row that fails, or whose decoded size disagrees with
-    its header's (the place is sized from it), is stored black and returned with `tolerate`, and raises naming it
-    otherwise. Writing the pixels is outside the per-image handling: a full disk is not a bad image."""
+    its header's (the place is sized from it), is stored black and returned as a failure. Writing the pixels is outside the per-image handling: a full disk is not a bad image."""
     values = raw[start:stop][image_column]
     failures = []
     for row, value in enumerate(values, start):
@@ -697,11 +674,8 @@ def _decode_into(raw: Any, feature: Any, image_column: str, resize: Any, pixels:
                     raise ValueError(f"decoded at {array.shape[0]}x{array.shape[1]}, its header said {height}x{width}")
                 index[row, 3:5] = original
             except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, zlib.error, ...
-                failure = _decode_failure(row, value, error)
-                if not tolerate:
-                    raise _failure_error([failure]) from error
                 array = None
-                failures.append(failure)
+                failures.append(_decode_failure(row, value, error))
         data = np.ascontiguousarray(array if array is not None else np.zeros(height * width * 3, dtype=np.uint8))
         _put(pixels, offset, data)
         if checksums is not None:
@@ -766,7 +740,7 @@ def _run_chunks(pool: ThreadPoolExecutor, task: Any, num_rows: int, description:
 
 
 def _build(dataset: Any, image_column: str, short_side: int | None, interpolation: str, path: str | None,
-           num_threads: int, tolerate: bool, square: bool = False,
+           num_threads: int, square: bool = False,
            centre_crop_of: int | None = None) -> tuple[ImageStore, list[DecodeFailure]]:
     """Build the store (`short_side` None: only the index of an `EncodedImages`, every image decoded once to check
     it and read its size). On disk, out of room: `StoreSpaceError`, the partial build removed."""
@@ -781,7 +755,7 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
     with StoreBuild(path) if path is not None else contextlib.nullcontext() as build:
         with ThreadPoolExecutor(max_workers=num_threads) as pool:
             # Pass 1: the sizes, from the headers; they lay out the rows.
-            results = _run_chunks(pool, lambda a, b: _header_sizes(raw, feature, image_column, a, b, tolerate),
+            results = _run_chunks(pool, lambda a, b: _header_sizes(raw, feature, image_column, a, b),
                                   num_rows, "Reading image sizes")
             originals = np.concatenate([sizes for sizes, _ in results]) if results else np.ones((0, 2), np.int64)
             failures = [failure for _, failed in results for failure in failed]
@@ -807,7 +781,7 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
                     "Decoding images once (full resolution)")
             results = _run_chunks(
                 pool, lambda a, b: _decode_into(raw, feature, image_column, resize, pixels, index, skip, a, b,
-                                                tolerate, checksums),
+                                                checksums),
                 num_rows, what,
             )  # fmt: skip
         failures = sorted(failures + [failure for _, failed in results for failure in failed])
@@ -883,31 +857,6 @@ def estimated_store_nbytes(dataset: Any, image_column: str, short_side: int, sam
     return int(pixels) + num_rows * _INDEX_COLUMNS * 8
 
 
-def stored_images(
-    dataset: Any,
-    image_column: str,
-    short_side: int,
-    interpolation: str = "bilinear",
-    cache_dir: str | None = None,
-    num_threads: int | None = None,
-    use_cache: bool | None = None,
-) -> ImageStore:
-    """The images of `dataset`, their shorter side resized to `short_side`, decoded at most once.
-
-    Arguments as for `stored_images_and_failures`.
-
-    Raises:
-        ValueError: an image cannot be decoded; the message names its file (or row).
-        StoreSpaceError: no room on the disk for the store (the partial build is removed).
-        StoreAccessError: the store cannot be read, or written, by this user.
-    """
-    store, failures = _stored(dataset, image_column, short_side, interpolation, cache_dir, num_threads, use_cache,
-                              tolerate=False)
-    if failures:  # a store built by `stored_images_and_failures`
-        raise _failure_error(failures)
-    return store
-
-
 def stored_images_and_failures(
     dataset: Any,
     image_column: str,
@@ -945,7 +894,7 @@ def stored_images_and_failures(
         StoreAccessError: the store cannot be read by this user, or a new or damaged one cannot be written.
     """
     return _stored(dataset, image_column, short_side, interpolation, cache_dir, num_threads, use_cache,
-                   tolerate=True, square=square or centre_crop_of is not None, centre_crop_of=centre_crop_of)
+                   square=square or centre_crop_of is not None, centre_crop_of=centre_crop_of)
 
 
 def encoded_images_and_failures(
@@ -958,12 +907,11 @@ def encoded_images_and_failures(
     """The images of `dataset`, to be decoded at every read (`EncodedImages`), after one pass that decodes each to
     check it, and the rows that could not be decoded, as `(row, source, error)`. The index is kept as a store is
     (`stored_images_and_failures`, whose arguments these are), so later runs skip the pass."""
-    return _stored(dataset, image_column, None, "bilinear", cache_dir, num_threads, use_cache, tolerate=True)
+    return _stored(dataset, image_column, None, "bilinear", cache_dir, num_threads, use_cache)
 
 
 def _stored(dataset: Any, image_column: str, short_side: int | None, interpolation: str, cache_dir: str | None,
-            num_threads: int | None, use_cache: bool | None, tolerate: bool,
-            square: bool = False, centre_crop_of: int | None = None) -> tuple[ImageStore, list[DecodeFailure]]:
+            num_threads: int | None, use_cache: bool | None, square: bool = False, centre_crop_of: int | None = None) -> tuple[ImageStore, list[DecodeFailure]]:
     import datasets
 
     _check(dataset, image_column, 0 if short_side is None else short_side, interpolation)
@@ -971,8 +919,7 @@ def _stored(dataset: Any, image_column: str, short_side: int | None, interpolati
     threads = num_threads or os.cpu_count() or 1
     use_cache = datasets.is_caching_enabled() if use_cache is None else use_cache
     if not use_cache:
-        return _build(dataset, image_column, short_side, interpolation, None, threads, tolerate, square,
-                      centre_crop_of)
+        return _build(dataset, image_column, short_side, interpolation, None, threads, square, centre_crop_of)
 
     from accelerate import PartialState
 
@@ -980,7 +927,7 @@ def _stored(dataset: Any, image_column: str, short_side: int | None, interpolati
     path = store_path(dataset, image_column, short_side, interpolation, cache_dir, square, centre_crop_of)
     with state.local_main_process_first():
         try:
-            return _reuse_or_build(dataset, image_column, short_side, interpolation, path, threads, tolerate, square,
+            return _reuse_or_build(dataset, image_column, short_side, interpolation, path, threads, square,
                                    centre_crop_of, state.is_local_main_process)
         except StoreSpaceError as error:
             # Raised once out of the block, so that the local main process lets the others in (they meet the same
@@ -990,7 +937,7 @@ def _stored(dataset: Any, image_column: str, short_side: int | None, interpolati
 
 
 def _reuse_or_build(dataset: Any, image_column: str, short_side: int | None, interpolation: str, path: str,
-                    threads: int, tolerate: bool, square: bool, centre_crop_of: int | None,
+                    threads: int, square: bool, centre_crop_of: int | None,
                     local_main: bool) -> tuple[ImageStore, list[DecodeFailure]]:
     keep_pixels = short_side is not None
     if os.path.lexists(path):
@@ -1021,4 +968,4 @@ def _reuse_or_build(dataset: Any, image_column: str, short_side: int | None, int
             f"decoding %d images (shorter side {short_side}px, {interpolation}) into %s" if short_side else
             "decoding %d images (full resolution) into %s")
     logger.info("Image store: " + what, len(dataset), path)
-    return _build(dataset, image_column, short_side, interpolation, path, threads, tolerate, square, centre_crop_of)
+    return _build(dataset, image_column, short_side, interpolation, path, threads, square, centre_crop_of)
