@@ -86,12 +86,12 @@ STEPS_IMPLY_STRATEGY = {"logging_steps": "logging_strategy", "save_steps": "save
 for _steps, _strategy in STEPS_IMPLY_STRATEGY.items():
     HELP[_steps] = f"Every this many optimizer steps; giving it implies --{_strategy} steps unless that is given too."
 
-# The built-in default run: scikit-learn's digits with SynerMix, sized to finish in about a minute on a 2-core CPU.
+# The built-in default run: scikit-learn's digits with SynerMix, sized to finish within 90 s on a 2-core CPU.
 # Like the paper's recipe it does not clip gradients: five epochs at learning rate 0.05, multiplied by 0.6 after each
 # epoch. Without clipping, learning rate 0.1 is unstable in the first epochs from the CIFAR stem's default
-# initialisation (76-77% test accuracy after five epochs); six epochs take 86-90 s on a 2-core AVX2 CPU, too close to
-# the 90 s this run is sized for. Each value applies only where the command line (or JSON file) does not set it (the
-# batch also gives way to --per_device_train_batch_size).
+# initialisation, and a sixth epoch leaves no margin under 90 s (the candidates measured: BENCHMARKS.md, section 6).
+# Each value applies only where the command line (or JSON file) does not set it (the batch also gives way to
+# --per_device_train_batch_size).
 BUILTIN_PRESET: dict[str, Any] = {
     "model_name": "resnet18",
     "image_size": 8,

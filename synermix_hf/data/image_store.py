@@ -12,9 +12,9 @@ Layout: `pixels` is one flat uint8 array, the images' RGB rows in HWC order one 
 `datasets.Image` decodes, after its EXIF transpose); `checksums` is uint64 `[N]`, each row's xxh3-64, all checked when
 a run opens a store of up to 1 GiB of pixels (damaged: rebuilt), else each row the first time the run reads it (a row
 whose pixels changed on disk is then decoded again from the dataset, and the store rebuilt by the next run:
-`synermix_hf.data.store_folder`). Raw rows cost the loader over 10x less CPU than re-encoded JPEG
-(BENCHMARKS.md), which would have to be decoded again every epoch; they take `3 * h * w` bytes an image (261,888 for a
-4:3 image at S = 256, stored 256 x 341).
+`synermix_hf.data.store_folder`). Raw rows are only copied, where JPEG would have to be decoded again every epoch,
+so the loader spends much less CPU time an example (BENCHMARKS.md, section 7); they take `3 * h * w` bytes an image
+(261,888 for a 4:3 image at S = 256, stored 256 x 341).
 
 The store is a folder next to the dataset's cache files (or in `HF_DATASETS_CACHE` for an in-memory dataset), named by
 the dataset's fingerprint, the column, S, the interpolation and the decoding rule (`store_path`), holding `pixels.npy`,
@@ -89,8 +89,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CHECK_AT_OPEN_BYTES = 1 << 30
-"""A store's pixels up to this size are checked in full when a run opens it (about 0.1 s a GiB from memory, a read of
-the file from disk), a damaged one rebuilt at once; a larger store's rows are checked as the run first reads them."""
+"""A store's pixels up to this size are checked in full when a run opens it (a hash at memory speed, a read of the file
+from disk: BENCHMARKS.md, section 8), a damaged one rebuilt at once; a larger store's rows are checked as the run
+first reads them."""
 _UNCHECKED, _GOOD, _CHANGED = 0, 1, 2  # a stored row's state as this run found it (`ImageStore`)
 _CHUNK_ROWS = 64  # rows per thread task: small enough for a progress bar that moves, large enough to keep threads busy
 _PROGRESS_MIN_ROWS = 1000
@@ -517,7 +518,7 @@ def _open_arrays(folder: str, with_pixels: bool = True, digests: bool = True) ->
 def _changed_rows(pixels: np.ndarray, index: np.ndarray, checksums: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Those of `rows` whose pixels no longer match their checksums."""
     entries = index[rows, :3]
-    buffer = memoryview(pixels.view(np.ndarray))  # a plain buffer: a memmap's slices cost microseconds each
+    buffer = memoryview(pixels.view(np.ndarray))  # a plain buffer: each slice of a memmap is a memmap object
     sums = np.fromiter((row_checksum(buffer[offset : offset + height * width * 3])
                         for offset, height, width in entries.tolist()), dtype=np.uint64, count=len(rows))
     return rows[sums != checksums[rows]]

@@ -371,10 +371,10 @@ def _stored_views(train: Any, evaluation: Any, spec: TransformSpec, image_column
     return PreparedViews(prepared[0], prepared[1], "device", description, bad_images)
 
 
-REDUCED_STORE_EFFECT = ("at S = 256, PSNR against the per-image path's crops p5 / median 27.4 / 31.3 dB on sharp "
-                        "Food-101-shaped images, never identical; its effect on accuracy is unmeasured")
-"""What a store at a reduced size does to the augmented view, as measured by `benchmarks/bench_crop_path.py` (part a;
-pixels, so the same on every CPU): docs/data_paths.md."""
+REDUCED_STORE_EFFECT = ("never identical to the per-image path's crops, their PSNR measured in docs/data_paths.md, "
+                        "'What the model sees, measured'; its effect on accuracy is unmeasured")
+"""What a store at a reduced size does to the augmented view; the figures, measured by `benchmarks/bench_crop_path.py`
+(part a; pixels, so the same on every CPU), are in docs/data_paths.md and BENCHMARKS.md, section 7."""
 
 
 def _describe_source(dataset: StoredImageDataset, why: str) -> str:
