@@ -19,7 +19,7 @@ from synermix_hf.data.transforms import TransformSpec, build_transforms
 FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=4)})
 
 
-def decoded_images(dataset, image_column, image_size, **kwargs):
+def square_pixels(dataset, image_column, image_size, **kwargs):
     """The square store's pixels as uint8 `[N, 3, S, S]` (a view of the store), every image of which decodes."""
     store, failures = decoded_images_and_failures(dataset, image_column, image_size, **kwargs)
     assert failures == []
@@ -49,7 +49,7 @@ def test_decoded_pixels_give_exactly_the_per_image_original_view(tmp_path, famil
     dataset = saved_dataset(tmp_path, mixed_images())
     spec = TransformSpec(family, 8)
     _, eval_tf = build_transforms(spec)
-    images = decoded_images(dataset, "image", 8)
+    images = square_pixels(dataset, "image", 8)
     assert images.dtype == np.uint8 and images.shape == (len(dataset), 3, 8, 8)
     expected = torch.stack([eval_tf(image.convert("RGB")) for image in dataset["image"]])
     assert torch.equal(normalize(to_float(torch.from_numpy(np.array(images))), spec.mean, spec.std), expected)
@@ -57,13 +57,13 @@ def test_decoded_pixels_give_exactly_the_per_image_original_view(tmp_path, famil
 
 def test_the_cache_lives_next_to_the_dataset_is_reused_and_keyed_by_fingerprint_and_size(tmp_path):
     dataset = saved_dataset(tmp_path, mixed_images())
-    first = decoded_images(dataset, "image", 8)
+    first = square_pixels(dataset, "image", 8)
     path = decoded_cache_path(dataset, "image", 8)
     pixels = os.path.join(path, "pixels.npy")
     assert isinstance(first, np.memmap) and os.path.samefile(first.filename, pixels)
     assert os.path.dirname(path) == os.path.dirname(dataset.cache_files[0]["filename"])
     stamp = os.stat(pixels).st_mtime_ns
-    again = decoded_images(datasets.load_from_disk(str(tmp_path / "data")), "image", 8)  # a later run
+    again = square_pixels(datasets.load_from_disk(str(tmp_path / "data")), "image", 8)  # a later run
     assert os.path.samefile(again.filename, pixels) and os.stat(pixels).st_mtime_ns == stamp
     assert np.array_equal(again, first)
     assert not again.flags.writeable
@@ -71,27 +71,27 @@ def test_the_cache_lives_next_to_the_dataset_is_reused_and_keyed_by_fingerprint_
     assert decoded_cache_path(dataset, "image", 16) != path
     subset = dataset.select([5, 0, 2])
     assert decoded_cache_path(subset, "image", 8) != path
-    assert np.array_equal(decoded_images(subset, "image", 8), np.asarray(first)[[5, 0, 2]])
+    assert np.array_equal(square_pixels(subset, "image", 8), np.asarray(first)[[5, 0, 2]])
 
 
 def test_in_memory_datasets_are_cached_in_the_datasets_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     dataset = datasets.Dataset.from_dict({"image": mixed_images(), "label": [0] * 11}, features=FEATURES)
     assert not dataset.cache_files
-    images = decoded_images(dataset, "image", 8)
+    images = square_pixels(dataset, "image", 8)
     assert images.filename.startswith(str(tmp_path / "hf_cache"))
-    in_memory = decoded_images(dataset, "image", 8, use_cache=False)
+    in_memory = square_pixels(dataset, "image", 8, use_cache=False)
     assert not isinstance(in_memory, np.memmap) and np.array_equal(in_memory, images)
 
 
 def test_bad_input_is_named():
     dataset = datasets.Dataset.from_dict({"image": tiny_images([0]), "label": [0]}, features=FEATURES)
     with pytest.raises(ValueError, match="`image_column` 'img' is not a column"):
-        decoded_images(dataset, "img", 8)
+        square_pixels(dataset, "img", 8)
     with pytest.raises(ValueError, match="`image_column` 'label' holds ClassLabel"):
-        decoded_images(dataset, "label", 8)
+        square_pixels(dataset, "label", 8)
     with pytest.raises(TypeError, match="datasets.Dataset"):
-        decoded_images([np.zeros((8, 8, 3))], "image", 8)
+        square_pixels([np.zeros((8, 8, 3))], "image", 8)
     assert decoded_nbytes(50_000, 32) == 50_000 * (3 * 32 * 32 + 40)  # CIFAR-100's training set: pixels and index
 
 
@@ -106,7 +106,7 @@ def test_decoded_dataset_pickles_by_reopening_its_cache_file(tmp_path):
     assert np.asarray(store.pixels).tobytes() not in payload  # the array itself is not pickled (reopened)
     restored = pickle.loads(payload)
     batch = restored.__getitems__([3, 1])
-    images = decoded_images(dataset, "image", 8)
+    images = square_pixels(dataset, "image", 8)
     assert torch.equal(batch["images"], torch.from_numpy(np.asarray(images)[[3, 1]]).permute(0, 2, 3, 1))
     assert batch["labels"].tolist() == [3, 1] and "augment" not in batch
     seeded = restored.seeded_batch([3, 1], np.array([1, 2**63 + 5], dtype=np.uint64))
@@ -125,7 +125,7 @@ def test_the_former_square_caches_temporary_files_are_removed_once_a_day_old(tmp
     os.utime(old, (two_days_ago, two_days_ago))
     dataset = datasets.Dataset.from_dict({"image": mixed_images()[:3], "label": [0] * 3}, features=FEATURES)
     with caplog.at_level(logging.WARNING, logger="synermix_hf.data.image_store"):
-        decoded_images(dataset, "image", 8, cache_dir=str(cache))
+        square_pixels(dataset, "image", 8, cache_dir=str(cache))
     assert not old.exists() and fresh.exists()  # a fresh one may be a build of the former version still running
     assert [record.getMessage() for record in caplog.records] == [
         f"Image store: removed {old}, a temporary file of the former square cache, left by a build interrupted over "
