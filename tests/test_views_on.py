@@ -8,16 +8,22 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import Subset
 from torchvision.transforms import functional as F
 
 from synermix_hf import (
     ClassBalancedBatchSampler,
+    DeviceViews,
+    MadeOnDevice,
     PositionedBatchSampler,
+    SeededAugmentation,
     StoredImageDataset,
     SynerMixTrainer,
     example_seeds,
     prepare_views,
+    views_of,
 )
+from synermix_hf.data.bad_images import TolerantImages
 from synermix_hf.data.transforms import TransformSpec, build_transforms
 
 from test_trainer import arguments, color_dataset, resnet
@@ -65,6 +71,30 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
                       views_on="device")
     with pytest.raises(ValueError, match="`views_on` 'gpu' is not valid"):
         prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", two_views=True, views_on="gpu")
+
+
+def test_a_dataset_declares_its_device_views_and_every_wrapper_forwards_them(tmp_path):
+    """`device_views` is read from the dataset, through the package's wrappers and a `Subset`: a Subset evaluates as
+    the same rows selected before `prepare_views` do, and training on one (no `seeded_batch`) is refused up front."""
+    spec = TransformSpec("cifar", 16)
+    evaluation = color_dataset(n=8, seed=1)
+    device = prepare_views(color_dataset(n=8), evaluation, spec, "image", "label", two_views=True)
+    made = device.train.device_views
+    assert isinstance(device.train, MadeOnDevice) and isinstance(made, DeviceViews)
+    assert views_of(device.train) is made and SeededAugmentation(device.train, seed=0).device_views is made
+    assert views_of(Subset(device.eval, [0, 2, 3])) is device.eval.device_views
+    loader = prepare_views(color_dataset(n=8), None, spec, "image", "label", two_views=True, views_on="loader")
+    assert views_of(loader.train) is None and views_of([{"pixel_values": torch.zeros(3, 16, 16)}]) is None
+    assert SeededAugmentation(loader.train, seed=0).device_views is None
+    assert TolerantImages(loader.train, "image", "training set").device_views is None
+
+    trainer = SynerMixTrainer(model=resnet(), args=arguments(tmp_path, per_device_eval_batch_size=2))
+    selected = prepare_views(None, evaluation.select([0, 2, 3]), spec, "image", "label", two_views=True)
+    assert selected.views_on == "device"
+    assert trainer.evaluate(Subset(device.eval, [0, 2, 3]))["eval_loss"] == trainer.evaluate(selected.eval)["eval_loss"]
+    trainer = SynerMixTrainer(model=resnet(), args=arguments(tmp_path), train_dataset=Subset(device.train, [0, 1]))
+    with pytest.raises(ValueError, match="seeded_batch"):
+        trainer.get_train_dataloader()
 
 
 @pytest.mark.parametrize("recipe", ["cifar", "imagenet", "imagenet, every read"])

@@ -7,7 +7,7 @@
 * `image_store`: images decoded once into a memory-mapped store (one format for every recipe: uint8 rows and their
   index), or an index alone for images decoded at every read (`EncodedImages`); `decoded`: the square recipes' store;
 * `device_datasets`: the device path's dataset (`StoredImageDataset`), a batch of decoded images at a time, and the
-  object that makes its views on the device (`views_of`);
+  declared interface between a dataset and the device (`DeviceViews`, `MadeOnDevice`, `views_of`);
 * `batch_transforms`: the square recipes made on a whole batch on the training device (`BatchViews`);
 * `crop_views`: the RandomResizedCrop recipe made on a whole batch on the training device (`CropViews`);
 * `pil_resample`: Pillow's resampling, batched in torch, bit for bit (what `CropViews` uses on accelerators);
@@ -21,7 +21,7 @@ from .batch_transforms import BatchViews
 from .crop_views import CropViews
 from .catalog import load_image_classification_data
 from .image_store import EncodedImages, ImageStore
-from .device_datasets import StoredImageDataset, views_of
+from .device_datasets import DeviceViews, MadeOnDevice, StoredImageDataset, views_of
 from .pipeline import VIEWS_ON, PreparedViews, prepare_views
 from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler, SplitSteps
 from .transforms import Cutout, TransformSpec, build_transforms
@@ -50,6 +50,8 @@ __all__ = [
     "SingleViewTransform",
     "SplitSteps",
     "StoredImageDataset",
+    "DeviceViews",
+    "MadeOnDevice",
     "SynerMixCollator",
     "TransformSpec",
     "TwoViewTransform",

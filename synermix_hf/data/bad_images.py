@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .device_datasets import DeviceViews, views_of
+
 __all__ = [
     "DEFAULT_MAX_BAD_IMAGE_FRACTION",
     "IGNORE_LABEL",
@@ -276,6 +278,11 @@ class TolerantImages(torch.utils.data.Dataset):
         # What this process (or loader worker) found: row -> (source, error), and bad row -> the row standing in.
         self._problems: dict[int, tuple[str, str]] = {}
         self._stand_ins: dict[int, int] = {}
+
+    @property
+    def device_views(self) -> DeviceViews | None:
+        """The wrapped dataset's (`MadeOnDevice`): None for a `datasets.Dataset`, whose views the loader makes."""
+        return views_of(self.dataset)
 
     def __len__(self) -> int:
         return len(self.dataset)

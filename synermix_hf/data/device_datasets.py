@@ -4,14 +4,19 @@ The loader's work per batch is a gather of stored uint8 rows (or the decode of t
 `EncodedImages`) and the draw of each example's augmentation parameters from its seed; batches hold tensors only.
 Each dataset names the object that makes the views on the training device, `device_views`
 (`synermix_hf.data.batch_transforms.BatchViews` for square images, `synermix_hf.data.crop_views.CropViews` for the
-RandomResizedCrop recipe), which `SynerMixTrainer` calls on every batch of it once the batch is on the device
-(`views_of`). `synermix_hf.data.pipeline.prepare_views` builds them.
+RandomResizedCrop recipe), which `SynerMixTrainer` calls on every batch of it once the batch is on the device.
+`synermix_hf.data.pipeline.prepare_views` builds them.
+
+The interface between the two sides is declared here: an object that makes views on the device is a `DeviceViews`,
+and a dataset says whether its batches need one with its `device_views` attribute (`MadeOnDevice`): the views, or
+None where the loader makes them. Every wrapper this package puts around a dataset (`SeededAugmentation`,
+`TolerantImages`) forwards its inner dataset's; `views_of` reads it, also through a `torch.utils.data.Subset`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -20,21 +25,36 @@ from .batch_transforms import BatchViews
 from .crop_views import CropViews
 from .image_store import ImageStore
 
-__all__ = ["StoredImageDataset", "views_of"]
+__all__ = ["DeviceViews", "MadeOnDevice", "StoredImageDataset", "views_of"]
 
 
-def views_of(dataset: Any) -> Any:
-    """The object that makes the views of `dataset`'s batches on the device (its `device_views`), looking through
-    the wrappers the trainer puts around datasets (`SeededAugmentation`, `TolerantImages`, `Subset`); None for a
-    dataset whose views the loader makes."""
-    seen = 0
-    while dataset is not None and seen < 8:
-        views = getattr(dataset, "device_views", None)
-        if views is not None:
-            return views
-        dataset = getattr(dataset, "dataset", None)
-        seen += 1
-    return None
+@runtime_checkable
+class DeviceViews(Protocol):
+    """What makes the views of a batch on the training device (`BatchViews`, `CropViews`): called by the trainer on
+    each batch of a `MadeOnDevice` dataset once it is on the device, it turns the loader's decoded images (`images`,
+    `augment`, ...; see `StoredImageDataset`) into `pixel_values` (and `original_pixel_values`)."""
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class MadeOnDevice(Protocol):
+    """A dataset that says who makes its views: `device_views` is what makes them on the device (`DeviceViews`), or
+    None where the loader makes them (a wrapper around a dataset of the loader's views)."""
+
+    @property
+    def device_views(self) -> DeviceViews | None: ...
+
+
+def views_of(dataset: Any) -> DeviceViews | None:
+    """`dataset.device_views` (`MadeOnDevice`): what makes the views of its batches on the device; None for a dataset
+    that does not declare it (a user's dataset, a `datasets.Dataset`), whose views the loader makes.
+
+    A `torch.utils.data.Subset` serves its inner dataset's batches, rows selected, so it has the inner dataset's
+    views (evaluation over a Subset works; training over one is refused by `SeededAugmentation`)."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return views_of(dataset.dataset)
+    return getattr(dataset, "device_views", None)
 
 
 class _RowsWithLabels(torch.utils.data.Dataset):

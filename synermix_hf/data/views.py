@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from ..seeding import example_seeds
+from .device_datasets import DeviceViews, views_of
 from .transforms import as_rgb
 
 __all__ = [
@@ -153,15 +154,34 @@ class SeededAugmentation(torch.utils.data.Dataset):
     as plain indices, which key the draw by the index (right for samplers that load each index at most once an
     epoch).
 
+    Its `device_views` are its dataset's (`synermix_hf.data.device_datasets.MadeOnDevice`).
+
     Args:
-        dataset: A map-style dataset whose items apply the augmentation (e.g. with `TwoViewTransform`).
+        dataset: A map-style dataset whose items apply the augmentation (e.g. with `TwoViewTransform`), or one that
+            draws a whole batch's augmentation from the seeds (`StoredImageDataset.seeded_batch`).
         seed: Base seed.
+
+    Raises:
+        ValueError: `dataset`'s views are made on the device but it cannot draw a batch's augmentation
+            (`seeded_batch`), e.g. a `torch.utils.data.Subset` of a `StoredImageDataset`.
     """
 
     def __init__(self, dataset: Any, seed: int):
+        if views_of(dataset) is not None and not hasattr(dataset, "seeded_batch"):
+            raise ValueError(
+                f"Cannot train on this {type(dataset).__name__}: its views are made on the device (device_views), "
+                "from augmentations drawn a batch at a time (seeded_batch), which it does not offer (a "
+                "torch.utils.data.Subset of a StoredImageDataset does not). Select the training rows before "
+                "prepare_views (datasets.Dataset.select), or make the views in the loader (views_on='loader')."
+            )
         self.dataset = dataset
         self.seed = seed
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def device_views(self) -> DeviceViews | None:
+        """The views of the wrapped dataset's batches, made on the device (None where the loader makes them)."""
+        return views_of(self.dataset)
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(epoch)
