@@ -52,7 +52,7 @@ def collect_penultimate_features(
 
     try:
         for batch in loader:
-            batch = trainer.batch_on_device(batch)
+            batch = trainer.batch_on_device(batch, loader=loader)
             pixels = original_view(batch)
             captured.clear()
             with torch.no_grad(), trainer.compute_loss_context_manager(), adapter.head_input_replaced(capture):

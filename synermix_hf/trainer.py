@@ -34,7 +34,7 @@ from transformers.trainer_utils import has_length, seed_worker
 from .adapters import INPUT_POINT, ModelAdapter
 from .checkpoints import LegacyWeightNames, StagedCheckpoints
 from .data.bad_images import IGNORE_LABEL, BadImageLog, BadImagePolicy, tolerant_images
-from .data.device_datasets import views_of
+from .data.device_datasets import DeviceViews, views_of
 from .data.sampler import ClassBalancedBatchSampler, SplitSteps, StepSplit
 from .data.views import SeededAugmentation, SynerMixCollator, dataset_labels, original_view
 from .distributed import StepBufferBroadcast, gather_step_batch, is_data_parallel
@@ -167,10 +167,10 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_counts: dict[str, int] = {}
         self.bad_images = BadImageLog(BadImagePolicy(self.args.max_bad_image_fraction, self.args.stop_on_bad_image))
-        # What makes the views of batches of decoded images on the device (`views_of`), for the training loader and
-        # for the evaluation or prediction loader made last.
-        self._train_views: Any = None
-        self._eval_views: Any = None
+        # What makes the views of batches of decoded images on the device: the `device_views` of the dataset the
+        # training loader was built over, and of the dataset of the evaluation loop's loader while it runs.
+        self._train_views: DeviceViews | None = None
+        self._eval_views: DeviceViews | None = None
         self._set_epoch_callback = _SetEpochCallback()
         self.add_callback(self._set_epoch_callback)
         # Before the finite-loss check, which settles a pending check when a stop asks for a checkpoint.
@@ -235,7 +235,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         if labels is None and self.args.balanced_sampler:
             labels = dataset_labels(self.train_dataset)
         dataset = SeededAugmentation(tolerant_images(self.train_dataset, "training set", labels, seed), seed)
-        self._train_views = views_of(self.train_dataset)
+        self._train_views = dataset.device_views
         loader_kwargs = self._loader_arguments()
         sampler = None
         if self.args.balanced_sampler:
@@ -292,19 +292,28 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             dataset = self.eval_dataset[eval_dataset]
         if dataset is not None and not isinstance(dataset, dict):
             dataset = tolerant_images(dataset, "evaluation set", seed=self._data_seed, skip=True)
-        self._eval_views = self._views_for_metrics(dataset)
         return super().get_eval_dataloader(eval_dataset if isinstance(eval_dataset, str) or dataset is None
                                            else dataset)
 
     def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
         """The Trainer's prediction loader, over a dataset in which an image that cannot be decoded is skipped."""
-        self._eval_views = self._views_for_metrics(test_dataset)
         return super().get_test_dataloader(tolerant_images(test_dataset, "prediction set", seed=self._data_seed,
                                                            skip=True))
 
-    def _views_for_metrics(self, dataset: Any) -> Any:
-        """`views_of(dataset)`, refusing `include_for_metrics=["inputs"]` for a dataset whose views are made on the
-        device: the Trainer's evaluation loop reads the inputs from the loader's batch, which has no views yet."""
+    def evaluation_loop(self, dataloader: DataLoader, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's evaluation loop (`evaluate`, `predict`), whose `prediction_step` makes the views of
+        `dataloader`'s batches with its own dataset's `device_views`."""
+        outer = self._eval_views
+        self._eval_views = self._views_for_metrics(dataloader.dataset)
+        try:
+            return super().evaluation_loop(dataloader, *args, **kwargs)
+        finally:
+            self._eval_views = outer
+
+    def _views_for_metrics(self, dataset: Any) -> DeviceViews | None:
+        """`views_of(dataset)` (its `device_views`), refusing `include_for_metrics=["inputs"]` for a dataset whose
+        views are made on the device: the Trainer's evaluation loop reads the inputs from the loader's batch, which has
+        no views yet."""
         views = views_of(dataset)
         if views is not None and "inputs" in (self.args.include_for_metrics or []):
             raise ValueError(
@@ -314,13 +323,26 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             )
         return views
 
-    def batch_on_device(self, inputs: dict[str, torch.Tensor | Any], training: bool = False) -> dict[str, Any]:
-        """A batch from this trainer's training loader (`training`) or the evaluation or prediction loader made last,
-        moved to the device, with its views made (as `compute_loss` and evaluation see it)."""
-        # transformers' own `prediction_step` moves the batch with the private `_prepare_inputs` too.
-        return self._with_views(self._prepare_inputs(inputs), self._train_views if training else self._eval_views)
+    def batch_on_device(self, inputs: dict[str, torch.Tensor | Any], training: bool = False,
+                        loader: DataLoader | None = None) -> dict[str, Any]:
+        """A batch moved to the device, with its views made (as `compute_loss` and evaluation see it).
 
-    def _with_views(self, inputs: dict[str, torch.Tensor | Any], views: Any) -> dict[str, torch.Tensor | Any]:
+        Args:
+            inputs: A batch of `loader`, of this trainer's training loader (`training`), or of the loader of the
+                evaluation loop that is running.
+            training: The batch is from `get_train_dataloader()`'s loader.
+            loader: The loader the batch is from (e.g. `get_eval_dataloader()`'s): its dataset's `device_views`
+                make the views.
+        """
+        if loader is not None:
+            views = self._views_for_metrics(loader.dataset)
+        else:
+            views = self._train_views if training else self._eval_views
+        # transformers' own `prediction_step` moves the batch with the private `_prepare_inputs` too.
+        return self._with_views(self._prepare_inputs(inputs), views)
+
+    def _with_views(self, inputs: dict[str, torch.Tensor | Any],
+                    views: DeviceViews | None) -> dict[str, torch.Tensor | Any]:
         """A batch on the device with its views: a batch of decoded uint8 images (no `pixel_values` yet) gets them
         made here by `views` (the dataset's `device_views`), batched.
 

@@ -97,6 +97,19 @@ def test_a_dataset_declares_its_device_views_and_every_wrapper_forwards_them(tmp
         trainer.get_train_dataloader()
 
 
+def test_a_batch_gets_the_views_of_the_loader_it_came_from_not_of_the_loader_made_last(tmp_path):
+    spec = TransformSpec("cifar", 16)
+    evaluation = color_dataset(n=6, seed=3)
+    device = prepare_views(None, evaluation, spec, "image", "label", two_views=True)
+    per_image = prepare_views(None, evaluation, spec, "image", "label", two_views=True, views_on="loader")
+    trainer = SynerMixTrainer(model=resnet(), args=arguments(tmp_path, per_device_eval_batch_size=6))
+    device_loader = trainer.get_eval_dataloader(device.eval)
+    per_image_loader = trainer.get_eval_dataloader(per_image.eval)  # made last: its dataset has no device views
+    made = trainer.batch_on_device(next(iter(device_loader)), loader=device_loader)
+    expected = trainer.batch_on_device(next(iter(per_image_loader)), loader=per_image_loader)
+    assert torch.equal(made["pixel_values"], expected["pixel_values"])
+
+
 @pytest.mark.parametrize("recipe", ["cifar", "imagenet", "imagenet, every read"])
 def test_evaluation_on_the_device_path_equals_the_per_image_path(tmp_path, recipe):
     """`evaluate` and `predict` on the device path: the same loss and logits as on the per-image path, bit for bit
