@@ -53,7 +53,6 @@ from synermix_hf import (
     SynerMixTrainer,
     SynerMixTrainingArguments,
     prepare_views,
-    views_of,
 )
 from synermix_hf.data.transforms import TransformSpec
 
@@ -91,7 +90,7 @@ def measure_data(data: datasets.Dataset, batch_size: int, workers: int, rounds: 
         for name in order:
             count, start, start_cpu = 0, time.perf_counter(), time.process_time()
             for batch in named[name]:
-                batch = finish(batch, views_of(named[name].dataset))
+                batch = finish(batch, named[name].dataset.device_views)
                 count += len(batch["labels"])
                 assert batch["pixel_values"].shape[1:] == (3, 32, 32) and "original_pixel_values" in batch
             if workers == 0 or round_index > 0:  # with workers the first epoch starts them
