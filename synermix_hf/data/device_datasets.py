@@ -79,7 +79,7 @@ class _RowsWithLabels(torch.utils.data.Dataset):
 class StoredImageDataset(_RowsWithLabels):
     """Decoded images (an `ImageStore`, or `EncodedImages` decoded at every read) and their labels, served a batch at
     a time; the views are made later, on the device, by `device_views` (`BatchViews` for the square recipes,
-    `CropViews` for RandomResizedCrop).
+    `CropViews` for RandomResizedCrop): it is `MadeOnDevice`, and its views are `DeviceViews`.
 
     A batch (`__getitems__`, or `seeded_batch` for training) is a dict of tensors: `images` (uint8 `[B, M, M, 3]`,
     each image at the top left of a square frame, see `ImageStore.padded_batch`; `[B, S, S, 3]` for a square store),
