@@ -51,6 +51,7 @@ from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
+from .data.store_folder import process_umask
 from .resume import (FINAL_STAGING, RUN_RECORD, STAGING_PREFIX, TRAINER_STATE_NAME, last_complete_checkpoint,
                      remove_incomplete_checkpoints, resolve_resume, write_complete_marker)
 
@@ -183,24 +184,10 @@ def _save_error(checkpoint: str, cause: str | None, failed_process: int | None,
     return CheckpointSaveError(message, checkpoint, free, last)
 
 
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux tells it (`os.umask` sets it while it reads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def follow_umask(folder: str) -> None:
     """Give every file under `folder` the permissions the umask gives new files (safetensors writes its files 0600
     whatever the umask, so another member of a shared group could not load the model)."""
-    mode = 0o666 & ~_umask()
+    mode = 0o666 & ~process_umask()
     for root, _, names in os.walk(folder):
         for name in names:
             path = os.path.join(root, name)

@@ -18,8 +18,7 @@ _CREDENTIAL_NAME = re.compile(r"(^|_)(token|secret|password|api_key)$")
 
 # Arguments whose names mention tokens but that hold no credential (counts of text tokens): the test that walks every
 # argument of TrainingArguments and of the command line fails on any other `*token*` name until it is decided here.
-NOT_CREDENTIALS = frozenset({"average_tokens_across_devices", "include_num_input_tokens_seen",
-                             "include_tokens_per_second"})
+NOT_CREDENTIALS = frozenset({"average_tokens_across_devices", "include_num_input_tokens_seen"})
 
 
 def is_credential(name: str) -> bool:

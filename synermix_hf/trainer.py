@@ -152,7 +152,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self.train_labels = train_labels
         # A scheduler given in `optimizers=` is kept; one built here is built again by every `train()`.
         self._scheduler_given = self.lr_scheduler is not None
-        self._optimizer_given = self.optimizer is not None
+        self._recipe_built: set[str] = set()  # which of the paper recipe's optimizer and schedule trained
         self._updates_per_epoch: int | None = None
         self._split_steps: SplitSteps | None = None
         self._split_offset: int | None = None
@@ -366,6 +366,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             # transformers < 5.3's create_optimizer takes no model.
             return super().create_optimizer() if model is None else super().create_optimizer(model)
         self.optimizer = paper_optimizer(self.model if model is None else model, self.args)
+        self._recipe_built.add("optimizer")
         return self.optimizer
 
     def create_scheduler(
@@ -380,6 +381,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             self.args.lr_step_size,
             self.args.lr_gamma,
         )
+        self._recipe_built.add("lr_scheduler_type")
         return self.lr_scheduler
 
     # ---- loss ----
@@ -688,16 +690,11 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         path = os.path.join(self.args.output_dir, "README.md")
         with open(path, encoding="utf-8") as handle:
             card = handle.read()
-        hyperparameters = recipe_hyperparameters(self.args) if self._recipe_trained else {}
+        hyperparameters = {name: text for name, text in recipe_hyperparameters(self.args).items()
+                           if name in self._recipe_built} if self._recipe_built else {}
         card = card_with_hyperparameters(card, hyperparameters) + self.model_card_section
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(card)
-
-    @property
-    def _recipe_trained(self) -> bool:
-        """Whether the paper recipe's SGD and StepLR trained (not an optimizer or scheduler given instead)."""
-        return (uses_paper_recipe(self.args) and self.optimizer_cls_and_kwargs is None and not self._optimizer_given
-                and not self._scheduler_given)
 
     # ---- logging ----
 

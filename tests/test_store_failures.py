@@ -462,14 +462,19 @@ def _overwrite_row(store, row: int) -> None:
         handle.write((bytes(range(1, 256)) * (height * width * 3 // 255 + 1))[: height * width * 3])  # never black
 
 
+def _store_of_kind(kind, dataset, cache_dir):
+    """The square recipes' store (`kind` "square") or the shorter-side store of `dataset`, in `cache_dir`."""
+    if kind == "square":
+        return decoded_images_and_failures(dataset, "image", 8, cache_dir=str(cache_dir))[0]
+    return stored_images_and_failures(dataset, "image", 16, cache_dir=str(cache_dir))[0]
+
+
 @pytest.mark.parametrize("kind", ["square", "shorter side"])
 def test_pixels_overwritten_in_place_in_a_small_store_are_found_when_it_is_opened_and_it_is_rebuilt(tmp_path,
                                                                                                    with_bad_image,
                                                                                                    kind, caplog):
     def build():
-        if kind == "square":
-            return decoded_images_and_failures(with_bad_image, "image", 8, cache_dir=str(tmp_path))[0]
-        return stored_images_and_failures(with_bad_image, "image", 16, cache_dir=str(tmp_path))[0]
+        return _store_of_kind(kind, with_bad_image, tmp_path)
 
     store = build()
     path, pixels = store.path, np.array(store.pixels)
@@ -496,9 +501,7 @@ def test_pixels_overwritten_in_place_in_a_large_store_are_read_as_built_and_the_
     tmp_path = tmp_path / "cache"
 
     def build():
-        if kind == "square":
-            return decoded_images_and_failures(with_bad_image, "image", 8, cache_dir=str(tmp_path))[0]
-        return stored_images_and_failures(with_bad_image, "image", 16, cache_dir=str(tmp_path))[0]
+        return _store_of_kind(kind, with_bad_image, tmp_path)
 
     store = build()
     path, pixels = store.path, np.array(store.pixels)

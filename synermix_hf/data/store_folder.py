@@ -139,7 +139,7 @@ class BrokenStore(Exception):
 # ------------------------------------------------------------------------------------------------- owners and modes
 
 
-def _umask() -> int:
+def process_umask() -> int:
     """The process's umask, read without changing it where Linux shows it (`os.umask` sets it to read it, which
     another thread creating a file at that instant would see)."""
     try:
@@ -156,7 +156,7 @@ def _umask() -> int:
 
 def _set_modes(folder: str) -> None:
     """The store's files get the mode the umask gives, as `datasets`' own cache files do, whatever made them."""
-    mode = 0o666 & ~_umask()
+    mode = 0o666 & ~process_umask()
     for name in os.listdir(folder):
         if name != _LOCK_FILE:
             os.chmod(os.path.join(folder, name), mode)
@@ -471,7 +471,7 @@ def _new_build_folder(path: str) -> tuple[str, int]:
     # A setgid parent (a cache shared by a group) gave the new folder its group and setgid bit: kept, so that the
     # files made in it take the group too (a mode without the bit would clear it, and they would take this user's
     # primary group, which the group's other members, kept out by a umask of 007, could not read).
-    mode = (0o777 & ~_umask()) | (os.stat(parent).st_mode & stat.S_ISGID)
+    mode = (0o777 & ~process_umask()) | (os.stat(parent).st_mode & stat.S_ISGID)
     for _ in range(3):
         with _writing(path, parent):
             temporary = tempfile.mkdtemp(prefix=f"{_temporary_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=parent)
