@@ -41,7 +41,10 @@ def main() -> None:
     from transformers.trainer_callback import PrinterCallback
 
     from synermix_hf import SynerMixTrainer, SynerMixTrainingArguments, prepare_views
-    from synermix_hf.data.transforms import TransformSpec
+    try:
+        from synermix_hf.data.transforms import TransformSpec
+    except ImportError:  # before the data layer became a package (e.g. 3210511, the per-image baseline of issue 32)
+        from synermix_hf.transforms import TransformSpec
 
     class TinyNet(nn.Module):
         """A 4x4 average pool first (224 -> 56), then two 3x3 convolutions: the data path sets the pace."""
@@ -62,6 +65,10 @@ def main() -> None:
         kwargs["decode_short_side"] = cli.short_side
     if cli.budget_gib is not None:
         kwargs["decode_budget_gib"] = cli.budget_gib
+    import inspect
+
+    if "views_on" not in inspect.signature(prepare_views).parameters:  # 3210511 named it data_path
+        kwargs["data_path"] = {"loader": "per_image"}.get(kwargs.pop("views_on"), "auto")
     views = prepare_views(data, None, TransformSpec("imagenet", 224), "image", "label", two_views=True, **kwargs)
     if cli.prepare_only:
         print(json.dumps({"views": views.description}))

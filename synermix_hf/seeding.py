@@ -14,12 +14,12 @@ once per input word: a few integer operations per example, vectorised over a bat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["example_seeds", "splitmix64", "step_generators"]
+__all__ = ["example_seeds", "seeded_in_turn", "splitmix64", "step_generators"]
 
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -48,6 +48,21 @@ def example_seeds(seed: int, epoch: int, positions: np.ndarray | Sequence[int]) 
     key = splitmix64(splitmix64(int(seed) & 0xFFFFFFFFFFFFFFFF) ^ np.uint64(int(epoch) & 0xFFFFFFFFFFFFFFFF))
     positions = np.asarray(positions, dtype=np.uint64)
     return splitmix64(key ^ positions.reshape(-1)).reshape(positions.shape)
+
+
+def seeded_in_turn(seeds: np.ndarray) -> Iterator[int]:
+    """Seed torch's CPU generator from each of `seeds` (uint64) in turn, yielding its position, and restore the
+    generator after: torchvision's random transforms, run for example `i` in the loop body, then draw from `seeds[i]`
+    alone.
+
+    Only the CPU generator: `torch.manual_seed` would also seed every CUDA (and MPS/XPU/MTIA) generator: slow on a
+    machine without CUDA (BENCHMARKS.md, section 3), and, where CUDA is initialised, a reseeding of the model's CUDA
+    generator that `fork_rng(devices=[])` does not undo.
+    """
+    with torch.random.fork_rng(devices=[]):
+        for position, seed in enumerate(np.asarray(seeds, dtype=np.uint64).reshape(-1)):
+            torch.default_generator.manual_seed(int(seed >> np.uint64(1)))
+            yield position
 
 
 def step_generators(

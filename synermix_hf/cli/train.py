@@ -25,7 +25,7 @@ from typing import Any
 from ..checkpoints import CheckpointSaveError
 from ..data import dataset_labels, load_image_classification_data, prepare_views
 from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
-from ..data.image_store import EncodedImages, StoreBuildStopped
+from ..data.image_store import StoreBuildStopped
 from ..metrics import ClassificationMetrics
 from ..peer_watch import PeerStoppedAnswering
 from ..preemption import CtrlC, TrainingPreempted
@@ -185,15 +185,11 @@ def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held
             training_args.choose("dataloader_num_workers", 0, "views made on the device, here the CPU, whose cores "
                                  "they use; worker processes would add copies between processes and compete with "
                                  "training for the cores")
-        elif isinstance(store, EncodedImages):
-            workers = max(1, (os.cpu_count() or 2) // max(1, training_args.world_size) - 1)
-            training_args.choose("dataloader_num_workers", min(workers, 16), "images decoded at every read: the "
-                                 "loader decodes each JPEG, the slowest part of a step, so every core but the main "
-                                 "process's decodes")
         elif store is not None and not getattr(store, "square", False):
-            workers = max(1, min(4, (os.cpu_count() or 2) // (2 * max(1, training_args.world_size))))
-            training_args.choose("dataloader_num_workers", workers, "images of their own size in a store: the "
-                                 "loader copies each one and draws its crop, which workers overlap with the step")
+            workers = max(1, (os.cpu_count() or 2) // max(1, training_args.world_size) - 1)
+            training_args.choose("dataloader_num_workers", min(workers, 16), "crops cut in the loader by the "
+                                 "recipe's torchvision steps (Pillow's resampling, the largest part of a step's data "
+                                 "work), so every core but the main process's cuts them")
         else:
             training_args.choose("dataloader_num_workers", 0, "views made on the device: the loader only gathers "
                                  "stored rows and draws their augmentation, and worker processes would add copies "

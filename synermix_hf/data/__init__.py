@@ -5,22 +5,20 @@
 * `transforms`: the paper's recipes (`TransformSpec`) as per-image torchvision transforms;
 * `pipeline`: where the views are made, on the device or in the loader, and from which images (`prepare_views`);
 * `image_store`: images decoded once into a memory-mapped store (one format for every recipe: uint8 rows and their
-  index), or an index alone for images decoded at every read (`EncodedImages`); `decoded`: the square recipes' store;
-* `device_datasets`: the device path's dataset (`StoredImageDataset`), a batch of decoded images at a time, and the
+  index), and `store_folder`, how its folder is built, shared and checked; `decoded`: the square recipes' store;
+* `device_datasets`: the device path's dataset (`StoredImageDataset`), a batch of stored images at a time, and the
   declared interface between a dataset and the device (`DeviceViews`, `MadeOnDevice`, `views_of`);
-* `batch_transforms`: the square recipes made on a whole batch on the training device (`BatchViews`);
-* `crop_views`: the RandomResizedCrop recipe made on a whole batch on the training device (`CropViews`);
-* `pil_resample`: Pillow's resampling, batched in torch, bit for bit (what `CropViews` uses on accelerators);
+* `batch_transforms`: the square recipes made on a whole batch on the training device (`BatchViews`), and the
+  RandomResizedCrop recipe's `ToTensor` + `Normalize` of the crops the loader cut (`NormalizedViews`);
 * `sampler`: class-balanced batches, and their shards under data parallelism;
 * `bad_images`: images that cannot be decoded;
 * `catalog` and `loading/`: the paper's datasets by name, and how any dataset is loaded and split.
 """
 
 from .bad_images import BadImageError, BadImagePolicy
-from .batch_transforms import BatchViews
-from .crop_views import CropViews
+from .batch_transforms import BatchViews, NormalizedViews
 from .catalog import load_image_classification_data
-from .image_store import EncodedImages, ImageStore
+from .image_store import ImageStore
 from .device_datasets import DeviceViews, MadeOnDevice, StoredImageDataset, views_of
 from .pipeline import VIEWS_ON, PreparedViews, prepare_views
 from .sampler import ClassBalancedBatchSampler, PositionedBatchSampler, SplitSteps
@@ -40,12 +38,11 @@ __all__ = [
     "BadImagePolicy",
     "BatchViews",
     "ClassBalancedBatchSampler",
-    "CropViews",
     "Cutout",
     "DeviceViews",
-    "EncodedImages",
     "ImageStore",
     "MadeOnDevice",
+    "NormalizedViews",
     "PositionedBatchSampler",
     "PreparedViews",
     "SeededAugmentation",

@@ -13,6 +13,9 @@ uint8 before ToTensor is exact: they move pixels and pad with 0, which ToTensor 
 drawn with the same distributions as the per-image path (`RandomCrop.get_params`, `RandomHorizontalFlip`, `Cutout`),
 but from per-example 64-bit seeds rather than torch's generator, so that the loader draws them without touching any
 global random state (`sample_square_params`). Nothing here knows about `Trainer`.
+
+For the RandomResizedCrop recipe the loader makes the views with torchvision itself (`StoredImageDataset`); only
+their `ToTensor` and `Normalize` are batched here (`NormalizedViews`).
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as TF
 
-from .transforms import SQUARE_FAMILIES, SquareAugmentation, TransformSpec, square_augmentation
+from .transforms import SQUARE_FAMILIES, Cutout, SquareAugmentation, TransformSpec, square_augmentation
 
 __all__ = [
     "PARAM_NAMES",
     "BatchViews",
+    "NormalizedViews",
     "crop_flip",
     "cutout",
     "normalize",
@@ -186,26 +191,23 @@ class BatchViews:
             )
         return cls(spec.image_size, square_augmentation(spec), tuple(spec.mean), tuple(spec.std), original)
 
-    def sample(self, seeds: np.ndarray, original_sizes: Any = None, stored_sizes: Any = None) -> torch.Tensor:
+    def steps(self) -> list[Any]:
+        """The torchvision steps these views make, after the store's resize to S x S: the training transform they
+        equal, step for step (`synermix_hf.data.pipeline.recipe_problem` compares it with the recipe's)."""
+        steps: list[Any] = [T.ToTensor(), T.RandomCrop(self.image_size, padding=self.recipe.padding)]
+        if self.recipe.flip:
+            steps.append(T.RandomHorizontalFlip())
+        if self.recipe.cutout:
+            steps.append(Cutout(self.recipe.cutout))
+        return steps + [T.Normalize(self.mean, self.std)]
+
+    def sample(self, seeds: np.ndarray) -> torch.Tensor:
         """Augmentation parameters for one batch from one uniform 64-bit seed per example, packed as an int32 tensor
         `[B, 5]` with the columns `PARAM_NAMES` (zero where the recipe has no such step): one host to device copy
-        per batch instead of one per parameter. (The sizes, which the RandomResizedCrop recipe draws on, play no
-        part: every image is S x S.)"""
+        per batch instead of one per parameter."""
         params = sample_square_params(seeds, self.image_size, self.recipe)
         zeros = torch.zeros(len(seeds), dtype=torch.int64)
         return torch.stack([params.get(name, zeros) for name in PARAM_NAMES], dim=1).to(torch.int32)
-
-    def original_params(self, original_sizes: Any, stored_sizes: Any) -> None:
-        """None: the original view is the whole S x S image (see `CropViews.original_params`)."""
-        return None
-
-    def store_problem(self, store: Any, originals: bool = False) -> str | None:
-        """Why these views cannot be made from `store`'s images, or None."""
-        if originals:
-            return "the square recipes make their original view from the images themselves"
-        if not getattr(store, "square", False) or store.short_side != self.image_size:
-            return f"the views expect {self.image_size}x{self.image_size}px images, the store holds {store!r}"
-        return None
 
     def augmented(self, images: torch.Tensor, params: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
         """The training view of uint8 images: ToTensor, pad + crop, flip, Cutout, Normalize.
@@ -240,7 +242,7 @@ class BatchViews:
             raise ValueError(f"Expected uint8 images [B, {self.image_size}, {self.image_size}, 3], got "
                              f"{tuple(images.shape)}.")
         images = images.permute(0, 3, 1, 2).contiguous()  # NCHW in memory too, as the per-image path's batches
-        out = {k: v for k, v in batch.items() if k not in ("images", "augment", "sizes", "original")}
+        out = {k: v for k, v in batch.items() if k not in ("images", "augment")}
         params = batch.get("augment")
         if params is None:
             out["pixel_values"] = self.original_view(images)
@@ -249,4 +251,32 @@ class BatchViews:
         out["pixel_values"] = self._augmented(pixels, params)
         if self.original:
             out["original_pixel_values"] = normalize(pixels, self.mean, self.std)
+        return out
+
+
+@dataclass(frozen=True)
+class NormalizedViews:
+    """`ToTensor` and `Normalize` of views made in the loader (the RandomResizedCrop recipe's), on the batch's device.
+
+    The loader makes each view with the recipe's own torchvision steps up to `ToTensor` (`StoredImageDataset`); what
+    is left, the same for every image, is done here on the whole batch, bit for bit as torchvision does it per image
+    (`to_float`, `normalize`): a quarter of the bytes to batch and to copy to the device.
+
+    Args:
+        mean, std: Normalization.
+        original: Training batches also carry the original view (`original_images`; needed when beta > 0).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    original: bool = True
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """`{"pixel_values", ["original_pixel_values"], "labels", ...}` from `{"images", ["original_images"], "labels"}`
+        (uint8 HWC `[B, S, S, 3]`)."""
+        out = {k: v for k, v in batch.items() if k not in ("images", "original_images")}
+        for source, target in (("images", "pixel_values"), ("original_images", "original_pixel_values")):
+            if source in batch:
+                images = batch[source].permute(0, 3, 1, 2).contiguous()  # NCHW in memory, as the per-image batches
+                out[target] = normalize(to_float(images), self.mean, self.std, in_place=True)
         return out

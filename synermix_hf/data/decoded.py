@@ -17,7 +17,7 @@ that the caller decides (`synermix_hf.data.bad_images`); the failures are kept i
 checked against the store's manifest at every reuse: a store without them is rebuilt, never read as if every image
 had decoded) for later runs.
 
-    store, failures = decoded_images_and_failures(dataset, "img", 32)   # store.padded_batch(rows): [B, 32, 32, 3]
+    store, failures = decoded_images_and_failures(dataset, "img", 32)   # store.square_batch(rows): [B, 32, 32, 3]
 """
 
 from __future__ import annotations

@@ -1,20 +1,16 @@
-"""Decode a dataset's images once, their shorter side resized to S, into one flat uint8 array of rows of varying size.
+"""Decode a dataset's images once into one flat uint8 array of rows of varying size: a memory-mapped image store.
 
-The `imagenet` transform family starts both views of an image from the whole decoded image: RandomResizedCrop for the
-augmented view, Resize(S) + CenterCrop for the original view. The store keeps every image as the per-image path has it
-before `ToTensor`, at a bounded resolution: `T.Resize(S)` of the RGB image (the shorter side S, the longer side
-`int(S * long / short)`, smaller images upsampled as the per-image path does), or the full image with S = 0. With
-S = 256 the original view (a centre 224 crop of Resize(256)) is therefore exactly the per-image one, and the loader's
-work per example is a copy of stored rows; the views are made on the training device.
+A store keeps every image as the per-image path has it before its random steps: at full resolution (the `imagenet`
+family, whose RandomResizedCrop is cut from the whole image every epoch), resized to S x S (the square families,
+`synermix_hf.data.decoded`), or as its evaluation view (`Resize` + `CenterCrop`, made once by torchvision itself).
+The loader then copies stored rows instead of decoding a JPEG every epoch (BENCHMARKS.md, section 7).
 
 Layout: `pixels` is one flat uint8 array, the images' RGB rows in HWC order one after the other; `index` is int64
 `[N, 5]`, per image `offset, height, width, original_height, original_width` (the stored size, and the size
 `datasets.Image` decodes, after its EXIF transpose); `checksums` is uint64 `[N]`, each row's xxh3-64, all checked when
 a run opens a store of up to 1 GiB of pixels (damaged: rebuilt), else each row the first time the run reads it (a row
 whose pixels changed on disk is then decoded again from the dataset, and the store rebuilt by the next run:
-`synermix_hf.data.store_folder`). Raw rows are only copied, where JPEG would have to be decoded again every epoch,
-so the loader spends much less CPU time an example (BENCHMARKS.md, section 7); they take `3 * h * w` bytes an image
-(261,888 for a 4:3 image at S = 256, stored 256 x 341).
+`synermix_hf.data.store_folder`). A row takes `3 * h * w` bytes (589,824 for a 512 x 384 image at full resolution).
 
 The store is a folder next to the dataset's cache files (or in `HF_DATASETS_CACHE` for an in-memory dataset), named by
 the dataset's fingerprint, the column, S, the interpolation and the decoding rule (`store_path`), holding `pixels.npy`,
@@ -30,8 +26,7 @@ An image that cannot be read or decoded (a truncated file, not an image, ...) is
 a 1x1 image) and returned with the others as `(row, source, error)`, so that the caller decides
 (`synermix_hf.data.bad_images`).
 
-    store, failures = stored_images_and_failures(dataset, "image", 256)  # store.image(r) -> uint8 [h, w, 3]
-    frames, sizes = store.padded_batch([4, 1, 7])                          # uint8 [3, Hmax, Wmax, 3], int32 [3, 2]
+    store, failures = stored_images_and_failures(dataset, "image", 0)  # store.image(r) -> uint8 [h, w, 3]
 """
 
 from __future__ import annotations
@@ -81,9 +76,7 @@ __all__ = [
     "existing_store_nbytes",
     "store_path",
     "stored_images_and_failures",
-    "stored_size",
-    "EncodedImages",
-    "encoded_images_and_failures",
+    "stored_steps",
 ]
 
 logger = logging.getLogger(__name__)
@@ -144,29 +137,16 @@ def _cache_folder(dataset: Any) -> str:
     return os.path.join(str(datasets.config.HF_DATASETS_CACHE), "synermix_decoded")
 
 
-def stored_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """`(height, width)` of an image of that size after `torchvision.transforms.Resize(short_side)`: the shorter side
-    `short_side`, the longer `int(short_side * long / short)` (torchvision's `_compute_resized_output_size`). With
-    `short_side` 0, the size itself (the store keeps full resolution)."""
-    if short_side == 0:
-        return int(height), int(width)
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = int(short_side), int(short_side * long / short)
-    return (new_long, new_short) if width <= height else (new_short, new_long)
-
-
-def _resize_label(short_side: int | None, square: bool = False, centre_crop_of: int | None = None) -> str:
-    # None: an index without pixels (`EncodedImages`); square: every image resized to S x S, or the S x S centre of
-    # the image resized to `centre_crop_of` (the evaluation view)
+def _resize_label(short_side: int, square: bool = False, centre_crop_of: int | None = None) -> str:
+    # square: every image resized to S x S, or the S x S centre of the image resized to `centre_crop_of` (the
+    # evaluation view); else full resolution
     if centre_crop_of is not None:
         return f"r{centre_crop_of}c{short_side}"
-    if square:
-        return f"sq{short_side}"
-    return "index" if short_side is None else f"s{short_side}" if short_side else "full"
+    return f"sq{short_side}" if square else "full"
 
 
-def _stored_size(height: int, width: int, short_side: int | None, square: bool) -> tuple[int, int]:
-    return (int(short_side), int(short_side)) if square else stored_size(height, width, short_side or 0)
+def _stored_size(height: int, width: int, short_side: int, square: bool) -> tuple[int, int]:
+    return (int(short_side), int(short_side)) if square else (int(height), int(width))
 
 
 def _changed_problem(row: int, count: int = 1) -> str:
@@ -234,36 +214,18 @@ class ImageStore:
         """Bytes of the pixels."""
         return int(self.pixels.nbytes)
 
-    def padded_batch(self, rows: Any, boxes: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images of `rows` in one square frame: uint8 `[B, M, M, 3]` (HWC; M the largest stored height or width
-        of the batch), each image at the top left of its frame, and their stored sizes, int64 `[B, 2]` `(h, w)`.
-
-        With `boxes` (int `[B, 4]`, `(top, left, height, width)` in each image), only that region of each image is
-        copied, to the top left of its frame, and the sizes are the boxes'. The rest of each frame is uninitialised
-        memory (`torch.empty`). Square frames let the device transpose every image alike
-        (`synermix_hf.data.pil_resample.resized_crops`).
-        """
+    def square_batch(self, rows: Any) -> torch.Tensor:
+        """The images of `rows` of a square store (every image S x S), uint8 `[B, S, S, 3]` (HWC): one gather."""
+        if not self.square:
+            raise ValueError(f"square_batch needs a store of S x S images, not {self!r}.")
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        entries = np.asarray(self.index[rows])
-        if boxes is None and self.square and self.pixels is not None:  # every row S x S: one gather
-            self._check_rows(rows)
-            side = int(self.short_side)
-            sizes = torch.from_numpy(np.ascontiguousarray(entries[:, 1:3]))
-            frames = self.pixels.reshape(len(self), side, side, 3)[rows]
-            if self._repaired:
-                for position, row in enumerate(rows.tolist()):
-                    if row in self._repaired:
-                        frames[position] = self._repaired[row].reshape(side, side, 3)
-            return torch.from_numpy(frames), sizes
-        regions = (np.concatenate([np.zeros((len(rows), 2), np.int64), entries[:, 1:3]], axis=1) if boxes is None
-                   else np.asarray(boxes, dtype=np.int64).reshape(-1, 4))
-        side = int(regions[:, 2:].max()) if len(rows) else 0
-        batch = torch.empty((len(rows), side, side, 3), dtype=torch.uint8)
-        frames = batch.numpy()
-        for frame, image, (top, left, box_height, box_width) in zip(frames, self._images(rows, entries),
-                                                                     regions.tolist()):
-            frame[:box_height, :box_width] = image[top : top + box_height, left : left + box_width]
-        return batch, torch.from_numpy(np.ascontiguousarray(regions[:, 2:]))
+        self._check_rows(rows)
+        side = int(self.short_side)
+        frames = self.pixels.reshape(len(self), side, side, 3)[rows]
+        for position, row in enumerate(rows.tolist()):
+            if row in self._repaired:
+                frames[position] = self._repaired[row].reshape(side, side, 3)
+        return torch.from_numpy(frames)
 
     def _images(self, rows: np.ndarray, entries: np.ndarray) -> Iterator[np.ndarray]:
         """Each of `rows` as uint8 `[h, w, 3]` (views of the store, each checked), `entries` their index rows."""
@@ -353,65 +315,6 @@ class ImageStore:
                 f"{self.interpolation}, {self.nbytes / 2**30:.2f} GiB, {where})")
 
 
-class EncodedImages(ImageStore):
-    """A dataset's images decoded again at every read, at full resolution: an `ImageStore`'s index without its pixels.
-
-    What a full-resolution store gives without its disk space (Food-101's takes 55-74 GiB): the loader decodes
-    each image of a batch from the dataset's own encoded bytes (`datasets.Image.decode_example`, RGB), the pixels the
-    per-image path decodes. The index (sizes, and the images that cannot be decoded) comes from one checking pass
-    over the dataset (`encoded_images_and_failures`), kept next to the dataset's cache.
-
-    Args:
-        dataset: The `datasets.Dataset`.
-        image_column: Its `datasets.Image` column.
-        index: int64 `[N, 5]`, as an `ImageStore`'s (offsets 0, stored size = original size).
-        path: The index's folder, or None.
-    """
-
-    def __init__(self, dataset: Any, image_column: str, index: np.ndarray, path: str | None = None):
-        super().__init__(None, index, 0, "bilinear", path)
-        self.raw = _undecoded_column(dataset, image_column)
-        self.feature = dataset.features[image_column]
-        self.image_column = image_column
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of stored pixels: none."""
-        return 0
-
-    def _images(self, rows: np.ndarray, entries: np.ndarray) -> Iterator[np.ndarray]:
-        """Each of `rows` decoded from the dataset's bytes (read for all of them in one access), as the per-image path
-        decodes it (`decode_example`, RGB)."""
-        from .transforms import as_rgb
-
-        values = self.raw[rows.tolist()][self.image_column]
-        for row, value, (height, width) in zip(rows.tolist(), values, entries[:, 1:3].tolist()):
-            pixels = np.asarray(as_rgb(self.feature.decode_example(value)), dtype=np.uint8)
-            if pixels.shape[:2] != (height, width):
-                raise RuntimeError(f"Row {row} of the dataset decodes at {pixels.shape[0]}x{pixels.shape[1]}, its "
-                                   f"index in {self.path or 'memory'} says {height}x{width}: the data changed since "
-                                   "the index was made; run again to make it anew.")
-            yield pixels
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        if self.path is not None:
-            state["index"] = None  # reopened from the folder, not pickled
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        if self.path is not None and self.index is None:
-            try:
-                _, self.index = _open_arrays(self.path, with_pixels=False, digests=False)
-            except BrokenStore as problem:
-                raise RuntimeError(f"Cannot reopen the image index {self.path} ({problem}): it was removed or changed "
-                                   "while in use; run again to make it anew.") from None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({len(self)} images decoded at every read, {self.path or 'index in memory'})"
-
-
 # ----------------------------------------------------------------------------------------------------------- naming
 
 
@@ -419,9 +322,9 @@ def _decoding_rule(image_column: str, short_side: int | None, interpolation: str
                    centre_crop_of: int | None = None) -> str:
     import PIL
 
-    # The per-image path's pixels before ToTensor: `T.Resize(S, interpolation)(as_rgb(decode_example(value)))`, with the
-    # Pillow version whose resampling produced them.
-    # A square store: `ResizeIfNeeded(S)(as_rgb(...))`, bilinear to S x S unless the image is S x S already.
+    # The per-image path's pixels before ToTensor: `as_rgb(decode_example(value))` (S = 0), with the Pillow version
+    # whose resampling produced them. A square store: `ResizeIfNeeded(S)(as_rgb(...))`, bilinear to S x S unless the
+    # image is S x S already.
     resize = f"resize-square-if-needed={short_side}" if square else f"resize-shorter={short_side}"
     if centre_crop_of is not None:  # `CenterCrop(S)(T.Resize(R)(...))`: the evaluation view's pixels
         resize = f"resize-shorter={centre_crop_of}|centre-crop={short_side}"
@@ -429,13 +332,13 @@ def _decoding_rule(image_column: str, short_side: int | None, interpolation: str
             f"interpolation={interpolation}|pillow={PIL.__version__}")
 
 
-def store_path(dataset: Any, image_column: str, short_side: int | None, interpolation: str,
+def store_path(dataset: Any, image_column: str, short_side: int, interpolation: str,
                cache_dir: str | None = None, square: bool = False, centre_crop_of: int | None = None) -> str:
     """The folder where `stored_images_and_failures` keeps the store of `dataset` (a `datasets.Dataset`).
 
     The name holds the dataset's fingerprint (which `datasets` changes with every `select`, `shuffle`, split, cast,
-    ...), S, the interpolation and a hash of the decoding rule (column, format version, Pillow version). S None
-    names the index of an `EncodedImages`. Without `cache_dir`, the folder is the first of the dataset's cache folders
+    ...), S, the interpolation and a hash of the decoding rule (column, format version, Pillow version). Without
+    `cache_dir`, the folder is the first of the dataset's cache folders
     that already holds the store (which may belong to another user who can share it), else the first this user can
     write, else `HF_DATASETS_CACHE/synermix_decoded`.
     """
@@ -465,25 +368,23 @@ def _load_array(file: str) -> np.ndarray:
         raise BrokenStore(file, f"{type(error).__name__}: {error}") from error
 
 
-def _open_store(folder: str, with_pixels: bool = True, digests: bool = True
-                ) -> tuple[np.ndarray | None, np.ndarray, list[DecodeFailure], np.ndarray | None]:
-    """The store's pixels (None without them) memory-mapped, its index, its failures and its rows' checksums (None
-    without pixels), every file checked against the manifest (`digests`: the small files' SHA-256 too) and the
+def _open_store(folder: str, digests: bool = True
+                ) -> tuple[np.ndarray, np.ndarray, list[DecodeFailure], np.ndarray]:
+    """The store's pixels memory-mapped, its index, its failures and its rows' checksums, every file checked against the manifest (`digests`: the small files' SHA-256 too) and the
     arrays against each other: `BrokenStore` naming the first damaged file, `StoreAccessError` when this user may not
     read them."""
     try:
-        return _read_store(folder, with_pixels, digests)
+        return _read_store(folder, digests)
     except PermissionError as error:
         raise unreadable(folder, error) from None
 
 
-def _read_store(folder: str, with_pixels: bool, digests: bool
-                ) -> tuple[np.ndarray | None, np.ndarray, list[DecodeFailure], np.ndarray | None]:
-    num_rows = check_manifest(folder, with_pixels, digests)
+def _read_store(folder: str, digests: bool) -> tuple[np.ndarray, np.ndarray, list[DecodeFailure], np.ndarray]:
+    num_rows = check_manifest(folder, digests)
     pixels_file, index_file = os.path.join(folder, PIXELS_FILE), os.path.join(folder, INDEX_FILE)
-    pixels = _load_array(pixels_file) if with_pixels else None
+    pixels = _load_array(pixels_file)
     index = _load_array(index_file)
-    if pixels is not None and (pixels.dtype != np.uint8 or pixels.ndim != 1):
+    if (pixels.dtype != np.uint8 or pixels.ndim != 1):
         raise BrokenStore(pixels_file, f"pixels are {pixels.dtype} {pixels.shape}, not flat uint8")
     if index.dtype != np.int64 or index.ndim != 2 or index.shape[1] != _INDEX_COLUMNS:
         raise BrokenStore(index_file, f"index is {index.dtype} {index.shape}, not int64 [N, {_INDEX_COLUMNS}]")
@@ -493,8 +394,6 @@ def _read_store(folder: str, with_pixels: bool, digests: bool
     if len(index) and index[:, 1:].min() < 1:
         raise BrokenStore(index_file, "the index holds an image without pixels")
     failures = load_failures(os.path.join(folder, FAILURES_FILE), num_rows)
-    if pixels is None:
-        return None, index, failures, None
     checksums_file = os.path.join(folder, CHECKSUMS_FILE)
     checksums = _load_array(checksums_file)
     if checksums.dtype != np.uint64 or checksums.shape != (num_rows,):
@@ -509,12 +408,6 @@ def _read_store(folder: str, with_pixels: bool, digests: bool
     return pixels, index, failures, checksums
 
 
-def _open_arrays(folder: str, with_pixels: bool = True, digests: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
-    """The store's pixels (None without them) and index, memory-mapped, checked as `_open_store` checks them."""
-    pixels, index, _, _ = _open_store(folder, with_pixels, digests)
-    return pixels, index
-
-
 def _changed_rows(pixels: np.ndarray, index: np.ndarray, checksums: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Those of `rows` whose pixels no longer match their checksums."""
     entries = index[rows, :3]
@@ -524,16 +417,16 @@ def _changed_rows(pixels: np.ndarray, index: np.ndarray, checksums: np.ndarray, 
     return rows[sums != checksums[rows]]
 
 
-def existing_store_nbytes(path: str, with_pixels: bool = True) -> int | None:
-    """Bytes (pixels and index) of the complete store at `path` (see `store_path`; `with_pixels` False: an index),
-    None if there is none (or none this user can read)."""
+def existing_store_nbytes(path: str) -> int | None:
+    """Bytes (pixels and index) of the complete store at `path` (see `store_path`), None if there is none (or none
+    this user can read)."""
     if not os.path.isdir(path):
         return None
     try:
-        pixels, index = _open_arrays(path, with_pixels)
+        pixels, index, _, _ = _open_store(path)
     except (BrokenStore, StoreAccessError):
         return None
-    return int((0 if pixels is None else pixels.nbytes) + index.nbytes)
+    return int(pixels.nbytes + index.nbytes)
 
 
 # --------------------------------------------------------------------------------------------------------- building
@@ -587,19 +480,28 @@ def _put(pixels: np.ndarray | PixelsFile | None, offset: int, data: np.ndarray) 
         pixels[offset : offset + data.size] = data.reshape(-1)
 
 
-def _resize_of(short_side: int | None, interpolation: str, square: bool = False,
-               centre_crop_of: int | None = None) -> Any:
-    """The resize a store's rows are made with (None: none, full resolution or an index only)."""
+def stored_steps(short_side: int, interpolation: str, square: bool = False,
+                 centre_crop_of: int | None = None) -> list[Any]:
+    """The torchvision steps a store's rows are made with from the decoded RGB image: `ResizeIfNeeded(S)` (`square`),
+    `Resize(centre_crop_of)` + `CenterCrop(S)` (`centre_crop_of`: the evaluation views), or none (full resolution)."""
     import torchvision.transforms as T
 
     if centre_crop_of is not None:
-        return T.Compose([T.Resize(centre_crop_of, interpolation=T.InterpolationMode(interpolation)),
-                          T.CenterCrop(short_side)])
+        return [T.Resize(centre_crop_of, interpolation=T.InterpolationMode(interpolation)), T.CenterCrop(short_side)]
     if square:
         from .transforms import ResizeIfNeeded
 
-        return ResizeIfNeeded(short_side)
-    return T.Resize(short_side, interpolation=T.InterpolationMode(interpolation)) if short_side else None
+        return [ResizeIfNeeded(short_side)]
+    return []
+
+
+def _resize_of(short_side: int | None, interpolation: str, square: bool = False,
+               centre_crop_of: int | None = None) -> Any:
+    """The resize a store's rows are made with (None: none, full resolution)."""
+    import torchvision.transforms as T
+
+    steps = stored_steps(short_side or 0, interpolation, square, centre_crop_of)
+    return T.Compose(steps) if steps else None
 
 
 def _decoded_row(feature: Any, value: Any, resize: Any) -> tuple[np.ndarray, tuple[int, int]]:
@@ -617,7 +519,7 @@ def _decoded_row(feature: Any, value: Any, resize: Any) -> tuple[np.ndarray, tup
 
 class _RowSource:
     """Decodes a store's row again, as its build did, from the dataset: for a row whose pixels changed on disk.
-    Holds the dataset (pickled with the store, as `EncodedImages` is) and makes its undecoded column when first
+    Holds the dataset (pickled with the store) and makes its undecoded column when first
     needed."""
 
     def __init__(self, dataset: Any, image_column: str, short_side: int, interpolation: str, square: bool,
@@ -740,18 +642,15 @@ def _run_chunks(pool: ThreadPoolExecutor, task: Any, num_rows: int, description:
 # -------------------------------------------------------------------------------------------------------- the build
 
 
-def _build(dataset: Any, image_column: str, short_side: int | None, interpolation: str, path: str | None,
+def _build(dataset: Any, image_column: str, short_side: int, interpolation: str, path: str | None,
            num_threads: int, square: bool = False,
            centre_crop_of: int | None = None) -> tuple[ImageStore, list[DecodeFailure]]:
-    """Build the store (`short_side` None: only the index of an `EncodedImages`, every image decoded once to check
-    it and read its size). On disk, out of room: `StoreSpaceError`, the partial build removed."""
-    keep_pixels = short_side is not None
+    """Build the store. On disk, out of room: `StoreSpaceError`, the partial build removed."""
     raw = _undecoded_column(dataset, image_column)
     feature = dataset.features[image_column]
     num_rows = len(dataset)
     resize = _resize_of(short_side, interpolation, square, centre_crop_of)
-    checksums = np.zeros(num_rows, dtype=np.uint64) if keep_pixels and path is not None else None
-    pixels = None
+    checksums = np.zeros(num_rows, dtype=np.uint64) if path is not None else None
     # On disk: complete or absent, whatever stops the build; out of room, `StoreSpaceError`.
     with StoreBuild(path) if path is not None else contextlib.nullcontext() as build:
         with ThreadPoolExecutor(max_workers=num_threads) as pool:
@@ -766,20 +665,16 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
                                       for height, width in originals.tolist()], dtype=np.int64).reshape(-1, 2)
             nbytes = index[:, 1] * index[:, 2] * 3
             index[:, 0] = np.cumsum(nbytes) - nbytes
-            total = int(nbytes.sum()) if keep_pixels else 0
+            total = int(nbytes.sum())
             if build is not None:
                 build.start(needed=total + index.nbytes)
-                if keep_pixels:  # its space reserved now, before hours of decoding
-                    pixels = build.reserve_pixels(total)
-            elif keep_pixels:
+                pixels = build.reserve_pixels(total)  # its space reserved now, before hours of decoding
+            else:
                 pixels = np.empty(total, dtype=np.uint8)
-            # Pass 2: decode (and resize) each image into its place, or only check that it decodes.
+            # Pass 2: decode (and resize) each image into its place.
             skip = {row for row, _, _ in failures}
-            what = ("Checking images (decoded at every read)" if not keep_pixels else
-                    "Decoding the evaluation views once" if centre_crop_of is not None else
-                    f"Decoding images once at {short_side}px" if square else
-                    f"Decoding images once (shorter side {short_side}px)" if short_side else
-                    "Decoding images once (full resolution)")
+            what = ("Decoding the evaluation views once" if centre_crop_of is not None else
+                    f"Decoding images once at {short_side}px" if square else "Decoding images once (full resolution)")
             results = _run_chunks(
                 pool, lambda a, b: _decode_into(raw, feature, image_column, resize, pixels, index, skip, a, b,
                                                 checksums),
@@ -788,19 +683,17 @@ def _build(dataset: Any, image_column: str, short_side: int | None, interpolatio
         failures = sorted(failures + [failure for _, failed in results for failure in failed])
         if build is None:
             return _made(dataset, image_column, pixels, index, short_side, interpolation, None, square), failures
-        build.finish(index, failures, lambda: existing_store_nbytes(path, keep_pixels) is not None, checksums)
-    pixels, index, failures, checksums = _open_store(path, keep_pixels)
+        build.finish(index, failures, lambda: existing_store_nbytes(path) is not None, checksums)
+    pixels, index, failures, checksums = _open_store(path)
     store = _made(dataset, image_column, pixels, index, short_side, interpolation, path, square, checksums,
                   centre_crop_of)
     store.mark_checked()  # its pixels are those just written
     return store, failures
 
 
-def _made(dataset: Any, image_column: str, pixels: np.ndarray | None, index: np.ndarray, short_side: int | None,
+def _made(dataset: Any, image_column: str, pixels: np.ndarray, index: np.ndarray, short_side: int,
           interpolation: str, path: str | None, square: bool = False, checksums: np.ndarray | None = None,
           centre_crop_of: int | None = None) -> ImageStore:
-    if short_side is None:
-        return EncodedImages(dataset, image_column, index, path)
     source = (None if checksums is None else
               _RowSource(dataset, image_column, short_side, interpolation, square, centre_crop_of))
     return ImageStore(pixels, index, short_side, interpolation, path, square, checksums, source)
@@ -829,11 +722,11 @@ def _check(dataset: Any, image_column: str, short_side: int, interpolation: str 
         raise ValueError(f"`interpolation` {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}.")
 
 
-def estimated_store_nbytes(dataset: Any, image_column: str, short_side: int, sample: int = 256, seed: int = 0) -> int:
-    """Bytes (pixels and index) the store of `dataset` will take, estimated from the headers of up to `sample` evenly
-    spaced rows (from a phase drawn with `seed`) without decoding anything; exact when the dataset has at most
-    `sample` rows. An unreadable header counts as a 1x1 image, as the store keeps it."""
-    _check(dataset, image_column, short_side)
+def estimated_store_nbytes(dataset: Any, image_column: str, sample: int = 256, seed: int = 0) -> int:
+    """Bytes (pixels and index) the full-resolution store of `dataset` will take, estimated from the headers of up to
+    `sample` evenly spaced rows (from a phase drawn with `seed`) without decoding anything; exact when the dataset has
+    at most `sample` rows. An unreadable header counts as a 1x1 image, as the store keeps it."""
+    _check(dataset, image_column, 0)
     if sample < 1:
         raise ValueError(f"`sample` must be >= 1, got {sample}.")
     num_rows = len(dataset)
@@ -852,8 +745,7 @@ def estimated_store_nbytes(dataset: Any, image_column: str, short_side: int, sam
             height, width = _header_size(feature, value)
         except Exception:
             height, width = 1, 1
-        stored_height, stored_width = stored_size(height, width, short_side)
-        image_bytes.append(stored_height * stored_width * 3)
+        image_bytes.append(height * width * 3)
     pixels = sum(image_bytes) if num_rows <= sample else round(np.mean(image_bytes) * num_rows)
     return int(pixels) + num_rows * _INDEX_COLUMNS * 8
 
@@ -869,13 +761,13 @@ def stored_images_and_failures(
     square: bool = False,
     centre_crop_of: int | None = None,
 ) -> tuple[ImageStore, list[DecodeFailure]]:
-    """The images of `dataset`, their shorter side resized to `short_side`, decoded at most once, and the rows that
-    could not be decoded (stored black), as `(row, source, error)`.
+    """The images of `dataset` decoded at most once (at full resolution, at S x S, or as their evaluation views), and
+    the rows that could not be decoded (stored black), as `(row, source, error)`.
 
     Args:
         dataset: A `datasets.Dataset` whose `image_column` is a `datasets.Image` feature.
         image_column: The image column.
-        short_side: S: each image is stored as `T.Resize(S)` makes it (shorter side S); 0 keeps full resolution.
+        short_side: S of `square` or `centre_crop_of`; 0 keeps full resolution.
         interpolation: The resize's filter, one of `synermix_hf.data.transforms.INTERPOLATIONS`.
         cache_dir: Folder of the store's folder (default: next to the dataset's cache files, or `HF_DATASETS_CACHE`).
         num_threads: Decoding threads (default: the CPU count).
@@ -898,25 +790,15 @@ def stored_images_and_failures(
                    square=square or centre_crop_of is not None, centre_crop_of=centre_crop_of)
 
 
-def encoded_images_and_failures(
-    dataset: Any,
-    image_column: str,
-    cache_dir: str | None = None,
-    num_threads: int | None = None,
-    use_cache: bool | None = None,
-) -> tuple[EncodedImages, list[DecodeFailure]]:
-    """The images of `dataset`, to be decoded at every read (`EncodedImages`), after one pass that decodes each to
-    check it, and the rows that could not be decoded, as `(row, source, error)`. The index is kept as a store is
-    (`stored_images_and_failures`, whose arguments these are), so later runs skip the pass."""
-    return _stored(dataset, image_column, None, "bilinear", cache_dir, num_threads, use_cache)
-
-
-def _stored(dataset: Any, image_column: str, short_side: int | None, interpolation: str, cache_dir: str | None,
-            num_threads: int | None, use_cache: bool | None, square: bool = False, centre_crop_of: int | None = None) -> tuple[ImageStore, list[DecodeFailure]]:
+def _stored(dataset: Any, image_column: str, short_side: int, interpolation: str, cache_dir: str | None,
+            num_threads: int | None, use_cache: bool | None, square: bool = False,
+            centre_crop_of: int | None = None) -> tuple[ImageStore, list[DecodeFailure]]:
     import datasets
 
-    _check(dataset, image_column, 0 if short_side is None else short_side, interpolation)
-    short_side = None if short_side is None else int(short_side)
+    _check(dataset, image_column, short_side, interpolation)
+    if short_side and not square:
+        raise ValueError(f"`short_side` {short_side} needs `square` or `centre_crop_of` (0: full resolution).")
+    short_side = int(short_side)
     threads = num_threads or os.cpu_count() or 1
     use_cache = datasets.is_caching_enabled() if use_cache is None else use_cache
     if not use_cache:
@@ -937,17 +819,16 @@ def _stored(dataset: Any, image_column: str, short_side: int | None, interpolati
     raise failure
 
 
-def _reuse_or_build(dataset: Any, image_column: str, short_side: int | None, interpolation: str, path: str,
+def _reuse_or_build(dataset: Any, image_column: str, short_side: int, interpolation: str, path: str,
                     threads: int, square: bool, centre_crop_of: int | None,
                     local_main: bool) -> tuple[ImageStore, list[DecodeFailure]]:
-    keep_pixels = short_side is not None
     if os.path.lexists(path):
         try:
-            pixels, index, failures, checksums = _open_store(path, keep_pixels)
+            pixels, index, failures, checksums = _open_store(path)
             if len(index) != len(dataset):
                 raise BrokenStore(os.path.join(path, INDEX_FILE),
                                   f"it holds {len(index)} images, the dataset {len(dataset)}")
-            checked = pixels is not None and pixels.nbytes <= _CHECK_AT_OPEN_BYTES
+            checked = pixels.nbytes <= _CHECK_AT_OPEN_BYTES
             if checked:  # a small store: all of it now (tenths of a second), and nothing in the loader
                 changed = _changed_rows(pixels, index, checksums, np.arange(len(index)))
                 if len(changed):
@@ -964,9 +845,7 @@ def _reuse_or_build(dataset: Any, image_column: str, short_side: int | None, int
     elif not local_main:  # the local main process had its turn and left no store: it had no room
         raise StoreSpaceError(f"No room for the image store {path}: the local main process could not build it (its "
                               "warning says why)")
-    what = ("checking %d images (to be decoded at every read), their index into %s" if not keep_pixels else
-            f"decoding %d images at {short_side}x{short_side}px into %s" if square else
-            f"decoding %d images (shorter side {short_side}px, {interpolation}) into %s" if short_side else
+    what = (f"decoding %d images at {short_side}x{short_side}px into %s" if square else
             "decoding %d images (full resolution) into %s")
     logger.info("Image store: " + what, len(dataset), path)
     return _build(dataset, image_column, short_side, interpolation, path, threads, square, centre_crop_of)

@@ -281,23 +281,22 @@ def _sha256(file: str) -> str:
     return digest.hexdigest()
 
 
-def _store_files(with_pixels: bool) -> tuple[str, ...]:
-    return (PIXELS_FILE, CHECKSUMS_FILE, INDEX_FILE, FAILURES_FILE) if with_pixels else (INDEX_FILE, FAILURES_FILE)
+_STORE_FILES = (PIXELS_FILE, CHECKSUMS_FILE, INDEX_FILE, FAILURES_FILE)
 
 
-def _write_manifest(folder: str, num_rows: int, with_pixels: bool) -> None:
+def _write_manifest(folder: str, num_rows: int) -> None:
     """Write `store.json`, last: what a complete store of `folder` holds. The pixels are checked here by size only
     (hashing gigabytes at every reuse would cost more than the decoding it saves; each row is checked against
     `checksums.npy` when first read), the small files by their SHA-256 too."""
     files = {}
-    for name in _store_files(with_pixels):
+    for name in _STORE_FILES:
         file = os.path.join(folder, name)
         files[name] = {"bytes": os.path.getsize(file)} | ({} if name == PIXELS_FILE else {"sha256": _sha256(file)})
     with open(os.path.join(folder, _MANIFEST_FILE), "w", encoding="utf-8") as handle:
         json.dump({"format": STORE_FORMAT_VERSION, "rows": num_rows, "files": files}, handle, indent=1)
 
 
-def check_manifest(folder: str, with_pixels: bool, digests: bool = True) -> int:
+def check_manifest(folder: str, digests: bool = True) -> int:
     """The number of rows the manifest of `folder` records, after checking each file against it (its size, and with
     `digests` the SHA-256 of the small files, and the mark of pixels found damaged by a reader, `mark_damaged`):
     `BrokenStore` naming the first damaged file."""
@@ -307,13 +306,13 @@ def check_manifest(folder: str, with_pixels: bool, digests: bool = True) -> int:
         if manifest["format"] != STORE_FORMAT_VERSION:  # another format lists other files: said as such
             return manifest["format"], 0, {}
         version, num_rows, files = manifest["format"], int(manifest["rows"]), dict(manifest["files"])
-        expected = {name: (int(files[name]["bytes"]), files[name].get("sha256")) for name in _store_files(with_pixels)}
+        expected = {name: (int(files[name]["bytes"]), files[name].get("sha256")) for name in _STORE_FILES}
         return version, num_rows, expected
 
     version, num_rows, expected = _load_json(manifest_file, parse)
     if version != STORE_FORMAT_VERSION:
         raise BrokenStore(manifest_file, f"format {version!r}, this version reads {STORE_FORMAT_VERSION}")
-    if digests and with_pixels:
+    if digests:
         mark = _load_json(os.path.join(folder, _DAMAGE_FILE), lambda found: str(found["problem"]), missing=None)
         if mark is not None:
             raise BrokenStore(os.path.join(folder, PIXELS_FILE), f"an earlier run found {mark}")
@@ -561,7 +560,7 @@ class StoreBuild:
             _save_array(os.path.join(self.folder, CHECKSUMS_FILE), np.asarray(checksums, dtype=np.uint64))
         _save_array(os.path.join(self.folder, INDEX_FILE), index)
         _write_failures(os.path.join(self.folder, FAILURES_FILE), failures)
-        _write_manifest(self.folder, len(index), with_pixels=self._pixels is not None)
+        _write_manifest(self.folder, len(index))
         _set_modes(self.folder)
         try:
             os.replace(self.folder, self.path)  # atomic: readers see no store or the whole store

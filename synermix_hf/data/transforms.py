@@ -46,6 +46,7 @@ __all__ = [
     "image_processor_for",
     "spec_from_image_processor",
     "spec_from_timm_data_config",
+    "split_at_to_tensor",
     "square_augmentation",
 ]
 
@@ -333,6 +334,13 @@ def build_transforms(spec: TransformSpec) -> tuple[T.Compose, T.Compose]:
     if recipe.cutout:
         steps.append(Cutout(recipe.cutout))
     return T.Compose([*steps, normalize]), evaluation
+
+
+def split_at_to_tensor(transform: T.Compose) -> tuple[list[Any], list[Any]]:
+    """The steps of `transform` before its `ToTensor` (on PIL images) and from `ToTensor` on (on tensors)."""
+    steps = list(transform.transforms)
+    cut = next((position for position, step in enumerate(steps) if isinstance(step, T.ToTensor)), len(steps))
+    return steps[:cut], steps[cut:]
 
 
 def image_processor_for(spec: TransformSpec) -> Any:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..seeding import example_seeds
+from ..seeding import example_seeds, seeded_in_turn
 from .device_datasets import DeviceViews, views_of
 from .transforms import as_rgb
 
@@ -203,17 +203,9 @@ class SeededAugmentation(torch.utils.data.Dataset):
         if hasattr(self.dataset, "seeded_batch"):
             # A dataset that draws a whole batch's augmentation from these seeds at once (`StoredImageDataset`).
             return self.dataset.seeded_batch([index for index, _ in pairs], seeds)
-        examples = []
-        # Seed only the CPU generator that the transforms draw from. `torch.manual_seed` would also seed every CUDA
-        # (and MPS/XPU/MTIA) generator: slow on a machine without CUDA (it records a stack trace for each lazily
-        # initialised backend; BENCHMARKS.md, section 3), and, where CUDA is initialised, a reseeding of the model's
-        # CUDA generator that `fork_rng(devices=[])` does not undo. (Reading a batch's rows in one Arrow access instead
-        # of one `dataset[index]` each measured no faster: BENCHMARKS.md, section 5.)
-        with torch.random.fork_rng(devices=[]):
-            for (index, _), example_seed in zip(pairs, seeds):
-                torch.default_generator.manual_seed(int(example_seed >> np.uint64(1)))
-                examples.append(self.dataset[index])
-        return examples
+        # (Reading a batch's rows in one Arrow access instead of one `dataset[index]` each measured no faster:
+        # BENCHMARKS.md, section 5.)
+        return [self.dataset[pairs[position][0]] for position in seeded_in_turn(seeds)]
 
 
 # The columns a batch's `labels` come from, in the order `SynerMixCollator` looks for them.
