@@ -293,13 +293,3 @@ def test_bf16_runs_on_a_cpu_and_warns_without_native_bf16(hub_copies, tmp_path, 
                  "--output_dir", str(out)]) == 0
     assert json.loads((out / "all_results.json").read_text())["train_loss"] > 0
 
-
-def test_decode_short_side_reaches_the_store_and_a_negative_one_names_the_flag(hub_copies, tmp_path, capsys):
-    food = ["-ds", "food101", "--dataset_path", str(hub_copies["food101"]), "--cache_dir", str(tmp_path / "cache")]
-    _one_line_error(capsys, [*food, *FAST, "--decode_short_side", "-1", "--output_dir", str(tmp_path / "o")],
-                    "--decode_short_side", ">= 0")
-    out = tmp_path / "full"
-    assert main([*food, *FAST, "--decode_short_side", "0", "--output_dir", str(out)]) == 0
-    log = (out / "training_log.txt").read_text()
-    assert re.search(r"\n  views +: device: training set \(\d+ images\): decoded once at full resolution", log), log
-    assert re.search(r"evaluation set \(\d+ images\): its evaluation views \(Resize \+ CenterCrop\) made once", log), log

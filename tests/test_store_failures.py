@@ -162,12 +162,7 @@ def test_a_full_disk_falls_back_with_one_line_and_leaves_nothing_behind(tmp_path
             if limit == "file-size limit":  # the evaluation views fit, the training set's full resolution does not
                 views = prepare_views(small, evaluation, TransformSpec("imagenet", 16), "image", "label",
                                       two_views=True, cache_dir=str(cache / "imagenet"), decode_budget_gib=1)
-                result["imagenet"] = [views.views_on, views.description, repr(views.train.store),
-                                      repr(views.eval.originals), len(views.train.__getitems__([0, 5])["images"])]
-                resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))  # not even the training set's index (368 bytes)
-                views = prepare_views(small, None, TransformSpec("imagenet", 16), "image", "label", two_views=False,
-                                      cache_dir=str(cache / "index"))
-                result["index"] = [views.description, repr(views.train.store), os.listdir(cache / "index")]
+                result["imagenet"] = [views.views_on, views.description, os.listdir(cache / "imagenet")]
             result["warnings"] = lines.lines
             return result
 
@@ -188,20 +183,11 @@ def test_a_full_disk_falls_back_with_one_line_and_leaves_nothing_behind(tmp_path
     square_line = description.split("does not apply: ", 1)[1][:-1]
     assert square_line in result["warnings"][0] and "in the DataLoader instead" in result["warnings"][0]
     assert result["device"].startswith("`views_on` 'device' does not apply here: No room for the image store ")
-    if limit == "file-size limit":
-        views_on, description, train_store, eval_views, batch = result["imagenet"]
-        assert views_on == "device" and batch == 2
-        assert train_store.startswith("EncodedImages(6 images decoded at every read")
-        assert eval_views.startswith("ImageStore(3 images, 16x16px")
-        assert ("training set (6 images): decoded from the dataset's own files at every read (No room for the image "
-                f"store {cache / 'imagenet'}/synermix-store-") in description
-        assert any("the training set's images are decoded at every read instead" in line for line in result["warnings"])
-        assert not [name for name in os.listdir(cache / "imagenet") if name.startswith(".")]
-        description, train_store, left = result["index"]
-        assert train_store.startswith("EncodedImages(6 images decoded at every read, index in memory)") and left == []
-        assert "; its index kept in memory: No room for the image store " in description
-        assert "the training set's index is kept in memory instead" in result["warnings"][-1]
-    assert len(result["warnings"]) == (4 if limit == "file-size limit" else 1)  # one line a fallback, nothing else
+    if limit == "file-size limit":  # the same fallback: the per-image path, the same pixels
+        views_on, description, left = result["imagenet"]
+        assert views_on == "loader" and f"does not apply: No room for the image store {cache / 'imagenet'}/" in description
+        assert not [name for name in left if name.startswith(".")]
+    assert len(result["warnings"]) == (2 if limit == "file-size limit" else 1)  # one line a fallback, nothing else
 
 
 # ---------------------------------------------------------------------------------------------- shared between users
@@ -212,7 +198,7 @@ def test_a_full_disk_falls_back_with_one_line_and_leaves_nothing_behind(tmp_path
 def test_a_store_takes_the_modes_the_umask_gives(tmp_path, small, umask, folder_mode, file_mode):
     previous = os.umask(umask)
     try:
-        stores = [stored_images_and_failures(small, "image", 16, cache_dir=str(tmp_path))[0],
+        stores = [stored_images_and_failures(small, "image", 16, centre_crop_of=16, cache_dir=str(tmp_path))[0],
                   decoded_images_and_failures(small, "image", 8, cache_dir=str(tmp_path))[0]]
     finally:
         os.umask(previous)
@@ -241,7 +227,7 @@ def test_a_store_in_a_setgid_group_cache_keeps_the_folders_group_and_setgid(tmp_
     os.chmod(cache, 0o2770)
     previous = os.umask(0o007)
     try:
-        stores = [stored_images_and_failures(small, "image", 16, cache_dir=str(cache))[0],
+        stores = [stored_images_and_failures(small, "image", 16, centre_crop_of=16, cache_dir=str(cache))[0],
                   decoded_images_and_failures(small, "image", 8, cache_dir=str(cache / "nested"))[0]]
     finally:
         os.umask(previous)
@@ -281,9 +267,9 @@ def test_another_user_uses_a_readable_store_as_it_is_and_is_told_in_one_line_whe
     try:
         datasets.Dataset.from_dict(_rows(bad_row=BAD_ROW), features=FEATURES).save_to_disk(str(shared_folder / "data"))
         dataset = datasets.load_from_disk(str(shared_folder / "data"))
-        store, failures = stored_images_and_failures(dataset, "image", 16)  # next to the dataset, 0755 / 0644
+        store, failures = stored_images_and_failures(dataset, "image", 16, centre_crop_of=16, centre_crop_of=16)  # next to the dataset, 0755 / 0644
         square, _ = decoded_images_and_failures(dataset, "image", 8)
-        damaged = stored_images_and_failures(dataset, "image", 20)[0].path
+        damaged = stored_images_and_failures(dataset, "image", 20, centre_crop_of=20, centre_crop_of=20)[0].path
         with open(os.path.join(damaged, "bad.json"), "r+") as handle:
             handle.truncate(10)
         for name in ("cache", "private"):
@@ -291,7 +277,7 @@ def test_another_user_uses_a_readable_store_as_it_is_and_is_told_in_one_line_whe
             (shared_folder / name).chmod(0o777)
         leftover = _abandoned(shared_folder / "cache")  # root's, whose build is gone
         os.umask(0o077)  # a user who keeps everything to himself
-        unreadable = stored_images_and_failures(dataset, "image", 12, cache_dir=str(shared_folder / "private"))[0].path
+        unreadable = stored_images_and_failures(dataset, "image", 12, centre_crop_of=12, cache_dir=str(shared_folder / "private"))[0].path
     finally:
         os.umask(previous)
     expected = (store.path, [list(failure) for failure in failures], int(np.asarray(store.pixels, np.int64).sum()))
@@ -302,19 +288,19 @@ def test_another_user_uses_a_readable_store_as_it_is_and_is_told_in_one_line_whe
         os.setgid(65534)
         os.setuid(65534)  # nobody, who cannot write the dataset's folder nor read a 0700 store
         lines = _Lines()
-        shared, shared_failures = stored_images_and_failures(dataset, "image", 16)
+        shared, shared_failures = stored_images_and_failures(dataset, "image", 16, centre_crop_of=16, centre_crop_of=16)
         result = {"shared": [shared.path, shared_failures, int(np.asarray(shared.pixels, np.int64).sum())],
                   "square": decoded_images_and_failures(dataset, "image", 8)[0].path}
-        for key, call in (("unreadable", lambda: stored_images_and_failures(dataset, "image", 12,
+        for key, call in (("unreadable", lambda: stored_images_and_failures(dataset, "image", 12, centre_crop_of=12,
                                                                             cache_dir=str(shared_folder / "private"))),
-                          ("damaged", lambda: stored_images_and_failures(dataset, "image", 20)),
-                          ("unwritable", lambda: stored_images_and_failures(dataset, "image", 28,
+                          ("damaged", lambda: stored_images_and_failures(dataset, "image", 20, centre_crop_of=20, centre_crop_of=20)),
+                          ("unwritable", lambda: stored_images_and_failures(dataset, "image", 28, centre_crop_of=28,
                                                                             cache_dir=str(shared_folder / "data")))):
             try:
                 call()
             except Exception as error:  # noqa: BLE001 - its type and words are the test
                 result[key] = [type(error).__name__, isinstance(error, ValueError), str(error)]
-        built, _ = stored_images_and_failures(dataset, "image", 24, cache_dir=str(shared_folder / "cache"))
+        built, _ = stored_images_and_failures(dataset, "image", 24, centre_crop_of=24, cache_dir=str(shared_folder / "cache"))
         result["built"] = built.path
         result["warnings"] = lines.lines
         return result
@@ -372,13 +358,13 @@ DAMAGES = {  # the damaged file, how, and what the warning says of it
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
-@pytest.mark.parametrize("kind", ["square", "shorter side"])
+@pytest.mark.parametrize("kind", ["square", "full resolution"])
 def test_a_damaged_store_is_rebuilt_with_one_warning_naming_the_file(tmp_path, with_bad_image, kind, damage,
                                                                       caplog):
     def build():
         if kind == "square":
             return decoded_images_and_failures(with_bad_image, "image", 8, cache_dir=str(tmp_path))
-        return stored_images_and_failures(with_bad_image, "image", 16, cache_dir=str(tmp_path))
+        return stored_images_and_failures(with_bad_image, "image", 16, centre_crop_of=16, cache_dir=str(tmp_path))
 
     store, failures = build()
     path, pixels = store.path, np.array(store.pixels)
@@ -413,14 +399,14 @@ def test_a_leftover_whose_lock_is_free_is_removed_one_whose_lock_is_held_is_left
     try:
         assert holder.stdout.readline().strip() == "locked"  # a build running on node 8
         with caplog.at_level(logging.WARNING, logger=LOGGER):
-            first = stored_images_and_failures(small, "image", 16, cache_dir=str(cache))[0]
+            first = stored_images_and_failures(small, "image", 16, centre_crop_of=16, cache_dir=str(cache))[0]
         assert not free.exists() and held.exists()
         assert _warnings(caplog) == [f"Image store: removed {free}, left by a build whose process is gone (its build "
                                      "lock was free)."]
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
-    second = stored_images_and_failures(small, "image", 12, cache_dir=str(cache))[0]  # node 8's build is gone now
+    second = stored_images_and_failures(small, "image", 12, centre_crop_of=12, cache_dir=str(cache))[0]  # node 8's build is gone now
     assert sorted(os.listdir(cache)) == sorted([os.path.basename(first.path), os.path.basename(second.path)])
 
 
@@ -434,7 +420,7 @@ def test_without_flock_a_leftover_of_this_host_is_judged_by_its_pid(tmp_path, sm
     running = _abandoned(tmp_path, socket.gethostname(), pid=os.getpid())
     elsewhere = _abandoned(tmp_path, "node-7.cluster.example")  # no lock to tell: left, as before the locks
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        store = stored_images_and_failures(small, "image", 16, cache_dir=str(tmp_path))[0]
+        store = stored_images_and_failures(small, "image", 16, centre_crop_of=16, cache_dir=str(tmp_path))[0]
     assert not gone.exists() and running.exists() and elsewhere.exists()
     assert _warnings(caplog) == [f"Image store: removed {gone}, left by a build whose process is gone (process "
                                  f"{int(dead.stdout)} of this host is gone)."]
@@ -463,13 +449,13 @@ def _overwrite_row(store, row: int) -> None:
 
 
 def _store_of_kind(kind, dataset, cache_dir):
-    """The square recipes' store (`kind` "square") or the shorter-side store of `dataset`, in `cache_dir`."""
+    """The square recipes' store (`kind` "square") or the full-resolution store of `dataset`, in `cache_dir`."""
     if kind == "square":
         return decoded_images_and_failures(dataset, "image", 8, cache_dir=str(cache_dir))[0]
-    return stored_images_and_failures(dataset, "image", 16, cache_dir=str(cache_dir))[0]
+    return stored_images_and_failures(dataset, "image", 0, cache_dir=str(cache_dir))[0]
 
 
-@pytest.mark.parametrize("kind", ["square", "shorter side"])
+@pytest.mark.parametrize("kind", ["square", "full resolution"])
 def test_pixels_overwritten_in_place_in_a_small_store_are_found_when_it_is_opened_and_it_is_rebuilt(tmp_path,
                                                                                                    with_bad_image,
                                                                                                    kind, caplog):
@@ -491,7 +477,7 @@ def test_pixels_overwritten_in_place_in_a_small_store_are_found_when_it_is_opene
     assert sorted(os.listdir(tmp_path)) == [os.path.basename(path)]
 
 
-@pytest.mark.parametrize("kind", ["square", "shorter side"])
+@pytest.mark.parametrize("kind", ["square", "full resolution"])
 def test_pixels_overwritten_in_place_in_a_large_store_are_read_as_built_and_the_next_run_rebuilds_it(
         tmp_path, with_bad_image, kind, caplog, monkeypatch):
     # A store above the size checked when opened (1 GiB; here every store) is checked row by row as it is read.
@@ -516,10 +502,9 @@ def test_pixels_overwritten_in_place_in_a_large_store_are_read_as_built_and_the_
         worker = pickle.loads(pickle.dumps(damaged))  # as a spawned DataLoader worker gets it
         for reader in (damaged, worker):
             assert all(np.array_equal(reader.image(row), images[row]) for row in range(len(images)))
-            frames = reader.padded_batch([1, 0, BAD_ROW])[0].numpy()
-            for frame, row in zip(frames, [1, 0, BAD_ROW]):
-                height, width = images[row].shape[:2]
-                assert np.array_equal(frame[:height, :width], images[row])
+            if reader.square:  # the gather of a batch checks its rows too
+                frames = reader.square_batch([1, 0, BAD_ROW]).numpy()
+                assert all(np.array_equal(frame, images[row]) for frame, row in zip(frames, [1, 0, BAD_ROW]))
         assert _warnings(caplog) == [
             f"Image store: {pixels_file} is damaged (row 1 changed since the store was written: disk damage, or a "
             "copy cut short or overwritten); its damaged images are decoded again from the dataset for this run, and "
@@ -537,7 +522,7 @@ def test_pixels_overwritten_in_place_in_a_large_store_are_read_as_built_and_the_
 
 
 def test_a_store_of_the_former_format_without_checksums_is_rebuilt_with_one_warning(tmp_path, small, caplog):
-    store = stored_images_and_failures(small, "image", 16, cache_dir=str(tmp_path))[0]
+    store = stored_images_and_failures(small, "image", 16, centre_crop_of=16, cache_dir=str(tmp_path))[0]
     path, pixels = Path(store.path), np.array(store.pixels)
     del store
     manifest = json.loads((path / "store.json").read_text())  # as format 2 wrote it: no checksums
@@ -545,7 +530,7 @@ def test_a_store_of_the_former_format_without_checksums_is_rebuilt_with_one_warn
     (path / "checksums.npy").unlink()
     (path / "store.json").write_text(json.dumps(manifest | {"format": 2}))
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        again = stored_images_and_failures(small, "image", 16, cache_dir=str(tmp_path))[0]
+        again = stored_images_and_failures(small, "image", 16, centre_crop_of=16, cache_dir=str(tmp_path))[0]
     assert np.array_equal(again.pixels, pixels) and again.checksums is not None
     assert _warnings(caplog) == [f"Image store: {path}/store.json is damaged (format 2, this version reads 3); "
                                  f"removing the store {path} and building it again."]
@@ -570,7 +555,7 @@ def test_sigterm_during_a_build_stops_it_after_its_chunk_with_one_line_and_remov
             os.close(read)
             signal.alarm(120)
             try:
-                stored_images_and_failures(data, "image", 16, cache_dir=str(cache), num_threads=1)
+                stored_images_and_failures(data, "image", 16, centre_crop_of=16, cache_dir=str(cache), num_threads=1)
                 payload = {"error": None}
             except BaseException as error:  # noqa: BLE001 - reported to the test
                 payload = {"error": type(error).__name__, "message": str(error)}
@@ -600,11 +585,11 @@ def test_the_dataloader_workers_of_a_run_share_which_rows_changed(tmp_path, smal
     monkeypatch.setattr(image_store, "_CHECK_AT_OPEN_BYTES", 0, raising=False)  # checked as read, as a large store
     small.save_to_disk(str(tmp_path / "data"))
     data = datasets.load_from_disk(str(tmp_path / "data"))
-    store = stored_images_and_failures(data, "image", 16, cache_dir=str(tmp_path / "cache"))[0]
+    store = stored_images_and_failures(data, "image", 16, centre_crop_of=16, cache_dir=str(tmp_path / "cache"))[0]
     image = np.array(store.image(1))
     _overwrite_row(store, 1)
     del store
-    store = stored_images_and_failures(data, "image", 16, cache_dir=str(tmp_path / "cache"))[0]
+    store = stored_images_and_failures(data, "image", 16, centre_crop_of=16, cache_dir=str(tmp_path / "cache"))[0]
     for epoch in range(2):  # each epoch's worker forked from this process, which reads nothing itself
         loader = torch.utils.data.DataLoader(_StoredRows(store), batch_size=None, num_workers=1, sampler=[1],
                                              multiprocessing_context="fork")

@@ -213,35 +213,23 @@ class DataTrainingArguments:
         default="auto",
         metadata={
             "choices": list(VIEWS_ON),
-            "help": "Where the two views of each image are made. device: batched on the training device from decoded "
-            "images, the per-image path's pixels (the square recipes decode each image once, within "
-            "--decode_budget_gib; the imagenet recipe keeps its images at full resolution in a store where it fits "
-            "and otherwise decodes them at every read); loader: decode and transform each image in the DataLoader "
-            "(any image source); auto: device where it applies, else loader. The run log says which and why.",
+            "help": "Where the two views of each image are made. device: from images decoded once into stores (within "
+            "--decode_budget_gib), the per-image path's pixels (the square recipes' views made batched on the training "
+            "device; the imagenet recipe's crops cut in the loader by torchvision from full-resolution images, "
+            "ToTensor and Normalize on the device); loader: decode and transform each image in the DataLoader (any "
+            "image source); auto: device where it applies, else loader. The run log says which and why.",
         },
     )
     decode_budget_gib: float | None = field(
         default=None,
         metadata={"help": "Largest size (GiB, train + eval) of the stores of decoded images that --views_on device (or "
                   "auto) writes. Default: four fifths of the free space of the disk they go to (next to the dataset's "
-                  "cache), counting what is not stored yet. The imagenet recipe's images that do not fit are decoded at "
-                  "every read instead (0: no store at all)."},
+                  "cache), counting what is not stored yet. Stores that do not fit: the views are made in the DataLoader "
+                  "(the same pixels; 0: no store at all)."},
     )
-    decode_short_side: int | None = field(
-        default=None,
-        metadata={"help": "The imagenet recipe (RandomResizedCrop) on the device path, opt-in: keep the images with the "
-                  "shorter side resized to this (px) and cut the random crops from that: a smaller store (~256 KB an "
-                  "image at 256), but the crops come from fewer pixels than the reference's and are softer "
-                  "(docs/data_paths.md, 'What the model sees, measured'). 0: a full-resolution store for both splits. "
-                  "Default: the reference's pixels (training images at full resolution, evaluation images as Resize "
-                  "makes them)."},
-    )
-
     def __post_init__(self):
         if self.decode_budget_gib is not None and not self.decode_budget_gib >= 0:
             raise ValueError(f"`decode_budget_gib` must be >= 0, got {self.decode_budget_gib}.")
-        if self.decode_short_side is not None and self.decode_short_side < 0:
-            raise ValueError(f"`decode_short_side` must be >= 0 (0: full resolution), got {self.decode_short_side}.")
         if not 0.0 < self.val_ratio < 1.0:
             raise ValueError(f"`val_ratio` must be between 0 and 1, got {self.val_ratio}.")
         if self.train_val_split is not None and not 0.0 <= self.train_val_split < 1.0:

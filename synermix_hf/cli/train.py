@@ -171,7 +171,7 @@ def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held
         views = prepare_views(data.train, data.eval, spec, data.image_column, data.label_column,
                               two_views=training_args.beta > 0, views_on=data_args.views_on,
                               decode_budget_gib=data_args.decode_budget_gib,
-                              decode_short_side=data_args.decode_short_side, train_labels=train_labels,
+                              train_labels=train_labels,
                               bad_image_policy=BadImagePolicy(training_args.max_bad_image_fraction,
                                                               training_args.stop_on_bad_image),
                               seed=training_args.seed if training_args.data_seed is None else training_args.data_seed)

@@ -417,7 +417,7 @@ def settle_decode_failures(
     bad = {int(row) for row, _, _ in failures}
     if skip:
         # A decodable image stands in for each bad one (batches keep their shape), under the label the loss and the
-        # metrics leave out; it is read, never counted (images decoded at every read could not read the bad one).
+        # metrics leave out; it is read, never counted.
         served = labels.copy()
         served[sorted(bad)] = IGNORE_LABEL
         rows = np.arange(size, dtype=np.int64)

@@ -299,7 +299,7 @@ def prepare_views(
         # it chooses when there is no room, the same pixels made in the DataLoader.
         if views_on == "device":
             raise ValueError(f"`views_on` 'device' does not apply here: {error}. Use 'auto' or 'loader'.") from error
-        logger.warning("%s; the views are made in the DataLoader instead (the same pixels, decoded at every read). "
+        logger.warning("%s; the views are made in the DataLoader instead (the same pixels, each image decoded as read). "
                        "Free space there, or set cache_dir / HF_DATASETS_CACHE to a disk with room, to store them.",
                        error)
         return _loader_views(train, evaluation, spec, image_column, label_column, two_views,

@@ -3,7 +3,7 @@ at every reuse, and removed when it is damaged or abandoned.
 
 `synermix_hf.data.image_store` decides what a store holds (the layout of its rows, how the images are decoded into
 them); this module, how its folder comes to be and how long it is trusted. A store's folder holds `pixels.npy` and
-`checksums.npy` (neither for the index of images decoded at every read), `index.npy`, `bad.json` (the images that
+`checksums.npy`, `index.npy`, `bad.json` (the images that
 failed, often `[]`) and `store.json`, its manifest: the format version, the number of rows, each file's size, and the
 SHA-256 of the small files. The guarantees:
 
@@ -17,9 +17,8 @@ SHA-256 of the small files. The guarantees:
   or at any later write, removes the partial build and raises `StoreSpaceError`, one line naming the store's folder,
   the bytes it needs and the bytes free there. Decision: the run falls back rather than stops.
   `synermix_hf.data.pipeline.prepare_views` logs that line as a warning and in its description, and reads the images
-  as it would have without room for them (decoded at every read, or in the DataLoader): the pixels are exactly the
-  same either way, only slower. Only `views_on="device"` with a square recipe, which has no such fallback, stops
-  with a `ValueError`. In a distributed run the other local processes, let in after the local main process's failed
+  as it would have without room for them (in the DataLoader): the pixels are exactly the same either way, only
+  slower. Only `views_on="device"` stops, with a `ValueError`. In a distributed run the other local processes, let in after the local main process's failed
   build, find no store and fall back alike.
 * Permissions: the store's folder and files get the modes the umask gives (`0o777 & ~umask`, `0o666 & ~umask`), as
   `datasets`' own cache files do, so that a shared `HF_DATASETS_CACHE` works; in a setgid folder (a cache shared by
