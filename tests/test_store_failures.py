@@ -267,9 +267,9 @@ def test_another_user_uses_a_readable_store_as_it_is_and_is_told_in_one_line_whe
     try:
         datasets.Dataset.from_dict(_rows(bad_row=BAD_ROW), features=FEATURES).save_to_disk(str(shared_folder / "data"))
         dataset = datasets.load_from_disk(str(shared_folder / "data"))
-        store, failures = stored_images_and_failures(dataset, "image", 16, centre_crop_of=16, centre_crop_of=16)  # next to the dataset, 0755 / 0644
+        store, failures = stored_images_and_failures(dataset, "image", 16, centre_crop_of=16)  # next to the dataset, 0755 / 0644
         square, _ = decoded_images_and_failures(dataset, "image", 8)
-        damaged = stored_images_and_failures(dataset, "image", 20, centre_crop_of=20, centre_crop_of=20)[0].path
+        damaged = stored_images_and_failures(dataset, "image", 20, centre_crop_of=20)[0].path
         with open(os.path.join(damaged, "bad.json"), "r+") as handle:
             handle.truncate(10)
         for name in ("cache", "private"):
@@ -288,12 +288,12 @@ def test_another_user_uses_a_readable_store_as_it_is_and_is_told_in_one_line_whe
         os.setgid(65534)
         os.setuid(65534)  # nobody, who cannot write the dataset's folder nor read a 0700 store
         lines = _Lines()
-        shared, shared_failures = stored_images_and_failures(dataset, "image", 16, centre_crop_of=16, centre_crop_of=16)
+        shared, shared_failures = stored_images_and_failures(dataset, "image", 16, centre_crop_of=16)
         result = {"shared": [shared.path, shared_failures, int(np.asarray(shared.pixels, np.int64).sum())],
                   "square": decoded_images_and_failures(dataset, "image", 8)[0].path}
         for key, call in (("unreadable", lambda: stored_images_and_failures(dataset, "image", 12, centre_crop_of=12,
                                                                             cache_dir=str(shared_folder / "private"))),
-                          ("damaged", lambda: stored_images_and_failures(dataset, "image", 20, centre_crop_of=20, centre_crop_of=20)),
+                          ("damaged", lambda: stored_images_and_failures(dataset, "image", 20, centre_crop_of=20)),
                           ("unwritable", lambda: stored_images_and_failures(dataset, "image", 28, centre_crop_of=28,
                                                                             cache_dir=str(shared_folder / "data")))):
             try:
