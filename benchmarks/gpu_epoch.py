@@ -7,11 +7,12 @@ One script, no network, a few minutes on one H100/H200 with 16 CPU cores:
    `datasets`' parquet builder, as the Hub stores them: at 32 px (`--image_size 32`, default) 32x32 PNGs with 100
    classes, as CIFAR-100; at 224 px (`--image_size 224`) JPEGs (quality 90) of 512x384, 384x512 and 512x512 in turn
    with 101 classes (each with its own mean colour, so that the loss falls), as Food-101;
-2. for each precision and data path (`loader`: decode and transform in `--workers` loader processes; `device`:
-   views made batched on the GPU: at 32 px SxS images decoded once and `BatchViews`; at 224 px `CropViews`
-   (Pillow's resampling, batched) from the default's full-resolution store (`device`), from the images decoded at
-   every read by the loader workers (`device, every read`) and from the opt-in store at S = 256 (`device, S = 256`),
-   each store built with one thread per core and timed), trains resnet18 (the CIFAR stem at 32 px,
+2. for each precision and data path (`loader`: decode and transform in `--workers` loader processes; `device`: at
+   32 px SxS images decoded once and both views made batched on the GPU (`BatchViews`); at 224 px the training images
+   decoded once at full resolution into a store with their original views made once beside them, each crop cut in
+   the loader workers by the recipe's own torchvision steps (RandomResizedCrop + flip) and `ToTensor` + `Normalize`
+   batched on the GPU (`NormalizedViews`); each store built with one thread per core and timed), trains resnet18
+   (the CIFAR stem at 32 px,
    the ImageNet stem at 224 px), batch 128, SynerMix w-RA&ER(MM) (beta 0.1, Manifold MixUp, alpha 1) through
    `SynerMixTrainer` (the paper's SGD recipe) for `--epochs` epochs and times each epoch (CUDA-synchronised at both
    ends); the first epoch starts workers and autotunes cuDNN, so the summary uses the epochs after it;
@@ -24,8 +25,8 @@ At 224 px every run is bf16 with the model in channels_last (`--precisions` appl
 
 Expected duration: 32 px with the defaults (20,000 images, 2 epochs per run, 4 runs) about 2 minutes of GPU time plus
 start-up; `--all` (32 px: fp16 and bf16 per path and the device path in channels_last; 224 px: 4,000 images, 3 epochs,
-per path) estimated at 5-6 minutes on an H200 with 16 cores, not yet measured (writing the 224 px JPEGs takes about
-25 s per 1,000 images: 600 took 15.4 s on an AVX2 AMD EPYC in bench_crop_path).
+per-image and device path) not yet measured (writing the 224 px JPEGs takes about 25 s per 1,000 images: 600 took
+15.4 s on an AVX2 AMD EPYC in bench_crop_path).
 
     python -m benchmarks.gpu_epoch --all --out $OUT                           # on the GPU machine: everything
     python -m benchmarks.gpu_epoch --image_size 224 --out $OUT                # 224 px only
@@ -136,22 +137,15 @@ class SyncCounter(TrainerCallback):
         return {"syncs_per_step": total / self.steps if self.steps else None, "sync_locations": dict(top)}
 
 
-DEVICE_PATHS_224 = {  # name: prepare_views keyword arguments of the 224 px device runs
-    "device": {"views_on": "device"},
-    "device, every read": {"views_on": "device", "decode_budget_gib": 0.0},
-    "device, S = 256": {"views_on": "device", "decode_short_side": 256},
-}
-
-
-def device_workers(cli: argparse.Namespace, image_size: int, path: str = "device") -> int:
-    """The device path's loader workers: `--device_workers`, else what the script chooses on a GPU."""
+def device_workers(cli: argparse.Namespace, image_size: int) -> int:
+    """The device path's loader workers: `--device_workers`, else what `synermix_hf.cli.train` chooses on a GPU: 0 at
+    32 px (the loader only gathers stored rows); at 224 px every core but the main process's, at most 16 (the loader
+    cuts each crop with Pillow's resampling, the largest part of a step's data work)."""
     if cli.device_workers is not None:
         return cli.device_workers
     if image_size == 32:
         return 0
-    if path == "device, every read":  # the loader decodes every image: every core but the main process's
-        return max(1, min(16, (os.cpu_count() or 2) - 1))
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
+    return max(1, min(16, (os.cpu_count() or 2) - 1))
 
 
 def write_data(tmp: Path, image_size: int, num_images: int):
@@ -165,9 +159,8 @@ def train_once(data, image_size: int, path: str, precision: str, cli: argparse.N
                sampler: UtilisationSampler, channels_last: bool = False) -> dict:  # fmt: skip
     spec = TransformSpec("cifar", 32) if image_size == 32 else TransformSpec("imagenet", image_size)
     start = time.time()
-    kwargs = DEVICE_PATHS_224.get(path, {"views_on": path}) if image_size == 224 else {"views_on": path}
     views = prepare_views(data, None, spec, "image", "label", two_views=True, cache_dir=str(tmp / "decoded"),
-                          **kwargs)  # fmt: skip
+                          views_on=path)
     prepare_s = time.time() - start  # device path: the cold build of the decoded images (the first run at a size)
     torch.manual_seed(0)
     num_classes = NUM_CLASSES[image_size]
@@ -177,7 +170,7 @@ def train_once(data, image_size: int, path: str, precision: str, cli: argparse.N
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     on_cpu = not torch.cuda.is_available()
-    workers = cli.workers if path == "loader" else device_workers(cli, image_size, path)
+    workers = cli.workers if path == "loader" else device_workers(cli, image_size)
     args = RecipeTrainingArguments(
         output_dir=str(tmp / f"run-{image_size}-{path}-{precision}"), report_to=[], save_strategy="no",
         eval_strategy="no", do_eval=False, disable_tqdm=True, logging_strategy="epoch",
@@ -216,16 +209,17 @@ def markdown(summary: dict) -> str:
         "## GPU epoch: per-image vs device data path",
         "",
         f"{summary['device']}; {summary['cpu_count']} CPU cores; torch {summary['torch']}; resnet18, w-RA&ER(MM) "
-        f"(beta 0.1, Manifold MixUp), SynerMixTrainer with the paper recipe; per-image path with {summary['workers']} loader workers, device "
-        f"paths with {', '.join(f'{n} {k}' for k, n in summary['device_workers'].items())} (loader workers); total "
+        f"(beta 0.1, Manifold MixUp), SynerMixTrainer with the paper recipe; per-image path with {summary['workers']} "
+        f"loader workers, device path with "
+        f"{', '.join(f'{n} at {k}' for k, n in summary['device_workers'].items())} (loader workers); total "
         f"{summary['total_s']:.0f} s.",
         "",
     ]
     for size, data in summary["data"].items():
         what = ("CIFAR-shaped PNG images (32x32, 100 classes), CIFAR stem, cifar recipe" if int(size) == 32 else
                 "Food-101-shaped JPEG images (512x384, 384x512, 512x512; 101 classes), ImageNet stem, imagenet recipe "
-                "at 224 px (device paths: CropViews, Pillow's resampling batched, from the full-resolution store, from "
-                "images decoded at every read, and from the opt-in store at S = 256)")
+                "at 224 px (device path: full-resolution store, crops cut in the loader workers by the recipe's "
+                "torchvision steps, ToTensor + Normalize batched on the GPU)")
         lines.append(f"- {size} px: {data['num_images']} {what}; batch {summary['batch_size'][size]}; "
                      f"{data['epochs']} epoch(s) per run, those after the first timed (all of one); dataset written "
                      f"in {data['write_s']:.1f} s.")
@@ -259,7 +253,7 @@ def plan(cli: argparse.Namespace) -> list[tuple[int, str, str, bool]]:
         if cli.channels_last:
             runs.append((32, "device", "bf16" if not cli.quick else "fp32", True))
     if 224 in cli.sizes:
-        runs += [(224, path, "bf16" if not cli.quick else "fp32", True) for path in ("loader", *DEVICE_PATHS_224)]
+        runs += [(224, path, "bf16" if not cli.quick else "fp32", True) for path in ("loader", "device")]
     return runs
 
 
@@ -280,10 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1),
                         help="loader workers of the per-image path")  # fmt: skip
     parser.add_argument("--device_workers", type=int, default=None,
-                        help="loader workers of the device path (default: what the script chooses on a GPU: 0 at "
-                        "32 px, whose loader only gathers rows; at 224 px min(4, cores / 2) from a store, whose "
-                        "loader copies an image and draws its crop, and every core but one when the loader decodes "
-                        "every image)")  # fmt: skip
+                        help="loader workers of the device path (default: what synermix_hf.cli.train chooses on a "
+                        "GPU: 0 at 32 px, whose loader only gathers rows; at 224 px every core but one, at most 16, "
+                        "whose loader cuts each crop)")  # fmt: skip
     parser.add_argument("--precisions", nargs="+", default=["fp16", "bf16"], choices=["fp16", "bf16", "fp32"],
                         help="precisions at 32 px (224 px runs bf16)")
     parser.add_argument("--channels_last", action="store_true",
@@ -328,19 +321,15 @@ def main(argv: list[str] | None = None) -> int:
         for precision in {r["precision"] for r in runs if r["image_size"] == size}:
             for layout in ("", " + channels_last"):
                 by_path = {r["views_on"]: r for r in runs if r["image_size"] == size and r["precision"] == precision}
-                for device in ("device", *DEVICE_PATHS_224) if size == 224 else ("device",):
-                    if "loader" + layout not in by_path or device + layout not in by_path:
-                        continue
-                    name = f"{size} px {precision}{layout}" + ("" if device == "device" else f" ({device})")
-                    speedups[name] = (by_path["loader" + layout]["timed_epoch_s"]
-                                      / by_path[device + layout]["timed_epoch_s"])
+                if "loader" + layout not in by_path or "device" + layout not in by_path:
+                    continue
+                speedups[f"{size} px {precision}{layout}"] = (by_path["loader" + layout]["timed_epoch_s"]
+                                                              / by_path["device" + layout]["timed_epoch_s"])
     summary = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (smoke run)",
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "data": data_info,
         "batch_size": {size: cli.batch_size[size] for size in cli.sizes},
-        "workers": cli.workers, "device_workers": {"32 px": device_workers(cli, 32),
-                                                   **{f"224 px {path}": device_workers(cli, 224, path)
-                                                      for path in DEVICE_PATHS_224}},
+        "workers": cli.workers, "device_workers": {f"{size} px": device_workers(cli, size) for size in cli.sizes},
         "total_s": time.time() - started,
         "nvidia_smi": sampler.available, "runs": runs, "speedups": speedups,
     }  # fmt: skip

@@ -3,7 +3,8 @@
 python -m benchmarks                 # everything, about 10 minutes on 2 CPU cores
 python -m benchmarks --quick         # smoke run on minimal sizes
 python -m benchmarks --out results.md --only intra,step
-python -m benchmarks --only crop     # the imagenet family (224 px) on each data path: not in the default set (~8 min)
+python -m benchmarks --only crop     # the imagenet family (224 px) on each data path: not in the default set (minutes;
+                                     # against earlier commits: python -m benchmarks.bench_crop_path --baseline COMMIT)
 """
 
 from __future__ import annotations
