@@ -10,9 +10,9 @@ folder with some files; a save that fills the disk fails with a traceback from d
 says "disk", and leaves the folder behind. Here:
 
 * `StagedCheckpoints` (a `Trainer` mixin) writes each checkpoint into `tmp-checkpoint-N/checkpoint-N`, and once
-  every process has written its files, writes `checkpoint_complete.json` (`resume.COMPLETE_MARKER`: every file of the
-  checkpoint with its size) and renames the folder to `checkpoint-N`. The rename is the commit point: `checkpoint-N`
-  is complete or absent. Older checkpoints are rotated out (`save_total_limit`) only after that.
+  every process has written its files, renames the folder to `checkpoint-N`. The rename is the commit point, and the
+  one thing that makes a checkpoint complete: `checkpoint-N` is complete or absent. Older checkpoints are rotated out
+  (`save_total_limit`) only after that.
 * A save that fails on any process (a full disk, a quota, a file-size limit, or anything else) fails on every process
   together, without a process left waiting at the next barrier, and the staging folder is removed: the previous
   checkpoints stay as they were. A full disk raises `CheckpointSaveError`, whose message is one line that says so,
@@ -52,8 +52,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .data.store_folder import process_umask
-from .resume import (FINAL_STAGING, RUN_RECORD, STAGING_PREFIX, TRAINER_STATE_NAME, last_complete_checkpoint,
-                     remove_incomplete_checkpoints, resolve_resume, write_complete_marker)
+from .resume import (FINAL_STAGING, RUN_RECORD, STAGING_PREFIX, TRAINER_STATE_NAME, ResumePlan,
+                     last_complete_checkpoint, remove_incomplete_checkpoints, resolve_resume)
 
 __all__ = [
     "CheckpointSaveError",
@@ -221,18 +221,18 @@ class StagedCheckpoints:
     """`transformers.Trainer` mixin: checkpoints are complete or absent, and a run continues from a complete one.
 
     * Saving: each checkpoint is written into a staging folder (`tmp-checkpoint-N/`); when all processes have written
-      their files it gets its `checkpoint_complete.json` and is renamed to `checkpoint-N`; `save_total_limit` rotates
-      older checkpoints out only then.
+      their files it is renamed to `checkpoint-N`; `save_total_limit` rotates older checkpoints out only then.
     * A save that fails on one process fails on every process at once (they agree where the Trainer would wait at a
       barrier), and the staging folder is removed. A full disk (or quota, or file-size limit) raises
       `CheckpointSaveError` on every process, with a one-line message; any other error is raised as it was by the
       process it happened on, and as `CheckpointSaveError` naming that process by the others.
     * `checkpoint_to_resume`, which `SynerMixTrainer.train` calls: `resume_from_checkpoint=True` (or `"last"`)
       continues from the last *complete* checkpoint, naming each newer incomplete one it skips; a path to an
-      incomplete checkpoint is refused with a `ResumeError` (a `ValueError`) saying why (both: `resolve_resume`).
-      When a run continues from a checkpoint of its own `output_dir`, the incomplete checkpoints and staging folders
-      left there by the interrupted run are removed first: they are not results, and a stale `checkpoint-N` would
-      otherwise be rotated in place of a complete one.
+      incomplete checkpoint is refused with a `ResumeError` (a `ValueError`) saying why (both: `resolve_resume`); a
+      `ResumePlan` (the command line's) is taken as it was resolved. When a run continues in its own `output_dir`,
+      the incomplete checkpoints and staging folders left there by the interrupted run are removed first, here and
+      nowhere else: they are not results, and a stale `checkpoint-N` would otherwise be rotated in place of a
+      complete one.
 
     The private `Trainer` methods it overrides are `_save_checkpoint`, `_get_output_dir` and `_push_from_checkpoint`
     (tests/test_checkpoints.py checks their signatures against the installed transformers); during a save, the public
@@ -332,7 +332,7 @@ class StagedCheckpoints:
             if os.path.exists(temporary):
                 os.remove(temporary)
 
-    def trained_to_the_end(self, checkpoint: str) -> Any | None:
+    def trained_to_the_end(self, checkpoint: str | None) -> Any | None:
         """When `checkpoint` holds the last step of the run (`max_steps`), load its weights and state, log the
         training as done, and return the `TrainOutput` of a `train()` that had nothing left to train; None otherwise.
 
@@ -343,7 +343,7 @@ class StagedCheckpoints:
         from transformers.trainer_callback import TrainerState
         from transformers.trainer_utils import TrainOutput
 
-        if self.args.max_steps <= 0 or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if checkpoint is None or self.args.max_steps <= 0 or self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return None
         state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
         if state.global_step < self.args.max_steps:
@@ -355,19 +355,29 @@ class StagedCheckpoints:
         self.log(dict(metrics))
         return TrainOutput(state.global_step, float("nan"), metrics)
 
-    def checkpoint_to_resume(self, resume_from_checkpoint: str | bool) -> str:
-        """The complete checkpoint `train(resume_from_checkpoint=...)` continues from (`resolve_resume`), after
-        naming the incomplete ones skipped and, for a checkpoint of `output_dir`, removing them.
+    def checkpoint_to_resume(self, resume_from_checkpoint: str | bool | ResumePlan) -> str | None:
+        """The complete checkpoint `train(resume_from_checkpoint=...)` continues from, after removing what an
+        interrupted run left in the folder the run goes on saving into (`ResumePlan.clears`).
+
+        Args:
+            resume_from_checkpoint: A `ResumePlan` that the caller resolved (the command line does), taken as it
+                is; or True / `"last"` / a path, resolved here (`resolve_resume`), naming each incomplete checkpoint
+                skipped.
+
+        Returns:
+            The checkpoint; None when the plan has none (the run starts from the beginning).
 
         Raises:
             ResumeError: `resume_from_checkpoint` names no complete checkpoint.
         """
-        output_dir = self.args.output_dir
-        plan = resolve_resume(output_dir, resume_from_checkpoint)
-        for path, problem in plan.skipped:
-            logger.warning("Skipping %s: %s. Continuing from %s.", path, problem, plan.checkpoint)
-        if plan.in_output_dir and self.args.should_save:
-            for path, problem in remove_incomplete_checkpoints(output_dir):
+        plan = resume_from_checkpoint
+        if not isinstance(plan, ResumePlan):
+            plan = resolve_resume(self.args.output_dir, resume_from_checkpoint)
+            for path, problem in plan.skipped:
+                logger.warning("Skipping %s: %s. Continuing from %s.", path, problem, plan.checkpoint)
+        self.accelerator.wait_for_everyone()  # every process has read the folder before it is tidied
+        if plan.clears is not None and self.args.should_save:
+            for path, problem in remove_incomplete_checkpoints(plan.clears):
                 logger.info("Removed %s: %s.", path, problem)
         self.accelerator.wait_for_everyone()  # no process reads the folder while it is tidied
         return plan.checkpoint
@@ -459,7 +469,6 @@ class StagedCheckpoints:
             with open(os.path.join(staged, RUN_RECORD), "w", encoding="utf-8") as handle:
                 json.dump(self.run_record, handle, indent=1)
         follow_umask(staged)
-        write_complete_marker(staged)  # after every process wrote its files, and after the state above
         staging = os.path.dirname(staged)
         replaced = os.path.join(staging, "replaced")
         if os.path.isdir(final):  # the same step saved again (or a stale folder): swap, never leave neither

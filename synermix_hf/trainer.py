@@ -635,7 +635,8 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
 
         `resume_from_checkpoint=True` (or `"last"`) continues from the last complete checkpoint of `output_dir`,
         naming each newer incomplete one it skips; a path to an incomplete checkpoint is refused with a `ResumeError`
-        (a `ValueError`) saying why (`StagedCheckpoints.checkpoint_to_resume`). With `enable_jit_checkpoint`, raises
+        (a `ValueError`) saying why; a `resume.ResumePlan` (the command line's) is taken as it was resolved
+        (`StagedCheckpoints.checkpoint_to_resume`). With `enable_jit_checkpoint`, raises
         `TrainingPreempted` (naming the checkpoint it saved) when SIGTERM stopped training.
         """
         if resume_from_checkpoint is not None and resume_from_checkpoint is not False:

@@ -112,7 +112,8 @@ NEWER_ONLY = frozenset({"activation_checkpointing", "activation_checkpointing_kw
 TRAINING_ARGUMENTS: dict[str, Surface] = {
     # ---- run and output ----
     "output_dir": _honoured("where the Trainer writes; checkpoints are staged and renamed there (`StagedCheckpoints`)",
-                            f"{_CHECKPOINTS}::test_a_checkpoint_lists_every_file_with_its_size_once_all_are_written"),
+                            f"{_CHECKPOINTS}::"
+                            "test_a_run_interrupted_during_a_save_continues_to_the_uninterrupted_weights"),
     "do_train": _not_applicable("the Trainer never reads it (as in transformers); the command line does"),
     "do_eval": _honoured("RecipeTrainingArguments: `eval_strategy` defaults to `epoch` with it, `no` without; the "
                          "Trainer never reads it", f"{_SURFACE}::test_the_recipe_evaluates_per_epoch_with_do_eval"),

@@ -84,7 +84,8 @@ class SaveFails(Exception):
     """Stands in for a failure during a save that is not a full disk."""
 
 
-@pytest.mark.parametrize("failure", ["not a full disk, in the optimizer's save", "quota used up, writing the marker"])
+@pytest.mark.parametrize("failure", ["not a full disk, in the optimizer's save",
+                                     "quota used up, completing it before the rename"])
 def test_a_failed_save_removes_its_staging_folder_and_says_what_failed(tmp_path, monkeypatch, failure):
     error = SaveFails("not a disk problem") if failure.startswith("not") else OSError(errno.EDQUOT, "Quota exceeded")
 
@@ -94,14 +95,14 @@ def test_a_failed_save_removes_its_staging_folder_and_says_what_failed(tmp_path,
             if self.state.global_step == 6 and isinstance(error, SaveFails):
                 raise error
 
-    write_marker = checkpoints.write_complete_marker
+    follow_umask = checkpoints.follow_umask  # what completes a staged checkpoint last, once every process wrote
 
-    def marker_fails_at_step_6(folder):
+    def permissions_fail_at_step_6(folder):
         if folder.endswith("checkpoint-6") and isinstance(error, OSError):
             raise error
-        write_marker(folder)
+        follow_umask(folder)
 
-    monkeypatch.setattr(checkpoints, "write_complete_marker", marker_fails_at_step_6)
+    monkeypatch.setattr(checkpoints, "follow_umask", permissions_fail_at_step_6)
     out = tmp_path / "run"
     trainer = _trainer(out, trainer_class=FailingTrainer)
     trainer.args.max_steps = 6

@@ -1,6 +1,7 @@
 """Checkpoints are complete or absent: a run interrupted while it saves continues from its last complete checkpoint
 and ends with the weights of an uninterrupted run; `save_total_limit` never leaves only an incomplete checkpoint; a
-checkpoint that lost a file afterwards (or, written by another writer, lacks one a resume loads) is skipped by name."""
+checkpoint that another writer left incomplete (no whole `trainer_state.json`, the file the Trainer writes last) is
+skipped by name and removed, and refused when asked for by path."""
 
 import inspect
 import json
@@ -17,10 +18,9 @@ import torch
 import transformers
 from safetensors.torch import load_file
 from torch import nn
-from transformers import ViTImageProcessor
 
 from synermix_hf import SynerMixTrainer, SynerMixTrainingArguments
-from synermix_hf.resume import COMPLETE_MARKER, STAGING_PREFIX, checkpoint_problem, last_complete_checkpoint
+from synermix_hf.resume import STAGING_PREFIX, checkpoint_problem, last_complete_checkpoint, resolve_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,18 +59,11 @@ def _trainer(output_dir, save_total_limit=None, trainer_class=SynerMixTrainer, p
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """An uninterrupted run's folder, with checkpoints 3, 6, 9 and 12, and its final weights. The checkpoints hold the
-    image processor's `preprocessor_config.json` too: a file whose own format no check reads."""
-    out = tmp_path_factory.mktemp("uninterrupted")
-    trainer = _trainer(out, processing_class=ViTImageProcessor())
+def uninterrupted(tmp_path_factory):
+    """The final weights of an uninterrupted run (checkpoints 3, 6, 9 and 12)."""
+    trainer = _trainer(tmp_path_factory.mktemp("uninterrupted"))
     trainer.train()
-    return out, {name: value.clone() for name, value in trainer.model.state_dict().items()}
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(finished_run):
-    return finished_run[1]
+    return {name: value.clone() for name, value in trainer.model.state_dict().items()}
 
 
 def _assert_same_weights(model, expected):
@@ -137,111 +130,63 @@ def test_a_run_interrupted_during_a_save_continues_to_the_uninterrupted_weights(
 
 def _incomplete_copy(complete: Path, target: Path, damage: str) -> Path:
     shutil.copytree(complete, target)
-    (target / COMPLETE_MARKER).unlink(missing_ok=True)  # written by another writer, which writes no marker
     if damage == "no trainer_state.json":
         (target / "trainer_state.json").unlink()
     elif damage == "trainer_state.json cut short":
         text = (target / "trainer_state.json").read_text()
         (target / "trainer_state.json").write_text(text[: len(text) // 2])
-    elif damage == "model.safetensors cut short":
-        weights = target / "model.safetensors"
-        with open(weights, "r+b") as handle:
-            handle.truncate(weights.stat().st_size - 10)
-    elif damage == "optimizer.pt cut short":
-        optimizer = target / "optimizer.pt"
-        with open(optimizer, "r+b") as handle:
-            handle.truncate(optimizer.stat().st_size // 2)
     return target
 
 
-def test_a_checkpoint_lists_every_file_with_its_size_once_all_are_written(finished_run):
-    out, _ = finished_run
-    for checkpoint in sorted(out.glob("checkpoint-*")):
-        files = {path.relative_to(checkpoint).as_posix(): path.stat().st_size for path in checkpoint.rglob("*")
-                 if path.is_file() and path.name != COMPLETE_MARKER}  # fmt: skip
-        assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin",
-                "preprocessor_config.json", "trainer_state.json"} <= set(files)  # fmt: skip
-        # Every file, with its size after the last write (trainer_state.json is written again before the rename).
-        assert json.loads((checkpoint / COMPLETE_MARKER).read_text())["files"] == files
-        assert checkpoint_problem(str(checkpoint)) is None
+class StepCount(transformers.TrainerCallback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
 
 
-@pytest.mark.parametrize("damage", ["model.safetensors missing", "optimizer.pt missing",
-                                    "preprocessor_config.json cut short"])  # fmt: skip
-def test_a_checkpoint_that_lost_a_file_is_skipped_naming_it_and_the_run_continues_from_the_one_before(
-    tmp_path, finished_run, damage, caplog
-):
-    # Without its weights the Trainer fails on it at every run ("Can't find a valid checkpoint"), without its
-    # optimizer it continues with a fresh one without a word; no check of the file's own format sees the third.
-    source, weights = finished_run
+def test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer(tmp_path):
     out = tmp_path / "run"
-    for name in ("checkpoint-9", "checkpoint-12"):
-        shutil.copytree(source / name, out / name)
-    newest, file_name = out / "checkpoint-12", damage.split()[0]
-    if damage.endswith("missing"):
-        (newest / file_name).unlink()
-    else:
-        with open(newest / file_name, "r+b") as handle:
-            handle.truncate((newest / file_name).stat().st_size - 10)
-    problem = checkpoint_problem(str(newest))
-    assert problem is not None and problem.startswith(file_name), problem
-    assert last_complete_checkpoint(str(out)) == (str(out / "checkpoint-9"), [(str(newest), problem)])
-
-    resumed = _trainer(out, processing_class=ViTImageProcessor())
-    with caplog.at_level("WARNING", logger="synermix_hf.checkpoints"):
-        resumed.train(resume_from_checkpoint=True)
-    skips = [r.getMessage() for r in caplog.records if "Skipping" in r.getMessage()]
-    assert skips == [f"Skipping {newest}: {problem}. Continuing from {out / 'checkpoint-9'}."]
-    _assert_same_weights(resumed.model, weights)  # 3 steps on from checkpoint-9, the optimizer's state included
-    assert checkpoint_problem(str(newest)) is None  # saved again, whole
+    trainer = _trainer(out)
+    trainer.args.save_only_model, trainer.args.max_steps = True, 3
+    trainer.train()
+    assert not {"optimizer.pt", "scheduler.pt"} & {p.name for p in (out / "checkpoint-3").iterdir()}
+    resumed, counted = _trainer(out), StepCount()
+    resumed.args.save_only_model, resumed.args.max_steps = True, 6
+    resumed.add_callback(counted)
+    resumed.train(resume_from_checkpoint=True)
+    assert counted.steps == 3 and resumed.state.global_step == 6  # from checkpoint-3, not from the beginning
 
 
-@pytest.mark.parametrize(
-    "removed, problem",
-    [
-        ((), None),
-        (("model.safetensors",), "it has no model weights (model.safetensors or another weights file)"),
-        (("optimizer.pt",), "it has no optimizer.pt (the optimizer's state)"),
-        (("scheduler.pt",), "it has no scheduler.pt (the learning rate schedule's state)"),
-        (("optimizer.pt", "scheduler.pt", "rng_state.pth"), "it has no optimizer.pt (the optimizer's state)"),
-    ],
-)  # fmt: skip
-def test_a_checkpoint_of_another_writer_needs_the_files_a_resume_loads(tmp_path, finished_run, removed, problem):
-    # No marker (the plain Trainer, an older synermix-hf): the run's arguments say whether it saved the optimizer.
-    checkpoint = _incomplete_copy(finished_run[0] / "checkpoint-12", tmp_path / "checkpoint-12", "")
-    for name in removed:
-        (checkpoint / name).unlink()
-    assert checkpoint_problem(str(checkpoint)) == problem
+def test_the_trainer_takes_a_resolved_plan_as_it_is_and_clears_the_leftovers_it_names(tmp_path, monkeypatch):
+    # The command line resolves once and hands its plan to `train`, which neither resolves again nor removes more than
+    # the plan says: the leftovers of the folder the run goes on saving into.
+    out = tmp_path / "run"
+    trainer = _trainer(out)
+    trainer.args.max_steps = 3
+    trainer.train()
+    _incomplete_copy(out / "checkpoint-3", out / "checkpoint-9", "no trainer_state.json")
+    (out / f"{STAGING_PREFIX}6").mkdir()
+    plan = resolve_resume(str(out), "last")
+    assert plan.checkpoint == str(out / "checkpoint-3") and plan.clears == str(out)
+
+    def resolved_again(*args, **kwargs):
+        raise AssertionError("resolved a second time")
+
+    monkeypatch.setattr("synermix_hf.checkpoints.resolve_resume", resolved_again)
+    resumed, counted = _trainer(out), StepCount()
+    resumed.args.max_steps = 6
+    resumed.add_callback(counted)
+    resumed.train(resume_from_checkpoint=plan)
+    assert counted.steps == 3 and resumed.state.global_step == 6
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3", "checkpoint-6"]
 
 
-def test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer(tmp_path, finished_run):
-    checkpoint = _incomplete_copy(finished_run[0] / "checkpoint-12", tmp_path / "checkpoint-12", "")
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):  # what `save_only_model` leaves out
-        (checkpoint / name).unlink()
-    args = torch.load(checkpoint / "training_args.bin", weights_only=False)
-    args.save_only_model = True
-    torch.save(args, checkpoint / "training_args.bin")
-    assert checkpoint_problem(str(checkpoint)) is None
-    (checkpoint / "training_args.bin").unlink()  # unknown: with neither optimizer, scheduler nor RNG state, the same
-    assert checkpoint_problem(str(checkpoint)) is None
-
-
-def test_a_checkpoint_of_another_writer_needs_every_shard_its_index_lists(tmp_path, finished_run):
-    checkpoint = _incomplete_copy(finished_run[0] / "checkpoint-12", tmp_path / "checkpoint-12", "")
-    names = list(load_file(checkpoint / "model.safetensors"))
-    shards = {name: f"model-0000{1 + i % 2}-of-00002.safetensors" for i, name in enumerate(names)}
-    (checkpoint / "model.safetensors").rename(checkpoint / "model-00001-of-00002.safetensors")
-    (checkpoint / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": shards}))
-    assert checkpoint_problem(str(checkpoint)) == ("model-00002-of-00002.safetensors is missing "
-                                                   "(model.safetensors.index.json lists it)")  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "damage", ["no trainer_state.json", "trainer_state.json cut short", "model.safetensors cut short",
-               "optimizer.pt cut short"],
-)  # fmt: skip
+@pytest.mark.parametrize("damage", ["no trainer_state.json", "trainer_state.json cut short"])
 def test_a_checkpoint_left_incomplete_by_another_writer_is_skipped_named_and_removed(tmp_path, damage, caplog):
-    # A plain Trainer (or an older version) writes in place: its interrupted save leaves checkpoint-N half written.
+    # A plain Trainer writes in place, trainer_state.json last: its interrupted save leaves checkpoint-N without a
+    # whole one.
     out = tmp_path / "run"
     trainer = _trainer(out)
     trainer.args.max_steps = 3
@@ -331,10 +276,10 @@ def uninterrupted_script_weights(tmp_path_factory, hub_copies, script_in_process
 
 @pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
 def test_the_script_interrupted_while_writing_a_checkpoint_continues_when_run_again(
-    tmp_path, hub_copies, uninterrupted_script_weights, signal_name, script_in_process, capsys
+    tmp_path, hub_copies, uninterrupted_script_weights, signal_name, script_in_process, capsys, monkeypatch
 ):
     """The user's view: a kill or Ctrl-C in the middle of writing checkpoint-4, the same command again, the same
-    result."""
+    result. The run resolves where it continues from once, and the trainer continues from that."""
     common = ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), *SCRIPT_ARGS, "--output_dir",
               str(tmp_path / "b")]  # fmt: skip
     out = tmp_path / "b"
@@ -351,9 +296,18 @@ def test_the_script_interrupted_while_writing_a_checkpoint_continues_when_run_ag
         kept = "checkpoint-5"
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))[-1] == kept
 
+    resolved = []
+
+    def resolve_and_count(*args, **kwargs):
+        resolved.append(resolve_resume(*args, **kwargs))
+        return resolved[-1]
+
+    for module in ("synermix_hf.cli.output_dir", "synermix_hf.checkpoints"):
+        monkeypatch.setattr(f"{module}.resolve_resume", resolve_and_count)
     capsys.readouterr()
     assert script_in_process(common, torch_threads=1) == 0  # the same command again
     again = capsys.readouterr()
+    assert [plan.checkpoint for plan in resolved] == [str(out / kept)]
     assert f"Continuing the interrupted run from {out / kept}" in again.out
     assert "Traceback" not in again.err
     actual = load_file(out / "model.safetensors")
@@ -369,11 +323,11 @@ def test_the_script_refuses_an_incomplete_checkpoint_in_one_line(tmp_path, hub_c
     trainer = _trainer(out)
     trainer.args.max_steps = 3
     trainer.train()
-    broken = _incomplete_copy(out / "checkpoint-3", out / "checkpoint-6", "model.safetensors cut short")
+    broken = _incomplete_copy(out / "checkpoint-3", out / "checkpoint-6", "trainer_state.json cut short")
     argv = ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--image_size", "8", "--max_steps", "1",
             "--output_dir", str(tmp_path / "other"), "--resume_from_checkpoint", str(broken)]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert "checkpoint-6' is not a complete checkpoint: model.safetensors is cut short" in err
+    assert "checkpoint-6' is not a complete checkpoint: its trainer_state.json is cut short" in err
     assert "Continue from " + str(out / "checkpoint-3") in err

@@ -1,24 +1,22 @@
-"""Resume has one owner: `resume.resolve_resume` resolves "last" and judges a checkpoint, for the Trainer and the
-command line alike; the command line only words its refusals in its flags."""
+"""Resume has one owner: `resume.resolve_resume` resolves "last" and judges a checkpoint, once a run, for the Trainer
+and the command line alike; the command line only words its refusals in its flags."""
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest
 
-from synermix_hf.resume import COMPLETE_MARKER, ResumeError, ResumePlan, resolve_resume
+from synermix_hf.resume import ResumeError, ResumePlan, resolve_resume
 from synermix_hf.cli import output_dir
 from synermix_hf.cli.errors import UsageError
 from synermix_hf.cli.output_dir import prepare_output_dir
 
 
 def _complete(folder):
-    """A checkpoint that `checkpoint_problem` passes: a state and a marker listing it."""
+    """A checkpoint that `checkpoint_problem` passes: its `trainer_state.json`, the file the Trainer writes last."""
     folder.mkdir(parents=True)
     (folder / "trainer_state.json").write_text("{}")
-    (folder / COMPLETE_MARKER).write_text(json.dumps({"format": 1, "files": {"trainer_state.json": 2}}))
     return str(folder)
 
 
@@ -40,11 +38,11 @@ def test_last_is_the_newest_complete_checkpoint_passing_over_newer_incomplete_on
     for given in (True, "last", "LAST", " True "):
         plan = resolve_resume(str(out), given)
         assert plan == ResumePlan(complete, ((newer, "it has no trainer_state.json (its save was interrupted)"),),
-                                  auto=True, in_output_dir=True)
+                                  clears=str(out))
     assert (out / "checkpoint-6").is_dir()  # resolving removes nothing
     assert resolve_resume(str(out), None) == resolve_resume(str(out), False) == ResumePlan(None)
-    elsewhere = resolve_resume(str(tmp_path / "other"), complete)
-    assert elsewhere.checkpoint == complete and not elsewhere.auto and not elsewhere.in_output_dir
+    assert resolve_resume(str(out), complete) == ResumePlan(complete, clears=str(out))
+    assert resolve_resume(str(tmp_path / "other"), complete) == ResumePlan(complete)  # nothing of `other` to clear
 
 
 def test_last_without_a_complete_checkpoint(tmp_path):
@@ -98,7 +96,14 @@ def test_the_command_line_words_the_resolvers_refusals_in_its_flags(tmp_path):
     assert str(raised.value) == (f"--resume_from_checkpoint Last: --output_dir {tmp_path / 'lonely'} holds no complete "
                                  "checkpoint-* directory (checkpoint-1 is skipped and removed: it has no "
                                  "trainer_state.json (its save was interrupted)).")
-    assert prepare_output_dir(_args(out)) == (latest, True, "; checkpoint-6 is skipped and removed: it has no "
-                                                             "trainer_state.json (its save was interrupted)")
+    plan = ResumePlan(latest, ((incomplete, "it has no trainer_state.json (its save was interrupted)"),), str(out))
+    assert prepare_output_dir(_args(out)) == (plan, True, "; checkpoint-6 is skipped and removed: it has no "
+                                                          "trainer_state.json (its save was interrupted)")
+    assert (out / "checkpoint-6").is_dir()  # removed by the trainer, once, before it trains
+    # Nothing complete to continue from: the run starts again, and the trainer clears what the interrupted one left.
+    lonely_dir = str(tmp_path / "lonely")
+    assert prepare_output_dir(_args(lonely_dir)) == (
+        ResumePlan(None, ((lonely, "it has no trainer_state.json (its save was interrupted)"),), lonely_dir), True,
+        "; checkpoint-1 is skipped and removed: it has no trainer_state.json (its save was interrupted)")
     # Nothing is resolved or judged in the command line itself.
     assert not {"checkpoint_problem", "last_complete_checkpoint", "_check_checkpoint"} & set(vars(output_dir))

@@ -15,8 +15,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from ..resume import (FINAL_STAGING, RUN_RECORD, STAGING_PREFIX, ResumeError, remove_incomplete_checkpoints,
-                      resolve_resume)
+from ..resume import FINAL_STAGING, RUN_RECORD, STAGING_PREFIX, ResumeError, ResumePlan, resolve_resume
 from ..data.catalog import BUILTIN_DATASET
 from .errors import UsageError
 from .folder_lock import LOCK_FILE
@@ -89,12 +88,16 @@ def _skipped_text(skipped: Iterable[tuple[str, str]]) -> str:
     return "".join(f"; {os.path.basename(path)} is skipped and removed: {problem}" for path, problem in skipped)
 
 
-def prepare_output_dir(args: Any, overwrite: bool = False) -> tuple[str | None, bool, str]:
-    """Check `args.output_dir` against what is in it; `overwrite` (--overwrite_output_dir) writes over a run's results.
+def prepare_output_dir(args: Any, overwrite: bool = False) -> tuple[ResumePlan, bool, str]:
+    """Check `args.output_dir` against what is in it, and resolve the checkpoint the run continues from, once (the
+    plan goes to `trainer.train(resume_from_checkpoint=plan)`, which removes the leftovers it names before training).
+    `overwrite` (--overwrite_output_dir) writes over a run's results. Nothing in the folder is removed here but the old
+    metrics files that `overwrite` replaces.
 
     Returns:
-        `(checkpoint to resume from or None, continuing, skipped)`: `continuing` when the run picks up an interrupted
-        run in this directory, `skipped` a note on the incomplete checkpoints passed over (empty if none).
+        `(plan, continuing, skipped)`: the `ResumePlan` (`plan.checkpoint` None when the run starts from the
+        beginning); `continuing` when the run picks up an interrupted run in this directory without
+        --resume_from_checkpoint; `skipped` a note on the incomplete checkpoints passed over (empty if none).
 
     Raises:
         UsageError: results would be written over, the directory holds other files, or the checkpoint is not one.
@@ -102,19 +105,21 @@ def prepare_output_dir(args: Any, overwrite: bool = False) -> tuple[str | None, 
     out = args.output_dir
     if args.should_save:
         check_output_dir_writable(out)
+    # Without --resume_from_checkpoint, a training run in a folder it may write into continues what is there.
+    continuing = args.resume_from_checkpoint in (None, False) and args.do_train and not overwrite
     try:
-        plan = resolve_resume(out, args.resume_from_checkpoint)
+        plan = resolve_resume(out, "last" if continuing else args.resume_from_checkpoint, required=not continuing)
     except ResumeError as error:
         raise _resume_usage_error(error, out) from None
-    resume, skipped = plan.checkpoint, plan.skipped
+    skipped = _skipped_text(plan.skipped)
     if not os.path.isdir(out):
-        return resume, False, _skipped_text(skipped)
+        return plan, False, skipped
     if overwrite:
         if args.should_save:  # the metrics files are merged into, not replaced: remove the old ones
             for name in ("all_results.json", "train_results.json", "eval_results.json"):
                 if os.path.isfile(os.path.join(out, name)):
                     os.remove(os.path.join(out, name))
-        return resume, False, _skipped_text(skipped)
+        return plan, False, skipped
     # The final save was interrupted (a full disk, a kill) while its files were written or moved into place: what it
     # moved is not a finished run's results, and the run continues from its last checkpoint and saves them again.
     final_interrupted = os.path.isdir(os.path.join(out, FINAL_STAGING))
@@ -124,26 +129,20 @@ def prepare_output_dir(args: Any, overwrite: bool = False) -> tuple[str | None, 
             f"--output_dir {out} already holds the results of a run ({', '.join(results)}). Choose another "
             "--output_dir, or add --overwrite_output_dir to write over them."
         )
-    if args.do_train and resume is None:
-        plan = resolve_resume(out, "last", required=False)
-        skipped = plan.skipped
-        if plan.checkpoint is not None:
-            return plan.checkpoint, True, _skipped_text(skipped)
-        # The script's own leftovers: its log and run file, checkpoints its interruption left incomplete, staging
-        # folders.
-        own = {LOG_FILE, RUN_FILE, LOCK_FILE, *(os.path.basename(path) for path, _ in skipped)}
-        others = sorted(name for name in set(os.listdir(out)) - own if not name.startswith(STAGING_PREFIX))
-        if others and not final_interrupted:
-            raise UsageError(
-                f"--output_dir {out} is not empty ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}) and "
-                "holds no checkpoint to resume from. Choose another --output_dir, or add --overwrite_output_dir to "
-                "write into it."
-            )
-        if args.should_save:
-            remove_incomplete_checkpoints(out)  # nothing to continue from: the run starts again
-        interrupted = os.path.isfile(os.path.join(out, LOG_FILE)) or bool(skipped)
-        return None, interrupted, _skipped_text(skipped)
-    return resume, False, _skipped_text(skipped)
+    if not continuing or plan.checkpoint is not None:
+        return plan, continuing, skipped
+    # Nothing to continue from: the run starts again, over the script's own leftovers only (its log and run file,
+    # checkpoints its interruption left incomplete, staging folders).
+    own = {LOG_FILE, RUN_FILE, LOCK_FILE, *(os.path.basename(path) for path, _ in plan.skipped)}
+    others = sorted(name for name in set(os.listdir(out)) - own if not name.startswith(STAGING_PREFIX))
+    if others and not final_interrupted:
+        raise UsageError(
+            f"--output_dir {out} is not empty ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}) and "
+            "holds no checkpoint to resume from. Choose another --output_dir, or add --overwrite_output_dir to "
+            "write into it."
+        )
+    interrupted = os.path.isfile(os.path.join(out, LOG_FILE)) or bool(plan.skipped)
+    return plan, interrupted, skipped
 
 
 def check_output_dir_writable(out: str) -> None:

@@ -97,7 +97,8 @@ def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held
     if training_args.should_save and training_args.process_index == 0:
         check_output_dir_writable(training_args.output_dir)
         held.enter_context(hold_output_dir(training_args.output_dir))
-    checkpoint, continuing, skipped = prepare_output_dir(training_args, overwrite=script_args.overwrite_output_dir)
+    plan, continuing, skipped = prepare_output_dir(training_args, overwrite=script_args.overwrite_output_dir)
+    checkpoint = plan.checkpoint
     if training_args.should_log:
         print(f"Output directory: {training_args.output_dir}", flush=True)
     if training_args.push_to_hub:
@@ -240,7 +241,7 @@ def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held
 
     try:
         ctrl_c.check()
-        all_metrics = _train_evaluate_predict(trainer, training_args, data, views, checkpoint,
+        all_metrics = _train_evaluate_predict(trainer, training_args, data, views, plan,
                                               feature_metrics=script_args.feature_metrics, ctrl_c=ctrl_c)
     except BadImageError as error:  # too many images that cannot be decoded, or --stop_on_bad_image
         stop = usage_error(BadImageError(bad_image_message(error)))
@@ -281,7 +282,7 @@ def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held
     return all_metrics
 
 
-def _train_evaluate_predict(trainer: Any, training_args: Any, data: Any, views: Any, checkpoint: str | None,
+def _train_evaluate_predict(trainer: Any, training_args: Any, data: Any, views: Any, plan: Any,
                             feature_metrics: bool = False, ctrl_c: CtrlC | None = None) -> dict[str, float]:
     """Steps 9 to 11 of `run`: train, evaluate (with `feature_metrics`: also the penultimate features' cohesion and
     separability), predict. Returns their metrics.
@@ -293,7 +294,7 @@ def _train_evaluate_predict(trainer: Any, training_args: Any, data: Any, views: 
     # 9. Training.
     all_metrics: dict[str, float] = {}
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=checkpoint)
+        result = trainer.train(resume_from_checkpoint=plan)  # resolved once, by `prepare_output_dir`
         trainer.save_final_model()
         metrics = {**result.metrics, "train_samples": len(data.train)}
         trainer.log_metrics("train", metrics)
