@@ -7,7 +7,7 @@ them:
 
 * loader (`--views_on loader`): the images are PNG bytes in a `datasets.Image` column (as in the Hub's CIFAR-100), decoded and
   transformed one by one in the loader (`TwoViewTransform`);
-* device: the images are decoded once into a uint8 memory map (`decoded_images_and_failures`, cold build timed
+* device: the images are decoded once into a uint8 memory map (`stored_images_and_failures(..., square=True)`, cold build timed
   separately) and the loader yields uint8 batches; the views are made batched on the training device, here the
   CPU, and that time is counted.
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from synermix_hf.data.bad_images import IGNORE_LABEL, TolerantImages
 from synermix_hf.cli.train import main
 from synermix_hf.data import TwoViewTransform
-from synermix_hf.data.decoded import decoded_images_and_failures
+from synermix_hf.data.image_store import stored_images_and_failures
 from synermix_hf.data.loading.checks import check_images_readable
 from synermix_hf.testing import tiny_images, write_parquet_copy
 from synermix_hf.data.transforms import TransformSpec, build_transforms
@@ -299,11 +299,11 @@ def test_the_device_path_stops_before_training(parquet_copy, tmp_path):
 def test_the_decoded_cache_keeps_its_failures_for_the_next_run(parquet_copy, tmp_path):
     data = datasets.load_dataset("parquet", data_files=str(parquet_copy / "data" / "train-*.parquet"),
                                  split="train", cache_dir=str(tmp_path / "hf"))
-    store, failures = decoded_images_and_failures(data, "img", 8, cache_dir=str(tmp_path / "cache"))
+    store, failures = stored_images_and_failures(data, "img", 8, square=True, cache_dir=str(tmp_path / "cache"))
     assert [(row, source) for row, source, _ in failures] == [(4, "file truncated.jpg"),
                                                               (15, "file not_an_image.jpg")]
     assert not store.image(4).any() and not store.image(15).any() and store.image(0).any()  # bad rows are black
-    again, failures_again = decoded_images_and_failures(data, "img", 8, cache_dir=str(tmp_path / "cache"))
+    again, failures_again = stored_images_and_failures(data, "img", 8, square=True, cache_dir=str(tmp_path / "cache"))
     assert again.path == store.path and failures_again == failures  # reused, failures included
 
 

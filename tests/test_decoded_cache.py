@@ -13,7 +13,7 @@ from synermix_hf.testing import tiny_images
 from PIL import Image
 
 from synermix_hf.data.batch_transforms import normalize, to_float
-from synermix_hf.data.decoded import decoded_cache_path, decoded_images_and_failures, decoded_nbytes
+from synermix_hf.data.image_store import square_store_nbytes, store_path, stored_images_and_failures
 from synermix_hf.data.transforms import TransformSpec, build_transforms
 
 FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=4)})
@@ -21,7 +21,7 @@ FEATURES = datasets.Features({"image": datasets.Image(), "label": datasets.Class
 
 def square_pixels(dataset, image_column, image_size, **kwargs):
     """The square store's pixels as uint8 `[N, 3, S, S]` (a view of the store), every image of which decodes."""
-    store, failures = decoded_images_and_failures(dataset, image_column, image_size, **kwargs)
+    store, failures = stored_images_and_failures(dataset, image_column, image_size, square=True, **kwargs)
     assert failures == []
     return store.pixels.reshape(len(store), image_size, image_size, 3).transpose(0, 3, 1, 2)
 
@@ -58,7 +58,7 @@ def test_decoded_pixels_give_exactly_the_per_image_original_view(tmp_path, famil
 def test_the_cache_lives_next_to_the_dataset_is_reused_and_keyed_by_fingerprint_and_size(tmp_path):
     dataset = saved_dataset(tmp_path, mixed_images())
     first = square_pixels(dataset, "image", 8)
-    path = decoded_cache_path(dataset, "image", 8)
+    path = store_path(dataset, "image", 8, "bilinear", square=True)
     pixels = os.path.join(path, "pixels.npy")
     assert isinstance(first, np.memmap) and os.path.samefile(first.filename, pixels)
     assert os.path.dirname(path) == os.path.dirname(dataset.cache_files[0]["filename"])
@@ -68,9 +68,9 @@ def test_the_cache_lives_next_to_the_dataset_is_reused_and_keyed_by_fingerprint_
     assert np.array_equal(again, first)
     assert not again.flags.writeable
     # Another size or another selection of rows is another cache file.
-    assert decoded_cache_path(dataset, "image", 16) != path
+    assert store_path(dataset, "image", 16, "bilinear", square=True) != path
     subset = dataset.select([5, 0, 2])
-    assert decoded_cache_path(subset, "image", 8) != path
+    assert store_path(subset, "image", 8, "bilinear", square=True) != path
     assert np.array_equal(square_pixels(subset, "image", 8), np.asarray(first)[[5, 0, 2]])
 
 
@@ -92,7 +92,7 @@ def test_bad_input_is_named():
         square_pixels(dataset, "label", 8)
     with pytest.raises(TypeError, match="datasets.Dataset"):
         square_pixels([np.zeros((8, 8, 3))], "image", 8)
-    assert decoded_nbytes(50_000, 32) == 50_000 * (3 * 32 * 32 + 40)  # CIFAR-100's training set: pixels and index
+    assert square_store_nbytes(50_000, 32) == 50_000 * (3 * 32 * 32 + 40)  # CIFAR-100's training set: pixels and index
 
 
 def test_decoded_dataset_pickles_by_reopening_its_cache_file(tmp_path):
@@ -100,7 +100,7 @@ def test_decoded_dataset_pickles_by_reopening_its_cache_file(tmp_path):
     from synermix_hf.data.device_datasets import StoredImageDataset
 
     dataset = saved_dataset(tmp_path, mixed_images())
-    store, _ = decoded_images_and_failures(dataset, "image", 8)
+    store, _ = stored_images_and_failures(dataset, "image", 8, square=True)
     decoded = StoredImageDataset(store, dataset["label"], BatchViews.from_spec(TransformSpec("cifar", 8)))
     payload = pickle.dumps(decoded)
     assert np.asarray(store.pixels).tobytes() not in payload  # the array itself is not pickled (reopened)
@@ -130,5 +130,5 @@ def test_the_former_square_caches_temporary_files_are_removed_once_a_day_old(tmp
     assert [record.getMessage() for record in caplog.records] == [
         f"Image store: removed {old}, a temporary file of the former square cache, left by a build interrupted over "
         "a day ago."]
-    assert sorted(os.listdir(cache)) == sorted([fresh.name, os.path.basename(decoded_cache_path(dataset, "image", 8,
-                                                                                                 str(cache)))])
+    kept = os.path.basename(store_path(dataset, "image", 8, "bilinear", str(cache), square=True))
+    assert sorted(os.listdir(cache)) == sorted([fresh.name, kept])

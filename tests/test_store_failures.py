@@ -30,7 +30,6 @@ import torch
 from PIL import Image
 
 from synermix_hf.data import image_store
-from synermix_hf.data.decoded import decoded_images_and_failures
 from synermix_hf.data.image_store import stored_images_and_failures
 from synermix_hf.data.pipeline import prepare_views
 from synermix_hf.data.transforms import TransformSpec
@@ -199,7 +198,7 @@ def test_a_store_takes_the_modes_the_umask_gives(tmp_path, small, umask, folder_
     previous = os.umask(umask)
     try:
         stores = [stored_images_and_failures(small, "image", 16, centre_crop_of=16, cache_dir=str(tmp_path))[0],
-                  decoded_images_and_failures(small, "image", 8, cache_dir=str(tmp_path))[0]]
+                  stored_images_and_failures(small, "image", 8, square=True, cache_dir=str(tmp_path))[0]]
     finally:
         os.umask(previous)
     for store in stores:
@@ -228,7 +227,7 @@ def test_a_store_in_a_setgid_group_cache_keeps_the_folders_group_and_setgid(tmp_
     previous = os.umask(0o007)
     try:
         stores = [stored_images_and_failures(small, "image", 16, centre_crop_of=16, cache_dir=str(cache))[0],
-                  decoded_images_and_failures(small, "image", 8, cache_dir=str(cache / "nested"))[0]]
+                  stored_images_and_failures(small, "image", 8, square=True, cache_dir=str(cache / "nested"))[0]]
     finally:
         os.umask(previous)
     for store in stores:
@@ -268,7 +267,7 @@ def test_another_user_uses_a_readable_store_as_it_is_and_is_told_in_one_line_whe
         datasets.Dataset.from_dict(_rows(bad_row=BAD_ROW), features=FEATURES).save_to_disk(str(shared_folder / "data"))
         dataset = datasets.load_from_disk(str(shared_folder / "data"))
         store, failures = stored_images_and_failures(dataset, "image", 16, centre_crop_of=16)  # next to the dataset, 0755 / 0644
-        square, _ = decoded_images_and_failures(dataset, "image", 8)
+        square, _ = stored_images_and_failures(dataset, "image", 8, square=True)
         damaged = stored_images_and_failures(dataset, "image", 20, centre_crop_of=20)[0].path
         with open(os.path.join(damaged, "bad.json"), "r+") as handle:
             handle.truncate(10)
@@ -290,7 +289,7 @@ def test_another_user_uses_a_readable_store_as_it_is_and_is_told_in_one_line_whe
         lines = _Lines()
         shared, shared_failures = stored_images_and_failures(dataset, "image", 16, centre_crop_of=16)
         result = {"shared": [shared.path, shared_failures, int(np.asarray(shared.pixels, np.int64).sum())],
-                  "square": decoded_images_and_failures(dataset, "image", 8)[0].path}
+                  "square": stored_images_and_failures(dataset, "image", 8, square=True)[0].path}
         for key, call in (("unreadable", lambda: stored_images_and_failures(dataset, "image", 12, centre_crop_of=12,
                                                                             cache_dir=str(shared_folder / "private"))),
                           ("damaged", lambda: stored_images_and_failures(dataset, "image", 20, centre_crop_of=20)),
@@ -363,7 +362,7 @@ def test_a_damaged_store_is_rebuilt_with_one_warning_naming_the_file(tmp_path, w
                                                                       caplog):
     def build():
         if kind == "square":
-            return decoded_images_and_failures(with_bad_image, "image", 8, cache_dir=str(tmp_path))
+            return stored_images_and_failures(with_bad_image, "image", 8, square=True, cache_dir=str(tmp_path))
         return stored_images_and_failures(with_bad_image, "image", 16, centre_crop_of=16, cache_dir=str(tmp_path))
 
     store, failures = build()
@@ -451,7 +450,7 @@ def _overwrite_row(store, row: int) -> None:
 def _store_of_kind(kind, dataset, cache_dir):
     """The square recipes' store (`kind` "square") or the full-resolution store of `dataset`, in `cache_dir`."""
     if kind == "square":
-        return decoded_images_and_failures(dataset, "image", 8, cache_dir=str(cache_dir))[0]
+        return stored_images_and_failures(dataset, "image", 8, square=True, cache_dir=str(cache_dir))[0]
     return stored_images_and_failures(dataset, "image", 0, cache_dir=str(cache_dir))[0]
 
 

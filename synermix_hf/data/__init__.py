@@ -5,7 +5,7 @@
 * `transforms`: the paper's recipes (`TransformSpec`) as per-image torchvision transforms;
 * `pipeline`: where the views are made, on the device or in the loader, and from which images (`prepare_views`);
 * `image_store`: images decoded once into a memory-mapped store (one format for every recipe: uint8 rows and their
-  index), and `store_folder`, how its folder is built, shared and checked; `decoded`: the square recipes' store;
+  index), and `store_folder`, how its folder is built, shared and checked; the square recipes' store is one with `square=True`;
 * `device_datasets`: the device path's dataset (`StoredImageDataset`), a batch of stored images at a time, and the
   declared interface between a dataset and the device (`DeviceViews`, `MadeOnDevice`, `views_of`);
 * `batch_transforms`: the square recipes made on a whole batch on the training device (`BatchViews`), and the

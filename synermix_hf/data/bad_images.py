@@ -18,7 +18,7 @@ per-image path happens in the loader, at whatever step first reads it. The polic
 The per-image path finds bad images as it reads them (`TolerantImages`, in the loader, worker processes included): an
 example that stands in for one carries a report under `bad_images`, which `SynerMixCollator` keeps in the batch and
 `SynerMixTrainer` hands to its `BadImageLog` in the main process, where the warning, the stop and the listing happen.
-The device path decodes every image once before training (`synermix_hf.data.decoded`) and so finds them all up front
+The device path decodes every image once before training (`synermix_hf.data.image_store`) and so finds them all up front
 (`settle_decode_failures`).
 """
 
@@ -396,7 +396,7 @@ def settle_decode_failures(
     skip: bool,
     dataset: str,
 ) -> tuple[np.ndarray | None, np.ndarray, list[BadImage]]:
-    """The device path's answer to the rows that did not decode (`decoded_images_and_failures`).
+    """The device path's answer to the rows that did not decode (`stored_images_and_failures`).
 
     Args:
         failures: `(row, source, error)` of each row that did not decode.

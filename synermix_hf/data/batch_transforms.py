@@ -2,7 +2,7 @@
 
 The batched twin of `synermix_hf.data.transforms.build_transforms` for the square families (`cifar`, `miniimagenet`,
 `digits`), whose views both start from the image resized to SxS. Given that SxS uint8 batch (see
-`synermix_hf.data.decoded`; the loader serves it HWC, `[B, S, S, 3]`, as every image store does):
+`synermix_hf.data.image_store`, `square=True`; the loader serves it HWC, `[B, S, S, 3]`, as every image store does):
 
 * original view: ToTensor (`x / 255`) and Normalize, as the evaluation transform;
 * augmented view: zero-pad and crop at a per-example offset, mirror per example, ToTensor, Cutout at a per-example

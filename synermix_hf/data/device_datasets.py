@@ -92,8 +92,7 @@ class StoredImageDataset(_RowsWithLabels):
       `originals`. The device does `ToTensor` and `Normalize`, batched.
 
     Args:
-        store: The images (`synermix_hf.data.decoded.decoded_images_and_failures`,
-            `synermix_hf.data.image_store.stored_images_and_failures`); None for a set that is only evaluated, whose
+        store: The images (`synermix_hf.data.image_store.stored_images_and_failures`); None for a set that is only evaluated, whose
             `originals` are all it needs.
         labels: The label of each example.
         views: What makes the views on the device (`BatchViews.from_spec`, `NormalizedViews`).

@@ -1,8 +1,8 @@
 """Decode a dataset's images once into one flat uint8 array of rows of varying size: a memory-mapped image store.
 
 A store keeps every image as the per-image path has it before its random steps: at full resolution (the `imagenet`
-family, whose RandomResizedCrop is cut from the whole image every epoch), resized to S x S (the square families,
-`synermix_hf.data.decoded`), or as its evaluation view (`Resize` + `CenterCrop`, made once by torchvision itself).
+family, whose RandomResizedCrop is cut from the whole image every epoch), resized to S x S (the square families: `square=True`,
+bilinear, only where the image is not that size already, as `ResizeIfNeeded`), or as its evaluation view (`Resize` + `CenterCrop`, made once by torchvision itself).
 The loader then copies stored rows instead of decoding a JPEG every epoch (BENCHMARKS.md, section 7).
 
 Layout: `pixels` is one flat uint8 array, the images' RGB rows in HWC order one after the other; `index` is int64
@@ -74,6 +74,7 @@ __all__ = [
     "StoreSpaceError",
     "estimated_store_nbytes",
     "existing_store_nbytes",
+    "square_store_nbytes",
     "store_path",
     "stored_images_and_failures",
     "stored_steps",
@@ -415,6 +416,11 @@ def _changed_rows(pixels: np.ndarray, index: np.ndarray, checksums: np.ndarray, 
     sums = np.fromiter((row_checksum(buffer[offset : offset + height * width * 3])
                         for offset, height, width in entries.tolist()), dtype=np.uint64, count=len(rows))
     return rows[sums != checksums[rows]]
+
+
+def square_store_nbytes(num_images: int, side: int) -> int:
+    """Bytes (pixels and index) of a store of `num_images` RGB images of `side` x `side`."""
+    return int(num_images) * (3 * int(side) ** 2 + _INDEX_COLUMNS * 8)
 
 
 def existing_store_nbytes(path: str) -> int | None:
@@ -796,6 +802,8 @@ def _stored(dataset: Any, image_column: str, short_side: int, interpolation: str
     import datasets
 
     _check(dataset, image_column, short_side, interpolation)
+    if square and short_side < 1:
+        raise ValueError(f"A store of S x S images needs S >= 1, got {short_side}.")
     if short_side and not square:
         raise ValueError(f"`short_side` {short_side} needs `square` or `centre_crop_of` (0: full resolution).")
     short_side = int(short_side)

@@ -5,7 +5,7 @@ Both ways make the same two views (see `synermix_hf.data.views`), to the pixel:
 * `device`: each image is decoded once into a store (`synermix_hf.data.image_store`); the loader reads stored uint8
   pixels and draws each example's augmentation from its seed, and the trainer finishes the views of the whole batch
   on the training device (`StoredImageDataset`, whose `device_views` it calls). The square families (`cifar`,
-  `miniimagenet`, `digits`) store SxS images (`synermix_hf.data.decoded`) and make both views on the device
+  `miniimagenet`, `digits`) store SxS images and make both views on the device
   (`BatchViews`). The `imagenet` family (RandomResizedCrop) stores its training images at full resolution with their
   original views made once beside them, and its evaluation views; the loader cuts each crop with the recipe's own
   torchvision steps, the device does `ToTensor` and `Normalize` (`NormalizedViews`). For `datasets.Dataset`s with an
@@ -43,12 +43,12 @@ from torchvision import transforms as T
 
 from .bad_images import BadImage, BadImagePolicy, settle_decode_failures
 from .batch_transforms import BatchViews, NormalizedViews
-from .decoded import decoded_images_and_failures, decoded_nbytes
 from .device_datasets import StoredImageDataset
 from .image_store import (
     StoreSpaceError,
     estimated_store_nbytes,
     existing_store_nbytes,
+    square_store_nbytes,
     store_path,
     stored_images_and_failures,
     stored_steps,
@@ -108,7 +108,7 @@ def _store_need(dataset: Any, image_column: str, short_side: int, interpolation:
     if existing is not None:
         size = existing
     elif square:
-        size = decoded_nbytes(len(dataset), short_side)
+        size = square_store_nbytes(len(dataset), short_side)
     else:
         size = estimated_store_nbytes(dataset, image_column)
     return size, 0 if existing is not None else size, os.path.dirname(path) if path is not None else None
@@ -276,11 +276,9 @@ def prepare_views(
         its stored evaluation views (the `imagenet` family), and the images that did not decode."""
         made, failures = [], []
         for short_side, interpolation, is_square, centre_crop_of in _stores_of(spec, two_views)[position]:
-            if is_square and centre_crop_of is None:
-                store, failures = decoded_images_and_failures(dataset, image_column, short_side, cache_dir=cache_dir)
-            else:
-                store, failures = stored_images_and_failures(dataset, image_column, short_side, interpolation,
-                                                             cache_dir=cache_dir, centre_crop_of=centre_crop_of)
+            store, failures = stored_images_and_failures(dataset, image_column, short_side, interpolation,
+                                                         cache_dir=cache_dir, square=is_square,
+                                                         centre_crop_of=centre_crop_of)
             made.append(store)  # every store of a set decodes the same images: the same failures
         if not square and position == 1:
             return (None, made[0]), failures
