@@ -10,15 +10,17 @@ def parse(*argv: str):
     return ScriptArgumentParser().parse(list(argv))
 
 
+# `--warmup_steps 0` is the Trainer's default: given, it is refused too (it would have no effect either).
 @pytest.mark.parametrize("flags", [["--optim", "adamw_torch"], ["--lr_scheduler_type", "cosine"],
-                                   ["--warmup_steps", "2"], ["--adam_beta1", "0.8", "--optim_args", "x=1"]])
+                                   ["--warmup_steps", "2"], ["--warmup_steps", "0"],
+                                   ["--adam_beta1", "0.8", "--optim_args", "x=1"]])
 def test_optimizer_and_schedule_flags_are_refused_under_the_paper_recipe(flags):
     with pytest.raises(UsageError) as refused:
         parse("--learning_rate", "1e-3", *flags)
     message = str(refused.value)
     for flag in flags[::2]:
         assert flag in message
-    assert "--recipe trainer" in message and "--learning_rate" not in message.split(":")[0]
+    assert "--recipe 'trainer'" in message and "--learning_rate" not in message.split(":")[0]
 
 
 @pytest.mark.parametrize("flags, named", [(["--max_steps", "0"], "--max_steps"), (["-ep", "0"], "--num_train_epochs")])

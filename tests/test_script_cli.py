@@ -126,7 +126,7 @@ def test_bs_is_the_batch_of_one_step_and_per_device_keeps_its_meaning():
     _, _, args, _, _ = ScriptArgumentParser().parse(["--per_device_train_batch_size", "16"])
     assert (args.per_device_train_batch_size, args.total_train_batch_size) == (16, None)
     # --help says so.
-    bs = next(a for a in ScriptArgumentParser().parser._actions if "-bs" in a.option_strings)
+    bs = next(a for a in ScriptArgumentParser()._actions if "-bs" in a.option_strings)
     assert bs.dest == "total_train_batch_size" and "one optimizer step, over all processes" in bs.help
 
 

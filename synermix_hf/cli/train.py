@@ -4,10 +4,10 @@
     synermix-train -mn resnet18 -ds cifar100 -bs 128 -alpha 1 -beta 0.1 -itrm Manifold_Mixup
     python run_image_classification.py --dataset_name food101 --beta 0.1    # the same, from a checkout
     accelerate launch run_image_classification.py --dataset_name food101 --beta 0.1
-    python -m synermix_hf.cli.train args.json                 # the same arguments from a JSON file
+    python -m synermix_hf.cli.train args.json                 # the same arguments from a JSON (or YAML) file
 
-Arguments come in four groups (`synermix_hf.cli.arguments`): the model, the data, training (SynerMix + the authors'
-recipe + every `TrainingArguments` flag) and what the script writes. Flags shared with Hugging Face's
+Arguments come in four groups (`synermix_hf.cli.arguments`, parsed by `HfArgumentParser`): the model, the data, what
+the script writes and training (SynerMix + the authors' recipe + every `TrainingArguments` flag). Flags shared with Hugging Face's
 `examples/pytorch/image-classification/run_image_classification.py` keep its names, and the authors' short flags work
 too. A mistake in the input ends the script before training with one paragraph on stderr and exit status 2.
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 from ..checkpoints import CheckpointSaveError
 from ..data import dataset_labels, load_image_classification_data, prepare_views
-from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
+from ..data.bad_images import BadImageError, bad_image_message
 from ..data.image_store import EncodedImages, StoreBuildStopped
 from ..metrics import ClassificationMetrics
 from ..peer_watch import PeerStoppedAnswering
@@ -70,8 +70,7 @@ def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held
     reset_warnings()
 
     # 1. Arguments.
-    parser = ScriptArgumentParser()
-    model_args, data_args, training_args, script_args, explicit = parser.parse(argv)
+    model_args, data_args, training_args, script_args, explicit = ScriptArgumentParser().parse(argv)
     builtin = is_builtin_default(dataclasses.asdict(data_args))
 
     # 2. Logging.
@@ -172,9 +171,7 @@ def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held
                               two_views=training_args.beta > 0, views_on=data_args.views_on,
                               decode_budget_gib=data_args.decode_budget_gib,
                               decode_short_side=data_args.decode_short_side, train_labels=train_labels,
-                              bad_image_policy=BadImagePolicy(training_args.max_bad_image_fraction,
-                                                              training_args.stop_on_bad_image),
-                              seed=training_args.seed if training_args.data_seed is None else training_args.data_seed)
+                              bad_image_policy=training_args.bad_image_policy, seed=training_args.effective_data_seed)
     except ValueError as error:
         raise usage_error(error) from error
     if (views.views_on == "device" and "dataloader_num_workers" not in explicit
