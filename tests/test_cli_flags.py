@@ -1,5 +1,7 @@
 """A Trainer flag given on the command line takes effect or is refused with the reason, never silently ignored."""
 
+import re
+
 import pytest
 
 from synermix_hf.cli.arguments import PAPER_RECIPE_REPLACES, ScriptArgumentParser
@@ -61,6 +63,15 @@ def test_giving_an_intervals_steps_implies_its_steps_strategy(steps, strategy):
     assert getattr(args, strategy) == "epoch"
     _, _, args, _, _ = parse()
     assert getattr(args, strategy) in ("epoch", "no")  # the recipe's per-epoch default stays without it
+    _, _, args, _, _ = parse(f"--{steps}", "500")  # given at the Trainer's default, it still implies it
+    assert getattr(args, strategy) == "steps" and getattr(args, steps) == 500
+
+
+@pytest.mark.parametrize("flags, named", [(["-mn", "resnet18", "--model_name_or_path", "./vit"], "not both"),
+                                          (["-pr", "True", "--model_name_or_path", "./vit"], "--pretrained (-pr)")])
+def test_a_torchvision_flag_with_a_hugging_face_model_is_refused(flags, named):
+    with pytest.raises(UsageError, match=re.escape(named)):
+        parse(*flags)
 
 
 def test_the_method_line_names_each_configuration_and_how_to_turn_synermix_on():

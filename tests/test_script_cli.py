@@ -73,13 +73,29 @@ def test_defaults_are_the_reference_recipe():
     assert args.do_train and args.do_eval and args.recipe == "paper"
 
 
-def test_arguments_from_a_json_file(tmp_path):
-    path = tmp_path / "args.json"
-    path.write_text(json.dumps({"model_name": "mobilenet", "dataset_name": "cifar100", "beta": 0.1,
-                                "inter_mixup": "Manifold_Mixup", "num_train_epochs": 3}))
-    from_json = ScriptArgumentParser().parse([str(path)])[:3]
-    from_cli = _parse("-mn mobilenet -ds cifar100 -beta 0.1 -itrm Manifold_Mixup -ep 3")
-    assert _as_dicts(from_json) == _as_dicts(from_cli)
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_arguments_from_a_json_or_yaml_file(tmp_path, suffix):
+    import yaml
+
+    values = {"model_name": "mobilenet", "dataset_name": "cifar100", "beta": 0.1, "inter_mixup": "Manifold_Mixup",
+              "num_train_epochs": 3}
+    path = tmp_path / f"args{suffix}"
+    path.write_text(json.dumps(values) if suffix == ".json" else yaml.safe_dump(values))
+    from_file = ScriptArgumentParser().parse([str(path)])
+    from_cli = ScriptArgumentParser().parse("-mn mobilenet -ds cifar100 -beta 0.1 -itrm Manifold_Mixup -ep 3".split())
+    assert _as_dicts(from_file[:4]) == _as_dicts(from_cli[:4]) and from_file.explicit == from_cli.explicit
+
+
+def test_an_argument_file_that_is_missing_broken_or_has_an_unknown_name_is_refused(capsys, tmp_path):
+    _fails(capsys, [str(tmp_path / "missing.json")], "missing.json", "cannot be read")
+    (tmp_path / "broken.json").write_text('{"beta": 0.1,')
+    _fails(capsys, [str(tmp_path / "broken.json")], "broken.json", "cannot be read")
+    (tmp_path / "list.yaml").write_text("- beta\n")
+    _fails(capsys, [str(tmp_path / "list.yaml")], "one mapping of argument names")
+    (tmp_path / "unknown.json").write_text(json.dumps({"beta": 0.1, "betta": 0.2}))
+    _fails(capsys, [str(tmp_path / "unknown.json")], "betta")
+    (tmp_path / "bad.json").write_text(json.dumps({"beta": 2}))
+    _fails(capsys, [str(tmp_path / "bad.json")], "--beta (-beta) must be between 0 and 1")
 
 
 def test_builtin_preset_fills_only_what_is_not_given():

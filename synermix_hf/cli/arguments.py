@@ -125,8 +125,8 @@ class ModelArguments:
                 "Hugging Face checkpoint or a local model folder)."
             )
         if self.model_name is not None and self.model_name_or_path:
-            raise ValueError("Give either `model_name` (a torchvision architecture) or `model_name_or_path` (a Hugging "
-                             "Face model), not both.")
+            raise ValueError("Give either `model_name`, a torchvision architecture, or `model_name_or_path`, a Hugging "
+                             "Face model, not both.")
         if self.pretrained and self.model_name_or_path:
             raise ValueError("`pretrained` loads torchvision's ImageNet weights for `model_name`; a "
                              "`model_name_or_path` model already starts from its own checkpoint.")
@@ -319,10 +319,11 @@ class ScriptArgumentParser(HfArgumentParser):
             read = self.parse_json_file if argv[0].endswith(".json") else self.parse_yaml_file
             try:
                 return ParsedArguments(*read(argv[0]))
-            except UsageError:
-                raise
+            except UsageError as error:
+                raise UsageError(f"The argument file {argv[0]!r}: {error}") from error
             except (OSError, ValueError, yaml.YAMLError) as error:
-                raise UsageError(f"The argument file {argv[0]!r} cannot be read: {error}") from error
+                text = " ".join(str(error).split())  # a YAML error's lines, in one
+                raise UsageError(f"The argument file {argv[0]!r} cannot be read: {text}") from error
         return self.parse_dict(self.given_on_command_line(argv))
 
     def parse_dict(self, args: dict[str, Any], allow_extra_keys: bool = False) -> ParsedArguments:
