@@ -322,7 +322,7 @@ class SynerMixTrainingArguments(TrainingArguments):
         return copied
 
     def __post_init__(self):
-        self.bad_image_policy  # noqa: B018 -- building the policy checks `max_bad_image_fraction`
+        self.bad_image_policy  # building the policy checks `max_bad_image_fraction`
         if self.label_names not in (None, ["labels"]):
             raise ValueError(
                 f"`label_names` {self.label_names}: SynerMix's batches carry their labels under 'labels' "

@@ -156,6 +156,13 @@ def test_a_batch_that_does_not_split_or_two_that_disagree_are_refused(capsys):
            "--per_device_train_batch_size 4 and --total_train_batch_size (-bs) 8 disagree", "Give one of them")
 
 
+def test_a_balanced_batch_larger_than_the_training_set_is_refused_before_training(capsys, tmp_path):
+    # 16 per process x 2 accumulation steps: the balanced batch of one update, 32, is more than the 20 examples.
+    _fails(capsys, ["--max_train_samples", "20", "-bs", "32", "--gradient_accumulation_steps", "2", "--output_dir",
+                    str(tmp_path / "o")], "fewer than one batch of 32", "--balanced_sampler")
+    assert not (tmp_path / "o" / "training_log.txt").exists()
+
+
 @pytest.mark.skipif(accelerator_available(), reason="the refusal is for machines without GPU")
 def test_use_cpu_false_is_refused_when_cpu_processes_were_launched(capsys, monkeypatch):
     # What torchrun sets for a second process; the refusal comes before any process group is made.

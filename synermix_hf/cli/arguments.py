@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,8 +28,6 @@ from ..models import MODEL_NAMES, normalize_model_name
 from ..recipe import PAPER_RECIPE_REPLACES, RecipeTrainingArguments, refuse_under_the_paper_recipe
 from ..training_args import accelerator_available, launched_processes
 from .errors import UsageError, flag_text
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "BUILTIN_PRESET",
