@@ -215,7 +215,8 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
     )
     total_train_batch_size: int | None = field(
         default=None,
-        metadata={"aliases": ["-bs"], "help": "The paper's batch: training examples of one optimizer step, over all processes and "
+        metadata={"aliases": ["-bs"],
+                  "help": "The paper's batch: training examples of one optimizer step, over all processes and "
                   "gradient accumulation steps (before the balanced sampler's partners). Each process takes "
                   "total / (processes x --gradient_accumulation_steps); a total that does not divide is refused. "
                   f"When not given: {PAPER_BATCH_SIZE}, the reference's batch, or --per_device_train_batch_size "

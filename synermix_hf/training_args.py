@@ -157,10 +157,12 @@ class SynerMixTrainingArguments(TrainingArguments):
 
     beta: float = field(
         default=0.0,
-        metadata={"aliases": ["-beta"], "help": "Weight of SynerMix-Intra (intra-class mixup of features), in [0, 1]; 0 disables it."},
+        metadata={"aliases": ["-beta"],
+                  "help": "Weight of SynerMix-Intra (intra-class mixup of features), in [0, 1]; 0 disables it."},
     )
     alpha: float = field(
-        default=1.0, metadata={"aliases": ["-alpha"], "help": "MixUp/CutMix concentration: lambda ~ Beta(alpha, alpha); must be > 0."}
+        default=1.0,
+        metadata={"aliases": ["-alpha"], "help": "MixUp/CutMix concentration: lambda ~ Beta(alpha, alpha); must be > 0."},
     )
     inter_mixup: str = field(
         default="none",

@@ -83,7 +83,8 @@ class ModelArguments:
                   "--model_name)."},
     )
     pretrained: bool = field(
-        default=False, metadata={"aliases": ["-pr"], "help": "Start --model_name from torchvision's ImageNet weights (downloaded)."}
+        default=False,
+        metadata={"aliases": ["-pr"], "help": "Start --model_name from torchvision's ImageNet weights (downloaded)."},
     )
     image_size: int | None = field(
         default=None,
@@ -145,7 +146,8 @@ class DataTrainingArguments:
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"aliases": ["-ds"], "help": f"A short name ({', '.join(CATALOG)}), a Hub dataset id or a local directory (parquet, "
+        metadata={"aliases": ["-ds"],
+                  "help": f"A short name ({', '.join(CATALOG)}), a Hub dataset id or a local directory (parquet, "
                   "CSV or JSON with image paths, ...). Default: the built-in digits."},
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of the Hub dataset."})

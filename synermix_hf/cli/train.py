@@ -7,9 +7,9 @@
     python -m synermix_hf.cli.train args.json                 # the same arguments from a JSON (or YAML) file
 
 Arguments come in four groups (`synermix_hf.cli.arguments`, parsed by `HfArgumentParser`): the model, the data, what
-the script writes and training (SynerMix + the authors' recipe + every `TrainingArguments` flag). Flags shared with Hugging Face's
-`examples/pytorch/image-classification/run_image_classification.py` keep its names, and the authors' short flags work
-too. A mistake in the input ends the script before training with one paragraph on stderr and exit status 2.
+the script writes and training (SynerMix + the authors' recipe + every `TrainingArguments` flag). Flags shared with
+Hugging Face's `examples/pytorch/image-classification/run_image_classification.py` keep its names, and the authors'
+short flags work too. A mistake in the input ends the script before training with one paragraph on stderr and exit status 2.
 """
 
 from __future__ import annotations
