@@ -39,6 +39,7 @@ __all__ = [
     "epoch_step_lr",
     "paper_optimizer",
     "recipe_hyperparameters",
+    "refuse_under_the_paper_recipe",
     "uses_paper_recipe",
     "updates_per_epoch",
 ]
@@ -105,6 +106,22 @@ def replaced_by_the_paper_recipe(args: Any) -> list[str]:
                                                                                        default in (None, {})):
             replaced.append(name)
     return replaced
+
+
+def refuse_under_the_paper_recipe(names: list[str]) -> None:
+    """Raise `ValueError` naming the fields of `PAPER_RECIPE_REPLACES` in `names`, which the paper recipe would
+    ignore. `RecipeTrainingArguments` calls it with the fields set to another value than the Trainer's default; a
+    caller that knows which arguments were given (the command line) calls it with those, default values included.
+    """
+    if not names:
+        return
+    listed = ", ".join(f"`{name}`" for name in names)
+    raise ValueError(
+        f"{listed}: the paper recipe (`recipe` 'paper', the default) trains with the reference's SGD and per-epoch "
+        "StepLR (`learning_rate`, `momentum`, `nesterov`, `weight_decay`, `lr_step_size`, `lr_gamma`) and would "
+        f"ignore {'it' if len(names) == 1 else 'them'}. Give `recipe` 'trainer' to use the Trainer's optimizer and "
+        f"schedule, or leave out {listed}."
+    )
 
 
 def uses_paper_recipe(args: Any) -> bool:
@@ -179,12 +196,17 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
             reference's `-bs` on its one GPU; `per_device_train_batch_size` becomes total / (processes x GPUs per
             process x `gradient_accumulation_steps`), and a total that does not divide is refused. Default 128,
             unless `per_device_train_batch_size` is given (then None). Both may be given when they agree.
+
+    The reference's short flags (`-lr`, `-bs`, `-ep`, ...) are the fields' `aliases`, which `HfArgumentParser` adds.
     """
 
+    # The group of these arguments in `HfArgumentParser`'s `--help`.
+    _argument_group_name = "Training: SynerMix, the authors' recipe and every TrainingArguments flag"
+
     # The reference's defaults, on TrainingArguments fields.
-    learning_rate: float = field(default=0.1, metadata={"help": "Initial learning rate."})
-    weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay (all parameters)."})
-    num_train_epochs: float = field(default=120, metadata={"help": "Number of training epochs."})
+    learning_rate: float = field(default=0.1, metadata={"aliases": ["-lr"], "help": "Initial learning rate."})
+    weight_decay: float = field(default=5e-4, metadata={"aliases": ["-wd"], "help": "Weight decay (all parameters)."})
+    num_train_epochs: float = field(default=120, metadata={"aliases": ["-ep"], "help": "Number of training epochs."})
     per_device_train_batch_size: int | None = field(
         default=None,
         metadata={"help": "Training batch size of each process (before the balanced sampler's partners), as in "
@@ -193,7 +215,8 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
     )
     total_train_batch_size: int | None = field(
         default=None,
-        metadata={"help": "The paper's batch: training examples of one optimizer step, over all processes and "
+        metadata={"aliases": ["-bs"],
+                  "help": "The paper's batch: training examples of one optimizer step, over all processes and "
                   "gradient accumulation steps (before the balanced sampler's partners). Each process takes "
                   "total / (processes x --gradient_accumulation_steps); a total that does not divide is refused. "
                   f"When not given: {PAPER_BATCH_SIZE}, the reference's batch, or --per_device_train_batch_size "
@@ -205,7 +228,7 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
         metadata={"help": "Pin the loader's memory, for faster copies to the GPU. Default: on with a CUDA device, off "
                   "without one (nothing to pin memory for)."},
     )
-    seed: int = field(default=123, metadata={"help": "Random seed."})
+    seed: int = field(default=123, metadata={"aliases": ["-seed"], "help": "Random seed."})
     max_grad_norm: float = field(
         default=0.0,
         metadata={"help": "Clip gradients to this norm; 0 (the reference's recipe) does not clip. TrainingArguments' "
@@ -228,15 +251,15 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
             "--max_grad_norm defaults unless given).",
         },
     )
-    momentum: float = field(default=0.9, metadata={"help": "SGD momentum."})
-    nesterov: bool = field(default=False, metadata={"help": "Use Nesterov momentum."})
+    momentum: float = field(default=0.9, metadata={"aliases": ["-mo"], "help": "SGD momentum."})
+    nesterov: bool = field(default=False, metadata={"aliases": ["-ne"], "help": "Use Nesterov momentum."})
     lr_step_size: int = field(
-        default=10, metadata={"help": "Decay the learning rate every this many epochs."}
+        default=10, metadata={"aliases": ["-ss"], "help": "Decay the learning rate every this many epochs."}
     )
-    lr_gamma: float = field(default=0.5, metadata={"help": "Learning-rate decay factor."})
+    lr_gamma: float = field(default=0.5, metadata={"aliases": ["-ga"], "help": "Learning-rate decay factor."})
     amp: bool = field(
         default=False,
-        metadata={"help": "Mixed precision: fp16 on CUDA (with a grad scaler), bf16 on CPU."},
+        metadata={"aliases": ["-mp"], "help": "Mixed precision: fp16 on CUDA (with a grad scaler), bf16 on CPU."},
     )
     # Epoch-wise bookkeeping, as the reference logs and evaluates once per epoch.
     logging_strategy: IntervalStrategy | str | None = field(
@@ -244,36 +267,42 @@ class RecipeTrainingArguments(SynerMixTrainingArguments):
                                 "logging_steps is given)."}
     )
     eval_strategy: IntervalStrategy | str | None = field(
-        default=None, metadata={"help": "When to evaluate: epoch, steps or no (default: epoch when evaluating)."}
+        default=None, metadata={"help": "When to evaluate: epoch, steps or no (default: epoch when evaluating, or "
+                                "steps when eval_steps is given)."}
     )
     save_strategy: str | None = field(
         default=None, metadata={"help": "When to save a checkpoint: epoch, steps, best, no (default: epoch, or steps "
                                 "when save_steps is given)."}
     )
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    # None: not given, so that a given interval, even the Trainer's default 500, implies the steps strategy.
+    logging_steps: float | None = field(
+        default=None, metadata={"help": "Log every this many optimizer steps (a fraction < 1: of all steps; default "
+                                "500); giving it implies --logging_strategy steps unless that is given too."}
+    )
+    save_steps: float | None = field(
+        default=None, metadata={"help": "Save a checkpoint every this many optimizer steps (a fraction < 1: of all "
+                                "steps; default 500); giving it implies --save_strategy steps unless that is given "
+                                "too."}
+    )
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
             raise ValueError(f"`recipe` {self.recipe!r} is not valid; choose one of {', '.join(RECIPES)}.")
-        replaced = replaced_by_the_paper_recipe(self) if self.recipe == "paper" else []
-        if replaced:
-            names = ", ".join(f"`{name}`" for name in replaced)
-            raise ValueError(
-                f"{names}: the paper recipe (`recipe=\"paper\"`, the default) trains with the reference's SGD and "
-                "per-epoch StepLR (`learning_rate`, `momentum`, `nesterov`, `weight_decay`, `lr_step_size`, "
-                f"`lr_gamma`) and would ignore {'it' if len(replaced) == 1 else 'them'}. Give `recipe=\"trainer\"` to "
-                f"use the Trainer's optimizer and schedule, or leave out {names}."
-            )
+        if self.recipe == "paper":
+            refuse_under_the_paper_recipe(replaced_by_the_paper_recipe(self))
         if self.lr_step_size < 1:
             raise ValueError(f"`lr_step_size` must be >= 1 epoch, got {self.lr_step_size}.")
         if self.nesterov and self.momentum <= 0:
             raise ValueError("`nesterov` needs `momentum` > 0.")
         if self.momentum < 0:
             raise ValueError(f"`momentum` must be >= 0, got {self.momentum}.")
-        # Per epoch, as the reference logs, evaluates and saves; an interval given in steps implies the steps strategy
-        # (as on the command line), since it would have no effect per epoch.
-        steps_given = {name: getattr(self, name) != TrainingArguments.__dataclass_fields__[name].default
-                       for name in ("logging_steps", "save_steps", "eval_steps")}
+        # Per epoch, as the reference logs, evaluates and saves; an interval given in steps implies the steps strategy,
+        # since it would have no effect per epoch.
+        steps_given = {name: getattr(self, name) is not None for name in ("logging_steps", "save_steps", "eval_steps")}
+        for name in ("logging_steps", "save_steps"):
+            if getattr(self, name) is None:
+                setattr(self, name, TrainingArguments.__dataclass_fields__[name].default)
         if self.logging_strategy is None:
             self.logging_strategy = "steps" if steps_given["logging_steps"] else "epoch"
         if self.save_strategy is None:

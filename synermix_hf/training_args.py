@@ -13,7 +13,7 @@ import torch
 from transformers import TrainingArguments
 
 from .credentials import is_credential, placeholder, redact_mapping
-from .data.bad_images import DEFAULT_MAX_BAD_IMAGE_FRACTION
+from .data.bad_images import DEFAULT_MAX_BAD_IMAGE_FRACTION, BadImagePolicy
 from .mixup import INTER_MIXUPS
 
 __all__ = [
@@ -138,6 +138,9 @@ class SynerMixTrainingArguments(TrainingArguments):
             `original_pixel_values`, which no model's forward takes, and on-the-fly transforms need the image and
             label columns.
 
+    `beta`, `alpha` and `inter_mixup` have the paper code's short flags as `aliases` (`-beta`, `-alpha`, `-itrm`),
+    which `HfArgumentParser` adds.
+
     Every other argument and default is `TrainingArguments`'s: unlike the script (`RecipeTrainingArguments`), this
     class clips gradients at `max_grad_norm=1.0` and trains with AdamW at 5e-5 on a linear schedule, and turns the
     balanced sampler on only for `beta > 0`.
@@ -154,14 +157,17 @@ class SynerMixTrainingArguments(TrainingArguments):
 
     beta: float = field(
         default=0.0,
-        metadata={"help": "Weight of SynerMix-Intra (intra-class mixup of features), in [0, 1]; 0 disables it."},
+        metadata={"aliases": ["-beta"],
+                  "help": "Weight of SynerMix-Intra (intra-class mixup of features), in [0, 1]; 0 disables it."},
     )
     alpha: float = field(
-        default=1.0, metadata={"help": "MixUp/CutMix concentration: lambda ~ Beta(alpha, alpha); must be > 0."}
+        default=1.0,
+        metadata={"aliases": ["-alpha"], "help": "MixUp/CutMix concentration: lambda ~ Beta(alpha, alpha); must be > 0."},
     )
     inter_mixup: str = field(
         default="none",
         metadata={
+            "aliases": ["-itrm"],
             "help": "Inter-class mixup on the augmented view: none, mixup, manifold_mixup or cutmix "
             "(case-insensitive; Mixup and Manifold_Mixup accepted)."
         },
@@ -225,6 +231,17 @@ class SynerMixTrainingArguments(TrainingArguments):
             target = getattr(target, part)
         setattr(target, leaf, value)
         self.chosen_settings[name] = (value, reason)
+
+    @property
+    def bad_image_policy(self) -> BadImagePolicy:
+        """When images that cannot be decoded stop the run: `max_bad_image_fraction` and `stop_on_bad_image`."""
+        return BadImagePolicy(self.max_bad_image_fraction, self.stop_on_bad_image)
+
+    @property
+    def effective_data_seed(self) -> int:
+        """The seed of the data's order and random augmentation: `data_seed`, or `seed` when it is not given (as the
+        Trainer's sampler reads them)."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     # ---- the method's arguments, also when set after construction ----
 
@@ -307,8 +324,7 @@ class SynerMixTrainingArguments(TrainingArguments):
         return copied
 
     def __post_init__(self):
-        if not 0.0 <= self.max_bad_image_fraction <= 1.0:
-            raise ValueError(f"`max_bad_image_fraction` must be between 0 and 1, got {self.max_bad_image_fraction}.")
+        self.bad_image_policy  # building the policy checks `max_bad_image_fraction`
         if self.label_names not in (None, ["labels"]):
             raise ValueError(
                 f"`label_names` {self.label_names}: SynerMix's batches carry their labels under 'labels' "

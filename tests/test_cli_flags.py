@@ -1,5 +1,7 @@
 """A Trainer flag given on the command line takes effect or is refused with the reason, never silently ignored."""
 
+import re
+
 import pytest
 
 from synermix_hf.cli.arguments import PAPER_RECIPE_REPLACES, ScriptArgumentParser
@@ -10,15 +12,17 @@ def parse(*argv: str):
     return ScriptArgumentParser().parse(list(argv))
 
 
+# `--warmup_steps 0` is the Trainer's default: given, it is refused too (it would have no effect either).
 @pytest.mark.parametrize("flags", [["--optim", "adamw_torch"], ["--lr_scheduler_type", "cosine"],
-                                   ["--warmup_steps", "2"], ["--adam_beta1", "0.8", "--optim_args", "x=1"]])
+                                   ["--warmup_steps", "2"], ["--warmup_steps", "0"],
+                                   ["--adam_beta1", "0.8", "--optim_args", "x=1"]])
 def test_optimizer_and_schedule_flags_are_refused_under_the_paper_recipe(flags):
     with pytest.raises(UsageError) as refused:
         parse("--learning_rate", "1e-3", *flags)
     message = str(refused.value)
     for flag in flags[::2]:
         assert flag in message
-    assert "--recipe trainer" in message and "--learning_rate" not in message.split(":")[0]
+    assert "--recipe 'trainer'" in message and "--learning_rate" not in message.split(":")[0]
 
 
 @pytest.mark.parametrize("flags, named", [(["--max_steps", "0"], "--max_steps"), (["-ep", "0"], "--num_train_epochs")])
@@ -59,6 +63,15 @@ def test_giving_an_intervals_steps_implies_its_steps_strategy(steps, strategy):
     assert getattr(args, strategy) == "epoch"
     _, _, args, _, _ = parse()
     assert getattr(args, strategy) in ("epoch", "no")  # the recipe's per-epoch default stays without it
+    _, _, args, _, _ = parse(f"--{steps}", "500")  # given at the Trainer's default, it still implies it
+    assert getattr(args, strategy) == "steps" and getattr(args, steps) == 500
+
+
+@pytest.mark.parametrize("flags, named", [(["-mn", "resnet18", "--model_name_or_path", "./vit"], "not both"),
+                                          (["-pr", "True", "--model_name_or_path", "./vit"], "--pretrained (-pr)")])
+def test_a_torchvision_flag_with_a_hugging_face_model_is_refused(flags, named):
+    with pytest.raises(UsageError, match=re.escape(named)):
+        parse(*flags)
 
 
 def test_the_method_line_names_each_configuration_and_how_to_turn_synermix_on():

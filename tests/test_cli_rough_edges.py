@@ -249,24 +249,26 @@ def test_a_single_class_image_folder_is_refused(tmp_path, capsys):
                     "--train_dir", "1 class subfolder", "at least 2 classes")
 
 
-# ---- 8. --help puts SynerMix, the recipe, the data and the model first ----
+# ---- 8. --help: one group per dataclass, SynerMix's flags with their short forms, the do_train default ----
 
 
-def test_help_starts_with_synermix_data_and_model_and_tells_the_do_train_default():
-    text = ScriptArgumentParser().parser.format_help()
+def test_help_groups_the_flags_per_dataclass_and_tells_the_do_train_default():
+    text = ScriptArgumentParser().format_help()
     lines = text.splitlines()
 
-    def first(flag):
-        return next(i for i, line in enumerate(lines) if line.strip().startswith(flag))
+    def first(start):
+        return next(i for i, line in enumerate(lines) if line.strip().startswith(start))
 
-    assert first("--beta") < 20 and first("--inter_mixup") < 30
-    # --balanced_sampler and --no_balanced_sampler are both in SynerMix's group, before the recipe's.
-    assert max(first("--balanced_sampler"), first("--no_balanced_sampler")) < first("--learning_rate")
-    assert first("--beta") < first("--learning_rate") < first("--dataset_name") < first("--model_name ") < \
-        first("--adam_beta1")
-    # ... and all of them before the hundred-odd other TrainingArguments flags.
-    other = next(i for i, line in enumerate(lines) if line.startswith("Every other TrainingArguments flag"))
-    assert first("--views_on") < first("--model_name ") < other
+    groups = [first("The model:"), first("The data:"), first("What the script writes:"),
+              first("Training: SynerMix, the authors' recipe and every TrainingArguments flag:")]
+    assert groups == sorted(groups)
+    assert groups[0] < first("--model_name ") < groups[1] < first("--views_on") < groups[2]
+    assert groups[2] < first("--feature_metrics") < groups[3]
+    # SynerMix's and the recipe's flags, with the reference's short flags, close the list.
+    for flag, short in (("--beta", "-beta"), ("--inter_mixup", "-itrm"), ("--alpha", "-alpha"), ("--momentum", "-mo"),
+                        ("--total_train_batch_size", "-bs")):
+        assert groups[3] < first(flag) and short in lines[first(flag)].split(), flag
+    assert first("--beta") > 0.85 * len(lines) and first("--no_balanced_sampler") > groups[3]
     do_train = " ".join(" ".join(lines[first("--do_train"):first("--do_eval")]).split())
     assert "the script trains and evaluates" in do_train and "default: False" not in do_train
 

@@ -148,7 +148,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(hub_copies, tmp_path):
 def test_argument_errors(hub_copies, tmp_path, capsys):
     common = ["--output_dir", str(tmp_path / "c"), *_data(hub_copies, tmp_path), *FAST]
     for extra, message in ((["--seed", "3"], "use --seeds"), (["--beta", "0.3"], "--methods"),
-                           (["--methods", "cutmix"], "unknown method"), (["--no_such_flag"], "Unrecognised"),
+                           (["--methods", "cutmix"], "unknown method"), (["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
                            (["-itrm", "Mixup"], "--methods")):
         assert compare.main(common + extra) == 2
         assert message in capsys.readouterr().err

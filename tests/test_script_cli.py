@@ -73,13 +73,29 @@ def test_defaults_are_the_reference_recipe():
     assert args.do_train and args.do_eval and args.recipe == "paper"
 
 
-def test_arguments_from_a_json_file(tmp_path):
-    path = tmp_path / "args.json"
-    path.write_text(json.dumps({"model_name": "mobilenet", "dataset_name": "cifar100", "beta": 0.1,
-                                "inter_mixup": "Manifold_Mixup", "num_train_epochs": 3}))
-    from_json = ScriptArgumentParser().parse([str(path)])[:3]
-    from_cli = _parse("-mn mobilenet -ds cifar100 -beta 0.1 -itrm Manifold_Mixup -ep 3")
-    assert _as_dicts(from_json) == _as_dicts(from_cli)
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_arguments_from_a_json_or_yaml_file(tmp_path, suffix):
+    import yaml
+
+    values = {"model_name": "mobilenet", "dataset_name": "cifar100", "beta": 0.1, "inter_mixup": "Manifold_Mixup",
+              "num_train_epochs": 3}
+    path = tmp_path / f"args{suffix}"
+    path.write_text(json.dumps(values) if suffix == ".json" else yaml.safe_dump(values))
+    from_file = ScriptArgumentParser().parse([str(path)])
+    from_cli = ScriptArgumentParser().parse("-mn mobilenet -ds cifar100 -beta 0.1 -itrm Manifold_Mixup -ep 3".split())
+    assert _as_dicts(from_file[:4]) == _as_dicts(from_cli[:4]) and from_file.explicit == from_cli.explicit
+
+
+def test_an_argument_file_that_is_missing_broken_or_has_an_unknown_name_is_refused(capsys, tmp_path):
+    _fails(capsys, [str(tmp_path / "missing.json")], "missing.json", "cannot be read")
+    (tmp_path / "broken.json").write_text('{"beta": 0.1,')
+    _fails(capsys, [str(tmp_path / "broken.json")], "broken.json", "cannot be read")
+    (tmp_path / "list.yaml").write_text("- beta\n")
+    _fails(capsys, [str(tmp_path / "list.yaml")], "one mapping of argument names")
+    (tmp_path / "unknown.json").write_text(json.dumps({"beta": 0.1, "betta": 0.2}))
+    _fails(capsys, [str(tmp_path / "unknown.json")], "betta")
+    (tmp_path / "bad.json").write_text(json.dumps({"beta": 2}))
+    _fails(capsys, [str(tmp_path / "bad.json")], "--beta (-beta) must be between 0 and 1")
 
 
 def test_builtin_preset_fills_only_what_is_not_given():
@@ -126,7 +142,7 @@ def test_bs_is_the_batch_of_one_step_and_per_device_keeps_its_meaning():
     _, _, args, _, _ = ScriptArgumentParser().parse(["--per_device_train_batch_size", "16"])
     assert (args.per_device_train_batch_size, args.total_train_batch_size) == (16, None)
     # --help says so.
-    bs = next(a for a in ScriptArgumentParser().parser._actions if "-bs" in a.option_strings)
+    bs = next(a for a in ScriptArgumentParser()._actions if "-bs" in a.option_strings)
     assert bs.dest == "total_train_batch_size" and "one optimizer step, over all processes" in bs.help
 
 
@@ -138,6 +154,13 @@ def test_a_batch_that_does_not_split_or_two_that_disagree_are_refused(capsys):
            "The reference's batch of 128 (the default --total_train_batch_size (-bs)) does not split evenly")
     _fails(capsys, ["-ds", "cifar100", "-bs", "8", "--per_device_train_batch_size", "4"],
            "--per_device_train_batch_size 4 and --total_train_batch_size (-bs) 8 disagree", "Give one of them")
+
+
+def test_a_balanced_batch_larger_than_the_training_set_is_refused_before_training(capsys, tmp_path):
+    # 16 per process x 2 accumulation steps: the balanced batch of one update, 32, is more than the 20 examples.
+    _fails(capsys, ["--max_train_samples", "20", "-bs", "32", "--gradient_accumulation_steps", "2", "--output_dir",
+                    str(tmp_path / "o")], "fewer than one batch of 32", "--balanced_sampler")
+    assert not (tmp_path / "o" / "training_log.txt").exists()
 
 
 @pytest.mark.skipif(accelerator_available(), reason="the refusal is for machines without GPU")

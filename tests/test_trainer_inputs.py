@@ -79,7 +79,7 @@ def test_recipe_arguments_refuse_the_optimizer_and_schedule_fields_under_the_pap
     with pytest.raises(ValueError) as error:
         arguments(tmp_path, cls=RecipeTrainingArguments, **values)
     assert all(f"`{name}`" in str(error.value) for name in values)
-    assert "recipe=\"trainer\"" in str(error.value)
+    assert "`recipe` 'trainer'" in str(error.value)
     # The Trainer's recipe takes them; the Trainer's defaults given explicitly are not a change.
     arguments(tmp_path, cls=RecipeTrainingArguments, recipe="trainer", **values)
     arguments(tmp_path, cls=RecipeTrainingArguments, optim="adamw_torch_fused", warmup_steps=0)
@@ -211,8 +211,12 @@ def test_an_interval_in_steps_implies_its_steps_strategy_in_the_recipe(tmp_path)
     recipe = arguments(tmp_path, cls=RecipeTrainingArguments, logging_steps=3, save_steps=4, eval_steps=5,
                        save_strategy=None)
     assert (recipe.logging_strategy, recipe.save_strategy, recipe.eval_strategy) == ("steps", "steps", "steps")
-    default = arguments(tmp_path, cls=RecipeTrainingArguments, do_eval=True, logging_steps=500, save_steps=500,
-                        save_strategy=None)
+    default = arguments(tmp_path, cls=RecipeTrainingArguments, do_eval=True, logging_steps=None, save_strategy=None)
     assert (default.logging_strategy, default.save_strategy, default.eval_strategy) == ("epoch", "epoch", "epoch")
+    assert (default.logging_steps, default.save_steps) == (500, 500)  # the Trainer's intervals
+    # Given at the Trainer's default value, an interval still implies its strategy.
+    at_default = arguments(tmp_path, cls=RecipeTrainingArguments, logging_steps=500, save_steps=500, eval_steps=500,
+                           save_strategy=None)
+    assert (at_default.logging_strategy, at_default.save_strategy, at_default.eval_strategy) == ("steps",) * 3
     given = arguments(tmp_path, cls=RecipeTrainingArguments, logging_steps=3, logging_strategy="epoch")
     assert given.logging_strategy == "epoch"  # a strategy given is kept

@@ -134,16 +134,16 @@ def make_plan(argv: Sequence[str]) -> Plan:
     options, passthrough = _parser().parse_known_args(list(argv))
     if passthrough and passthrough[0].endswith(".json") and not passthrough[0].startswith("-"):
         raise UsageError("The comparison takes the script's flags on the command line, not a JSON argument file.")
-    values, explicit = ScriptArgumentParser().values_from_command_line(passthrough)
+    given = ScriptArgumentParser().given_on_command_line(passthrough)
+    explicit = set(given)
     for key, why in _FORBIDDEN.items():
         if key in explicit:
             raise UsageError(f"--{key} cannot be given to the comparison: {why}.")
     methods = resolve_methods(options.methods)
-    seeds = list(dict.fromkeys(options.seeds)) if options.seeds else [int(values["seed"])]
     if options.cpu_epochs < 0:
         raise UsageError(f"--cpu_epochs must be >= 0, got {options.cpu_epochs}.")
 
-    gpu = _cuda() and not values.get("use_cpu")
+    gpu = _cuda() and not given.get("use_cpu")
     added: list[tuple[str, str]] = []
     if not gpu and options.cpu_epochs and not {"num_train_epochs", "max_steps"} & explicit:
         added.append((f"--num_train_epochs {options.cpu_epochs}",
@@ -155,21 +155,23 @@ def make_plan(argv: Sequence[str]) -> Plan:
         added.append(("--feature_metrics", "cohesion and separability of the penultimate features"))
     script_args = list(passthrough) + [word for flags, _ in added for word in flags.split()]
     # The complete argument list of one run must parse (bad values stop everything now, before any training).
-    ScriptArgumentParser().parse(script_args + methods[0].flags() + ["--seed", str(seeds[0]), "--output_dir", "x"])
+    seed = ["--seed", str(options.seeds[0])] if options.seeds else []
+    first_run = ScriptArgumentParser().parse(script_args + methods[0].flags() + seed + ["--output_dir", "x"])
+    seeds = list(dict.fromkeys(options.seeds)) if options.seeds else [first_run.training.seed]
 
-    folder = values.get("train_dir") or values.get("validation_dir")
+    folder = given.get("train_dir") or given.get("validation_dir")
     if folder:
         dataset, data_slug = f"image folder {folder}", "imagefolder-" + slug(folder)
-    elif is_builtin_default(values):
+    elif is_builtin_default(given):
         dataset, data_slug = "digits (built-in)", "digits"
     else:
-        dataset, data_slug = str(values["dataset_name"]), slug(values["dataset_name"])
-    model = str(values.get("model_name_or_path") or values["model_name"])
+        dataset, data_slug = str(given["dataset_name"]), slug(given["dataset_name"])
+    model = str(first_run.model.model_name_or_path or first_run.model.model_name)
     output_dir = Path(options.output_dir) if options.output_dir else \
         Path("runs") / f"compare-{data_slug}-{slug(model)}"
     return Plan(methods=methods, seeds=seeds, output_dir=output_dir, script_args=script_args, added=added,
                 dataset=dataset, model=model, device=_machine(gpu), alpha_given="alpha" in explicit,
-                disable_tqdm="disable_tqdm" in explicit and bool(values.get("disable_tqdm")))
+                disable_tqdm="disable_tqdm" in explicit and bool(given.get("disable_tqdm")))
 
 
 def _check_recorded(plan: Plan) -> None:

@@ -4,12 +4,12 @@
     synermix-train -mn resnet18 -ds cifar100 -bs 128 -alpha 1 -beta 0.1 -itrm Manifold_Mixup
     python run_image_classification.py --dataset_name food101 --beta 0.1    # the same, from a checkout
     accelerate launch run_image_classification.py --dataset_name food101 --beta 0.1
-    python -m synermix_hf.cli.train args.json                 # the same arguments from a JSON file
+    python -m synermix_hf.cli.train args.json                 # the same arguments from a JSON (or YAML) file
 
-Arguments come in four groups (`synermix_hf.cli.arguments`): the model, the data, training (SynerMix + the authors'
-recipe + every `TrainingArguments` flag) and what the script writes. Flags shared with Hugging Face's
-`examples/pytorch/image-classification/run_image_classification.py` keep its names, and the authors' short flags work
-too. A mistake in the input ends the script before training with one paragraph on stderr and exit status 2.
+Arguments come in four groups (`synermix_hf.cli.arguments`, parsed by `HfArgumentParser`): the model, the data, what
+the script writes and training (SynerMix + the authors' recipe + every `TrainingArguments` flag). Flags shared with
+Hugging Face's `examples/pytorch/image-classification/run_image_classification.py` keep its names, and the authors'
+short flags work too. A mistake in the input ends the script before training with one paragraph on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from typing import Any
 
 from ..checkpoints import CheckpointSaveError
 from ..data import dataset_labels, load_image_classification_data, prepare_views
-from ..data.bad_images import BadImageError, BadImagePolicy, bad_image_message
+from ..data.bad_images import BadImageError, bad_image_message
 from ..data.image_store import StoreBuildStopped
+from ..data.sampler import ClassBalancedBatchSampler
 from ..metrics import ClassificationMetrics
 from ..peer_watch import PeerStoppedAnswering
 from ..preemption import CtrlC, TrainingPreempted
@@ -41,7 +42,7 @@ from .output_dir import (LOG_FILE, check_output_dir_writable, check_same_run, de
 from .predictions import PREDICTIONS_FILE, image_ids, write_predictions
 from .run_files import keep_going, reset_warnings
 from .run_log import (RunLogCallback, append_final, append_line, chosen_settings, command_line, global_batch,
-                      recipe_text, run_summary, write_run_header)
+                      recipe_text, run_summary, total_train_batch, write_run_header)
 
 __all__ = ["main", "run"]
 
@@ -70,8 +71,7 @@ def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held
     reset_warnings()
 
     # 1. Arguments.
-    parser = ScriptArgumentParser()
-    model_args, data_args, training_args, script_args, explicit = parser.parse(argv)
+    model_args, data_args, training_args, script_args, explicit = ScriptArgumentParser().parse(argv)
     builtin = is_builtin_default(dataclasses.asdict(data_args))
 
     # 2. Logging.
@@ -138,7 +138,8 @@ def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held
             )
         except (ValueError, TypeError) as error:
             raise usage_error(error) from error
-    _check_data_for_the_run(training_args, data)
+    train_labels = dataset_labels(data.train, data.label_column) if data.train is not None else None
+    _check_data_for_the_run(training_args, data, train_labels)
     identity = None
     if training_args.do_train:  # a checkpoint of another run (dataset, model, method, batch) is not continued
         identity = run_identity(model_args.model_name_or_path or model_args.model_name, data, training_args)
@@ -167,15 +168,12 @@ def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held
     # 6. Transforms: one decode per image; the training set carries the original view when beta > 0. With the views
     # made on the device (--views_on) the images are decoded once and both views are made batched on the training
     # device; that decode finds the images that cannot be decoded up front (the loader finds them as it reads them).
-    train_labels = dataset_labels(data.train, data.label_column) if data.train is not None else None
     try:
         views = prepare_views(data.train, data.eval, spec, data.image_column, data.label_column,
                               two_views=training_args.beta > 0, views_on=data_args.views_on,
                               decode_budget_gib=data_args.decode_budget_gib,
                               train_labels=train_labels,
-                              bad_image_policy=BadImagePolicy(training_args.max_bad_image_fraction,
-                                                              training_args.stop_on_bad_image),
-                              seed=training_args.seed if training_args.data_seed is None else training_args.data_seed)
+                              bad_image_policy=training_args.bad_image_policy, seed=training_args.effective_data_seed)
     except ValueError as error:
         raise usage_error(error) from error
     if (views.views_on == "device" and "dataloader_num_workers" not in explicit
@@ -335,7 +333,7 @@ def _train_evaluate_predict(trainer: Any, training_args: Any, data: Any, views: 
     return all_metrics
 
 
-def _check_data_for_the_run(training_args: Any, data: Any) -> None:
+def _check_data_for_the_run(training_args: Any, data: Any, train_labels: Any) -> None:
     if training_args.do_train and data.train is None:
         raise UsageError(f"Training needs training data, and {data.source} has none (give --train_dir, or only "
                          "--do_eval).")
@@ -343,13 +341,11 @@ def _check_data_for_the_run(training_args: Any, data: Any) -> None:
         if wanted and data.eval is None:
             raise UsageError(f"{flag} needs an evaluation split, and {data.source} has none; give --validation_dir "
                              f"or --train_val_split, or drop {flag}.")
-    if training_args.do_train and training_args.balanced_sampler:
-        batch = training_args.per_device_train_batch_size * training_args.world_size
-        if len(data.train) < batch:
-            raise UsageError(f"The batch of one step, {batch} (--total_train_batch_size (-bs), or "
-                             "--per_device_train_batch_size times the processes), is larger than the training set "
-                             f"({len(data.train)} examples); the class-balanced sampler drops incomplete batches. "
-                             "Lower the batch size.")
+    if training_args.do_train and training_args.balanced_sampler:  # the sampler's own check, before training
+        try:
+            ClassBalancedBatchSampler(train_labels, batch_size=total_train_batch(training_args))
+        except ValueError as error:
+            raise usage_error(error) from error
 
 
 def _synchronise_batch_norm(model: Any, model_args: Any) -> Any:
