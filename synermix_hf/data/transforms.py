@@ -94,7 +94,7 @@ class TransformSpec:
         if self.family not in FAMILIES:
             raise ValueError(f"Unknown transform family {self.family!r}; choose one of {', '.join(FAMILIES)}.")
         if self.image_size < 1:
-            raise ValueError(f"image_size must be >= 1, got {self.image_size}.")
+            raise ValueError(f"`image_size` must be >= 1, got {self.image_size}.")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"`interpolation` {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}.")
         if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
