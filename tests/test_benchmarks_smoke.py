@@ -40,12 +40,14 @@ def test_gpu_epoch_224_runs_on_cpu(tmp_path, monkeypatch):
         model.network.conv1 = torch.nn.Sequential(torch.nn.AvgPool2d(7), model.network.conv1)
         return model
 
-    monkeypatch.setattr(gpu_epoch, "TorchvisionForImageClassification", SimpleNamespace(from_architecture=pooled_resnet))
+    monkeypatch.setattr(gpu_epoch, "TorchvisionForImageClassification",
+                        SimpleNamespace(from_architecture=pooled_resnet))
     assert gpu_epoch.main(["--quick", "--image_size", "224", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "gpu_epoch.json").read_text())
     assert [run["views_on"] for run in summary["runs"]] == ["loader + channels_last", "device + channels_last",
                                                              "device, every read + channels_last",
                                                              "device, S = 256 + channels_last"]
+    assert all(run["finite"] and run["losses"] for run in summary["runs"])
     # Each device path trained from its own source of pixels, as its description says.
     descriptions = [run["description"] for run in summary["runs"][1:]]
     for description, source in zip(descriptions, ("full resolution", "every read", "256"), strict=True):
