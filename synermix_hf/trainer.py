@@ -19,8 +19,7 @@ import inspect
 import logging
 import math
 import os
-from collections.abc import Mapping
-from functools import partial
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import has_length, seed_worker
+from transformers.trainer_utils import has_length
 
 from .adapters import INPUT_POINT, ModelAdapter
 from .checkpoints import LegacyWeightNames, StagedCheckpoints
@@ -46,18 +45,7 @@ from .recipe import epoch_step_lr, paper_optimizer, recipe_hyperparameters, upda
 from .seeding import step_generators
 from .training_args import SynerMixTrainingArguments
 
-__all__ = ["LOADER_ARGUMENTS", "SynerMixTrainer"]
-
-# Every `dataloader_*` training argument that is a `DataLoader` argument, as the Trainer passes them. The balanced
-# sampler's batches replace `dataloader_drop_last` (it draws only whole batches); without it, `drop_last` is passed.
-LOADER_ARGUMENTS = {
-    "dataloader_num_workers": "num_workers",
-    "dataloader_pin_memory": "pin_memory",
-    "dataloader_persistent_workers": "persistent_workers",
-    "dataloader_prefetch_factor": "prefetch_factor",
-    "dataloader_multiprocessing_context": "multiprocessing_context",
-    "dataloader_in_order": "in_order",
-}
+__all__ = ["SynerMixTrainer"]
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +212,11 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         accumulation steps alike: it is split into k micro-batches of whole classes, each into N shards (`SplitSteps`),
         so the processes over the micro-steps see the batches one process would see, augmented alike, and the loss
         makes of them the update of that one batch (`compute_loss`).
+
+        The loader is the Trainer's own (`_get_dataloader`): every loader argument the installed transformers honours
+        (`dataloader_num_workers`, `_pin_memory`, `_persistent_workers`, `_prefetch_factor`, ...), its worker seeding
+        and `accelerator.prepare` apply as they do to the Trainer's loaders. `dataloader_drop_last` applies without
+        the balanced sampler; with it, the sampler decides the epoch's last batch (it draws whole batches only).
         """
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
@@ -236,42 +229,23 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             labels = dataset_labels(self.train_dataset)
         dataset = SeededAugmentation(tolerant_images(self.train_dataset, "training set", labels, seed), seed)
         self._train_views = dataset.device_views
-        loader_kwargs = self._loader_arguments()
         sampler = None
         if self.args.balanced_sampler:
             # One balanced batch per update, of all processes and accumulation steps together, split into pieces.
             processes, micro = self.accelerator.num_processes, self.args.gradient_accumulation_steps
             sampler = ClassBalancedBatchSampler(labels, batch_size=self._train_batch_size * processes * micro, seed=seed)
             self._split_steps = SplitSteps(sampler, micro, processes)
-            loader_kwargs["batch_sampler"] = self._split_steps
+            pieces = self._split_steps
+            # The Trainer's loader (every `dataloader_*` argument, worker seeding, `accelerator.prepare`) takes a
+            # sampler and a batch size, no batch sampler, and the pieces differ in length: each is one item, a batch
+            # of one. With one piece per batch, accelerate's shard gives each process whole pieces in turn.
+            loader = self._get_dataloader(dataset=_PiecesAsItems(dataset), description="Training", batch_size=1,
+                                          sampler_fn=lambda _: pieces, is_training=True)
         else:
-            loader_kwargs.update(
-                batch_size=self._train_batch_size,
-                sampler=self._get_train_sampler(dataset),
-                drop_last=self.args.dataloader_drop_last,
-            )
-        loader = self.accelerator.prepare(DataLoader(dataset, **loader_kwargs))
-        shard = getattr(loader, "batch_sampler", None)
-        if sampler is not None and getattr(shard, "batch_sampler", None) is loader_kwargs["batch_sampler"]:
-            # Balanced batches are longer than `batch_size`; accelerate's shard would take them for incomplete and
-            # drop them. `None` tells it batches have dynamic length, so each process takes whole batches in turn.
-            shard.batch_size = None
+            loader = self._get_dataloader(dataset=dataset, description="Training", batch_size=self._train_batch_size,
+                                          sampler_fn=self._get_train_sampler, is_training=True)
         self._set_epoch_callback.targets = [t for t in (sampler, dataset) if t is not None]
         return self._counted(loader)
-
-    def _loader_arguments(self) -> dict[str, Any]:
-        """The `DataLoader` arguments of the Trainer's own training loader, from every `dataloader_*` argument
-        (`LOADER_ARGUMENTS`), for the loader that `get_train_dataloader` builds around its sampler."""
-        loader_kwargs: dict[str, Any] = {
-            "collate_fn": self.data_collator,
-            "worker_init_fn": partial(
-                seed_worker, num_workers=self.args.dataloader_num_workers, rank=self.args.process_index
-            ),
-        }
-        for name, keyword in LOADER_ARGUMENTS.items():
-            if hasattr(self.args, name):  # dataloader_in_order and _multiprocessing_context are newer than 5.0
-                loader_kwargs[keyword] = getattr(self.args, name)
-        return loader_kwargs
 
     def _counted(self, loader: DataLoader) -> DataLoader:
         # The paper's schedule needs the optimizer updates per epoch, which the Trainer computes in a method whose
@@ -750,6 +724,34 @@ def card_with_hyperparameters(card: str, hyperparameters: Mapping[str, str]) -> 
             lines[index] = f"- {name}: {hyperparameters[name]}"
     return "\n".join(lines).replace("This model is a fine-tuned version of [](https://huggingface.co/) on ",
                                      "This model was trained from scratch on ")
+
+
+class _PiecesAsItems(torch.utils.data.Dataset):
+    """A `SeededAugmentation` whose item is a whole piece of a step (a list of `(index, position)` pairs, as
+    `SplitSteps` yields them), for a loader with batches of one item: the Trainer's `_get_dataloader` takes a sampler
+    and a batch size but no batch sampler (transformers 5.0 builds `DataLoader(batch_size=, sampler=, drop_last=)`).
+
+    Its `device_views` are those of the dataset it reads.
+    """
+
+    def __init__(self, dataset: SeededAugmentation):
+        self.dataset = dataset
+
+    @property
+    def device_views(self) -> DeviceViews | None:
+        return self.dataset.device_views
+
+    def __len__(self) -> int:
+        # The examples of an epoch, which is what the Trainer counts with it (`num_examples`); the loader's length
+        # comes from its sampler.
+        return len(self.dataset)
+
+    def __getitem__(self, piece: Sequence[tuple[int, int]]) -> Any:
+        return self.dataset.__getitems__(piece)
+
+    def __getitems__(self, pieces: Sequence[Sequence[tuple[int, int]]]) -> Any:
+        (piece,) = pieces  # a batch of one piece
+        return self.dataset.__getitems__(piece)
 
 
 class _SetEpochCallback(TrainerCallback):

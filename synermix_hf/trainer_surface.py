@@ -94,7 +94,7 @@ def _paper_replaces(what: str, value: Any) -> Surface:
     return _refused(_PAPER_REPLACES + what, value, "RecipeTrainingArguments", _RECIPE_REFUSAL_TEST)
 
 
-_LOADER = "get_train_dataloader builds the training loader with it; evaluation: the Trainer's `_get_dataloader`"
+_LOADER = "Trainer: `_get_dataloader`, which builds the training loader (get_train_dataloader) and the evaluation ones"
 _LOADER_TEST = f"{_INPUTS}::test_the_training_loader_gets_every_loader_argument_of_the_trainer"
 _SHARDED = ("SynerMix runs two forward passes before one backward pass, which FSDP and DeepSpeed ZeRO do not support "
             "as DDP does (`training_args._sharded_training`)")
@@ -304,8 +304,8 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
     "debug": _honoured("Trainer: `train` / `evaluate` (underflow-overflow detection, TPU metrics)"),
     # ---- data ----
     "dataloader_drop_last": _honoured(
-        _LOADER + "; with the balanced sampler, which draws whole balanced batches only, the sampler decides the "
-        "epoch's last batch as the reference's does", _LOADER_TEST),
+        _LOADER + "; with the balanced sampler, which draws whole balanced batches only (a batch of one balanced "
+        "piece a loader batch), the sampler decides the epoch's last batch as the reference's does", _LOADER_TEST),
     "dataloader_num_workers": _honoured(_LOADER, _LOADER_TEST),
     "dataloader_pin_memory": _honoured(_LOADER, _LOADER_TEST),
     "dataloader_persistent_workers": _honoured(_LOADER, _LOADER_TEST),

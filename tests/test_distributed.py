@@ -266,9 +266,8 @@ def test_a_frozen_process_stops_the_others_after_ddp_timeout_with_one_line_namin
         reader.join(timeout=10)
     output = "".join(lines)
     stopped = [line for line in output.splitlines() if "stopped answering" in line]
-    assert stopped == [f"error: process 0: process 1 of 2 stopped answering (frozen, stopped or its node lost): no "
-                       f"answer within --ddp_timeout ({timeout_s} s), so this process stops. Run the same command "
-                       "again once the job's processes are back: it continues from the last complete checkpoint."], \
-        output[-3000:]
+    assert len(stopped) == 1, output[-3000:]  # one line, from process 0, naming process 1 and the flag
+    assert stopped[0].startswith("error: process 0: process 1 of 2 stopped answering"), stopped
+    assert f"--ddp_timeout ({timeout_s} s)" in stopped[0], stopped
     assert "Traceback" not in output.split("stopped answering")[0].rsplit("'loss'", 1)[-1]  # no traceback of rank 0's
     assert re.search(r"rank\s*: 0 \(local_rank: 0\)\s+exitcode\s*: 1 ", output), output[-3000:]
