@@ -32,7 +32,7 @@ from transformers.trainer_utils import has_length
 
 from .adapters import INPUT_POINT, ModelAdapter
 from .checkpoints import LegacyWeightNames, StagedCheckpoints
-from .data.bad_images import IGNORE_LABEL, BadImageLog, BadImagePolicy, tolerant_images
+from .data.bad_images import IGNORE_LABEL, BadImageLog, tolerant_images
 from .data.device_datasets import DeviceViews, views_of
 from .data.sampler import ClassBalancedBatchSampler, SplitSteps, StepSplit
 from .data.views import SeededAugmentation, SynerMixCollator, dataset_labels, original_view
@@ -154,7 +154,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self._buffer_broadcast = StepBufferBroadcast()
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_counts: dict[str, int] = {}
-        self.bad_images = BadImageLog(BadImagePolicy(self.args.max_bad_image_fraction, self.args.stop_on_bad_image))
+        self.bad_images = BadImageLog(self.args.bad_image_policy)
         # What makes the views of batches of decoded images on the device: the `device_views` of the dataset the
         # training loader was built over, and of the dataset of the evaluation loop's loader while it runs.
         self._train_views: DeviceViews | None = None
@@ -223,7 +223,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self._split_steps = None
         if isinstance(self.train_dataset, torch.utils.data.IterableDataset) or not has_length(self.train_dataset):
             return self._counted(super().get_train_dataloader())
-        seed = self._data_seed
+        seed = self.args.effective_data_seed
         labels = self.train_labels
         if labels is None and self.args.balanced_sampler:
             labels = dataset_labels(self.train_dataset)
@@ -255,24 +255,20 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
                                    updates_per_epoch(batches, self.args.gradient_accumulation_steps))
         return loader
 
-    @property
-    def _data_seed(self) -> int:
-        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
-
     def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
         """The Trainer's evaluation loader, over a dataset in which an image that cannot be decoded is skipped."""
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
         if isinstance(eval_dataset, str):
             dataset = self.eval_dataset[eval_dataset]
         if dataset is not None and not isinstance(dataset, dict):
-            dataset = tolerant_images(dataset, "evaluation set", seed=self._data_seed, skip=True)
+            dataset = tolerant_images(dataset, "evaluation set", seed=self.args.effective_data_seed, skip=True)
         return super().get_eval_dataloader(eval_dataset if isinstance(eval_dataset, str) or dataset is None
                                            else dataset)
 
     def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
         """The Trainer's prediction loader, over a dataset in which an image that cannot be decoded is skipped."""
-        return super().get_test_dataloader(tolerant_images(test_dataset, "prediction set", seed=self._data_seed,
-                                                           skip=True))
+        return super().get_test_dataloader(tolerant_images(test_dataset, "prediction set",
+                                                           seed=self.args.effective_data_seed, skip=True))
 
     def evaluation_loop(self, dataloader: DataLoader, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's evaluation loop (`evaluate`, `predict`), whose `prediction_step` makes the views of
