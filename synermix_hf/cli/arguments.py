@@ -199,8 +199,8 @@ class DataTrainingArguments:
         default=None,
         metadata={"help": "Largest size (GiB, train + eval) of the stores of decoded images that --views_on device (or "
                   "auto) writes. Default: four fifths of the free space of the disk they go to (next to the dataset's "
-                  "cache), counting what is not stored yet. Stores that do not fit: the views are made in the DataLoader "
-                  "(the same pixels; 0: no store at all)."},
+                  "cache), counting what is not stored yet. When the stores do not fit, the views are made in the "
+                  "DataLoader (the same pixels; 0: no store at all)."},
     )
 
     def __post_init__(self):
