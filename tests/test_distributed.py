@@ -164,7 +164,7 @@ def test_two_processes_of_two_micro_batches_give_the_update_of_the_steps_one_bal
 @pytest.mark.parametrize(
     "launcher, inter_mixup, batch, cpu, data",
     [
-        ("accelerate", "cutmix", ["-bs", "8"], [], ["-ds", "cifar100"]),
+        ("accelerate", "cutmix", ["-bs", "8"], [], ["-ds", "cifar100", "--image_size", "8"]),
         # the RandomResizedCrop recipe on the device path: one process builds the store, the other reuses it
         ("torchrun", "none", ["--per_device_train_batch_size", "4"], ["--use_cpu", "--ddp_backend", "gloo"],
          ["-ds", "food101", "--image_size", "16", "--views_on", "device"]),
@@ -232,7 +232,8 @@ def test_a_frozen_process_stops_the_others_after_ddp_timeout_with_one_line_namin
     # torch's default 30 minutes). The deadline is generous: what is tested is that the flag takes effect at all.
     timeout_s, margin_s = 10, 60
     command = [*LAUNCHERS["torchrun"], str(HERE.parent / "run_image_classification.py"),
-               "-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--per_device_train_batch_size", "4",
+               "-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--image_size", "8",
+               "--per_device_train_batch_size", "4",
                "-beta", "0.1", "--max_steps", "1000", "--dataloader_num_workers", "0", "--save_strategy", "no",
                "--eval_strategy", "steps", "--eval_steps", "3", "--logging_steps", "1", "--disable_tqdm", "true",
                "--output_dir", str(tmp_path / "out"), "--ddp_timeout", str(timeout_s)]  # fmt: skip

@@ -54,7 +54,8 @@ def test_the_script_on_two_cpu_nodes_is_one_run_with_one_writer(tmp_path, hub_co
     out = tmp_path / "out"
     run_two_nodes(
         HERE.parent / "run_image_classification.py", "-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]),
-        "-beta", "0.1", "-itrm", "Manifold_Mixup", "-bs", "8", "--max_steps", "1", "--dataloader_num_workers", "0",
+        "--image_size", "8", "-beta", "0.1", "-itrm", "Manifold_Mixup", "-bs", "8", "--max_steps", "1",
+        "--dataloader_num_workers", "0",
         "--save_strategy", "no", "--output_dir", str(out), "--disable_tqdm", "true",
     )  # fmt: skip
     log = (out / "training_log.txt").read_text()

@@ -35,7 +35,7 @@ class SignalAtStep(TrainerCallback):
 def _common(hub_copies) -> list[str]:
     # 18 training images, batch 4: 4 steps an epoch, 8 in all; per-epoch checkpoints (the default). SGD with momentum
     # and StepLR (the recipe), beta > 0 with Manifold MixUp: every kind of state and draw must survive the stop.
-    return ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--image_size", "16", "-mn", "resnet18",
+    return ["-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--image_size", "8", "-mn", "resnet18",
             "-bs", "4", "-ep", "2", "-lr", "0.05", "-ss", "1", "-ga", "0.5", "-beta", "0.3", "-itrm", "Manifold_Mixup",
             "-seed", "5", "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--do_eval", "false"]
 

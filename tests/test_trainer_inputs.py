@@ -119,6 +119,15 @@ def test_the_training_loader_gets_every_loader_argument_of_the_trainer(tmp_path,
         assert len(loader) == 14 // 6
     batches = list(loader)  # the worker process loads them
     assert len(batches) == len(loader) and all(len(b["labels"]) >= 6 for b in batches)
+    # The same batches as the main process loads without workers: the same examples, in the same order.
+    in_process = SynerMixTrainer(model=tiny_model(), args=arguments(tmp_path, beta=0.5, balanced_sampler=balanced,
+                                                                    dataloader_drop_last=True),
+                                 train_dataset=image_set(n=14)).get_train_dataloader()
+    assert in_process.num_workers == 0
+    expected = list(in_process)
+    assert len(batches) == len(expected)
+    for batch, same in zip(batches, expected, strict=True):
+        assert torch.equal(batch["labels"], same["labels"]) and torch.equal(batch["pixel_values"], same["pixel_values"])
 
 
 def test_the_model_card_and_hparams_state_the_recipes_optimizer_and_schedule(tmp_path):
