@@ -281,7 +281,9 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
                          "(`chosen_settings`)",
                          "tests/test_script_cli.py::test_use_cpu_false_is_refused_when_cpu_processes_were_launched"),
     "accelerator_config": _honoured("Trainer: the Accelerator's settings; when not given, `non_blocking` is chosen "
-                                    "with pinned memory (`chosen_settings`; not tested here)"),
+                                    "with pinned memory (`chosen_settings`); `split_batches` with the balanced sampler "
+                                    "is refused (the sampler gives each process its own whole classes)",
+                                    f"{_INPUTS}::test_split_batches_is_refused_with_the_balanced_sampler"),
     "ddp_find_unused_parameters": _honoured("Trainer: DDP's kwargs (`_build_accelerator_args`)"),
     "ddp_bucket_cap_mb": _honoured("Trainer: DDP's kwargs (`_build_accelerator_args`)"),
     "ddp_broadcast_buffers": _honoured("Trainer: DDP's kwargs; when on, SynerMixTrainer broadcasts once per step "

@@ -373,6 +373,12 @@ class SynerMixTrainingArguments(TrainingArguments):
             _open_cpu_process_group(self)
         accelerator_config_given = self.accelerator_config is not None
         super().__post_init__()
+        if self.balanced_sampler and getattr(self.accelerator_config, "split_batches", False):
+            raise ValueError(
+                "`accelerator_config` split_batches=True with the balanced sampler: the sampler already gives each "
+                "process its own whole classes of the step's batch (a piece at a time), which accelerate cannot split "
+                "again. Leave split_batches out (the batch of a step is the per-device batch times the processes)."
+            )
         if not accelerator_config_given and self.dataloader_pin_memory:
             # Given an --accelerator_config, it is left as given.
             self.choose("accelerator_config.non_blocking", True, "batches in pinned memory are copied to the GPU "

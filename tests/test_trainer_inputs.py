@@ -240,3 +240,14 @@ def test_an_interval_in_steps_implies_its_steps_strategy_in_the_recipe(tmp_path)
     assert (at_default.logging_strategy, at_default.save_strategy, at_default.eval_strategy) == ("steps",) * 3
     given = arguments(tmp_path, cls=RecipeTrainingArguments, logging_steps=3, logging_strategy="epoch")
     assert given.logging_strategy == "epoch"  # a strategy given is kept
+
+
+def test_split_batches_is_refused_with_the_balanced_sampler(tmp_path):
+    # The balanced sampler hands each process its own whole classes of the step's batch, a piece at a time: there is
+    # nothing for accelerate to split (it failed inside `prepare` on two processes).
+    with pytest.raises(ValueError, match="split_batches"):
+        SynerMixTrainingArguments(output_dir=str(tmp_path), beta=0.5, accelerator_config={"split_batches": True},
+                                  report_to=[], use_cpu=True)
+    args = SynerMixTrainingArguments(output_dir=str(tmp_path), beta=0.5, balanced_sampler=False, report_to=[],
+                                     use_cpu=True, accelerator_config={"split_batches": True})
+    assert args.accelerator_config.split_batches
