@@ -43,7 +43,7 @@ from .seeding import example_seeds, step_generators
 from .trainer import SynerMixTrainer
 from .training_args import SynerMixTrainingArguments, normalize_inter_mixup
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 
 def __getattr__(name: str):
