@@ -58,26 +58,7 @@ def views_of(dataset: Any) -> DeviceViews | None:
     return getattr(dataset, "device_views", None)
 
 
-class _RowsWithLabels(torch.utils.data.Dataset):
-    """What both datasets share: a label per example, and the stored row each example reads (its own, or where its
-    image could not be decoded, the row of the image that stands in for it)."""
-
-    def _set_labels_and_rows(self, labels: Sequence[int], rows: Sequence[int] | None, num_images: int) -> None:
-        self.labels = np.asarray(labels, dtype=np.int64)
-        if len(self.labels) != num_images:
-            raise ValueError(f"{num_images} images but {len(self.labels)} labels.")
-        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
-        if self.rows is not None and len(self.rows) != len(self.labels):
-            raise ValueError(f"{len(self.labels)} labels but {len(self.rows)} rows.")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def _rows_of(self, indices: np.ndarray) -> np.ndarray:
-        return indices if self.rows is None else self.rows[indices]
-
-
-class StoredImageDataset(_RowsWithLabels):
+class StoredImageDataset(torch.utils.data.Dataset):
     """Decoded images (an `ImageStore`) and their labels, served a batch at a time; the rest of the views is made on
     the device by `device_views`: it is `MadeOnDevice`, and its views are `DeviceViews`.
 
@@ -118,8 +99,20 @@ class StoredImageDataset(_RowsWithLabels):
         self.store = store
         self.originals = originals
         self.crop = crop
-        self._set_labels_and_rows(labels, rows, len(store if store is not None else originals))
+        self.labels = np.asarray(labels, dtype=np.int64)
+        num_images = len(store if store is not None else originals)
+        if len(self.labels) != num_images:
+            raise ValueError(f"{num_images} images but {len(self.labels)} labels.")
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.rows is not None and len(self.rows) != len(self.labels):
+            raise ValueError(f"{len(self.labels)} labels but {len(self.rows)} rows.")
         self.device_views = views
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _rows_of(self, indices: np.ndarray) -> np.ndarray:
+        return indices if self.rows is None else self.rows[indices]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One example as a batch of one."""
