@@ -46,7 +46,8 @@ def loader_cpu(train, labels, batch_size: int) -> tuple[float, int]:
     from synermix_hf import ClassBalancedBatchSampler, PositionedBatchSampler, SeededAugmentation, SynerMixCollator
 
     dataset = SeededAugmentation(train, seed=0)
-    device_views = getattr(dataset, "device_views", None)  # None: the loader makes the views (or a commit before them)
+    # None: the loader makes the views. Commits before the wrappers forwarded them (e.g. 0a344fc): the dataset's own.
+    device_views = getattr(dataset, "device_views", None) or getattr(train, "device_views", None)
     collate = SynerMixCollator()
     batches = list(PositionedBatchSampler(ClassBalancedBatchSampler(labels, batch_size=batch_size, seed=0)))
 
