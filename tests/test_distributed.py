@@ -232,8 +232,7 @@ def test_a_frozen_process_stops_the_others_after_ddp_timeout_with_one_line_namin
     # torch's default 30 minutes). The deadline is generous: what is tested is that the flag takes effect at all.
     timeout_s, margin_s = 10, 60
     command = [*LAUNCHERS["torchrun"], str(HERE.parent / "run_image_classification.py"),
-               "-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--image_size", "8",
-               "--per_device_train_batch_size", "4",
+               "-ds", "cifar100", "--dataset_path", str(hub_copies["cifar100"]), "--per_device_train_batch_size", "4",
                "-beta", "0.1", "--max_steps", "1000", "--dataloader_num_workers", "0", "--save_strategy", "no",
                "--eval_strategy", "steps", "--eval_steps", "3", "--logging_steps", "1", "--disable_tqdm", "true",
                "--output_dir", str(tmp_path / "out"), "--ddp_timeout", str(timeout_s)]  # fmt: skip
