@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from accelerate.data_loader import BatchSamplerShard
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
 
 from synermix_hf import ClassBalancedBatchSampler
 from synermix_hf.data.sampler import PositionedBatchSampler, SplitSteps, split_step
@@ -79,20 +79,25 @@ def test_works_as_a_dataloader_batch_sampler():
     assert (sampler.batch_size, sampler.drop_last) == (16, True)
 
 
+def pieces_per_process(split, processes=2):
+    """Each process's pieces as the trainer's loader deals them: the pieces are the Trainer loader's sampler, one a
+    loader batch, and accelerate's `BatchSamplerShard` hands loader batch i to process i % processes."""
+    batches = BatchSampler(split, batch_size=1, drop_last=False)
+    return [[batch[0] for batch in BatchSamplerShard(batches, num_processes=processes, process_index=rank)]
+            for rank in range(processes)]
+
+
 def test_on_two_processes_the_shards_of_a_step_are_the_one_process_batch():
-    # As the trainer shards it without accumulation: accelerate's BatchSamplerShard hands piece i of the common
-    # sequence to process i % 2, so the two processes of a step hold the two halves of the balanced batch one process
+    # As the trainer shards it without accumulation (`pieces_per_process`): piece i of the common sequence goes to
+    # process i % 2, so the two processes of a step hold the two halves of the balanced batch one process
     # would train on, in order, at the same positions of the epoch (so with the same augmentation).
     one_process = ClassBalancedBatchSampler(LABELS, batch_size=16, seed=0)
     two_processes = SplitSteps(ClassBalancedBatchSampler(LABELS, batch_size=16, seed=0), micro_batches=1, shards=2)
-    shards = [BatchSamplerShard(two_processes, num_processes=2, process_index=rank) for rank in (0, 1)]
-    for shard in shards:
-        shard.batch_size = None  # what the trainer sets: the shards have dynamic length
     for number in range(5):
         one_process.set_epoch(number)
         two_processes.set_epoch(number)
         expected = list(PositionedBatchSampler(one_process))
-        steps = list(zip(*shards, strict=True))
+        steps = list(zip(*pieces_per_process(two_processes), strict=True))
         assert len(steps) == len(expected) == 203 // 16
         for batch, (first, second) in zip(expected, steps, strict=True):
             assert first + second == batch
@@ -138,14 +143,11 @@ def test_two_processes_of_two_micro_batches_train_on_the_one_process_batch_of_th
     # of the epoch (so augmented alike), and an epoch has the reference sampler's number of steps.
     one_process = ClassBalancedBatchSampler(LABELS, batch_size=16, seed=0)
     split = SplitSteps(ClassBalancedBatchSampler(LABELS, batch_size=16, seed=0), micro_batches=2, shards=2)
-    shards = [BatchSamplerShard(split, num_processes=2, process_index=rank) for rank in (0, 1)]
-    for shard in shards:
-        shard.batch_size = None  # what the trainer sets: the pieces have dynamic length
     for number in (0, 3):
         one_process.set_epoch(number)
         split.set_epoch(number)
         expected = list(PositionedBatchSampler(one_process))
-        per_process = [list(shard) for shard in shards]
+        per_process = pieces_per_process(split)
         assert [len(pieces) for pieces in per_process] == [2 * len(expected)] * 2 and len(expected) == 203 // 16
         for step, batch in enumerate(expected):
             pieces = [per_process[rank][2 * step + micro] for micro in (0, 1) for rank in (0, 1)]
