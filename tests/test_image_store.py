@@ -102,9 +102,9 @@ def test_stored_pixels_are_exactly_the_per_image_paths(tmp_path, short_side, int
     for row, image in enumerate(decoded):
         expected = per_image(image, short_side, interpolation, square, centre_crop_of)
         assert np.array_equal(store.image(row), expected), row
-        assert store.sizes[row].tolist() == list(expected.shape[:2])
-        assert store.original_sizes[row].tolist() == [image.height, image.width]
-    assert store.original_sizes[6].tolist() == [40, 30]  # the rotated JPEG, as turned by its EXIF orientation
+        assert store.index[row, 1:3].tolist() == list(expected.shape[:2])
+        assert store.index[row, 3:5].tolist() == [image.height, image.width]
+    assert store.index[6, 3:5].tolist() == [40, 30]  # the rotated JPEG, as turned by its EXIF orientation
     assert store.nbytes == sum(per_image(image, short_side, interpolation, square, centre_crop_of).size
                                for image in decoded)
 
@@ -200,8 +200,8 @@ def test_images_that_cannot_be_decoded_are_listed_stored_black_and_named(tmp_pat
                                                               (4, "file not_an_image.jpg")]
     assert "OSError" in failures[0][2] and "UnidentifiedImageError" in failures[1][2]
     assert not store.image(3).any() and store.image(3).shape == (32, 40, 3)  # its size, from its header
-    assert store.original_sizes[3].tolist() == [32, 40]
-    assert not store.image(4).any() and store.original_sizes[4].tolist() == [1, 1]  # sized as a 1x1 image
+    assert store.index[3, 3:5].tolist() == [32, 40]
+    assert not store.image(4).any() and store.index[4, 3:5].tolist() == [1, 1]  # sized as a 1x1 image
     for row in (0, 1, 2, 5):
         assert np.array_equal(store.image(row), per_image(dataset[row]["image"]))
     again, failures_again = stored_images_and_failures(dataset, "image", 0)  # reused, failures included
@@ -222,7 +222,7 @@ def test_images_kept_as_file_paths_are_read_from_their_files(tmp_path):
     assert [(row, source) for row, source, _ in failures] == [(3, f"file {tmp_path / 'broken.jpg'}")]
     for row, image in enumerate(dataset.select(range(3))["image"]):
         assert np.array_equal(store.image(row), per_image(image))
-    assert store.original_sizes[:3].tolist() == [[30, 40], [40, 30], [40, 30]]
+    assert store.index[:3, 3:5].tolist() == [[30, 40], [40, 30], [40, 30]]
     assert estimated_store_nbytes(dataset, "image") == existing_store_nbytes(store.path)
     assert np.array_equal(stored_images_and_failures(dataset, "image", 0, use_cache=False)[0].pixels, store.pixels)
 

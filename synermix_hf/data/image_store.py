@@ -201,16 +201,6 @@ class ImageStore:
         return next(self._images(np.array([row], dtype=np.int64), np.asarray(self.index[[row]])))
 
     @property
-    def sizes(self) -> np.ndarray:
-        """int64 `[N, 2]`: each stored image's `(height, width)`."""
-        return self.index[:, 1:3]
-
-    @property
-    def original_sizes(self) -> np.ndarray:
-        """int64 `[N, 2]`: each image's `(height, width)` as `datasets.Image` decodes it (after its EXIF transpose)."""
-        return self.index[:, 3:5]
-
-    @property
     def nbytes(self) -> int:
         """Bytes of the pixels."""
         return int(self.pixels.nbytes)
