@@ -131,11 +131,23 @@ def cutout(images: torch.Tensor, centre_y: torch.Tensor, centre_x: torch.Tensor,
     return images.masked_fill(hole, 0.0)
 
 
+def _empty_floats(shape: Sequence[int], device: torch.device) -> torch.Tensor:
+    """An uninitialised contiguous float32 tensor. On the CPU its memory comes from numpy, which asks the kernel for
+    transparent huge pages for large arrays (torch's CPU allocator does only when `THP_MEM_ALLOC_ENABLE=1` is set
+    before it starts): a fresh batch of 224 px views is tens of MB, and touching it for the first time page by 4 KiB
+    page cost as much as converting it (BENCHMARKS.md, section 7)."""
+    if device.type == "cpu":
+        return torch.from_numpy(np.empty(tuple(shape), dtype=np.float32))
+    return torch.empty(tuple(shape), dtype=torch.float32, device=device)
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float32 in [0, 1], computed as torchvision's `ToTensor` does (`x.float().div(255)`, bit for bit)."""
+    """uint8 -> float32 in [0, 1], computed as torchvision's `ToTensor` does (`x.float().div(255)`, bit for bit).
+
+    The result is contiguous whatever the layout of `images` (a permuted HWC batch is made NCHW in the same pass)."""
     if images.dtype != torch.uint8:
         raise TypeError(f"images must be uint8, got {images.dtype}.")
-    return images.to(torch.float32).div_(255)
+    return _empty_floats(images.shape, images.device).copy_(images).div_(255)
 
 
 @functools.lru_cache(maxsize=64)
@@ -241,7 +253,7 @@ class BatchViews:
         if images.dim() != 4 or tuple(images.shape[1:]) != (self.image_size, self.image_size, 3):
             raise ValueError(f"Expected uint8 images [B, {self.image_size}, {self.image_size}, 3], got "
                              f"{tuple(images.shape)}.")
-        images = images.permute(0, 3, 1, 2).contiguous()  # NCHW in memory too, as the per-image path's batches
+        images = images.permute(0, 3, 1, 2)  # to_float makes it NCHW in memory, as the per-image path's batches
         out = {k: v for k, v in batch.items() if k not in ("images", "augment")}
         params = batch.get("augment")
         if params is None:
@@ -277,6 +289,6 @@ class NormalizedViews:
         out = {k: v for k, v in batch.items() if k not in ("images", "original_images")}
         for source, target in (("images", "pixel_values"), ("original_images", "original_pixel_values")):
             if source in batch:
-                images = batch[source].permute(0, 3, 1, 2).contiguous()  # NCHW in memory, as the per-image batches
+                images = batch[source].permute(0, 3, 1, 2)  # to_float makes it NCHW in memory, as the per-image batches
                 out[target] = normalize(to_float(images), self.mean, self.std, in_place=True)
         return out
