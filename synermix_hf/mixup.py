@@ -154,9 +154,11 @@ def sample_mixup_lambda(alpha: float, rng: np.random.Generator | None = None) ->
 def mixup_batch(x: torch.Tensor, lam: float, permutation: torch.Tensor) -> torch.Tensor:
     """Return `lam * x + (1 - lam) * x[permutation]`, mixing along the batch dimension.
 
-    Works for images and for hidden states alike (Manifold MixUp applies it inside the network).
+    Works for images and for hidden states alike (Manifold MixUp applies it inside the network). `x` is not changed.
     """
-    return x * lam + x[permutation] * (1.0 - lam)
+    # The same two products and sum, bit for bit (a sum's order does not change its bits), in two batch-sized
+    # temporaries instead of four: the permuted copy is scaled and summed into in place.
+    return x[permutation].mul_(1.0 - lam).add_(x * lam)
 
 
 def cutmix_box(

@@ -170,6 +170,23 @@ def test_mixup_batch_mixes_with_the_permuted_batch():
     torch.testing.assert_close(mixup_batch(x, 1.0, permutation), x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mixup_batch_is_the_references_expression_bit_for_bit_with_its_gradient(dtype):
+    # The reference mixes with `lam * x + (1 - lam) * x[index]`: the same bits, the same gradient, `x` unchanged.
+    x = torch.randn(16, 3, 8, 8, generator=seeded(16)).to(dtype).requires_grad_()
+    permutation = torch.randperm(16, generator=seeded(17))
+    lam = 0.6180339887
+    before = x.detach().clone()
+    expected = lam * x + (1 - lam) * x[permutation]
+    mixed = mixup_batch(x, lam, permutation)
+    assert torch.equal(mixed, expected)
+    assert torch.equal(x.detach(), before)
+    weights = torch.randn(x.shape, generator=seeded(18)).to(dtype)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), x)
+    (grad,) = torch.autograd.grad((mixed * weights).sum(), x)
+    assert torch.equal(grad, expected_grad)
+
+
 def test_mixup_loss_with_lambda_one_equals_plain_loss_and_mixes_otherwise():
     logits = torch.randn(6, 4, generator=seeded(15))
     labels = torch.tensor([0, 1, 2, 3, 0, 1])

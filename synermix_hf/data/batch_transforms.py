@@ -131,23 +131,14 @@ def cutout(images: torch.Tensor, centre_y: torch.Tensor, centre_x: torch.Tensor,
     return images.masked_fill(hole, 0.0)
 
 
-def _empty_floats(shape: Sequence[int], device: torch.device) -> torch.Tensor:
-    """An uninitialised contiguous float32 tensor. On the CPU its memory comes from numpy, which asks the kernel for
-    transparent huge pages for large arrays (torch's CPU allocator does only when `THP_MEM_ALLOC_ENABLE=1` is set
-    before it starts): a fresh batch of 224 px views is tens of MB, and touching it for the first time page by 4 KiB
-    page cost as much as converting it (BENCHMARKS.md, section 7)."""
-    if device.type == "cpu":
-        return torch.from_numpy(np.empty(tuple(shape), dtype=np.float32))
-    return torch.empty(tuple(shape), dtype=torch.float32, device=device)
-
-
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 -> float32 in [0, 1], computed as torchvision's `ToTensor` does (`x.float().div(255)`, bit for bit).
 
     The result is contiguous whatever the layout of `images` (a permuted HWC batch is made NCHW in the same pass)."""
     if images.dtype != torch.uint8:
         raise TypeError(f"images must be uint8, got {images.dtype}.")
-    return _empty_floats(images.shape, images.device).copy_(images).div_(255)
+    # One copy converts and lays out (a permuted batch's own `.contiguous()` would be a second pass over it).
+    return torch.empty(images.shape, dtype=torch.float32, device=images.device).copy_(images).div_(255)
 
 
 @functools.lru_cache(maxsize=64)
