@@ -141,8 +141,8 @@ def test_batched_augmentation_has_the_per_image_distribution_pixel_by_pixel():
     torch.manual_seed(0)
     per_image = torch.stack([train_tf(image) for _ in range(draws)])
     views = BatchViews.from_spec(spec)
-    images = torch.from_numpy(pixels).permute(2, 0, 1)[None].expand(draws, -1, -1, -1).contiguous()
-    batched = views.augmented(images, views.sample(uniform_seeds(draws, seed=1)))
+    images = torch.from_numpy(pixels)[None].expand(draws, -1, -1, -1).contiguous()  # HWC, as a store serves them
+    batched = views({"images": images, "augment": views.sample(uniform_seeds(draws, seed=1))})["pixel_values"]
     for statistic in (lambda x: (x == 0).float(), lambda x: x):
         a, b = statistic(per_image), statistic(batched)
         spread = torch.sqrt((a.var(0) + b.var(0)) / draws).clamp_min(1e-3)

@@ -212,14 +212,11 @@ class BatchViews:
         zeros = torch.zeros(len(seeds), dtype=torch.int64)
         return torch.stack([params.get(name, zeros) for name in PARAM_NAMES], dim=1).to(torch.int32)
 
-    def augmented(self, images: torch.Tensor, params: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
-        """The training view of uint8 images: ToTensor, pad + crop, flip, Cutout, Normalize.
+    def _augmented(self, pixels: torch.Tensor, params: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        """The training view of float images `[B, C, S, S]` in [0, 1]: pad + crop, flip, Cutout, Normalize.
 
         ToTensor comes first here (the per-image recipe crops after it too): padding adds zeros either way, and the
         crop gathers float32 faster than uint8."""
-        return self._augmented(to_float(images), params)
-
-    def _augmented(self, pixels: torch.Tensor, params: Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
         if torch.is_tensor(params):  # packed by `sample`
             params = dict(zip(PARAM_NAMES, params.long().unbind(1)))
         pixels = crop_flip(pixels, params["top"], params["left"], params["flip"], self.recipe.padding)
