@@ -153,6 +153,16 @@ def load_average() -> str:
         return "n/a"
 
 
+def measured_commit() -> str:
+    """The checkout's commit, with `+ uncommitted changes` when tracked files differ from it."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)"
+    return commit + (" + uncommitted changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def machine_info() -> dict[str, str]:
     import transformers
 
@@ -173,7 +183,10 @@ def machine_info() -> dict[str, str]:
     except OSError:
         pass
     info = {
+        "commit measured": measured_commit(),
+        "started (UTC)": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "cpu": cpu,
+        "cpu capability (torch)": torch.backends.cpu.get_cpu_capability(),
         "cores (nproc)": str(os.cpu_count()),
         "memory": mem,
         "python": platform.python_version(),
