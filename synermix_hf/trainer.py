@@ -256,14 +256,26 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         return loader
 
     def get_eval_dataloader(self, eval_dataset: Any = None) -> DataLoader:
-        """The Trainer's evaluation loader, over a dataset in which an image that cannot be decoded is skipped."""
+        """The Trainer's evaluation loader, over a dataset in which an image that cannot be decoded is skipped: the
+        trainer's evaluation set, one of its named sets (`eval_dataset` a name) or `eval_dataset` itself.
+
+        With `dataloader_persistent_workers` the loader of the trainer's set and of each named set is kept, as the
+        Trainer keeps them; a set passed in gets a loader of its own (the Trainer keeps it as the trainer's set's and
+        hands it out again for any other set, or the trainer's).
+        """
+        named = isinstance(eval_dataset, str)
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
-        if isinstance(eval_dataset, str):
+        if named:
             dataset = self.eval_dataset[eval_dataset]
-        if dataset is not None and not isinstance(dataset, dict):
-            dataset = tolerant_images(dataset, "evaluation set", seed=self.args.effective_data_seed, skip=True)
-        return super().get_eval_dataloader(eval_dataset if isinstance(eval_dataset, str) or dataset is None
-                                           else dataset)
+        if dataset is None or isinstance(dataset, dict):
+            return super().get_eval_dataloader(eval_dataset)
+        key = eval_dataset if named else "eval" if eval_dataset is None else None
+        kept = getattr(self, "_eval_dataloaders", {})
+        if key in kept and self.args.dataloader_persistent_workers:
+            return kept[key]
+        dataset = tolerant_images(dataset, "evaluation set", seed=self.args.effective_data_seed, skip=True)
+        return self._get_dataloader(dataset=dataset, description="Evaluation", batch_size=self.args.eval_batch_size,
+                                    sampler_fn=self._get_eval_sampler, dataloader_key=key)
 
     def get_test_dataloader(self, test_dataset: Any) -> DataLoader:
         """The Trainer's prediction loader, over a dataset in which an image that cannot be decoded is skipped."""

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from synermix_hf import SynerMixTrainer
 from synermix_hf.data.bad_images import IGNORE_LABEL, TolerantImages
 from synermix_hf.cli.train import main
 from synermix_hf.data import TwoViewTransform
@@ -25,6 +26,8 @@ from synermix_hf.data.image_store import stored_images_and_failures
 from synermix_hf.data.loading.checks import check_images_readable
 from synermix_hf.testing import tiny_images, write_parquet_copy
 from synermix_hf.data.transforms import TransformSpec, build_transforms
+
+from test_trainer import arguments, resnet
 
 FAST = ["-bs", "8", "--image_size", "8", "--num_train_epochs", "2", "--save_strategy", "no", "--disable_tqdm", "true",
         "--per_device_eval_batch_size", "4", "--seed", "3"]
@@ -355,3 +358,16 @@ def test_an_image_past_pillows_size_limit_is_named_in_one_sentence(monkeypatch):
         check_images_readable(dataset, "image", "training set")
     message = str(raised.value)
     assert "decompression bomb DOS attack. Remove or replace the file" in message and ".." not in message, message
+
+
+def test_a_bad_image_is_skipped_in_a_set_evaluated_by_name_too(folders, tmp_path):
+    """Evaluation sets given as a dict are evaluated by name (`evaluate()`, and during training): each skips its bad
+    image as a set evaluated alone does, instead of stopping at it."""
+    _, eval_tf = build_transforms(TransformSpec("cifar", 16))
+    val = _image_folder(folders / "val").with_transform(TwoViewTransform(eval_tf, eval_tf, image_column="image",
+                                                                         label_column="label"))
+    args = arguments(tmp_path, per_device_eval_batch_size=4, max_bad_image_fraction=0.5)
+    model = resnet()
+    alone = SynerMixTrainer(model=model, args=args).evaluate(val)["eval_loss"]
+    metrics = SynerMixTrainer(model=model, args=args, eval_dataset={"a": val, "b": val}).evaluate()
+    assert metrics["eval_a_loss"] == metrics["eval_b_loss"] == alone

@@ -46,6 +46,8 @@ def test_no_other_private_trainer_method_is_overridden():
 USED = {
     "_prepare_inputs": (["self", "inputs"], "trainer.py: moves a batch to the device before its views are made"),
     "_get_train_sampler": (["self", "train_dataset"], "trainer.py: the Trainer's sampler when the balanced one is off"),
+    "_get_eval_sampler": (["self", "eval_dataset"], "trainer.py: the evaluation loader's sampler, as the Trainer's"),
+    "_eval_dataloaders": (None, "trainer.py: the evaluation loaders kept with persistent workers, by set name"),
     "_get_dataloader": (["self", "dataset", "description", "batch_size", "sampler_fn", "is_training", "dataloader_key"],
                         "trainer.py: builds the training loader over the seeded dataset with the sampler given"),
     "_train_batch_size": (None, "trainer.py: the per-process batch the Trainer resolved (auto_find_batch_size)"),

@@ -129,6 +129,28 @@ def test_evaluation_on_the_device_path_equals_the_per_image_path(tmp_path, recip
     assert np.array_equal(results[0]["logits"], results[1]["logits"])
 
 
+def test_each_evaluation_set_is_evaluated_over_its_own_loader_and_views_with_persistent_workers_too(tmp_path):
+    """Several evaluation sets (one on the device path, one per-image): a dict given to the trainer (evaluated by
+    name), a dict or a set passed to `evaluate`; with persistent loader workers each set's metrics are its own, as
+    evaluated alone (the Trainer kept a set passed in as the trainer's own set's loader and evaluated it again)."""
+    spec = TransformSpec("cifar", 16)
+    device = prepare_views(None, color_dataset(n=6, seed=1), spec, "image", "label", two_views=True).eval
+    per_image = prepare_views(None, color_dataset(n=5, seed=2), spec, "image", "label", two_views=True,
+                              views_on="loader").eval
+    model = resnet()
+    alone = {name: SynerMixTrainer(model=model, args=arguments(tmp_path)).evaluate(dataset)["eval_loss"]
+             for name, dataset in (("a", device), ("b", per_image))}
+    assert alone["a"] != alone["b"]
+    args = arguments(tmp_path, per_device_eval_batch_size=4, dataloader_num_workers=1,
+                     dataloader_persistent_workers=True)
+    trainer = SynerMixTrainer(model=model, args=args, eval_dataset={"a": device, "b": per_image})
+    for metrics in (trainer.evaluate(), trainer.evaluate(), trainer.evaluate({"a": device, "b": per_image})):
+        assert {name: metrics[f"eval_{name}_loss"] for name in alone} == alone
+    trainer = SynerMixTrainer(model=model, args=args, eval_dataset=device)
+    losses = [trainer.evaluate(), trainer.evaluate(per_image), trainer.evaluate()]
+    assert [metrics["eval_loss"] for metrics in losses] == [alone["a"], alone["b"], alone["a"]]
+
+
 def expected_views(images_uint8, seeds, spec):
     """The augmented view computed image by image with torchvision's functional ops, parameters read from the seed
     as `uniform_digits` defines them (crop offsets, flip, then the Cutout centre)."""
