@@ -228,6 +228,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         if labels is None and self.args.balanced_sampler:
             labels = dataset_labels(self.train_dataset)
         dataset = SeededAugmentation(tolerant_images(self.train_dataset, "training set", labels, seed), seed)
+        self._refuse_collator_of_example_lists(dataset, "training set")
         self._train_views = dataset.device_views
         sampler = None
         if self.args.balanced_sampler:
@@ -285,12 +286,26 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
     def evaluation_loop(self, dataloader: DataLoader, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's evaluation loop (`evaluate`, `predict`), whose `prediction_step` makes the views of
         `dataloader`'s batches with its own dataset's `device_views`."""
+        self._refuse_collator_of_example_lists(dataloader.dataset, "evaluation or prediction set")
         outer = self._eval_views
         self._eval_views = self._views_for_metrics(dataloader.dataset)
         try:
             return super().evaluation_loop(dataloader, *args, **kwargs)
         finally:
             self._eval_views = outer
+
+    def _refuse_collator_of_example_lists(self, dataset: Any, what: str) -> None:
+        """A dataset whose views are made on the device builds each batch itself (`StoredImageDataset.__getitems__`),
+        which `SynerMixCollator` passes through; a collator of lists of examples (`default_data_collator`, ...) would
+        fail inside the loader with a bare `KeyError`, so it is refused before the loader starts."""
+        if views_of(dataset) is None or isinstance(self.data_collator, SynerMixCollator):
+            return
+        name = getattr(self.data_collator, "__qualname__", None) or type(self.data_collator).__name__
+        raise ValueError(
+            f"`data_collator` ({name}) cannot batch the {what}: its views are made on the device, so its dataset "
+            "hands the loader whole batches, not lists of examples. Use SynerMixCollator (the default) or a subclass "
+            "of it, or make the views in the loader (`prepare_views(..., views_on=\"loader\")`, `--views_on loader`)."
+        )
 
     def _views_for_metrics(self, dataset: Any) -> DeviceViews | None:
         """`views_of(dataset)` (its `device_views`), refusing `include_for_metrics=["inputs"]` for a dataset whose

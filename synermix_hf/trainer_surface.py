@@ -337,11 +337,13 @@ TRAINER_PARAMETERS: dict[str, Surface] = {
     "args": _honoured("must be SynerMixTrainingArguments (or RecipeTrainingArguments); plain TrainingArguments are "
                       "refused with a TypeError", f"{_TRAINER}::test_plain_training_arguments_are_refused"),
     "data_collator": _honoured("defaults to `SynerMixCollator`; one that drops `original_pixel_values` is named in "
-                               "the error",
+                               "the error; a dataset whose views are made on the device builds its batches itself, "
+                               "so there another collator than `SynerMixCollator` (or a subclass) is refused",
                                f"{_TRAINER}::test_a_collator_that_drops_the_original_view_is_named_in_the_error"),
     "train_dataset": _honoured("get_train_dataloader: seeded augmentation, balanced batches, bad images replaced",
                                f"{_TRAINER}::test_balanced_batches_reach_the_loss"),
-    "eval_dataset": _honoured("get_eval_dataloader: the Trainer's loader, bad images skipped",
+    "eval_dataset": _honoured("get_eval_dataloader: the Trainer's loader, bad images skipped (in each named set "
+                              "too; with persistent workers each set keeps its own loader)",
                               f"{_TRAINER}::test_evaluation_is_plain_cross_entropy_and_predict_returns_plain_logits"),
     "processing_class": _honoured("Trainer: saved beside the model in the output folder and every checkpoint",
                                   _BUNDLE),

@@ -314,3 +314,24 @@ def test_the_default_budget_is_the_free_disk_space_and_a_built_store_needs_none(
     assert square.views_on == "loader"  # the square recipes take the loader when their store does not fit
     assert re.search(r"the stores need [\d.]+ GiB, more than four fifths of the free disk space of \S+ "
                      r"\(0\.00 GiB; set `decode_budget_gib` to allow more\)", square.description), square.description
+
+
+def test_a_collator_of_example_lists_is_refused_on_the_device_path_and_collates_on_the_loader_path(tmp_path):
+    # On the device path the dataset builds each batch itself; transformers' default_data_collator expects a list of
+    # examples and would fail inside the loader with a bare KeyError.
+    from transformers import default_data_collator
+
+    train, evaluation = color_dataset(n=16), color_dataset(n=8, seed=1)
+    spec = TransformSpec("cifar", 16)
+    args = arguments(tmp_path, beta=0.0, max_steps=1)
+    device = prepare_views(train, evaluation, spec, "image", "label", two_views=False, views_on="device")
+    trainer = SynerMixTrainer(model=resnet(), args=args, train_dataset=device.train, eval_dataset=device.eval,
+                              data_collator=default_data_collator)
+    for run in (trainer.train, trainer.evaluate, lambda: trainer.predict(device.eval)):
+        with pytest.raises(ValueError, match="`data_collator`"):
+            run()
+    loader = prepare_views(train, evaluation, spec, "image", "label", two_views=False, views_on="loader")
+    trainer = SynerMixTrainer(model=resnet(), args=args, train_dataset=loader.train, eval_dataset=loader.eval,
+                              data_collator=default_data_collator)
+    trainer.train()
+    assert np.isfinite(trainer.evaluate()["eval_loss"])
