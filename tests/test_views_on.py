@@ -96,6 +96,19 @@ def test_a_dataset_declares_its_device_views_and_every_wrapper_forwards_them(tmp
         trainer.get_train_dataloader()
 
 
+@pytest.mark.parametrize("recipe", ["cifar", "imagenet"])
+def test_a_training_example_asked_for_alone_is_its_batch_of_one(recipe):
+    """`SeededAugmentation(...)[i]` over a device-path training set: the batch of one its loader reads, as
+    `StoredImageDataset[i]` is one (there is no per-example item to pick out of it)."""
+    train = color_dataset(n=8) if recipe == "cifar" else shaped_dataset(n=8)
+    views = prepare_views(train, None, TransformSpec(recipe, 16), "image", "label", two_views=True)
+    seeded = SeededAugmentation(views.train, seed=3)
+    for item in (5, (5, 2)):
+        alone, batch = seeded[item], seeded.__getitems__([item])
+        assert alone.keys() == batch.keys() and len(alone["labels"]) == 1
+        assert all(torch.equal(alone[key], batch[key]) for key in batch)
+
+
 def test_a_batch_gets_the_views_of_the_loader_it_came_from_not_of_the_loader_made_last(tmp_path):
     spec = TransformSpec("cifar", 16)
     evaluation = color_dataset(n=6, seed=3)
