@@ -24,6 +24,7 @@ from synermix_hf import (
     views_of,
 )
 from synermix_hf.data.bad_images import TolerantImages
+from synermix_hf.data.pipeline import recipe_problem
 from synermix_hf.data.transforms import TransformSpec, build_transforms
 
 from test_trainer import arguments, color_dataset, resnet
@@ -70,6 +71,19 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
                       views_on="device")
     with pytest.raises(ValueError, match="`views_on` 'gpu' is not valid"):
         prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", two_views=True, views_on="gpu")
+
+
+@pytest.mark.parametrize("family, largest", [("cifar", 427), ("miniimagenet", 402)])
+def test_a_square_recipe_too_large_to_draw_batched_takes_the_loader_and_says_why(family, largest):
+    """The device path draws each example's crop offsets, flip and Cutout centre from one seed (`uniform_digits`),
+    which covers them up to a size: above it, `auto` takes the loader before training and says why, `device` stops."""
+    train = color_dataset(n=8)
+    assert recipe_problem(TransformSpec(family, largest)) is None
+    spec = TransformSpec(family, largest + 1)
+    views = prepare_views(train, None, spec, "image", "label", two_views=True)
+    assert views.views_on == "loader" and f"at {largest + 1}px" in views.description, views.description
+    with pytest.raises(ValueError, match="`views_on` 'device' does not apply here"):
+        prepare_views(train, None, spec, "image", "label", two_views=True, views_on="device")
 
 
 def test_a_dataset_declares_its_device_views_and_every_wrapper_forwards_them(tmp_path):

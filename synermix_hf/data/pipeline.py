@@ -129,15 +129,22 @@ def recipe_problem(spec: TransformSpec) -> str | None:
     """Why the device path cannot make the views of `spec`'s recipe, step for step, or None when it makes them all.
 
     The recipe is what `build_transforms(spec)` builds. The device path makes, for the square families, the steps that
-    `BatchViews` declares (`BatchViews.steps`) after the store's resize to S x S; for the `imagenet` family, any steps
+    `BatchViews` declares (`BatchViews.steps`) after the store's resize to S x S, at the sizes whose random steps one
+    seed per example covers (`BatchViews.sample`: up to 427 px for `cifar`, 402 px for `miniimagenet`); for the `imagenet` family, any steps
     of the training transform before `ToTensor` (torchvision runs them in the loader) and then `ToTensor` and
     `Normalize` (`NormalizedViews`), and the evaluation transform's steps before `ToTensor` as its store of evaluation
     views makes them (`stored_steps`)."""
     train, evaluation = build_transforms(spec)
     normalized = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
     if spec.family in SQUARE_FAMILIES:
+        views = BatchViews.from_spec(spec)
+        try:  # each example's crop offsets, flip and Cutout centre come from one seed, which covers them up to a size
+            views.sample(np.zeros(1, dtype=np.uint64))
+        except ValueError as error:
+            return (f"the device path cannot draw the training transform's random steps at {spec.image_size}px "
+                    f"from one seed per example ({error})")
         resize = stored_steps(spec.image_size, "bilinear", square=True)
-        made_train = resize + list(BatchViews.from_spec(spec).steps())
+        made_train = resize + list(views.steps())
         made_eval = resize + normalized
     else:
         made_train = split_at_to_tensor(train)[0] + normalized
