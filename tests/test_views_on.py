@@ -86,6 +86,20 @@ def test_a_square_recipe_too_large_to_draw_batched_takes_the_loader_and_says_why
         prepare_views(train, None, spec, "image", "label", two_views=True, views_on="device")
 
 
+def test_an_evaluation_set_without_labels_is_predicted_on_the_loader_path_which_says_why(tmp_path):
+    """A set to predict, with no label column: the device path's batches carry labels, so `auto` takes the loader
+    (which predicts it as given) and says why, and `device` stops before anything is decoded."""
+    train, evaluation = color_dataset(n=8), color_dataset(n=6, seed=2).remove_columns("label")
+    spec = TransformSpec("cifar", 16)
+    views = prepare_views(train, evaluation, spec, "image", "label", two_views=True)
+    assert views.views_on == "loader" and "no label column" in views.description, views.description
+    trainer = SynerMixTrainer(model=resnet(), args=arguments(tmp_path, per_device_eval_batch_size=4))
+    prediction = trainer.predict(views.eval)
+    assert prediction.predictions.shape == (6, 4) and prediction.label_ids is None
+    with pytest.raises(ValueError, match="`views_on` 'device' does not apply here: .*no label column"):
+        prepare_views(train, evaluation, spec, "image", None, two_views=True, views_on="device")
+
+
 def test_a_dataset_declares_its_device_views_and_every_wrapper_forwards_them(tmp_path):
     """`device_views` is read from the dataset, through the package's wrappers and a `Subset`: a Subset evaluates as
     the same rows selected before `prepare_views` do, and training on one (no `seeded_batch`) is refused up front."""
