@@ -130,10 +130,10 @@ def recipe_problem(spec: TransformSpec) -> str | None:
 
     The recipe is what `build_transforms(spec)` builds. The device path makes, for the square families, the steps that
     `BatchViews` declares (`BatchViews.steps`) after the store's resize to S x S, at the sizes whose random steps one
-    seed per example covers (`BatchViews.sample`: up to 427 px for `cifar`, 402 px for `miniimagenet`); for the `imagenet` family, any steps
-    of the training transform before `ToTensor` (torchvision runs them in the loader) and then `ToTensor` and
-    `Normalize` (`NormalizedViews`), and the evaluation transform's steps before `ToTensor` as its store of evaluation
-    views makes them (`stored_steps`)."""
+    seed per example covers (`BatchViews.sample`: up to 427 px for `cifar`, 402 px for `miniimagenet`); for the
+    `imagenet` family, any steps of the training transform before `ToTensor` (torchvision runs them in the loader) and
+    then `ToTensor` and `Normalize` (`NormalizedViews`), and the evaluation transform's steps before `ToTensor` as its
+    store of evaluation views makes them (`stored_steps`)."""
     train, evaluation = build_transforms(spec)
     normalized = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
     if spec.family in SQUARE_FAMILIES:
