@@ -150,6 +150,19 @@ def test_the_store_lives_next_to_the_dataset_is_reused_and_keyed(tmp_path):
     assert np.array_equal(in_memory.pixels, store.pixels) and np.array_equal(in_memory.index, store.index)
 
 
+@pytest.mark.parametrize("store_kind", [dict(short_side=0), dict(short_side=16, square=True),
+                                        dict(short_side=16, centre_crop_of=20)])
+def test_a_split_with_no_rows_gets_an_empty_store_built_and_reused(tmp_path, store_kind):
+    """A split left empty by a filter: a store of no images on disk, as in memory, and a later run reuses it."""
+    dataset = saved_dataset(tmp_path, mixed_values()).filter(lambda example: False)
+    store = stored(dataset, "image", **store_kind)
+    assert store.path is not None and len(store) == 0 and store.nbytes == 0
+    again = stored(dataset, "image", **store_kind)
+    assert again.path == store.path and len(again) == 0 and again.index.shape == (0, 5)
+    if store_kind.get("short_side"):
+        assert again.square_batch([]).shape == (0, 16, 16, 3)
+
+
 def test_abandoned_builds_are_removed(tmp_path):
     # (A build stopped by a full disk or SIGTERM leaves nothing: tests/test_store_failures.py.)
     values = [{"bytes": encoded(picture(12 + i % 5, 10 + i % 3, seed=i)), "path": f"{i}.jpg"} for i in range(150)]

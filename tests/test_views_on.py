@@ -24,6 +24,7 @@ from synermix_hf import (
     views_of,
 )
 from synermix_hf.data.bad_images import TolerantImages
+from synermix_hf.data.pipeline import recipe_problem
 from synermix_hf.data.transforms import TransformSpec, build_transforms
 
 from test_trainer import arguments, color_dataset, resnet
@@ -72,6 +73,33 @@ def test_auto_takes_the_device_path_where_it_applies_and_says_why_not_elsewhere(
         prepare_views(train, None, TransformSpec("cifar", 16), "image", "label", two_views=True, views_on="gpu")
 
 
+@pytest.mark.parametrize("family, largest", [("cifar", 427), ("miniimagenet", 402)])
+def test_a_square_recipe_too_large_to_draw_batched_takes_the_loader_and_says_why(family, largest):
+    """The device path draws each example's crop offsets, flip and Cutout centre from one seed (`uniform_digits`),
+    which covers them up to a size: above it, `auto` takes the loader before training and says why, `device` stops."""
+    train = color_dataset(n=8)
+    assert recipe_problem(TransformSpec(family, largest)) is None
+    spec = TransformSpec(family, largest + 1)
+    views = prepare_views(train, None, spec, "image", "label", two_views=True)
+    assert views.views_on == "loader" and f"at {largest + 1}px" in views.description, views.description
+    with pytest.raises(ValueError, match="`views_on` 'device' does not apply here"):
+        prepare_views(train, None, spec, "image", "label", two_views=True, views_on="device")
+
+
+def test_an_evaluation_set_without_labels_is_predicted_on_the_loader_path_which_says_why(tmp_path):
+    """A set to predict, with no label column: the device path's batches carry labels, so `auto` takes the loader
+    (which predicts it as given) and says why, and `device` stops before anything is decoded."""
+    train, evaluation = color_dataset(n=8), color_dataset(n=6, seed=2).remove_columns("label")
+    spec = TransformSpec("cifar", 16)
+    views = prepare_views(train, evaluation, spec, "image", "label", two_views=True)
+    assert views.views_on == "loader" and "no label column" in views.description, views.description
+    trainer = SynerMixTrainer(model=resnet(), args=arguments(tmp_path, per_device_eval_batch_size=4))
+    prediction = trainer.predict(views.eval)
+    assert prediction.predictions.shape == (6, 4) and prediction.label_ids is None
+    with pytest.raises(ValueError, match="`views_on` 'device' does not apply here: .*no label column"):
+        prepare_views(train, evaluation, spec, "image", None, two_views=True, views_on="device")
+
+
 def test_a_dataset_declares_its_device_views_and_every_wrapper_forwards_them(tmp_path):
     """`device_views` is read from the dataset, through the package's wrappers and a `Subset`: a Subset evaluates as
     the same rows selected before `prepare_views` do, and training on one (no `seeded_batch`) is refused up front."""
@@ -94,6 +122,19 @@ def test_a_dataset_declares_its_device_views_and_every_wrapper_forwards_them(tmp
     trainer = SynerMixTrainer(model=resnet(), args=arguments(tmp_path), train_dataset=Subset(device.train, [0, 1]))
     with pytest.raises(ValueError, match="seeded_batch"):
         trainer.get_train_dataloader()
+
+
+@pytest.mark.parametrize("recipe", ["cifar", "imagenet"])
+def test_a_training_example_asked_for_alone_is_its_batch_of_one(recipe):
+    """`SeededAugmentation(...)[i]` over a device-path training set: the batch of one its loader reads, as
+    `StoredImageDataset[i]` is one (there is no per-example item to pick out of it)."""
+    train = color_dataset(n=8) if recipe == "cifar" else shaped_dataset(n=8)
+    views = prepare_views(train, None, TransformSpec(recipe, 16), "image", "label", two_views=True)
+    seeded = SeededAugmentation(views.train, seed=3)
+    for item in (5, (5, 2)):
+        alone, batch = seeded[item], seeded.__getitems__([item])
+        assert alone.keys() == batch.keys() and len(alone["labels"]) == 1
+        assert all(torch.equal(alone[key], batch[key]) for key in batch)
 
 
 def test_a_batch_gets_the_views_of_the_loader_it_came_from_not_of_the_loader_made_last(tmp_path):

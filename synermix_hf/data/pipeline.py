@@ -54,7 +54,7 @@ from .image_store import (
     stored_steps,
 )
 from .transforms import SQUARE_FAMILIES, TransformSpec, build_transforms, split_at_to_tensor
-from .views import SingleViewTransform, TwoViewTransform, dataset_labels
+from .views import SingleViewTransform, TwoViewTransform, _trained_label_column, dataset_labels
 
 __all__ = ["VIEWS_ON", "PreparedViews", "default_budget_gib", "device_path_obstacle", "prepare_views", "recipe_problem"]
 
@@ -129,15 +129,22 @@ def recipe_problem(spec: TransformSpec) -> str | None:
     """Why the device path cannot make the views of `spec`'s recipe, step for step, or None when it makes them all.
 
     The recipe is what `build_transforms(spec)` builds. The device path makes, for the square families, the steps that
-    `BatchViews` declares (`BatchViews.steps`) after the store's resize to S x S; for the `imagenet` family, any steps
-    of the training transform before `ToTensor` (torchvision runs them in the loader) and then `ToTensor` and
-    `Normalize` (`NormalizedViews`), and the evaluation transform's steps before `ToTensor` as its store of evaluation
-    views makes them (`stored_steps`)."""
+    `BatchViews` declares (`BatchViews.steps`) after the store's resize to S x S, at the sizes whose random steps one
+    seed per example covers (`BatchViews.sample`: up to 427 px for `cifar`, 402 px for `miniimagenet`); for the
+    `imagenet` family, any steps of the training transform before `ToTensor` (torchvision runs them in the loader) and
+    then `ToTensor` and `Normalize` (`NormalizedViews`), and the evaluation transform's steps before `ToTensor` as its
+    store of evaluation views makes them (`stored_steps`)."""
     train, evaluation = build_transforms(spec)
     normalized = [T.ToTensor(), T.Normalize(spec.mean, spec.std)]
     if spec.family in SQUARE_FAMILIES:
+        views = BatchViews.from_spec(spec)
+        try:  # each example's crop offsets, flip and Cutout centre come from one seed, which covers them up to a size
+            views.sample(np.zeros(1, dtype=np.uint64))
+        except ValueError as error:
+            return (f"the device path cannot draw the training transform's random steps at {spec.image_size}px "
+                    f"from one seed per example ({error})")
         resize = stored_steps(spec.image_size, "bilinear", square=True)
-        made_train = resize + list(BatchViews.from_spec(spec).steps())
+        made_train = resize + list(views.steps())
         made_eval = resize + normalized
     else:
         made_train = split_at_to_tensor(train)[0] + normalized
@@ -258,8 +265,9 @@ def prepare_views(
         raise ValueError(f"`views_on` {views_on!r} is not valid; choose one of {', '.join(VIEWS_ON)}.")
     if decode_budget_gib is not None and not decode_budget_gib >= 0:
         raise ValueError(f"`decode_budget_gib` must be >= 0, got {decode_budget_gib}.")
-    obstacle = None if views_on == "loader" else device_path_obstacle(
-        [train, evaluation], spec, image_column, decode_budget_gib, cache_dir, two_views)
+    obstacle = None if views_on == "loader" else (
+        device_path_obstacle([train, evaluation], spec, image_column, decode_budget_gib, cache_dir, two_views)
+        or _unlabelled_problem(evaluation, label_column))
     if views_on == "device" and obstacle is not None:
         raise ValueError(f"`views_on` 'device' does not apply here: {obstacle}. Use 'auto' or 'loader'.")
     if views_on == "loader" or obstacle is not None:
@@ -310,6 +318,19 @@ def prepare_views(
     description = f"device: {'; '.join(parts)}. {made}: the per-image path's pixels exactly"
     logger.info("Views: %s", description)
     return PreparedViews(prepared[0], prepared[1], "device", description, bad_images)
+
+
+def _unlabelled_problem(evaluation: Any, label_column: str | None) -> str | None:
+    """Why the device path cannot serve `evaluation` (a `datasets.Dataset` or None): its batches carry each example's
+    label, and the set has no label column (a set to predict, which the loader path serves without labels)."""
+    if evaluation is None:
+        return None
+    column = label_column or _trained_label_column(evaluation)  # the column `dataset_labels` reads
+    if column is not None and column in evaluation.column_names:
+        return None
+    named = f" {label_column!r}" if label_column else ""
+    return (f"the evaluation set has no label column{named} (its columns: {evaluation.column_names}), and the device "
+            "path's batches carry labels")
 
 
 def _describe_stores(dataset: StoredImageDataset) -> str:

@@ -217,7 +217,8 @@ def _save_array(file: str, array: np.ndarray) -> None:
     unseen at close on a full disk, leaving a file cut short that the manifest would then record as complete."""
     with open(file, "wb") as handle:
         np.lib.format.write_array_header_1_0(handle, np.lib.format.header_data_from_array_1_0(array))
-        handle.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+        # Its bytes as a flat uint8 array: `memoryview.cast` refuses an empty array's shape (a split with no rows).
+        handle.write(memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)))
 
 
 class PixelsFile:

@@ -194,7 +194,8 @@ class SeededAugmentation(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, item: int | tuple[int, int]) -> Any:
-        return self.__getitems__([item])[0]
+        items = self.__getitems__([item])
+        return items if isinstance(items, Mapping) else items[0]  # a batch of one, as `seeded_batch` makes it
 
     def __getitems__(self, items: Sequence[int | tuple[int, int]]) -> list[Any] | Mapping[str, Any]:
         pairs = [(int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), int(item))
