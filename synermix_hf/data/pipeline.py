@@ -54,7 +54,7 @@ from .image_store import (
     stored_steps,
 )
 from .transforms import SQUARE_FAMILIES, TransformSpec, build_transforms, split_at_to_tensor
-from .views import SingleViewTransform, TwoViewTransform, _trained_label_column, dataset_labels
+from .views import SingleViewTransform, TwoViewTransform, dataset_labels, trained_label_column
 
 __all__ = ["VIEWS_ON", "PreparedViews", "default_budget_gib", "device_path_obstacle", "prepare_views", "recipe_problem"]
 
@@ -325,7 +325,7 @@ def _unlabelled_problem(evaluation: Any, label_column: str | None) -> str | None
     label, and the set has no label column (a set to predict, which the loader path serves without labels)."""
     if evaluation is None:
         return None
-    column = label_column or _trained_label_column(evaluation)  # the column `dataset_labels` reads
+    column = label_column or trained_label_column(evaluation)  # the column `dataset_labels` reads
     if column is not None and column in evaluation.column_names:
         return None
     named = f" {label_column!r}" if label_column else ""

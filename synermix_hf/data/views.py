@@ -213,7 +213,7 @@ class SeededAugmentation(torch.utils.data.Dataset):
 TRAINED_LABEL_COLUMNS = ("labels", "label", "fine_label")
 
 
-def _trained_label_column(dataset: Any) -> str | None:
+def trained_label_column(dataset: Any) -> str | None:
     """The column the training batches take their labels from: the view transform's (`TwoViewTransform(...,
     label_column=...)`), else the first of `TRAINED_LABEL_COLUMNS` the dataset has."""
     transform = (dataset.format.get("format_kwargs") or {}).get("transform")
@@ -234,7 +234,7 @@ def dataset_labels(dataset: Any, label_column: str | None = None) -> np.ndarray:
     except ImportError:  # pragma: no cover - datasets is a requirement
         datasets = None
     if datasets is not None and isinstance(dataset, datasets.Dataset):
-        column = label_column or _trained_label_column(dataset)
+        column = label_column or trained_label_column(dataset)
         if column is None or column not in dataset.column_names:
             raise ValueError(
                 f"No label column found for the balanced sampler; the dataset has columns {dataset.column_names}. "
