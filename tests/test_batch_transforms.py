@@ -158,3 +158,14 @@ def test_uniform_digits_refuses_more_bits_than_one_seed_gives():
 def test_batch_views_refuse_the_imagenet_family():
     with pytest.raises(ValueError, match="square families"):
         BatchViews.from_spec(TransformSpec("imagenet", 32))
+
+
+def test_normalize_after_a_call_under_inference_mode_still_backpropagates():
+    # Its per-channel constants are cached; those of a first call under inference mode must serve autograd later.
+    mean, std = (0.3, 0.4, 0.5), (0.21, 0.22, 0.23)
+    with torch.inference_mode():
+        normalize(torch.rand(2, 3, 4, 4), mean, std)
+    images = torch.rand(2, 3, 4, 4, requires_grad=True)
+    normalize(images, mean, std).sum().backward()
+    expected = torch.tensor(std).reciprocal().view(1, 3, 1, 1).expand_as(images)
+    torch.testing.assert_close(images.grad, expected)

@@ -143,7 +143,10 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _channel_constants(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype, device=device).view(-1, 1, 1)
+    # Cached for every later call: one made under `torch.inference_mode` would be an inference tensor, which autograd
+    # refuses to save for the backward of a later `normalize` of images that require grad.
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype, device=device).view(-1, 1, 1)
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
