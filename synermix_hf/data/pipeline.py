@@ -337,7 +337,7 @@ def _describe_stores(dataset: StoredImageDataset) -> str:
     stores = [store for store in (dataset.store, dataset.originals) if store is not None]
     what = {True: "decoded once", False: "its evaluation views made once"}[dataset.store is not None]
     if dataset.store is not None and not dataset.store.square:
-        what += " at full resolution" + (", with its original views made once" if dataset.originals else "")
+        what += " at full resolution" + (", with its original views made once" if dataset.originals is not None else "")
     elif dataset.store is not None:
         what += f" at {dataset.store.short_side}x{dataset.store.short_side}px"
     where = sorted({store.path for store in stores if store.path is not None})
