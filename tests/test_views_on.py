@@ -376,3 +376,12 @@ def test_a_collator_of_example_lists_is_refused_on_the_device_path_and_collates_
                               data_collator=default_data_collator)
     trainer.train()
     assert np.isfinite(trainer.evaluate()["eval_loss"])
+
+
+def test_a_training_set_without_its_original_views_is_refused_for_evaluation_naming_two_views(tmp_path):
+    # The 224 px recipe's training store holds full-resolution images; its evaluation views exist only with two_views.
+    views = prepare_views(shaped_dataset(n=8), None, TransformSpec("imagenet", 16), "image", "label",
+                          two_views=False, views_on="device")  # fmt: skip
+    trainer = SynerMixTrainer(model=resnet(), args=arguments(tmp_path, beta=0.0), train_dataset=views.train)
+    with pytest.raises(ValueError, match="two_views"):
+        trainer.evaluate(views.train)

@@ -145,4 +145,10 @@ class StoredImageDataset(torch.utils.data.Dataset):
         indices = np.asarray(indices, dtype=np.int64)
         rows = self._rows_of(indices)
         images = self.originals if self.originals is not None else self.store
+        if not images.square:
+            raise ValueError(
+                "This training set holds its images at full resolution only, without their original views "
+                "(`two_views=False`), so it cannot be evaluated or predicted on the device path. Prepare it with "
+                "`two_views=True`, or with `views_on=\"loader\"`, to evaluate it."
+            )
         return {"labels": torch.from_numpy(self.labels[indices]), "images": images.square_batch(rows)}
