@@ -48,6 +48,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
@@ -380,6 +381,16 @@ class StagedCheckpoints:
             for path, problem in remove_incomplete_checkpoints(plan.clears):
                 logger.info("Removed %s: %s.", path, problem)
         self.accelerator.wait_for_everyone()  # no process reads the folder while it is tidied
+        if plan.checkpoint is not None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            missing = _missing_training_state(plan.checkpoint)
+            if missing:
+                # The Trainer starts a fresh optimizer and schedule then without a word: the run goes on, but not as
+                # an uninterrupted one (the momentum is gone, the learning rate is the schedule's first again).
+                logger.warning(
+                    "Resuming from %s, which has no %s (saved with save_only_model=True): the run continues from its "
+                    "weights and step with a fresh optimizer state and the learning-rate schedule started again from "
+                    "its first step, so it will not end as an uninterrupted run. Resume from a checkpoint saved "
+                    "without save_only_model for that.", plan.checkpoint, " or ".join(missing))
         return plan.checkpoint
 
     # ---- transformers private API (signatures checked by tests/test_checkpoints.py) ----
@@ -529,6 +540,17 @@ class LegacyWeightNames:
         reloaded = type(model).from_pretrained(checkpoint, config=model.config)
         model.load_state_dict(reloaded.state_dict())
         return True
+
+
+def _missing_training_state(checkpoint: str) -> list[str]:
+    """The files of the optimizer's and the schedule's state that `checkpoint` lacks (all of them for a checkpoint
+    of `save_only_model=True`), as the Trainer's own resume looks for them."""
+    missing = []
+    if not any(os.path.isfile(os.path.join(checkpoint, name)) for name in (OPTIMIZER_NAME, OPTIMIZER_NAME_BIN)):
+        missing.append(OPTIMIZER_NAME)
+    if not os.path.isfile(os.path.join(checkpoint, SCHEDULER_NAME)):
+        missing.append(SCHEDULER_NAME)
+    return missing
 
 
 def _saved_weight_names(checkpoint: str) -> set[str] | None:

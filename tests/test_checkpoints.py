@@ -146,7 +146,9 @@ class StepCount(transformers.TrainerCallback):
         self.steps += 1
 
 
-def test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer(tmp_path):
+def test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer(tmp_path, caplog):
+    # It resumes, and says that the run will not end as an uninterrupted one: the Trainer starts a fresh optimizer and
+    # schedule (the linear schedule's steps count from its start again) without a word.
     out = tmp_path / "run"
     trainer = _trainer(out)
     trainer.args.save_only_model, trainer.args.max_steps = True, 3
@@ -155,11 +157,16 @@ def test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer(tmp_
     resumed, counted = _trainer(out), StepCount()
     resumed.args.save_only_model, resumed.args.max_steps = True, 6
     resumed.add_callback(counted)
-    resumed.train(resume_from_checkpoint=True)
+    with caplog.at_level("WARNING", logger="synermix_hf.checkpoints"):
+        resumed.train(resume_from_checkpoint=True)
     assert counted.steps == 3 and resumed.state.global_step == 6  # from checkpoint-3, not from the beginning
+    warnings = [r.getMessage() for r in caplog.records if "save_only_model" in r.getMessage()]
+    assert len(warnings) == 1 and "optimizer.pt" in warnings[0] and "scheduler.pt" in warnings[0]
+    assert resumed.lr_scheduler.last_epoch == 3  # the schedule stepped from its start, not from step 3 on
 
 
-def test_the_trainer_takes_a_resolved_plan_as_it_is_and_clears_the_leftovers_it_names(tmp_path, monkeypatch):
+def test_the_trainer_takes_a_resolved_plan_as_it_is_and_clears_the_leftovers_it_names(tmp_path, monkeypatch,
+                                                                                      caplog):
     # The command line resolves once and hands its plan to `train`, which neither resolves again nor removes more than
     # the plan says: the leftovers of the folder the run goes on saving into.
     out = tmp_path / "run"
@@ -178,8 +185,10 @@ def test_the_trainer_takes_a_resolved_plan_as_it_is_and_clears_the_leftovers_it_
     resumed, counted = _trainer(out), StepCount()
     resumed.args.max_steps = 6
     resumed.add_callback(counted)
-    resumed.train(resume_from_checkpoint=plan)
+    with caplog.at_level("WARNING", logger="synermix_hf.checkpoints"):
+        resumed.train(resume_from_checkpoint=plan)
     assert counted.steps == 3 and resumed.state.global_step == 6
+    assert not [r for r in caplog.records if "save_only_model" in r.getMessage()]  # its optimizer state is there
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3", "checkpoint-6"]
 
 
