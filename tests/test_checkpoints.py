@@ -165,6 +165,22 @@ def test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer(tmp_
     assert resumed.lr_scheduler.last_epoch == 3  # the schedule stepped from its start, not from step 3 on
 
 
+def test_a_rerun_from_the_last_step_of_a_fractional_number_of_epochs_trains_nothing_more(tmp_path):
+    # 1.5 epochs of 6 steps end at step 9, within epoch 2, which checkpoint-9 holds (a run whose final save failed is
+    # resumed from it): transformers' loop trained a step 10 past the run's end before it checked the step count.
+    out = tmp_path / "run"
+    trainer = _trainer(out)
+    trainer.args.num_train_epochs = 1.5
+    trainer.train()
+    assert trainer.state.global_step == 9
+    resumed, counted = _trainer(out), StepCount()
+    resumed.args.num_train_epochs = 1.5
+    resumed.add_callback(counted)
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-9"))
+    assert counted.steps == 0 and resumed.state.global_step == 9
+    _assert_same_weights(resumed.model, trainer.model.state_dict())
+
+
 def test_the_trainer_takes_a_resolved_plan_as_it_is_and_clears_the_leftovers_it_names(tmp_path, monkeypatch,
                                                                                       caplog):
     # The command line resolves once and hands its plan to `train`, which neither resolves again nor removes more than
