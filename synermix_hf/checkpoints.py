@@ -335,10 +335,11 @@ class StagedCheckpoints:
                 os.remove(temporary)
 
     def trained_to_the_end(self, checkpoint: str | None) -> Any | None:
-        """When `checkpoint` holds the last step of the run (`max_steps`, or that of `num_train_epochs`), load its weights and state, log the
-        training as done, and return the `TrainOutput` of a `train()` that had nothing left to train; None otherwise.
+        """When `checkpoint` holds the last step of the run (`max_steps`, or the last of `num_train_epochs`), load
+        its weights and state, log the training as done, and return the `TrainOutput` of a `train()` that had nothing
+        left to train; None otherwise.
 
-        transformers' loop resumed from a checkpoint at `max_steps` within an epoch trains one step more before it
+        transformers' loop resumed from a checkpoint at the last step within an epoch trains one step more before it
         checks the step count, so a rerun that only has the final model to save (its save failed) would not end with
         the weights of the run.
         """
