@@ -336,8 +336,9 @@ class StagedCheckpoints:
 
     def trained_to_the_end(self, checkpoint: str | None) -> Any | None:
         """When `checkpoint` holds the last step of the run (`max_steps`, or the last of `num_train_epochs`), load
-        its weights and state, log the training as done, and return the `TrainOutput` of a `train()` that had nothing
-        left to train; None otherwise.
+        its weights and state (then the best checkpoint's weights under `load_best_model_at_end`, as the run ended),
+        log the training as done, and return the `TrainOutput` of a `train()` that had nothing left to train; None
+        otherwise.
 
         transformers' loop resumed from a checkpoint at the last step within an epoch trains one step more before it
         checks the step count, so a rerun that only has the final model to save (its save failed) would not end with
@@ -364,6 +365,8 @@ class StagedCheckpoints:
             return None
         self._load_from_checkpoint(checkpoint)
         self.state = state
+        if self.args.load_best_model_at_end and state.best_model_checkpoint is not None:
+            self._load_best_model()  # as the Trainer ends a run, which the rerun's final save is to follow
         metrics = {"train_runtime": 0.0, "train_samples_per_second": 0.0, "train_steps_per_second": 0.0,
                    "total_flos": float(state.total_flos or 0.0)}
         self.log(dict(metrics))

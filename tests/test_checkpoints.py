@@ -45,17 +45,19 @@ def _dataset(n=24):
     }).with_format("torch")  # fmt: skip
 
 
-def _trainer(output_dir, save_total_limit=None, trainer_class=SynerMixTrainer, processing_class=None):
+def _trainer(output_dir, save_total_limit=None, trainer_class=SynerMixTrainer, processing_class=None, eval_dataset=None,
+             **arguments):
     # 24 examples, batch 4: 6 steps an epoch, 2 epochs; checkpoints every 3 steps. SGD with momentum and a linear
     # schedule, so the optimizer's and the scheduler's state matter on resume; beta > 0 with MixUp draws every step.
     args = SynerMixTrainingArguments(
         output_dir=str(output_dir), report_to=[], use_cpu=True, disable_tqdm=True, seed=7, num_train_epochs=2,
         per_device_train_batch_size=4, balanced_sampler=False, learning_rate=0.05, optim="sgd",
         optim_args="momentum=0.9", beta=0.3, inter_mixup="mixup", save_strategy="steps", save_steps=3,
-        save_total_limit=save_total_limit, logging_steps=100,
+        save_total_limit=save_total_limit, logging_steps=100, **arguments,
     )  # fmt: skip
     torch.manual_seed(0)
-    return trainer_class(model=TinyNet(), args=args, train_dataset=_dataset(), processing_class=processing_class)
+    return trainer_class(model=TinyNet(), args=args, train_dataset=_dataset(), processing_class=processing_class,
+                         eval_dataset=eval_dataset)
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +180,23 @@ def test_a_rerun_from_the_last_step_of_a_fractional_number_of_epochs_trains_noth
     resumed.add_callback(counted)
     resumed.train(resume_from_checkpoint=str(out / "checkpoint-9"))
     assert counted.steps == 0 and resumed.state.global_step == 9
+    _assert_same_weights(resumed.model, trainer.model.state_dict())
+
+
+def test_a_rerun_from_the_last_step_ends_with_the_best_checkpoints_weights_as_the_run_did(tmp_path):
+    # load_best_model_at_end: the run ends on its best checkpoint's weights, and so does the rerun from its last
+    # checkpoint (its final save failed), which trains nothing; it ended on the last step's weights. The higher loss
+    # counts as the better here, so that the best checkpoint (3) is not the last (6).
+    out = tmp_path / "run"
+    best = dict(max_steps=6, eval_strategy="steps", eval_steps=3, load_best_model_at_end=True,
+                metric_for_best_model="eval_loss", greater_is_better=True)
+    trainer = _trainer(out, eval_dataset=_dataset(12), **best)
+    trainer.train()
+    assert trainer.state.best_model_checkpoint == str(out / "checkpoint-3")
+    resumed, counted = _trainer(out, eval_dataset=_dataset(12), **best), StepCount()
+    resumed.add_callback(counted)
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-6"))
+    assert counted.steps == 0 and resumed.state.global_step == 6
     _assert_same_weights(resumed.model, trainer.model.state_dict())
 
 
