@@ -397,17 +397,21 @@ class StagedCheckpoints:
             for path, problem in remove_incomplete_checkpoints(plan.clears):
                 logger.info("Removed %s: %s.", path, problem)
         self.accelerator.wait_for_everyone()  # no process reads the folder while it is tidied
-        if plan.checkpoint is not None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
-            missing = _missing_training_state(plan.checkpoint)
-            if missing:
-                # The Trainer starts a fresh optimizer and schedule then without a word: the run goes on, but not as
-                # an uninterrupted one (the momentum is gone, the learning rate is the schedule's first again).
-                logger.warning(
-                    "Resuming from %s, which has no %s (saved with save_only_model=True): the run continues from its "
-                    "weights and step with a fresh optimizer state and the learning-rate schedule started again from "
-                    "its first step, so it will not end as an uninterrupted run. Resume from a checkpoint saved "
-                    "without save_only_model for that.", plan.checkpoint, " or ".join(missing))
         return plan.checkpoint
+
+    def warn_of_a_fresh_optimizer(self, checkpoint: str | None) -> None:
+        """Warn when training is to go on from `checkpoint` without its optimizer's and schedule's state (a
+        checkpoint of `save_only_model=True`), which the Trainer then starts afresh without a word: the run goes on,
+        but not as an uninterrupted one (the momentum is gone, the learning rate is the schedule's first again)."""
+        if checkpoint is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return
+        missing = _missing_training_state(checkpoint)
+        if missing:
+            logger.warning(
+                "Resuming from %s, which has no %s (saved with save_only_model=True): the run continues from its "
+                "weights and step with a fresh optimizer state and the learning-rate schedule started again from its "
+                "first step, so it will not end as an uninterrupted run. Resume from a checkpoint saved without "
+                "save_only_model for that.", checkpoint, " or ".join(missing))
 
     # ---- transformers private API (signatures checked by tests/test_checkpoints.py) ----
 

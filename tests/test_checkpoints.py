@@ -165,6 +165,10 @@ def test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer(tmp_
     warnings = [r.getMessage() for r in caplog.records if "save_only_model" in r.getMessage()]
     assert len(warnings) == 1 and "optimizer.pt" in warnings[0] and "scheduler.pt" in warnings[0]
     assert resumed.lr_scheduler.last_epoch == 3  # the schedule stepped from its start, not from step 3 on
+    caplog.clear()  # a rerun from the last step trains nothing: nothing to warn of
+    with caplog.at_level("WARNING", logger="synermix_hf.checkpoints"):
+        _trainer(out, save_only_model=True, max_steps=6).train(resume_from_checkpoint=True)
+    assert not [r for r in caplog.records if "save_only_model" in r.getMessage()]
 
 
 def test_a_rerun_from_the_last_step_of_a_fractional_number_of_epochs_trains_nothing_more(tmp_path):
