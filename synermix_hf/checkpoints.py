@@ -39,6 +39,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -48,7 +49,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .data.store_folder import process_umask
@@ -333,23 +335,38 @@ class StagedCheckpoints:
                 os.remove(temporary)
 
     def trained_to_the_end(self, checkpoint: str | None) -> Any | None:
-        """When `checkpoint` holds the last step of the run (`max_steps`), load its weights and state, log the
-        training as done, and return the `TrainOutput` of a `train()` that had nothing left to train; None otherwise.
+        """When `checkpoint` holds the last step of the run (`max_steps`, or the last of `num_train_epochs`), load
+        its weights and state (then the best checkpoint's weights under `load_best_model_at_end`, as the run ended),
+        log the training as done, and return the `TrainOutput` of a `train()` that had nothing left to train; None
+        otherwise.
 
-        transformers' loop resumed from a checkpoint at `max_steps` within an epoch trains one step more before it
+        transformers' loop resumed from a checkpoint at the last step within an epoch trains one step more before it
         checks the step count, so a rerun that only has the final model to save (its save failed) would not end with
         the weights of the run.
         """
         from transformers.trainer_callback import TrainerState
         from transformers.trainer_utils import TrainOutput
 
-        if checkpoint is None or self.args.max_steps <= 0 or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if checkpoint is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return None
         state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
-        if state.global_step < self.args.max_steps:
+        max_steps = self.args.max_steps
+        if max_steps <= 0:
+            if state.global_step < state.max_steps:  # the run it saved went on after it
+                return None
+            # Epochs: the run's last step, as the Trainer counts it from its training loader (a fractional
+            # `num_train_epochs` ends within an epoch).
+            loader = self.get_train_dataloader()
+            if not has_length(loader):
+                return None
+            per_epoch = max(math.ceil(len(loader) / self.args.gradient_accumulation_steps), 1)
+            max_steps = math.ceil(self.args.num_train_epochs * per_epoch)
+        if state.global_step < max_steps:
             return None
         self._load_from_checkpoint(checkpoint)
         self.state = state
+        if self.args.load_best_model_at_end and state.best_model_checkpoint is not None:
+            self._load_best_model()  # as the Trainer ends a run, which the rerun's final save is to follow
         metrics = {"train_runtime": 0.0, "train_samples_per_second": 0.0, "train_steps_per_second": 0.0,
                    "total_flos": float(state.total_flos or 0.0)}
         self.log(dict(metrics))
@@ -381,6 +398,20 @@ class StagedCheckpoints:
                 logger.info("Removed %s: %s.", path, problem)
         self.accelerator.wait_for_everyone()  # no process reads the folder while it is tidied
         return plan.checkpoint
+
+    def warn_of_a_fresh_optimizer(self, checkpoint: str | None) -> None:
+        """Warn when training is to go on from `checkpoint` without its optimizer's and schedule's state (a
+        checkpoint of `save_only_model=True`), which the Trainer then starts afresh without a word: the run goes on,
+        but not as an uninterrupted one (the momentum is gone, the learning rate is the schedule's first again)."""
+        if checkpoint is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return
+        missing = _missing_training_state(checkpoint)
+        if missing:
+            logger.warning(
+                "Resuming from %s, which has no %s (saved with save_only_model=True): the run continues from its "
+                "weights and step with a fresh optimizer state and the learning-rate schedule started again from its "
+                "first step, so it will not end as an uninterrupted run. Resume from a checkpoint saved without "
+                "save_only_model for that.", checkpoint, " or ".join(missing))
 
     # ---- transformers private API (signatures checked by tests/test_checkpoints.py) ----
 
@@ -529,6 +560,17 @@ class LegacyWeightNames:
         reloaded = type(model).from_pretrained(checkpoint, config=model.config)
         model.load_state_dict(reloaded.state_dict())
         return True
+
+
+def _missing_training_state(checkpoint: str) -> list[str]:
+    """The files of the optimizer's and the schedule's state that `checkpoint` lacks (all of them for a checkpoint
+    of `save_only_model=True`), as the Trainer's own resume looks for them."""
+    missing = []
+    if not any(os.path.isfile(os.path.join(checkpoint, name)) for name in (OPTIMIZER_NAME, OPTIMIZER_NAME_BIN)):
+        missing.append(OPTIMIZER_NAME)
+    if not os.path.isfile(os.path.join(checkpoint, SCHEDULER_NAME)):
+        missing.append(SCHEDULER_NAME)
+    return missing
 
 
 def _saved_weight_names(checkpoint: str) -> set[str] | None:

@@ -641,6 +641,7 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
             done = self.trained_to_the_end(resume_from_checkpoint)
             if done is not None:  # nothing left to train (the final save of the run had failed)
                 return done
+            self.warn_of_a_fresh_optimizer(resume_from_checkpoint)
         self._finite_check.reset()
         self._split_offset = None
         try:

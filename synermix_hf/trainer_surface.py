@@ -249,7 +249,7 @@ TRAINING_ARGUMENTS: dict[str, Surface] = {
         "StagedCheckpoints rotates older checkpoints out only after the new one is complete",
         f"{_CHECKPOINTS}::test_a_checkpoint_left_incomplete_by_another_writer_is_skipped_named_and_removed"),
     "save_only_model": _honoured("Trainer: `_save_checkpoint` leaves the optimizer out; a resume accepts such a "
-                                 "checkpoint",
+                                 "checkpoint and warns that its fresh optimizer and schedule make it inexact",
                                  f"{_CHECKPOINTS}::"
                                  "test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer"),
     "save_on_each_node": _honoured("StagedCheckpoints: a node whose file system does not see process 0's folder "

@@ -45,17 +45,19 @@ def _dataset(n=24):
     }).with_format("torch")  # fmt: skip
 
 
-def _trainer(output_dir, save_total_limit=None, trainer_class=SynerMixTrainer, processing_class=None):
+def _trainer(output_dir, save_total_limit=None, trainer_class=SynerMixTrainer, processing_class=None, eval_dataset=None,
+             **arguments):
     # 24 examples, batch 4: 6 steps an epoch, 2 epochs; checkpoints every 3 steps. SGD with momentum and a linear
     # schedule, so the optimizer's and the scheduler's state matter on resume; beta > 0 with MixUp draws every step.
     args = SynerMixTrainingArguments(
         output_dir=str(output_dir), report_to=[], use_cpu=True, disable_tqdm=True, seed=7, num_train_epochs=2,
         per_device_train_batch_size=4, balanced_sampler=False, learning_rate=0.05, optim="sgd",
         optim_args="momentum=0.9", beta=0.3, inter_mixup="mixup", save_strategy="steps", save_steps=3,
-        save_total_limit=save_total_limit, logging_steps=100,
+        save_total_limit=save_total_limit, logging_steps=100, **arguments,
     )  # fmt: skip
     torch.manual_seed(0)
-    return trainer_class(model=TinyNet(), args=args, train_dataset=_dataset(), processing_class=processing_class)
+    return trainer_class(model=TinyNet(), args=args, train_dataset=_dataset(), processing_class=processing_class,
+                         eval_dataset=eval_dataset)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +148,9 @@ class StepCount(transformers.TrainerCallback):
         self.steps += 1
 
 
-def test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer(tmp_path):
+def test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer(tmp_path, caplog):
+    # It resumes, and says that the run will not end as an uninterrupted one: the Trainer starts a fresh optimizer and
+    # schedule (the linear schedule's steps count from its start again) without a word.
     out = tmp_path / "run"
     trainer = _trainer(out)
     trainer.args.save_only_model, trainer.args.max_steps = True, 3
@@ -155,11 +159,53 @@ def test_a_checkpoint_of_a_run_that_saved_only_the_model_needs_no_optimizer(tmp_
     resumed, counted = _trainer(out), StepCount()
     resumed.args.save_only_model, resumed.args.max_steps = True, 6
     resumed.add_callback(counted)
-    resumed.train(resume_from_checkpoint=True)
+    with caplog.at_level("WARNING", logger="synermix_hf.checkpoints"):
+        resumed.train(resume_from_checkpoint=True)
     assert counted.steps == 3 and resumed.state.global_step == 6  # from checkpoint-3, not from the beginning
+    warnings = [r.getMessage() for r in caplog.records if "save_only_model" in r.getMessage()]
+    assert len(warnings) == 1 and "optimizer.pt" in warnings[0] and "scheduler.pt" in warnings[0]
+    assert resumed.lr_scheduler.last_epoch == 3  # the schedule stepped from its start, not from step 3 on
+    caplog.clear()  # a rerun from the last step trains nothing: nothing to warn of
+    with caplog.at_level("WARNING", logger="synermix_hf.checkpoints"):
+        _trainer(out, save_only_model=True, max_steps=6).train(resume_from_checkpoint=True)
+    assert not [r for r in caplog.records if "save_only_model" in r.getMessage()]
 
 
-def test_the_trainer_takes_a_resolved_plan_as_it_is_and_clears_the_leftovers_it_names(tmp_path, monkeypatch):
+def test_a_rerun_from_the_last_step_of_a_fractional_number_of_epochs_trains_nothing_more(tmp_path):
+    # 1.5 epochs of 6 steps end at step 9, within epoch 2, which checkpoint-9 holds (a run whose final save failed is
+    # resumed from it): transformers' loop trained a step 10 past the run's end before it checked the step count.
+    out = tmp_path / "run"
+    trainer = _trainer(out)
+    trainer.args.num_train_epochs = 1.5
+    trainer.train()
+    assert trainer.state.global_step == 9
+    resumed, counted = _trainer(out), StepCount()
+    resumed.args.num_train_epochs = 1.5
+    resumed.add_callback(counted)
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-9"))
+    assert counted.steps == 0 and resumed.state.global_step == 9
+    _assert_same_weights(resumed.model, trainer.model.state_dict())
+
+
+def test_a_rerun_from_the_last_step_ends_with_the_best_checkpoints_weights_as_the_run_did(tmp_path):
+    # load_best_model_at_end: the run ends on its best checkpoint's weights, and so does the rerun from its last
+    # checkpoint (its final save failed), which trains nothing; it ended on the last step's weights. The higher loss
+    # counts as the better here, so that the best checkpoint (3) is not the last (6).
+    out = tmp_path / "run"
+    best = dict(max_steps=6, eval_strategy="steps", eval_steps=3, load_best_model_at_end=True,
+                metric_for_best_model="eval_loss", greater_is_better=True)
+    trainer = _trainer(out, eval_dataset=_dataset(12), **best)
+    trainer.train()
+    assert trainer.state.best_model_checkpoint == str(out / "checkpoint-3")
+    resumed, counted = _trainer(out, eval_dataset=_dataset(12), **best), StepCount()
+    resumed.add_callback(counted)
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-6"))
+    assert counted.steps == 0 and resumed.state.global_step == 6
+    _assert_same_weights(resumed.model, trainer.model.state_dict())
+
+
+def test_the_trainer_takes_a_resolved_plan_as_it_is_and_clears_the_leftovers_it_names(tmp_path, monkeypatch,
+                                                                                      caplog):
     # The command line resolves once and hands its plan to `train`, which neither resolves again nor removes more than
     # the plan says: the leftovers of the folder the run goes on saving into.
     out = tmp_path / "run"
@@ -178,8 +224,10 @@ def test_the_trainer_takes_a_resolved_plan_as_it_is_and_clears_the_leftovers_it_
     resumed, counted = _trainer(out), StepCount()
     resumed.args.max_steps = 6
     resumed.add_callback(counted)
-    resumed.train(resume_from_checkpoint=plan)
+    with caplog.at_level("WARNING", logger="synermix_hf.checkpoints"):
+        resumed.train(resume_from_checkpoint=plan)
     assert counted.steps == 3 and resumed.state.global_step == 6
+    assert not [r for r in caplog.records if "save_only_model" in r.getMessage()]  # its optimizer state is there
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3", "checkpoint-6"]
 
 
