@@ -265,3 +265,32 @@ def test_log_level_warning_silences_the_scripts_info_lines(script_in_process, tm
     assert script_in_process(["--max_steps", "1", "--log_level", "warning", "--output_dir", tmp_path / "run"]) == 0
     out = capfd.readouterr().out
     assert " INFO " not in out and "Output directory" in out  # the script's own summary lines stay
+
+
+@pytest.mark.parametrize("text, value", [('"false"', False), ('"true"', True)])
+def test_a_switch_or_number_written_as_a_string_in_a_json_file_reads_as_on_the_command_line(tmp_path, text, value):
+    # The dataclasses take a string as it is, and the string "false" is true: a run asked not to train trained.
+    path = tmp_path / "args.json"
+    path.write_text(f'{{"do_train": {text}, "do_eval": true, "beta": "0.3", "max_train_samples": "7"}}')
+    _, data_args, args, _, _ = ScriptArgumentParser().parse([str(path)])
+    assert args.do_train is value and (args.beta, data_args.max_train_samples) == (0.3, 7)
+
+
+def test_a_string_that_its_flag_would_refuse_is_named_in_an_argument_file(capsys, tmp_path):
+    (tmp_path / "switch.json").write_text('{"nesterov": "maybe"}')
+    _fails(capsys, [str(tmp_path / "switch.json")], "--nesterov (-ne)", "'maybe'", "true or false")
+    (tmp_path / "number.json").write_text('{"beta": "a tenth"}')
+    _fails(capsys, [str(tmp_path / "number.json")], "--beta (-beta)", "'a tenth'", "a number")
+
+
+@pytest.mark.parametrize("flags, done", [(["--do_train", "false"], (False, True, False)),
+                                         (["--do_eval", "false"], (True, False, False)),
+                                         (["--do_predict", "--do_train", "false"], (False, False, True))])
+def test_a_do_flag_given_false_is_not_turned_back_on(flags, done):
+    # Without any of them the script trains and evaluates; the one the user turned off stays off.
+    _, _, args = _parse(" ".join(flags))
+    assert (args.do_train, args.do_eval, args.do_predict) == done
+
+
+def test_every_do_flag_given_false_is_refused_as_a_run_that_does_nothing(capsys):
+    _fails(capsys, ["--do_train", "false", "--do_eval", "false"], "--do_train false --do_eval false", "nothing")

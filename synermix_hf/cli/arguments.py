@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, NoReturn
 
 import yaml
 from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
 from ..data.catalog import BUILTIN_DATASET, CATALOG
 from ..data.pipeline import VIEWS_ON
@@ -251,9 +252,10 @@ DESCRIPTION = ("Train and evaluate an image classifier with SynerMix. The flags 
 
 # Help that says what the script does with a TrainingArguments flag (the field's own help is the Trainer's).
 HELP: dict[str, str] = {
-    "do_train": "Train. Without --do_train, --do_eval and --do_predict the script trains and evaluates.",
+    "do_train": "Train. Without --do_train, --do_eval and --do_predict the script trains and evaluates (--do_train "
+    "false alone: evaluates only).",
     "do_eval": "Evaluate on the evaluation split. Without --do_train, --do_eval and --do_predict the script trains "
-    "and evaluates.",
+    "and evaluates (--do_eval false alone: trains only).",
     "do_predict": "Write predictions.csv: for every image of the evaluation split its label and the top-5 classes "
     "with their scores.",
     "bf16": "bf16 mixed precision; on a machine without GPU it runs on the CPU (slow without native bf16: the script "
@@ -316,22 +318,48 @@ class ScriptArgumentParser(HfArgumentParser):
                 raise UsageError(f"The argument file {argv[0]!r} cannot be read: {text}") from error
         return self.parse_dict(self.given_on_command_line(argv))
 
+    def read_like_the_command_line(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """`args` with a string given to a switch or a number (`"false"`, `"0.1"` in a JSON file) read as its flag
+        reads it on the command line: the dataclasses take the string as it is, and `"false"` would be true.
+
+        Raises:
+            UsageError: a string that the flag would refuse.
+        """
+        readers = {action.dest: action.type for action in self._actions if action.type in (int, float, string_to_bool)}
+        read = dict(args)
+        for name, value in args.items():
+            if isinstance(value, str) and name in readers:
+                try:
+                    read[name] = readers[name](value)
+                except (ValueError, argparse.ArgumentTypeError) as error:
+                    valid = "true or false" if readers[name] is string_to_bool else f"a number ({readers[name].__name__})"
+                    raise UsageError(
+                        f"{flag_names().get(name, '--' + name)}: {value!r} is not {valid}."
+                    ) from error
+        return read
+
     def parse_dict(self, args: dict[str, Any], allow_extra_keys: bool = False) -> ParsedArguments:
         """The four groups from the arguments the user gave (`args`, by name), and what the script chooses where they
         are not given (recorded with the reason by `choose`): the built-in run's preset when no data is named,
-        training and evaluation when none of --do_train, --do_eval and --do_predict is given, and half the CPU cores
-        (at most 8) as --dataloader_num_workers.
+        training and evaluation (less the one given false) when none of --do_train, --do_eval and --do_predict is
+        given true, and half the CPU cores (at most 8) as --dataloader_num_workers.
 
         Raises:
             UsageError: worded in flags.
         """
         if not isinstance(args, Mapping):
             raise UsageError("The arguments must be one mapping of argument names to values.")
+        args = self.read_like_the_command_line(args)
         values = dict(args)
         if is_builtin_default(values):
             values.update(preset_values(set(args)))
-        if not any(values.get(name) for name in _DO):
-            values["do_train"] = values["do_eval"] = True
+        if not any(values.get(name) for name in _DO):  # training and evaluation, less those turned off
+            values.update({name: True for name in ("do_train", "do_eval") if name not in args})
+            if not any(values.get(name) for name in _DO):
+                raise UsageError(
+                    f"{' '.join(f'--{name} false' for name in _DO if name in args)}: the run would do nothing. Give "
+                    "--do_train, --do_eval or --do_predict (without any of them the script trains and evaluates)."
+                )
         cores = os.cpu_count() or 1
         workers = min(8, cores // 2) if values.get("dataloader_num_workers") is None else None  # given, or preset
         if workers is not None:  # before `TrainingArguments` checks the loader flags that need workers
