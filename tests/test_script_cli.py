@@ -294,3 +294,9 @@ def test_a_do_flag_given_false_is_not_turned_back_on(flags, done):
 
 def test_every_do_flag_given_false_is_refused_as_a_run_that_does_nothing(capsys):
     _fails(capsys, ["--do_train", "false", "--do_eval", "false"], "--do_train false --do_eval false", "nothing")
+
+
+def test_an_argument_file_followed_by_flags_is_refused_saying_the_file_must_be_alone(capsys, tmp_path):
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"beta": 0.1}))
+    _fails(capsys, [str(path), "--beta", "0.2"], "must be the only argument", "--beta 0.2")

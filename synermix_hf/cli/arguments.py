@@ -307,6 +307,11 @@ class ScriptArgumentParser(HfArgumentParser):
         Raises:
             UsageError: worded in flags.
         """
+        if len(argv) > 1 and argv[0].endswith((".json", ".yaml", ".yml")):  # argparse: "unrecognized arguments"
+            raise UsageError(
+                f"The argument file {argv[0]!r} must be the only argument: put {' '.join(argv[1:])} in the file as "
+                "keys, or give every argument as a flag."
+            )
         if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
             read = self.parse_json_file if argv[0].endswith(".json") else self.parse_yaml_file
             try:
