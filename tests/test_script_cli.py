@@ -300,3 +300,16 @@ def test_an_argument_file_followed_by_flags_is_refused_saying_the_file_must_be_a
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"beta": 0.1}))
     _fails(capsys, [str(path), "--beta", "0.2"], "must be the only argument", "--beta 0.2")
+
+
+def test_resume_from_checkpoint_in_a_run_that_does_not_train_is_refused(capsys, tmp_path):
+    # Only training reads it: evaluation went on with the untrained model, the checkpoint silently left aside.
+    trained = tmp_path / "trained"
+    assert main(["--max_steps", "1", "--save_steps", "1", "--max_train_samples", "64", "--do_eval", "false",
+                 "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--output_dir", str(trained)]) == 0
+    checkpoint = str(trained / "checkpoint-1")
+    for do in (["--do_eval"], ["--do_predict"], ["--do_train", "false"]):
+        out = tmp_path / "out"
+        _fails(capsys, [*do, "--resume_from_checkpoint", checkpoint, "--max_eval_samples", "8", "--output_dir",
+                        str(out)], f"--resume_from_checkpoint {checkpoint}", "--model_name_or_path")
+        assert not out.exists()

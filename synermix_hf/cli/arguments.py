@@ -384,6 +384,12 @@ class ScriptArgumentParser(HfArgumentParser):
             raise usage_error(error) from error
         if workers is not None:
             training_args.choose("dataloader_num_workers", workers, f"half the {cores} CPU cores, at most 8")
+        if training_args.resume_from_checkpoint not in (None, False) and not training_args.do_train:
+            raise UsageError(
+                f"--resume_from_checkpoint {training_args.resume_from_checkpoint} continues training, and this run does "
+                "not train (no --do_train). To evaluate or predict with a checkpoint's weights, give it as "
+                "--model_name_or_path; to continue training, add --do_train."
+            )
         if model_args.sync_bn and training_args.world_size > 1 and training_args.device.type == "cpu":
             raise UsageError(
                 f"--sync_bn needs GPUs: torch's SyncBatchNorm runs on CUDA (or XPU) devices only, and these "
