@@ -94,6 +94,8 @@ def test_an_argument_file_that_is_missing_broken_or_has_an_unknown_name_is_refus
     _fails(capsys, [str(tmp_path / "list.yaml")], "one mapping of argument names")
     (tmp_path / "unknown.json").write_text(json.dumps({"beta": 0.1, "betta": 0.2}))
     _fails(capsys, [str(tmp_path / "unknown.json")], "betta")
+    (tmp_path / "null.json").write_text(json.dumps({"beta": None}))  # a bare TypeError ('<=' ... 'NoneType') before
+    _fails(capsys, [str(tmp_path / "null.json")], "--beta (-beta)", "null is not valid")
     (tmp_path / "bad.json").write_text(json.dumps({"beta": 2}))
     _fails(capsys, [str(tmp_path / "bad.json")], "--beta (-beta) must be between 0 and 1")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, NoReturn
@@ -273,6 +274,14 @@ HELP: dict[str, str] = {
 # Flags whose help says what happens when they are not given: no "(default: ...)" after it.
 _DEFAULT_IN_HELP = ("do_train", "do_eval", "do_predict", "dataloader_num_workers", "model_name")
 _DO = ("do_train", "do_eval", "do_predict")
+# Arguments that cannot be None (a null in an argument file): not Optional, and not None by default.
+_NOT_NULLABLE = {
+    dataclass_field.name
+    for dtype in DATACLASS_TYPES
+    for hint, dataclass_field in ((typing.get_type_hints(dtype).get(f.name), f) for f in dataclasses.fields(dtype))
+    if dataclass_field.init and dataclass_field.default is not None and hint is not Any
+    and type(None) not in typing.get_args(hint)
+}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -333,6 +342,8 @@ class ScriptArgumentParser(HfArgumentParser):
         readers = {action.dest: action.type for action in self._actions if action.type in (int, float, string_to_bool)}
         read = dict(args)
         for name, value in args.items():
+            if value is None and name in _NOT_NULLABLE:  # the dataclass would fail on it with a bare TypeError
+                raise UsageError(f"{flag_names()[name]}: null is not valid for it; leave the key out to get its default.")
             if isinstance(value, str) and name in readers:
                 try:
                     read[name] = readers[name](value)
