@@ -94,6 +94,8 @@ def test_an_argument_file_that_is_missing_broken_or_has_an_unknown_name_is_refus
     _fails(capsys, [str(tmp_path / "list.yaml")], "one mapping of argument names")
     (tmp_path / "unknown.json").write_text(json.dumps({"beta": 0.1, "betta": 0.2}))
     _fails(capsys, [str(tmp_path / "unknown.json")], "betta")
+    (tmp_path / "null.json").write_text(json.dumps({"beta": None}))  # a bare TypeError ('<=' ... 'NoneType') before
+    _fails(capsys, [str(tmp_path / "null.json")], "--beta (-beta)", "null is not valid")
     (tmp_path / "bad.json").write_text(json.dumps({"beta": 2}))
     _fails(capsys, [str(tmp_path / "bad.json")], "--beta (-beta) must be between 0 and 1")
 
@@ -265,3 +267,51 @@ def test_log_level_warning_silences_the_scripts_info_lines(script_in_process, tm
     assert script_in_process(["--max_steps", "1", "--log_level", "warning", "--output_dir", tmp_path / "run"]) == 0
     out = capfd.readouterr().out
     assert " INFO " not in out and "Output directory" in out  # the script's own summary lines stay
+
+
+@pytest.mark.parametrize("text, value", [('"false"', False), ('"true"', True)])
+def test_a_switch_or_number_written_as_a_string_in_a_json_file_reads_as_on_the_command_line(tmp_path, text, value):
+    # The dataclasses take a string as it is, and the string "false" is true: a run asked not to train trained.
+    path = tmp_path / "args.json"
+    path.write_text(f'{{"do_train": {text}, "do_eval": true, "beta": "0.3", "max_train_samples": "7"}}')
+    _, data_args, args, _, _ = ScriptArgumentParser().parse([str(path)])
+    assert args.do_train is value and (args.beta, data_args.max_train_samples) == (0.3, 7)
+
+
+def test_a_string_that_its_flag_would_refuse_is_named_in_an_argument_file(capsys, tmp_path):
+    (tmp_path / "switch.json").write_text('{"nesterov": "maybe"}')
+    _fails(capsys, [str(tmp_path / "switch.json")], "--nesterov (-ne)", "'maybe'", "true or false")
+    (tmp_path / "number.json").write_text('{"beta": "a tenth"}')
+    _fails(capsys, [str(tmp_path / "number.json")], "--beta (-beta)", "'a tenth'", "a number")
+
+
+@pytest.mark.parametrize("flags, done", [(["--do_train", "false"], (False, True, False)),
+                                         (["--do_eval", "false"], (True, False, False)),
+                                         (["--do_predict", "--do_train", "false"], (False, False, True))])
+def test_a_do_flag_given_false_is_not_turned_back_on(flags, done):
+    # Without any of them the script trains and evaluates; the one the user turned off stays off.
+    _, _, args = _parse(" ".join(flags))
+    assert (args.do_train, args.do_eval, args.do_predict) == done
+
+
+def test_every_do_flag_given_false_is_refused_as_a_run_that_does_nothing(capsys):
+    _fails(capsys, ["--do_train", "false", "--do_eval", "false"], "--do_train false --do_eval false", "nothing")
+
+
+def test_an_argument_file_followed_by_flags_is_refused_saying_the_file_must_be_alone(capsys, tmp_path):
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"beta": 0.1}))
+    _fails(capsys, [str(path), "--beta", "0.2"], "must be the only argument", "--beta 0.2")
+
+
+def test_resume_from_checkpoint_in_a_run_that_does_not_train_is_refused(capsys, tmp_path):
+    # Only training reads it: evaluation went on with the untrained model, the checkpoint silently left aside.
+    trained = tmp_path / "trained"
+    assert main(["--max_steps", "1", "--save_steps", "1", "--max_train_samples", "64", "--do_eval", "false",
+                 "--dataloader_num_workers", "0", "--disable_tqdm", "true", "--output_dir", str(trained)]) == 0
+    checkpoint = str(trained / "checkpoint-1")
+    for do in (["--do_eval"], ["--do_predict"], ["--do_train", "false"]):
+        out = tmp_path / "out"
+        _fails(capsys, [*do, "--resume_from_checkpoint", checkpoint, "--max_eval_samples", "8", "--output_dir",
+                        str(out)], f"--resume_from_checkpoint {checkpoint}", "--model_name_or_path")
+        assert not out.exists()

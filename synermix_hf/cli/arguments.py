@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, NoReturn
 
 import yaml
 from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 
 from ..data.catalog import BUILTIN_DATASET, CATALOG
 from ..data.pipeline import VIEWS_ON
@@ -251,9 +253,10 @@ DESCRIPTION = ("Train and evaluate an image classifier with SynerMix. The flags 
 
 # Help that says what the script does with a TrainingArguments flag (the field's own help is the Trainer's).
 HELP: dict[str, str] = {
-    "do_train": "Train. Without --do_train, --do_eval and --do_predict the script trains and evaluates.",
+    "do_train": "Train. Without --do_train, --do_eval and --do_predict the script trains and evaluates (--do_train "
+    "false alone: evaluates only).",
     "do_eval": "Evaluate on the evaluation split. Without --do_train, --do_eval and --do_predict the script trains "
-    "and evaluates.",
+    "and evaluates (--do_eval false alone: trains only).",
     "do_predict": "Write predictions.csv: for every image of the evaluation split its label and the top-5 classes "
     "with their scores.",
     "bf16": "bf16 mixed precision; on a machine without GPU it runs on the CPU (slow without native bf16: the script "
@@ -271,6 +274,14 @@ HELP: dict[str, str] = {
 # Flags whose help says what happens when they are not given: no "(default: ...)" after it.
 _DEFAULT_IN_HELP = ("do_train", "do_eval", "do_predict", "dataloader_num_workers", "model_name")
 _DO = ("do_train", "do_eval", "do_predict")
+# Arguments that cannot be None (a null in an argument file): not Optional, and not None by default.
+_NOT_NULLABLE = {
+    dataclass_field.name
+    for dtype in DATACLASS_TYPES
+    for hint, dataclass_field in ((typing.get_type_hints(dtype).get(f.name), f) for f in dataclasses.fields(dtype))
+    if dataclass_field.init and dataclass_field.default is not None and hint is not Any
+    and type(None) not in typing.get_args(hint)
+}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -305,6 +316,11 @@ class ScriptArgumentParser(HfArgumentParser):
         Raises:
             UsageError: worded in flags.
         """
+        if len(argv) > 1 and argv[0].endswith((".json", ".yaml", ".yml")):  # argparse: "unrecognized arguments"
+            raise UsageError(
+                f"The argument file {argv[0]!r} must be the only argument: put {' '.join(argv[1:])} in the file as "
+                "keys, or give every argument as a flag."
+            )
         if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
             read = self.parse_json_file if argv[0].endswith(".json") else self.parse_yaml_file
             try:
@@ -316,22 +332,50 @@ class ScriptArgumentParser(HfArgumentParser):
                 raise UsageError(f"The argument file {argv[0]!r} cannot be read: {text}") from error
         return self.parse_dict(self.given_on_command_line(argv))
 
+    def read_like_the_command_line(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """`args` with a string given to a switch or a number (`"false"`, `"0.1"` in a JSON file) read as its flag
+        reads it on the command line: the dataclasses take the string as it is, and `"false"` would be true.
+
+        Raises:
+            UsageError: a string that the flag would refuse.
+        """
+        readers = {action.dest: action.type for action in self._actions if action.type in (int, float, string_to_bool)}
+        read = dict(args)
+        for name, value in args.items():
+            if value is None and name in _NOT_NULLABLE:  # the dataclass would fail on it with a bare TypeError
+                raise UsageError(f"{flag_names()[name]}: null is not valid for it; leave the key out to get its default.")
+            if isinstance(value, str) and name in readers:
+                try:
+                    read[name] = readers[name](value)
+                except (ValueError, argparse.ArgumentTypeError) as error:
+                    valid = "true or false" if readers[name] is string_to_bool else f"a number ({readers[name].__name__})"
+                    raise UsageError(
+                        f"{flag_names().get(name, '--' + name)}: {value!r} is not {valid}."
+                    ) from error
+        return read
+
     def parse_dict(self, args: dict[str, Any], allow_extra_keys: bool = False) -> ParsedArguments:
         """The four groups from the arguments the user gave (`args`, by name), and what the script chooses where they
         are not given (recorded with the reason by `choose`): the built-in run's preset when no data is named,
-        training and evaluation when none of --do_train, --do_eval and --do_predict is given, and half the CPU cores
-        (at most 8) as --dataloader_num_workers.
+        training and evaluation (less the one given false) when none of --do_train, --do_eval and --do_predict is
+        given true, and half the CPU cores (at most 8) as --dataloader_num_workers.
 
         Raises:
             UsageError: worded in flags.
         """
         if not isinstance(args, Mapping):
             raise UsageError("The arguments must be one mapping of argument names to values.")
+        args = self.read_like_the_command_line(args)
         values = dict(args)
         if is_builtin_default(values):
             values.update(preset_values(set(args)))
-        if not any(values.get(name) for name in _DO):
-            values["do_train"] = values["do_eval"] = True
+        if not any(values.get(name) for name in _DO):  # training and evaluation, less those turned off
+            values.update({name: True for name in ("do_train", "do_eval") if name not in args})
+            if not any(values.get(name) for name in _DO):
+                raise UsageError(
+                    f"{' '.join(f'--{name} false' for name in _DO if name in args)}: the run would do nothing. Give "
+                    "--do_train, --do_eval or --do_predict (without any of them the script trains and evaluates)."
+                )
         cores = os.cpu_count() or 1
         workers = min(8, cores // 2) if values.get("dataloader_num_workers") is None else None  # given, or preset
         if workers is not None:  # before `TrainingArguments` checks the loader flags that need workers
@@ -351,6 +395,12 @@ class ScriptArgumentParser(HfArgumentParser):
             raise usage_error(error) from error
         if workers is not None:
             training_args.choose("dataloader_num_workers", workers, f"half the {cores} CPU cores, at most 8")
+        if training_args.resume_from_checkpoint not in (None, False) and not training_args.do_train:
+            raise UsageError(
+                f"--resume_from_checkpoint {training_args.resume_from_checkpoint} continues training, and this run does "
+                "not train (no --do_train). To evaluate or predict with a checkpoint's weights, give it as "
+                "--model_name_or_path; to continue training, add --do_train."
+            )
         if model_args.sync_bn and training_args.world_size > 1 and training_args.device.type == "cpu":
             raise UsageError(
                 f"--sync_bn needs GPUs: torch's SyncBatchNorm runs on CUDA (or XPU) devices only, and these "
