@@ -238,3 +238,10 @@ def test_a_single_class_is_refused(tmp_path):
                               features)
     with pytest.raises(ValueError, match=r"training set .* holds 1 class \('cat'\)"):
         load_image_classification_data(str(copy))
+
+
+def test_a_column_of_text_named_as_the_image_column_is_refused_naming_image_column(tmp_path):
+    # Class names read as file paths: the error says the column may not hold images, and names the parameter.
+    ds = datasets.Dataset.from_dict({"name": ["cat", "dog"], "label": [0, 1]}).cast_column("name", datasets.Image())
+    with pytest.raises(ValueError, match=r"no such file.*column 'name'.*`image_column`"):
+        check_images_readable(ds, "name", "training set")

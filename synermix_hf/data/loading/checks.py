@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,12 @@ def check_images_readable(dataset: Any, image_column: str, what: str) -> None:
         except Exception as error:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
             where = f"file {path}" if path else f"row {row}"
             reason = str(error).rstrip(".")  # Pillow's own messages end with one (a decompression bomb's)
+            if data is None and path and not os.path.exists(path):  # a deleted file, or a column that holds no images
+                raise ValueError(
+                    f"Cannot read the image in file {path} of the {what}: there is no such file. If column "
+                    f"{image_column!r} does not hold images (their paths or bytes), name the column of images with "
+                    "`image_column`; else restore or replace the file and run again."
+                ) from error
             raise ValueError(
                 f"Cannot read the image in {where} of the {what}: {reason}. Remove or replace the file and run again."
             ) from error
