@@ -1,5 +1,7 @@
 """The dataset catalog: short names, the paper's splits, column detection and the errors a user sees."""
 
+import re
+
 import datasets
 import numpy as np
 import pytest
@@ -245,3 +247,12 @@ def test_a_column_of_text_named_as_the_image_column_is_refused_naming_image_colu
     ds = datasets.Dataset.from_dict({"name": ["cat", "dog"], "label": [0, 1]}).cast_column("name", datasets.Image())
     with pytest.raises(ValueError, match=r"no such file.*column 'name'.*`image_column`"):
         check_images_readable(ds, "name", "training set")
+
+
+def test_a_class_without_training_examples_is_warned_of_by_name(tmp_path, caplog):
+    # A validation folder with a class the training folder lacks: the head has it, training never sees it.
+    train = build_image_folder(tmp_path / "train", [3, 3])
+    validation = build_image_folder(tmp_path / "validation", [1, 1, 2])
+    with caplog.at_level("WARNING", logger="synermix_hf.data.loading.checks"):
+        load_image_classification_data(train_dir=str(train), validation_dir=str(validation))
+    assert re.search(r"no example of 1 of its 3 classes \('class_2'\)", caplog.text)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["check_classes", "check_images_readable", "check_not_empty"]
+
+logger = logging.getLogger(__name__)
 
 
 def check_images_readable(dataset: Any, image_column: str, what: str) -> None:
@@ -61,6 +64,12 @@ def check_classes(train: Any, label_column: str, class_names: Sequence[str], sou
                 f"The training set of {source} holds {len(present)} class ({names}) of the {len(class_names)} in "
                 f"`label_column` {label_column!r}; classification needs examples of at least 2 classes."
             )
+        untrained = [name for index, name in enumerate(class_names) if index not in set(present)]
+        if untrained:  # e.g. a validation folder with a class the training folder lacks
+            more = f" and {len(untrained) - 5} more" if len(untrained) > 5 else ""
+            shown = ", ".join(map(repr, untrained[:5])) + more
+            logger.warning("The training set of %s holds no example of %d of its %d classes (%s): the model's head "
+                           "has them, but never learns them.", source, len(untrained), len(class_names), shown)
 
 
 def check_not_empty(splits: Sequence[tuple[Any, str]], source: str) -> None:
