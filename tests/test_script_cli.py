@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -315,3 +316,14 @@ def test_resume_from_checkpoint_in_a_run_that_does_not_train_is_refused(capsys, 
         _fails(capsys, [*do, "--resume_from_checkpoint", checkpoint, "--max_eval_samples", "8", "--output_dir",
                         str(out)], f"--resume_from_checkpoint {checkpoint}", "--model_name_or_path")
         assert not out.exists()
+
+
+def test_evaluating_a_torchvision_model_that_this_run_does_not_train_is_warned_of(tmp_path, capsys):
+    # As Hugging Face's script, the run evaluates what it was given; an untrained head is named, with the way out.
+    capsys.readouterr()
+    assert main(["--do_eval", "--max_eval_samples", "8", "--dataloader_num_workers", "0", "--disable_tqdm", "true",
+                 "--output_dir", str(tmp_path / "out")]) == 0
+    assert re.search(r"does not train .* untrained classification head.*--model_name_or_path", capsys.readouterr().out)
+    assert main(["--max_steps", "1", "--max_train_samples", "64", "--max_eval_samples", "8", "--disable_tqdm", "true",
+                 "--dataloader_num_workers", "0", "--output_dir", str(tmp_path / "trained")]) == 0
+    assert "untrained classification head" not in capsys.readouterr().out

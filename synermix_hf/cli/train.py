@@ -160,6 +160,12 @@ def _run(argv: list[str] | None, callbacks: list[Any] | None, program: str, held
     # weights follow the seed and do not depend on what ran before in the same process.
     transformers.set_seed(training_args.seed)
     model, image_processor, spec = build_model(model_args, data)
+    if not training_args.do_train and model_args.model_name_or_path is None:
+        logger.warning(
+            "This run does not train (no --do_train), and --model_name %s without --model_name_or_path has an "
+            "untrained classification head%s: its metrics and predictions are an untrained model's. To evaluate a "
+            "trained model, give it (an output dir of this script, or one of its checkpoints) as "
+            "--model_name_or_path.", model_args.model_name, " (on ImageNet weights)" if model_args.pretrained else "")
     if model_args.sync_bn:
         model = _synchronise_batch_norm(model, model_args)
     layout = find_layout(model, training_args)
