@@ -39,7 +39,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -50,7 +49,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .data.store_folder import process_umask
@@ -335,7 +334,7 @@ class StagedCheckpoints:
                 os.remove(temporary)
 
     def trained_to_the_end(self, checkpoint: str | None) -> Any | None:
-        """When `checkpoint` holds the last step of the run (`max_steps`, or the last of `num_train_epochs`), load
+        """When `checkpoint` holds the last step of the run (the host trainer's `_last_step()`), load
         its weights and state (then the best checkpoint's weights under `load_best_model_at_end`, as the run ended),
         log the training as done, and return the `TrainOutput` of a `train()` that had nothing left to train; None
         otherwise.
@@ -350,18 +349,10 @@ class StagedCheckpoints:
         if checkpoint is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return None
         state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
-        max_steps = self.args.max_steps
-        if max_steps <= 0:
-            if state.global_step < state.max_steps:  # the run it saved went on after it
-                return None
-            # Epochs: the run's last step, as the Trainer counts it from its training loader (a fractional
-            # `num_train_epochs` ends within an epoch).
-            loader = self.get_train_dataloader()
-            if not has_length(loader):
-                return None
-            per_epoch = max(math.ceil(len(loader) / self.args.gradient_accumulation_steps), 1)
-            max_steps = math.ceil(self.args.num_train_epochs * per_epoch)
-        if state.global_step < max_steps:
+        if self.args.max_steps <= 0 and state.global_step < state.max_steps:
+            return None  # the run it saved went on after it (no need to count the epochs' steps)
+        last_step = self._last_step()
+        if last_step is None or state.global_step < last_step:
             return None
         self._load_from_checkpoint(checkpoint)
         self.state = state

@@ -248,6 +248,16 @@ class SynerMixTrainer(StagedCheckpoints, LegacyWeightNames, Trainer):
         self._set_epoch_callback.targets = [t for t in (sampler, dataset) if t is not None]
         return self._counted(loader)
 
+    def _last_step(self) -> int | None:
+        """The run's last optimizer step, as the Trainer counts it: `max_steps`, else `num_train_epochs` epochs of the
+        training loader's updates (a fractional number ends within an epoch); None when the loader has no length."""
+        if self.args.max_steps > 0:
+            return self.args.max_steps
+        self.get_train_dataloader()  # counts an epoch's updates (`_counted`)
+        if self._updates_per_epoch is None:
+            return None
+        return math.ceil(self.args.num_train_epochs * self._updates_per_epoch)
+
     def _counted(self, loader: DataLoader) -> DataLoader:
         # The paper's schedule needs the optimizer updates per epoch, which the Trainer computes in a method whose
         # signature changed between transformers releases; the loader it trains on gives the same number.

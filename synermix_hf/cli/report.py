@@ -196,8 +196,6 @@ def plot_curves(report: Mapping[str, Any], out_dir: str | os.PathLike) -> list[P
     return paths
 
 
-
-
 def write_outputs(report: Mapping[str, Any], out_dir: str | os.PathLike) -> None:
     """results.json, results.md, accuracy.png, loss.png in `out_dir`."""
     out_dir = Path(out_dir)

@@ -613,7 +613,6 @@ def mark_damaged(folder: str, problem: str) -> bool | None:
     return True
 
 
-
 def remove_damaged(path: str, problem: BrokenStore) -> None:
     """Remove the damaged store `path`, with one warning naming the damaged file, so that it is built again;
     `StoreAccessError` when this user may not remove it (another user's store in a folder it cannot write)."""

@@ -64,7 +64,8 @@ def check_classes(train: Any, label_column: str, class_names: Sequence[str], sou
                 f"The training set of {source} holds {len(present)} class ({names}) of the {len(class_names)} in "
                 f"`label_column` {label_column!r}; classification needs examples of at least 2 classes."
             )
-        untrained = [name for index, name in enumerate(class_names) if index not in set(present)]
+        trained = set(present)
+        untrained = [name for index, name in enumerate(class_names) if index not in trained]
         if untrained:  # e.g. a validation folder with a class the training folder lacks
             more = f" and {len(untrained) - 5} more" if len(untrained) > 5 else ""
             shown = ", ".join(map(repr, untrained[:5])) + more
